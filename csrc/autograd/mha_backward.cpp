@@ -1,0 +1,58 @@
+// Autograd kernel of mha_backward: runs the backward op, and refuses to differentiate it
+// (double backward) with a clear error instead of silently returning wrong gradients.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <mhsa/ops.h>
+
+namespace mhsa::autograd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction> {
+ public:
+  static variable_list forward(
+      AutogradContext* ctx, const at::Tensor& grad_output,
+      const std::optional<at::Tensor>& grad_attn_weights, const at::Tensor& x,
+      const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+      const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+      int64_t num_heads, bool batch_first, const std::optional<at::Tensor>& attn_mask,
+      const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double dropout_p,
+      bool average_attn_weights, std::array<bool, 5> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [a, b, c, d, e] = mhsa::mha_backward(
+        grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+        logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
+        dropout_p, average_attn_weights, output_mask);
+    return {a, b, c, d, e};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(false,
+                "mhsa: double backward (the gradient of mha_backward) is not supported; "
+                "multi-head self-attention in mhsa is differentiable once");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward_autograd(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
+    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask) {
+  auto r = MhaBackwardFunction::apply(grad_output, grad_attn_weights, x, in_proj_weight,
+                                      out_proj_weight, qkv, context, logsumexp, rng_state,
+                                      num_heads, batch_first, attn_mask, key_padding_mask,
+                                      is_causal, dropout_p, average_attn_weights, output_mask);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+}  // namespace
+}  // namespace mhsa::autograd
+
+TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
+  m.impl("mha_backward", TORCH_FN(mhsa::autograd::mha_backward_autograd));
+}

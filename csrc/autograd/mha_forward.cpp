@@ -1,0 +1,99 @@
+// Autograd for mha_forward, in C++ so that every front door (Python, TorchScript in Python or
+// C++, plain LibTorch) gets gradients without a Python interpreter.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <mhsa/ops.h>
+
+namespace mhsa::autograd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::optional<at::Tensor> defined_or_null(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+void check_not_differentiable(const std::optional<at::Tensor>& mask, const char* name) {
+  TORCH_CHECK(!(mask.has_value() && mask->defined() && mask->requires_grad()),
+              "mha_forward: ", name, " requires grad, but mhsa treats masks as constants and "
+              "returns no gradient for them; pass ", name, ".detach()");
+}
+
+class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& in_proj_weight, const at::Tensor& in_proj_bias,
+                               const at::Tensor& out_proj_weight, const at::Tensor& out_proj_bias,
+                               int64_t num_heads, bool batch_first,
+                               const std::optional<at::Tensor>& attn_mask,
+                               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                               double dropout_p, bool need_weights, bool average_attn_weights) {
+    check_not_differentiable(attn_mask, "attn_mask");
+    check_not_differentiable(key_padding_mask, "key_padding_mask");
+    // Redispatch below the Autograd key; calling the op from here again without this guard
+    // would land back in this kernel and recurse forever.
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, weights, qkv, context, lse, rng_state] = mhsa::mha_forward(
+        x, in_proj_weight, defined_or_null(in_proj_bias), out_proj_weight,
+        defined_or_null(out_proj_bias), num_heads, batch_first, attn_mask, key_padding_mask,
+        is_causal, dropout_p, need_weights, average_attn_weights);
+    // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
+    ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
+                            attn_mask.value_or(at::Tensor()),
+                            key_padding_mask.value_or(at::Tensor())});
+    ctx->saved_data["num_heads"] = num_heads;
+    ctx->saved_data["batch_first"] = batch_first;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["average_attn_weights"] = average_attn_weights;
+    ctx->mark_non_differentiable({qkv, context, lse, rng_state});
+    if (!need_weights) ctx->mark_non_differentiable({weights});
+    return {output, weights, qkv, context, lse, rng_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    // The loss may depend on the weights only, or on the output only.
+    const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    const std::optional<at::Tensor> grad_weights =
+        grads[1].defined() && grads[1].numel() > 0 ? std::optional<at::Tensor>(grads[1])
+                                                   : std::nullopt;
+    const std::array<bool, 5> output_mask = {
+        ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+        ctx->needs_input_grad(3), ctx->needs_input_grad(4)};
+    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_backward(
+        grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5],
+        saved[6], ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
+        defined_or_null(saved[7]), defined_or_null(saved[8]),
+        ctx->saved_data["is_causal"].toBool(), ctx->saved_data["dropout_p"].toDouble(),
+        ctx->saved_data["average_attn_weights"].toBool(), output_mask);
+    // One entry per forward input; the non-tensor arguments and the masks get none.
+    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                     const std::optional<at::Tensor>& in_proj_bias,
+                     const at::Tensor& out_proj_weight,
+                     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                     bool batch_first, const std::optional<at::Tensor>& attn_mask,
+                     const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                     double dropout_p, bool need_weights, bool average_attn_weights) {
+  auto r = MhaForwardFunction::apply(
+      x, in_proj_weight, in_proj_bias.value_or(at::Tensor()), out_proj_weight,
+      out_proj_bias.value_or(at::Tensor()), num_heads, batch_first, attn_mask, key_padding_mask,
+      is_causal, dropout_p, need_weights, average_attn_weights);
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+}
+
+}  // namespace
+}  // namespace mhsa::autograd
+
+TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
+  m.impl("mha_forward", TORCH_FN(mhsa::autograd::mha_forward_autograd));
+}

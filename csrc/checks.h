@@ -1,0 +1,38 @@
+#pragma once
+// Input validation shared by the CPU and Meta kernels, so eager calls and traced calls
+// (torch.compile, torch.export) refuse the same inputs with the same messages. Sizes are
+// SymInts so the checks also run on symbolic shapes.
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <optional>
+
+namespace mhsa {
+
+struct MhaSizes {
+  c10::SymInt batch;    // N
+  c10::SymInt seq;      // L
+  c10::SymInt embed;    // E
+  int64_t num_heads;    // H
+};
+
+// Checks the arguments of mha_forward (and the shared ones of mha_backward); `op` names the
+// caller in messages.
+MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor& in_proj_weight,
+                          const std::optional<at::Tensor>& in_proj_bias,
+                          const at::Tensor& out_proj_weight,
+                          const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                          bool batch_first, const std::optional<at::Tensor>& attn_mask,
+                          const std::optional<at::Tensor>& key_padding_mask, double dropout_p);
+
+// Checks the saved tensors and incoming gradients passed to mha_backward.
+void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
+                               const std::optional<at::Tensor>& grad_attn_weights,
+                               const at::Tensor& x, const at::Tensor& qkv,
+                               const at::Tensor& context, const at::Tensor& logsumexp,
+                               const at::Tensor& rng_state, bool average_attn_weights);
+
+// dtype of the per-row log-sum-exp: float for float/bfloat16 inputs, double for double.
+at::ScalarType logsumexp_dtype(at::ScalarType input);
+
+}  // namespace mhsa

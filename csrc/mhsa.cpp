@@ -1,0 +1,45 @@
+// The one TORCH_LIBRARY block of mhsa: every schema lives here. Kernels register per dispatch
+// key in cpu/, meta/, autograd/ (TORCH_LIBRARY_IMPL), and the composite public op in
+// multi_head_self_attention.cpp.
+#include <torch/library.h>
+
+#include <mhsa/ops.h>
+
+extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
+  // Referenced from the public header so that linking against libmhsa.so is never dropped
+  // by the linker; calling it has no effect.
+  return 1;
+}
+
+TORCH_LIBRARY(mhsa, m) {
+  // Public entry point: validates and canonicalizes (unbatched input, eval-mode dropout),
+  // then calls mha_forward. Returns (attn_output, attn_weights); attn_weights has zero
+  // elements when need_weights is false.
+  m.def(
+      "multi_head_self_attention(Tensor query, Tensor in_proj_weight, Tensor? in_proj_bias, "
+      "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, float dropout_p=0.0, "
+      "bool training=True, bool batch_first=False, Tensor? key_padding_mask=None, "
+      "bool need_weights=True, Tensor? attn_mask=None, bool average_attn_weights=True, "
+      "bool is_causal=False) -> (Tensor, Tensor)");
+  // x is (L, N, E), or (N, L, E) with batch_first. Besides the output and the weights it
+  // returns what backward needs, all O(N*L*E): the packed projection qkv (rows of x, 3E), the
+  // per-head attention context before out_proj (rows of x, E), the per-row log-sum-exp of the
+  // scores (N, H, L) and the dropout seed.
+  m.def(
+      "mha_forward(Tensor x, Tensor in_proj_weight, Tensor? in_proj_bias, "
+      "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
+      "Tensor? attn_mask, Tensor? key_padding_mask, bool is_causal, float dropout_p, "
+      "bool need_weights, bool average_attn_weights) "
+      "-> (Tensor output, Tensor attn_weights, Tensor qkv, Tensor context, Tensor logsumexp, "
+      "Tensor rng_state)");
+  // Gradients of x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias; an entry
+  // whose output_mask is false is returned undefined (None in Python).
+  m.def(
+      "mha_backward(Tensor grad_output, Tensor? grad_attn_weights, Tensor x, "
+      "Tensor in_proj_weight, Tensor out_proj_weight, Tensor qkv, Tensor context, "
+      "Tensor logsumexp, Tensor rng_state, int num_heads, bool batch_first, Tensor? attn_mask, "
+      "Tensor? key_padding_mask, bool is_causal, float dropout_p, bool average_attn_weights, "
+      "bool[5] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
+      "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
+}

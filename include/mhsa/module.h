@@ -1,0 +1,65 @@
+#pragma once
+// C++ frontend module: mhsa::MultiheadSelfAttention, a self-attention counterpart of
+// torch::nn::MultiheadAttention with the same parameter names (in_proj_weight, in_proj_bias,
+// out_proj.weight, out_proj.bias) and initialization, plus batch_first and is_causal.
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/common.h>
+#include <torch/nn/modules/container/any_value.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <mhsa/ops.h>
+
+namespace mhsa {
+
+struct C10_EXPORT MultiheadSelfAttentionOptions {
+  MultiheadSelfAttentionOptions(int64_t embed_dim, int64_t num_heads);
+  TORCH_ARG(int64_t, embed_dim);
+  TORCH_ARG(int64_t, num_heads);
+  // Dropout probability on the attention weights, applied in training mode only.
+  TORCH_ARG(double, dropout) = 0.0;
+  // Adds in_proj_bias and out_proj.bias.
+  TORCH_ARG(bool, bias) = true;
+  // Input and output are (N, L, E) instead of (L, N, E).
+  TORCH_ARG(bool, batch_first) = false;
+};
+
+class C10_EXPORT MultiheadSelfAttentionImpl
+    : public torch::nn::Cloneable<MultiheadSelfAttentionImpl> {
+ public:
+  MultiheadSelfAttentionImpl(int64_t embed_dim, int64_t num_heads)
+      : MultiheadSelfAttentionImpl(MultiheadSelfAttentionOptions(embed_dim, num_heads)) {}
+  explicit MultiheadSelfAttentionImpl(const MultiheadSelfAttentionOptions& options_);
+
+  // Returns (attn_output, attn_weights); attn_weights is undefined when need_weights is false.
+  std::tuple<at::Tensor, at::Tensor> forward(
+      const at::Tensor& query,
+      const at::Tensor& key_padding_mask = {},
+      bool need_weights = true,
+      const at::Tensor& attn_mask = {},
+      bool average_attn_weights = true,
+      bool is_causal = false);
+
+  void reset() override;
+  // xavier_uniform_ on in_proj_weight, zero biases, out_proj.weight keeps Linear's init.
+  void reset_parameters();
+
+  MultiheadSelfAttentionOptions options;
+  at::Tensor in_proj_weight;
+  at::Tensor in_proj_bias;
+  torch::nn::Linear out_proj{nullptr};
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS(
+      {1, torch::nn::AnyValue(at::Tensor())},
+      {2, torch::nn::AnyValue(true)},
+      {3, torch::nn::AnyValue(at::Tensor())},
+      {4, torch::nn::AnyValue(true)},
+      {5, torch::nn::AnyValue(false)})
+};
+
+TORCH_MODULE(MultiheadSelfAttention);
+
+}  // namespace mhsa

@@ -1,0 +1,85 @@
+#pragma once
+// Public C++ API of the mhsa operators. Every function calls the registered op through the
+// dispatcher, so C++ callers get the same device dispatch and autograd as Python callers.
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Export.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include <mhsa/version.h>
+
+// Defined in libmhsa.so. Any translation unit that includes this header keeps a reference to
+// it (below), so the linker keeps libmhsa.so as a dependency even with --as-needed and the op
+// registrations (static initializers inside the library) run. Without it a program that only
+// torch::jit::load's a scripted model using mhsa ops would fail with "Unknown builtin op".
+extern "C" C10_EXPORT int64_t mhsa_library_anchor();
+
+namespace mhsa {
+namespace detail {
+[[gnu::used]] static int64_t (*const library_anchor)() = &mhsa_library_anchor;
+}  // namespace detail
+
+// Multi-head self-attention, the semantics of torch.nn.MultiheadAttention with query = key =
+// value. query is (L, N, E), (N, L, E) with batch_first, or unbatched (L, E). Returns
+// (attn_output, attn_weights); attn_weights is an undefined tensor when need_weights is false.
+// Differences from nn.MultiheadAttention: is_causal needs no attn_mask (it applies the causal
+// mask itself, combined with any mask given), and a query whose keys are all masked gets a zero
+// attention output and zero weights instead of NaN.
+C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
+    const at::Tensor& query,
+    const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias,
+    const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias,
+    int64_t num_heads,
+    double dropout_p = 0.0,
+    bool training = true,
+    bool batch_first = false,
+    const std::optional<at::Tensor>& key_padding_mask = std::nullopt,
+    bool need_weights = true,
+    const std::optional<at::Tensor>& attn_mask = std::nullopt,
+    bool average_attn_weights = true,
+    bool is_causal = false);
+
+// The two underlying operators (mhsa::mha_forward, mhsa::mha_backward). Most callers want
+// multi_head_self_attention above; these are for custom autograd or testing.
+C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mha_forward(
+    const at::Tensor& x,
+    const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias,
+    const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias,
+    int64_t num_heads,
+    bool batch_first,
+    const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& key_padding_mask,
+    bool is_causal,
+    double dropout_p,
+    bool need_weights,
+    bool average_attn_weights);
+
+C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward(
+    const at::Tensor& grad_output,
+    const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& x,
+    const at::Tensor& in_proj_weight,
+    const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv,
+    const at::Tensor& context,
+    const at::Tensor& logsumexp,
+    const at::Tensor& rng_state,
+    int64_t num_heads,
+    bool batch_first,
+    const std::optional<at::Tensor>& attn_mask,
+    const std::optional<at::Tensor>& key_padding_mask,
+    bool is_causal,
+    double dropout_p,
+    bool average_attn_weights,
+    std::array<bool, 5> output_mask);
+
+}  // namespace mhsa
