@@ -1,0 +1,73 @@
+"""Functional form of mhsa's multi-head self-attention."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def multi_head_self_attention(
+    query: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],
+    num_heads: int,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    batch_first: bool = False,
+    key_padding_mask: Optional[Tensor] = None,
+    need_weights: bool = True,
+    attn_mask: Optional[Tensor] = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Multi-head self-attention with explicit weights (query = key = value).
+
+    Same semantics as ``torch.nn.functional.multi_head_attention_forward`` for self-attention
+    with a packed input projection, plus ``batch_first``.
+
+    Args:
+        query: ``(L, N, E)``, ``(N, L, E)`` if ``batch_first``, or unbatched ``(L, E)``.
+        in_proj_weight: ``(3E, E)``, rows ``[0:E]`` project queries, then keys, then values.
+        in_proj_bias: ``(3E)`` or None.
+        out_proj_weight: ``(E, E)``.
+        out_proj_bias: ``(E)`` or None.
+        num_heads: number of heads H; must divide E.
+        dropout_p: dropout probability on the attention weights, used when ``training``.
+        training: apply dropout.
+        batch_first: layout of a 3-D query.
+        key_padding_mask: ``(N, L)`` (``(L)`` unbatched); bool (True = ignore that key) or float
+            (added to the scores).
+        need_weights: also return the attention weights.
+        attn_mask: ``(L, L)`` or ``(N*H, L, L)``; bool (True = may not attend) or float (added).
+        average_attn_weights: return weights averaged over heads ``(N, L, L)`` instead of
+            per head ``(N, H, L, L)``.
+        is_causal: apply a causal mask (no ``attn_mask`` needed; combined with one if given).
+
+    Returns:
+        ``(attn_output, attn_weights)``; ``attn_weights`` is None unless ``need_weights``.
+        A query whose keys are all masked gets zero attention (its output is the output
+        projection bias) and zero weights, never NaN.
+    """
+    output, weights = torch.ops.mhsa.multi_head_self_attention(
+        query,
+        in_proj_weight,
+        in_proj_bias,
+        out_proj_weight,
+        out_proj_bias,
+        num_heads,
+        dropout_p,
+        training,
+        batch_first,
+        key_padding_mask,
+        need_weights,
+        attn_mask,
+        average_attn_weights,
+        is_causal,
+    )
+    if need_weights:
+        return output, weights
+    return output, None

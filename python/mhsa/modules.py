@@ -1,0 +1,172 @@
+"""``mhsa.MultiheadSelfAttention``: a drop-in for self-attention ``nn.MultiheadAttention``."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Multi-head self-attention computed by mhsa's C++ operator.
+
+    Every token is projected into a query, a key and a value for each of ``num_heads`` heads;
+    each head scores every query against every key (scaled dot product), turns the scores into
+    weights with a softmax and takes the weighted sum of the values; the heads' outputs are
+    concatenated and projected once more.
+
+    Parameters, their names, shapes, initialization and ``state_dict`` keys are exactly those of
+    ``nn.MultiheadAttention(embed_dim, num_heads, dropout, bias, batch_first=...)``
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``), so state
+    dicts load both ways. Differences: ``is_causal=True`` needs no ``attn_mask``, and a query
+    whose keys are all masked gets zero attention instead of NaN.
+
+    Args:
+        embed_dim: total dimension E of the model.
+        num_heads: number of heads H; must divide ``embed_dim``.
+        dropout: dropout probability on the attention weights (training mode only).
+        bias: add ``in_proj_bias`` and ``out_proj.bias``.
+        batch_first: inputs and outputs are ``(N, L, E)`` instead of ``(L, N, E)``.
+        device, dtype: factory arguments for the parameters.
+    """
+
+    __constants__ = ["batch_first"]
+    bias_k: Optional[Tensor]
+    bias_v: Optional[Tensor]
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = False,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(
+                f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
+                f"and num_heads={num_heads} instead"
+            )
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.kdim = embed_dim
+        self.vdim = embed_dim
+        self._qkv_same_embed_dim = True
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **factory_kwargs))
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory_kwargs))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory_kwargs)
+        # Attributes nn.MultiheadAttention has and that code inspecting it reads.
+        self.bias_k = None
+        self.bias_v = None
+        self.add_zero_attn = False
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+        if self.out_proj.bias is not None:
+            nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        value: Optional[Tensor] = None,
+        key_padding_mask: Optional[Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Self-attention over ``query``; same arguments and returns as nn.MultiheadAttention.
+
+        ``key`` and ``value`` may be omitted or be the very same tensor as ``query`` (so that
+        ``attn(x, x, x)`` works); anything else is cross-attention, which mhsa does not support.
+
+        Returns ``(attn_output, attn_weights)``: output shaped like ``query``; weights
+        ``(N, L, L)`` averaged over heads or ``(N, H, L, L)`` (unbatched: without N), or None
+        when ``need_weights`` is False.
+        """
+        if key is not None:
+            if not (key is query):
+                raise ValueError(
+                    "mhsa.MultiheadSelfAttention: key must be the query tensor itself "
+                    "(self-attention); cross-attention is not supported"
+                )
+        if value is not None:
+            if not (value is query):
+                raise ValueError(
+                    "mhsa.MultiheadSelfAttention: value must be the query tensor itself "
+                    "(self-attention); cross-attention is not supported"
+                )
+        output, weights = torch.ops.mhsa.multi_head_self_attention(
+            query,
+            self.in_proj_weight,
+            self.in_proj_bias,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            self.num_heads,
+            self.dropout,
+            self.training,
+            self.batch_first,
+            key_padding_mask,
+            need_weights,
+            attn_mask,
+            average_attn_weights,
+            is_causal,
+        )
+        if need_weights:
+            return output, weights
+        return output, None
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> "MultiheadSelfAttention":
+        """Builds an mhsa module with the weights, dropout and layout of ``module``.
+
+        ``module`` must be shaped for self-attention: packed in-projection (kdim = vdim =
+        embed_dim), no ``add_bias_kv``, no ``add_zero_attn``.
+        """
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(f"expected an nn.MultiheadAttention, got {type(module).__name__}")
+        if not module._qkv_same_embed_dim:
+            raise ValueError("mhsa: kdim/vdim different from embed_dim is not supported")
+        if module.bias_k is not None or module.bias_v is not None:
+            raise ValueError("mhsa: add_bias_kv is not supported")
+        if module.add_zero_attn:
+            raise ValueError("mhsa: add_zero_attn is not supported")
+        weight = module.in_proj_weight
+        converted = cls(
+            module.embed_dim,
+            module.num_heads,
+            dropout=module.dropout,
+            bias=module.in_proj_bias is not None,
+            batch_first=module.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        converted.load_state_dict(module.state_dict())
+        converted.train(module.training)
+        return converted
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+            f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}"
+        )
