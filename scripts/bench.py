@@ -1,0 +1,296 @@
+"""Benchmark mhsa against torch.nn.MultiheadAttention in the same process.
+
+Times forward, backward and forward+backward (training mode), interleaving the two
+implementations, after a time-based warm-up, as the median of repeats, with the thread count
+set explicitly. Also measures the machine's GEMM rate (torch.mm at 2048^3 per dtype) so every row
+shows GFLOP/s and its share of that rate, no-grad inference against nn.MultiheadAttention's
+fast path, and the peak memory of one forward+backward step (fresh process per measurement).
+
+Writes bench.csv, bench.md (the README's performance table) and speedup.png to --out.
+Speed is never asserted in tests; this script is the only place it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import mhsa
+
+FULL_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8), (1, 4096, 1024, 16), (1, 8192, 512, 8)]
+QUICK_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Row:
+    mode: str  # "train" or "inference"
+    dtype: str
+    N: int
+    L: int
+    E: int
+    H: int
+    need_weights: bool
+    dropout: float
+    mhsa_fwd_ms: float
+    torch_fwd_ms: float
+    mhsa_bwd_ms: float
+    torch_bwd_ms: float
+    mhsa_step_ms: float
+    torch_step_ms: float
+    speedup: float
+    mhsa_gflops: float
+    gemm_pct: float
+    mhsa_peak_mib: float = float("nan")
+    torch_peak_mib: float = float("nan")
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def interleaved(fns: list[Callable[[], None]], warmup_s: float, min_reps: int, min_s: float) -> list[list[float]]:
+    """Runs each function in turn (ABAB...), after a time-based warm-up; returns seconds per call."""
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(samples[0]) < min_reps or time.perf_counter() - start < min_s:
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
+def gemm_rate(dtype: torch.dtype, size: int = 2048) -> float:
+    """GFLOP/s of torch.mm at size^3 in dtype, median of repeats."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    (times,) = interleaved([lambda: torch.mm(a, b)], warmup_s=0.5, min_reps=5, min_s=1.0)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def make_pair(E: int, H: int, dropout: float, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(E, H, dropout=dropout, batch_first=True, dtype=dtype)
+    ours = mhsa.MultiheadSelfAttention.from_torch(ref)
+    return ours, ref
+
+
+def step_fns(module: nn.Module, x: torch.Tensor, need_weights: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+    def forward() -> None:
+        module(x, x, x, need_weights=need_weights)
+
+    def step() -> None:
+        out, w = module(x, x, x, need_weights=need_weights)
+        loss = out.float().sum()
+        if w is not None:
+            loss = loss + w.float().sum()
+        loss.backward()
+
+    return forward, step
+
+
+def bench_train(N: int, L: int, E: int, H: int, dtype_name: str, need_weights: bool, dropout: float,
+                args: argparse.Namespace, rates: dict[str, float]) -> Row:
+    dtype = DTYPES[dtype_name]
+    ours, ref = make_pair(E, H, dropout, dtype)
+    ours.train()
+    ref.train()
+    x = torch.randn(N, L, E, dtype=dtype, requires_grad=True)
+    o_fwd, o_step = step_fns(ours, x, need_weights)
+    r_fwd, r_step = step_fns(ref, x, need_weights)
+    fwd = interleaved([o_fwd, r_fwd], args.warmup, args.reps, args.min_time)
+    step = interleaved([o_step, r_step], args.warmup, args.reps, args.min_time)
+    o_f, r_f = median_ms(fwd[0]), median_ms(fwd[1])
+    o_s, r_s = median_ms(step[0]), median_ms(step[1])
+    flops = 24 * N * L * E * E + 12 * N * L * L * E
+    gflops = flops / (o_s / 1e3) / 1e9
+    return Row("train", dtype_name, N, L, E, H, need_weights, dropout, o_f, r_f, o_s - o_f, r_s - r_f,
+               o_s, r_s, r_s / o_s, gflops, 100 * gflops / rates[dtype_name])
+
+
+def bench_inference(N: int, L: int, E: int, H: int, dtype_name: str, args: argparse.Namespace,
+                    rates: dict[str, float]) -> Row:
+    dtype = DTYPES[dtype_name]
+    ours, ref = make_pair(E, H, 0.0, dtype)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(N, L, E, dtype=dtype)
+
+    def o() -> None:
+        with torch.no_grad():
+            ours(x, x, x, need_weights=False)
+
+    def r() -> None:
+        with torch.no_grad():
+            ref(x, x, x, need_weights=False)  # eligible for the native fast path
+
+    times = interleaved([o, r], args.warmup, args.reps, args.min_time)
+    o_f, r_f = median_ms(times[0]), median_ms(times[1])
+    flops = 8 * N * L * E * E + 4 * N * L * L * E
+    gflops = flops / (o_f / 1e3) / 1e9
+    nan = float("nan")
+    return Row("inference", dtype_name, N, L, E, H, False, 0.0, o_f, r_f, nan, nan, o_f, r_f, r_f / o_f,
+               gflops, 100 * gflops / rates[dtype_name])
+
+
+MEMORY_SNIPPET = r"""
+import gc, sys, torch, mhsa
+from torch import nn
+impl, N, L, E, H, p, nw, dtype, threads = sys.argv[1:]
+N, L, E, H, p, nw = int(N), int(L), int(E), int(H), float(p), nw == "1"
+torch.set_num_threads(int(threads))
+dt = getattr(torch, dtype)
+torch.manual_seed(0)
+ref = nn.MultiheadAttention(E, H, dropout=p, batch_first=True, dtype=dt)
+m = mhsa.MultiheadSelfAttention.from_torch(ref) if impl == "mhsa" else ref
+m.train()
+x = torch.randn(N, L, E, dtype=dt, requires_grad=True)
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
+base = rss("VmRSS:")
+out, w = m(x, x, x, need_weights=nw)
+loss = out.float().sum() + (w.float().sum() if w is not None else 0)
+loss.backward()
+print(rss("VmHWM:") - base)
+"""
+
+
+def peak_memory_mib(impl: str, N: int, L: int, E: int, H: int, dropout: float, need_weights: bool,
+                    dtype: str, threads: int) -> float:
+    """Peak RSS growth (MiB) over one forward+backward step, measured in a fresh process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # large tensors go back to the OS
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SNIPPET, impl, str(N), str(L), str(E), str(H), str(dropout),
+         "1" if need_weights else "0", dtype, str(threads)],
+        capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    lines = [
+        f"Threads: {threads}. GEMM rate (torch.mm 2048^3): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()) + ".",
+        "",
+        "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | mhsa GFLOP/s | % of GEMM | peak MiB mhsa / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        step = "-" if r.mode == "inference" else f"{r.mhsa_step_ms:.1f}"
+        tstep = "-" if r.mode == "inference" else f"{r.torch_step_ms:.1f}"
+        mem = "" if r.mhsa_peak_mib != r.mhsa_peak_mib else f"{r.mhsa_peak_mib:.0f} / {r.torch_peak_mib:.0f}"
+        lines.append(
+            f"| {r.mode} | {r.dtype} | {r.N}, {r.L}, {r.E}, {r.H} | {r.need_weights} | {r.dropout} | "
+            f"{r.mhsa_fwd_ms:.1f} | {r.torch_fwd_ms:.1f} | {step} | {tstep} | **{r.speedup:.2f}x** | "
+            f"{r.mhsa_gflops:.0f} | {r.gemm_pct:.0f}% | {mem} |")
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        groups: dict[str, list[Row]] = {}
+        for r in rows:
+            label = f"{r.mode} {r.dtype} weights={r.need_weights} p={r.dropout}"
+            groups.setdefault(label, []).append(r)
+        for label, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r.L)
+            ax.plot([r.L for r in rs], [r.speedup for r in rs], marker="o", label=label)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("speedup vs nn.MultiheadAttention (x)")
+        ax.set_title(f"mhsa vs torch {torch.__version__}, {threads} threads")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "speedup.png", dpi=110)
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few rows, about a minute")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per measurement")
+    parser.add_argument("--reps", type=int, default=5, help="minimum repeats per measurement")
+    parser.add_argument("--min-time", type=float, default=1.0, help="minimum seconds per measurement")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--shapes", default=None, help="override, e.g. 4x512x512x8,1x2048x512x8")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.warmup, args.reps, args.min_time = 0.2, 3, 0.3
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    dtypes = args.dtypes.split(",")
+    print(f"torch {torch.__version__}, mhsa {mhsa.__version__}, threads {torch.get_num_threads()}", flush=True)
+    rates = {d: gemm_rate(DTYPES[d]) for d in dtypes}
+    print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
+
+    rows: list[Row] = []
+    configs = [(False, 0.0), (True, 0.0), (False, 0.1)] if not args.quick else [(False, 0.0), (True, 0.0)]
+    for dtype in dtypes:
+        for (N, L, E, H) in shapes:
+            for need_weights, dropout in configs:
+                if need_weights and N * H * L * L * 4 * 3 > 8 * 2**30:
+                    continue  # nn.MultiheadAttention would need > 8 GiB for its L x L tensors
+                if dtype == "bfloat16" and (need_weights or dropout):
+                    continue
+                row = bench_train(N, L, E, H, dtype, need_weights, dropout, args, rates)
+                rows.append(row)
+                print(f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
+                      f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
+                      f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({row.gemm_pct:.0f}% of GEMM)",
+                      flush=True)
+            row = bench_inference(N, L, E, H, dtype, args, rates)
+            rows.append(row)
+            print(f"inference {dtype} N={N} L={L} E={E} H={H}: mhsa {row.mhsa_fwd_ms:.1f} ms, "
+                  f"torch {row.torch_fwd_ms:.1f} ms, speedup {row.speedup:.2f}x", flush=True)
+    if not args.no_memory:
+        N, L, E, H = (1, 8192, 512, 8) if not args.quick else (1, 2048, 512, 8)
+        for row in rows:
+            if (row.N, row.L, row.E, row.H) == (N, L, E, H) and row.mode == "train" and row.dtype == "float32" and not row.need_weights:
+                row.mhsa_peak_mib = peak_memory_mib("mhsa", N, L, E, H, row.dropout, False, "float32", args.threads)
+                row.torch_peak_mib = peak_memory_mib("torch", N, L, E, H, row.dropout, False, "float32", args.threads)
+                print(f"peak memory fwd+bwd N={N} L={L} E={E} H={H} p={row.dropout}: mhsa {row.mhsa_peak_mib:.0f} MiB, "
+                      f"torch {row.torch_peak_mib:.0f} MiB ({100 * row.mhsa_peak_mib / row.torch_peak_mib:.0f}%)", flush=True)
+    write_outputs(rows, rates, args.out, args.threads)
+    (args.out / "rates.json").write_text(json.dumps(rates))
+    print(f"wrote {args.out}/bench.csv, bench.md, speedup.png")
+
+
+if __name__ == "__main__":
+    main()
