@@ -1,0 +1,317 @@
+"""Shared helpers of the mhsa pytest suite (imported by conftest.py and the test files).
+
+Everything here builds inputs and runs the reference, torch.nn.MultiheadAttention, side by side
+with mhsa; the assertions live in the test files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+import mhsa
+
+PARAM_NAMES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+
+# Tolerances against nn.MultiheadAttention. atol is scaled by max(1, max|reference|) of the
+# compared tensor, because gradients of the shared weights are sums over N*L rows and grow with
+# them; rtol is not scaled.
+TOLERANCES = {
+    torch.float64: {"out": (1e-7, 1e-10), "grad": (1e-7, 1e-10)},
+    torch.float32: {"out": (1e-5, 1e-5), "grad": (1e-4, 2e-5)},
+}
+
+
+def tolerance(dtype: torch.dtype, kind: str, reference: Tensor) -> Dict[str, float]:
+    rtol, atol = TOLERANCES[dtype][kind]
+    scale = max(1.0, reference.detach().abs().max().item()) if reference.numel() else 1.0
+    return {"rtol": rtol, "atol": atol * scale}
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, kind: str, what: str) -> None:
+    torch.testing.assert_close(
+        actual, expected, **tolerance(dtype, kind, expected), msg=lambda m: f"{what}: {m}"
+    )
+
+
+def randomize_(module: nn.Module, seed: int) -> None:
+    """Gives every parameter random values (biases too, so their gradients matter)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = p.shape[-1] if p.dim() == 2 else 4
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) / fan_in**0.5)
+
+
+def make_pair(
+    E: int,
+    H: int,
+    *,
+    bias: bool = True,
+    batch_first: bool = False,
+    dtype: torch.dtype = torch.float64,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> Tuple[nn.MultiheadAttention, mhsa.MultiheadSelfAttention]:
+    """An nn.MultiheadAttention with random weights and the mhsa module built from it."""
+    ref = nn.MultiheadAttention(E, H, dropout=dropout, bias=bias, batch_first=batch_first, dtype=dtype)
+    randomize_(ref, seed)
+    mod = mhsa.MultiheadSelfAttention.from_torch(ref)
+    return ref, mod
+
+
+def make_input(L: int, N: Optional[int], E: int, *, batch_first: bool, dtype: torch.dtype, seed: int) -> Tensor:
+    """(L, N, E), (N, L, E) with batch_first, or (L, E) when N is None (unbatched)."""
+    g = torch.Generator().manual_seed(seed)
+    if N is None:
+        shape = (L, E)
+    else:
+        shape = (N, L, E) if batch_first else (L, N, E)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+
+
+def _never_empty(masked: Tensor) -> Tensor:
+    """Unmasks key 0 and the diagonal, so that no query row is fully masked (even with a
+    causal mask on top: key 0 is always visible)."""
+    masked = masked.clone()
+    masked[..., 0] = False
+    if masked.dim() >= 2 and masked.shape[-1] == masked.shape[-2]:
+        masked.diagonal(dim1=-2, dim2=-1).fill_(False)
+    return masked
+
+
+def random_bool_mask(shape, *, seed: int, p: float = 0.35, never_empty: bool = True) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    masked = torch.rand(shape, generator=g) < p
+    return _never_empty(masked) if never_empty else masked
+
+
+def bool_to_float(mask: Tensor, dtype: torch.dtype, *, seed: int) -> Tensor:
+    """A float mask: -inf where `mask` is True, random finite values elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(mask.shape, generator=g, dtype=torch.float64).to(dtype)
+    return values.masked_fill(mask, float("-inf"))
+
+
+def make_attn_mask(kind: Optional[str], *, N: Optional[int], H: int, L: int, dtype: torch.dtype, seed: int):
+    """kind: None, bool2d, float2d, bool3d, float3d. 3-D masks are (N*H, L, L), or (H, L, L)
+    unbatched (N is None)."""
+    if kind is None:
+        return None
+    shape = (L, L) if kind.endswith("2d") else ((N if N is not None else 1) * H, L, L)
+    m = random_bool_mask(shape, seed=seed)
+    return m if kind.startswith("bool") else bool_to_float(m, dtype, seed=seed + 1)
+
+
+def make_kpm(kind: Optional[str], *, N: Optional[int], L: int, dtype: torch.dtype, seed: int):
+    """kind: None, bool, float. (N, L), or (L) unbatched."""
+    if kind is None:
+        return None
+    m = random_bool_mask((L,) if N is None else (N, L), seed=seed, p=0.3)
+    return m if kind == "bool" else bool_to_float(m, dtype, seed=seed + 1)
+
+
+def causal_bool(L: int) -> Tensor:
+    return torch.ones(L, L, dtype=torch.bool).triu(1)
+
+
+def with_causal(attn_mask: Optional[Tensor], L: int, dtype: torch.dtype) -> Tensor:
+    """attn_mask combined with the causal mask, in the same representation as attn_mask."""
+    causal = causal_bool(L)
+    if attn_mask is None:
+        return causal
+    if attn_mask.dtype == torch.bool:
+        return attn_mask | causal
+    return attn_mask.masked_fill(causal, float("-inf"))
+
+
+@dataclasses.dataclass
+class Case:
+    L: int
+    N: Optional[int]  # None: unbatched
+    E: int
+    H: int
+    batch_first: bool = False
+    bias: bool = True
+    attn_mask: Optional[str] = None
+    kpm: Optional[str] = None
+    is_causal: bool = False
+    need_weights: bool = True
+    average: bool = True
+    seed: int = 0
+
+    def id(self) -> str:
+        parts = [f"L{self.L}", "unbatched" if self.N is None else f"N{self.N}", f"E{self.E}", f"H{self.H}"]
+        parts.append("bf" if self.batch_first else "sf")
+        if not self.bias:
+            parts.append("nobias")
+        if self.attn_mask:
+            parts.append(f"am-{self.attn_mask}")
+        if self.kpm:
+            parts.append(f"kpm-{self.kpm}")
+        if self.is_causal:
+            parts.append("causal")
+        parts.append("w" + ("avg" if self.average else "heads") if self.need_weights else "nw")
+        return "-".join(parts)
+
+
+@dataclasses.dataclass
+class Run:
+    output: Tensor
+    weights: Optional[Tensor]
+    grads: Dict[str, Tensor]  # "input" and the four parameter names
+
+
+def _loss_and_grads(module: nn.Module, x: Tensor, output: Tensor, weights: Optional[Tensor], r1: Tensor, r2: Optional[Tensor]) -> Dict[str, Tensor]:
+    loss = (output * r1).sum()
+    if weights is not None and r2 is not None:
+        loss = loss + (weights * r2).sum()
+    params = dict(module.named_parameters())
+    names = ["input"] + [n for n in PARAM_NAMES if n in params]
+    tensors = [x] + [params[n] for n in names[1:]]
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(t)) for n, t, g in zip(names, tensors, grads)}
+
+
+def run_reference(ref: nn.MultiheadAttention, x: Tensor, case: Case, dtype: torch.dtype, r1: Tensor, r2: Optional[Tensor], *, masks) -> Run:
+    """nn.MultiheadAttention on the case. For is_causal it gets an explicit causal attn_mask
+    (with is_causal=True when that mask is purely causal, as MHA requires; when another
+    attn_mask is combined with the causal one, is_causal=False, since MHA would treat the hint
+    as permission to ignore the mask's contents)."""
+    attn_mask, kpm = masks
+    is_causal = False
+    if case.is_causal:
+        is_causal = attn_mask is None
+        attn_mask = with_causal(attn_mask, case.L, dtype)
+    with warnings.catch_warnings():
+        # "Support for mismatched key_padding_mask and attn_mask is deprecated"
+        warnings.simplefilter("ignore")
+        out, w = ref(
+            x, x, x,
+            key_padding_mask=kpm,
+            need_weights=case.need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=case.average,
+            is_causal=is_causal,
+        )
+    return Run(out, w, _loss_and_grads(ref, x, out, w, r1, r2))
+
+
+def run_mhsa(mod: mhsa.MultiheadSelfAttention, x: Tensor, case: Case, r1: Tensor, r2: Optional[Tensor], *, masks) -> Run:
+    """mhsa on the case: is_causal=True with no causal mask of its own."""
+    attn_mask, kpm = masks
+    out, w = mod(
+        x,
+        key_padding_mask=kpm,
+        need_weights=case.need_weights,
+        attn_mask=attn_mask,
+        average_attn_weights=case.average,
+        is_causal=case.is_causal,
+    )
+    return Run(out, w, _loss_and_grads(mod, x, out, w, r1, r2))
+
+
+def run_case(case: Case, dtype: torch.dtype) -> Tuple[Run, Run]:
+    """Runs nn.MultiheadAttention and mhsa on the same weights, inputs, masks and loss."""
+    ref, mod = make_pair(case.E, case.H, bias=case.bias, batch_first=case.batch_first, dtype=dtype, seed=case.seed)
+    x = make_input(case.L, case.N, case.E, batch_first=case.batch_first, dtype=dtype, seed=case.seed + 1)
+    masks = (
+        make_attn_mask(case.attn_mask, N=case.N, H=case.H, L=case.L, dtype=dtype, seed=case.seed + 2),
+        make_kpm(case.kpm, N=case.N, L=case.L, dtype=dtype, seed=case.seed + 4),
+    )
+    g = torch.Generator().manual_seed(case.seed + 6)
+    r1 = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    r2 = None
+    if case.need_weights:
+        N = 1 if case.N is None else case.N
+        wshape = (N, case.L, case.L) if case.average else (N, case.H, case.L, case.L)
+        if case.N is None:
+            wshape = wshape[1:]
+        r2 = torch.randn(wshape, generator=g, dtype=torch.float64).to(dtype)
+    expected = run_reference(ref, x, case, dtype, r1, r2, masks=masks)
+    actual = run_mhsa(mod, x, case, r1, r2, masks=masks)
+    return expected, actual
+
+
+def max_errors(expected: Run, actual: Run) -> Dict[str, Tuple[float, float]]:
+    """Per compared tensor: (max abs error, max abs error / max(1, max |reference|))."""
+    pairs = [("output", expected.output, actual.output)]
+    if expected.weights is not None:
+        pairs.append(("weights", expected.weights, actual.weights))
+    pairs += [(f"grad {n}", expected.grads[n], actual.grads[n]) for n in expected.grads]
+    result = {}
+    for name, e, a in pairs:
+        if e.numel() == 0:
+            result[name] = (0.0, 0.0)
+            continue
+        err = (a.detach().double() - e.detach().double()).abs().max().item()
+        result[name] = (err, err / max(1.0, e.detach().abs().max().item()))
+    return result
+
+
+def assert_parity(expected: Run, actual: Run, dtype: torch.dtype) -> None:
+    assert actual.output.shape == expected.output.shape
+    assert actual.output.dtype == expected.output.dtype
+    assert_close(actual.output, expected.output, dtype, "out", "attn_output")
+    if expected.weights is None:
+        assert actual.weights is None
+    else:
+        assert actual.weights is not None
+        assert actual.weights.shape == expected.weights.shape
+        assert_close(actual.weights, expected.weights, dtype, "out", "attn_weights")
+    assert set(actual.grads) == set(expected.grads)
+    for name in expected.grads:
+        assert_close(actual.grads[name], expected.grads[name], dtype, "grad", f"grad of {name}")
+
+
+# The parity grid: representative rather than a Cartesian product. Lengths cross the kernels'
+# tiles (64-row query blocks, 128-key backward blocks, 256-key forward blocks); long sequences
+# use a small E to keep the suite fast.
+PARITY_CASES: List[Case] = [
+    # short sequences, every mask form, both layouts
+    Case(L=1, N=2, E=16, H=4),
+    Case(L=1, N=3, E=16, H=4, batch_first=True, attn_mask="bool3d", kpm="bool", average=False),
+    Case(L=2, N=3, E=16, H=2, batch_first=True, attn_mask="bool2d"),
+    Case(L=2, N=2, E=16, H=16, attn_mask="float2d", kpm="float", average=False),
+    Case(L=7, N=2, E=24, H=3, attn_mask="float2d", average=False),
+    Case(L=7, N=2, E=16, H=4, batch_first=True, bias=False, attn_mask="bool3d"),
+    Case(L=7, N=2, E=16, H=4, attn_mask="float3d", average=False),
+    Case(L=9, N=3, E=16, H=1, batch_first=True, kpm="bool"),
+    Case(L=9, N=3, E=32, H=8, kpm="float", average=False),
+    Case(L=7, N=2, E=16, H=4, attn_mask="bool2d", kpm="float"),
+    Case(L=8, N=2, E=16, H=4, batch_first=True, attn_mask="float3d", kpm="bool", need_weights=False),
+    Case(L=5, N=4, E=64, H=16, need_weights=False),
+    Case(L=6, N=2, E=16, H=2, bias=False, attn_mask="bool2d", kpm="bool", need_weights=False),
+    # causal: mhsa gets no mask, MHA gets the explicit causal mask
+    Case(L=7, N=2, E=16, H=4, is_causal=True),
+    Case(L=7, N=2, E=16, H=4, batch_first=True, is_causal=True, need_weights=False),
+    Case(L=33, N=2, E=16, H=4, batch_first=True, attn_mask="bool2d", is_causal=True),
+    Case(L=40, N=2, E=16, H=2, attn_mask="float3d", kpm="bool", is_causal=True, average=False),
+    Case(L=20, N=2, E=16, H=4, kpm="float", is_causal=True, need_weights=False),
+    # unbatched (L, E): masks (L, L) or (H, L, L), key_padding_mask (L)
+    Case(L=7, N=None, E=16, H=4),
+    Case(L=9, N=None, E=16, H=4, attn_mask="bool3d", kpm="bool", average=False),
+    Case(L=9, N=None, E=16, H=2, batch_first=True, attn_mask="float2d", kpm="float", need_weights=False),
+    Case(L=11, N=None, E=16, H=4, is_causal=True),
+    Case(L=70, N=None, E=16, H=4, attn_mask="float3d", is_causal=True, average=False),
+    # lengths around the tiles
+    Case(L=63, N=2, E=32, H=4, attn_mask="bool2d"),
+    Case(L=64, N=2, E=32, H=4, batch_first=True, attn_mask="bool2d", kpm="bool"),
+    Case(L=65, N=2, E=32, H=16, attn_mask="float3d", kpm="float", average=False),
+    Case(L=65, N=2, E=32, H=4, batch_first=True, attn_mask="bool3d", kpm="float", need_weights=False),
+    Case(L=127, N=1, E=16, H=2, kpm="bool", is_causal=True),
+    Case(L=128, N=2, E=64, H=8, batch_first=True, kpm="bool", average=False),
+    Case(L=129, N=2, E=16, H=4, kpm="bool", is_causal=True),
+    Case(L=130, N=2, E=16, H=2, bias=False, attn_mask="float2d", kpm="bool"),
+    Case(L=130, N=1, E=32, H=8, batch_first=True, is_causal=True, average=False),
+    Case(L=255, N=1, E=16, H=4, attn_mask="bool2d"),
+    Case(L=256, N=1, E=16, H=4, attn_mask="float2d", average=False),
+    Case(L=257, N=2, E=16, H=4, batch_first=True, is_causal=True, need_weights=False),
+    Case(L=300, N=2, E=16, H=4, batch_first=True),
+    Case(L=300, N=1, E=16, H=2, attn_mask="bool2d", kpm="bool", need_weights=False),
+    Case(L=300, N=1, E=16, H=4, attn_mask="float3d", kpm="float", is_causal=True),
+]
