@@ -1,0 +1,105 @@
+"""Writes a TorchScript model that uses mhsa, plus a recorded input/output/gradient, for the C++
+GoogleTest suite (tests/cpp/test_torchscript.cpp) to load with torch::jit::load.
+
+    python tests/python/make_scripted_model.py DIR
+
+writes
+
+* ``DIR/scripted_mhsa.pt``: ``torch.jit.script`` of a small block built around
+  ``mhsa.MultiheadSelfAttention`` (E=16, H=4, batch_first, float64, fixed seed, eval mode).
+  ``forward(x)`` takes ``(N, L, E)`` and returns ``(output, attn_weights)``.
+* ``DIR/scripted_mhsa_io.pt``: a scripted module whose tensor attributes are ``input`` (the
+  fixed input), ``output`` (the model's first output for it) and ``grad_input`` (the gradient
+  of ``output.sum()`` with respect to ``input``).
+
+The C++ side loads libmhsa.so (linking it registers the ops) and must reproduce ``output`` and
+``grad_input`` from ``scripted_mhsa.pt`` and ``input``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+import mhsa
+
+EMBED_DIM = 16
+NUM_HEADS = 4
+SEED = 20240607
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm causal self-attention with a residual connection."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0,
+                 dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim, dtype=dtype)
+        self.attn = mhsa.MultiheadSelfAttention(embed_dim, num_heads, dropout=dropout,
+                                                batch_first=True, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        h = self.norm(x)
+        out, weights = self.attn(h, need_weights=True, is_causal=True)
+        assert weights is not None
+        return x + out, weights
+
+
+class Recorded(nn.Module):
+    """Tensors saved as attributes of a scripted module, readable from C++ with
+    ``module.attr("input").toTensor()``."""
+
+    def __init__(self, input: Tensor, output: Tensor, grad_input: Tensor) -> None:
+        super().__init__()
+        self.input = input
+        self.output = output
+        self.grad_input = grad_input
+
+    def forward(self) -> Tensor:
+        return self.output
+
+
+def build_model() -> nn.Module:
+    torch.manual_seed(SEED)
+    # dropout is configured but the model is saved in eval mode: a loader that ran it in
+    # training mode would not reproduce the output
+    model = AttentionBlock(EMBED_DIM, NUM_HEADS, dropout=0.1)
+    with torch.no_grad():  # non-zero biases and norm parameters, so that they matter
+        model.attn.in_proj_bias.normal_(0.0, 0.2)
+        model.attn.out_proj.bias.normal_(0.0, 0.2)
+        model.norm.weight.normal_(1.0, 0.1)
+        model.norm.bias.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def make_input() -> Tensor:
+    g = torch.Generator().manual_seed(SEED + 1)
+    return torch.randn(2, 11, EMBED_DIM, generator=g, dtype=torch.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="directory to write the two .pt files to")
+    args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    scripted = torch.jit.script(build_model())
+    x = make_input().requires_grad_()
+    output = scripted(x)[0]
+    output.sum().backward()  # as the C++ test does: the parameters get .grad too
+    grad_input = x.grad
+
+    model_path = args.out_dir / "scripted_mhsa.pt"
+    io_path = args.out_dir / "scripted_mhsa_io.pt"
+    torch.jit.save(scripted, str(model_path))
+    recorded = Recorded(x.detach().clone(), output.detach().clone(), grad_input.detach().clone())
+    torch.jit.save(torch.jit.script(recorded), str(io_path))
+    print(f"wrote {model_path} and {io_path}")
+
+
+if __name__ == "__main__":
+    main()
