@@ -5,6 +5,10 @@
 
 #include <mhsa/ops.h>
 
+#include <string>
+
+#include "cpu/cpu_capability.h"
+
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped
   // by the linker; calling it has no effect.
@@ -42,4 +46,8 @@ TORCH_LIBRARY(mhsa, m) {
       "bool[5] output_mask) "
       "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
       "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
+  // The instruction set of the attention kernels chosen on this CPU: default, avx2 or avx512.
+  m.def("_cpu_capability() -> str", []() -> std::string {
+    return mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
+  });
 }

@@ -1,197 +1,297 @@
 #pragma once
-// Building blocks shared by the fused forward and backward CPU kernels: where each head's
-// Q, K, V live inside the packed QKV buffer, the masks applied inside a score tile, and the
-// counter-based dropout that backward regenerates instead of storing a mask.
-#include <ATen/core/Tensor.h>
-#include <ATen/OpMathType.h>
-#include <c10/util/BFloat16.h>
+// Building blocks of the attention kernels, compiled once per instruction set: include this
+// header only from the ISA translation units (attention_*_kernel.cpp), which define MHSA_ISA
+// (the namespace of their copy) and are built with that ISA's compiler flags. Every function
+// here lives in that namespace, and the code avoids inline library templates (std::vector,
+// std::fill, ...) whose copies compiled with different flags could be merged by the linker
+// and run AVX-512 code on a CPU without it.
+#ifndef MHSA_ISA
+#error "attention_tile.h is for the per-ISA kernel translation units (MHSA_ISA undefined)"
+#endif
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
-#include <optional>
 #include <type_traits>
-#include <vector>
 
+#include "cpu/attention_args.h"
+#include "cpu/cpu_capability.h"
 #include "cpu/tile_gemm.h"
 
-namespace mhsa::cpu {
+namespace mhsa::cpu::MHSA_ISA {
 
-// Tile sizes: a query block of kBlockQ rows against a key block of kBlockK columns keeps the
-// fp32 score tile (64 x 256 x 4 B = 64 KiB) and one head's output accumulator in L2.
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 256;
+// ---------------------------------------------------------------------------------------
+// Vector math on fp32 rows with GCC vector extensions: the width follows the ISA flags of
+// this translation unit (4, 8 or 16 lanes).
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+typedef float vfloat __attribute__((vector_size(kVecBytes)));
+typedef int32_t vint __attribute__((vector_size(kVecBytes)));
+constexpr int kLanes = kVecBytes / 4;
 
-// Rows of x, qkv and context are laid out like the input: row(n, l) = n * L + l with
-// batch_first, l * N + n without. Q, K and V of head h are read in place at columns h*D,
-// E + h*D and 2E + h*D of qkv; consecutive sequence positions are seq_rows() rows apart.
-struct AttentionGeometry {
-  int64_t N, L, E, H, D;
-  bool batch_first;
-  int64_t row(int64_t n, int64_t l) const { return batch_first ? n * L + l : l * N + n; }
-  int64_t seq_rows() const { return batch_first ? 1 : N; }
-};
+inline vfloat splat(float v) { return vfloat{} + v; }
+inline vfloat load(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
 
-// The masks of one call, converted once: bool masks stay bool (true = may not attend), float
-// masks become acc_t values added to the scores. attn_mask is (L, L) or (N*H, L, L),
-// key_padding_mask (N, L).
-template <typename acc_t>
-struct TileMasks {
-  at::Tensor attn_storage, kpm_storage;  // keep converted copies alive
-  const bool* attn_bool = nullptr;
-  const acc_t* attn_add = nullptr;
-  bool attn_per_head = false;
-  const bool* kpm_bool = nullptr;
-  const acc_t* kpm_add = nullptr;
-  bool causal = false;
+// exp(x) in about 1 ulp: x = n ln2 + r with |r| <= ln2/2, a degree-7 polynomial for exp(r)
+// (Cephes' expf coefficients), 2^n added to the exponent bits. Below -87.3 (including -inf,
+// i.e. masked scores) the result is exactly 0; NaN stays NaN.
+inline vfloat vexp(vfloat x) {
+  const vint is_nan = x != x;
+  const vint underflow = x < -87.3365478515625f;
+  x = x > 88.3762626647949f ? splat(88.3762626647949f) : x;
+  x = underflow ? splat(-87.3365478515625f) : x;
+  const vfloat t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) via 1.5 * 2^23
+  const vfloat n = t - 12582912.0f;
+  const vint n_int = (vint)t - 0x4B400000;
+  vfloat r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  vfloat p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vint bits = (vint)p + (n_int << 23);
+  vfloat result = (vfloat)bits;
+  result = underflow ? vfloat{} : result;
+  return is_nan ? x : result;
+}
 
-  TileMasks(const std::optional<at::Tensor>& attn_mask,
-            const std::optional<at::Tensor>& key_padding_mask, bool is_causal) {
-    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    causal = is_causal;
-    if (attn_mask.has_value() && attn_mask->defined()) {
-      attn_per_head = attn_mask->dim() == 3;
-      if (attn_mask->scalar_type() == at::kBool) {
-        attn_storage = attn_mask->contiguous();
-        attn_bool = attn_storage.data_ptr<bool>();
-      } else {
-        attn_storage = attn_mask->to(acc_type).contiguous();
-        attn_add = attn_storage.data_ptr<acc_t>();
-      }
-    }
-    if (key_padding_mask.has_value() && key_padding_mask->defined()) {
-      if (key_padding_mask->scalar_type() == at::kBool) {
-        kpm_storage = key_padding_mask->contiguous();
-        kpm_bool = kpm_storage.data_ptr<bool>();
-      } else {
-        kpm_storage = key_padding_mask->to(acc_type).contiguous();
-        kpm_add = kpm_storage.data_ptr<acc_t>();
-      }
-    }
+// Tail of a row: the last n % kLanes elements through a padded vector.
+inline vfloat load_tail(const float* p, int64_t count, float pad) {
+  float tmp[kLanes];
+  for (int k = 0; k < kLanes; ++k) tmp[k] = k < count ? p[k] : pad;
+  return load(tmp);
+}
+inline void store_tail(float* p, int64_t count, vfloat v) {
+  float tmp[kLanes];
+  store(tmp, v);
+  for (int64_t k = 0; k < count; ++k) p[k] = tmp[k];
+}
+inline float horizontal_sum(vfloat v) {
+  float s = 0;
+  for (int k = 0; k < kLanes; ++k) s += v[k];
+  return s;
+}
+inline float horizontal_max(vfloat v) {
+  float m = v[0];
+  for (int k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
+  return m;
+}
+
+inline float row_max(const float* x, int64_t n) {
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  vfloat m = splat(neg_inf);
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    const vfloat v = load(x + c);
+    m = v > m ? v : m;
   }
-
-  bool any() const { return causal || attn_bool || attn_add || kpm_bool || kpm_add; }
-
-  // Applies every mask to the score tile S (rows i0..i1 of queries, columns j0..j1 of keys,
-  // row stride ld) of batch n, head h.
-  void apply(acc_t* S, int64_t ld, const AttentionGeometry& g, int64_t n, int64_t h,
-             int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
-    constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-    const int64_t cols = j1 - j0;
-    const int64_t attn_offset = attn_per_head ? (n * g.H + h) * g.L * g.L : 0;
-    for (int64_t i = i0; i < i1; ++i) {
-      acc_t* s = S + (i - i0) * ld;
-      if (attn_bool) {
-        const bool* m = attn_bool + attn_offset + i * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) s[c] = m[c] ? neg_inf : s[c];
-      } else if (attn_add) {
-        const acc_t* m = attn_add + attn_offset + i * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) s[c] += m[c];
-      }
-      if (kpm_bool) {
-        const bool* m = kpm_bool + n * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) s[c] = m[c] ? neg_inf : s[c];
-      } else if (kpm_add) {
-        const acc_t* m = kpm_add + n * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) s[c] += m[c];
-      }
-      if (causal) {
-        for (int64_t c = std::max<int64_t>(i + 1 - j0, 0); c < cols; ++c) s[c] = neg_inf;
-      }
-    }
+  if (c < n) {
+    const vfloat v = load_tail(x + c, n - c, neg_inf);
+    m = v > m ? v : m;
   }
-};
+  return horizontal_max(m);
+}
+inline double row_max(const double* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t c = 0; c < n; ++c) m = x[c] > m ? x[c] : m;
+  return m;
+}
 
-// Dropout on the attention probabilities with a counter-based generator (Philox-4x32-10):
-// the keep decision of element (n, h, i, j) is a pure function of (seed, n, h, i, j), so the
-// backward pass regenerates it and no L x L mask is ever stored.
-struct AttentionDropout {
-  bool enabled = false;
-  double p = 0.0;
-  uint64_t seed = 0;
-
-  static inline void philox_round(uint32_t c[4], uint32_t k0, uint32_t k1) {
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c[0];
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c[2];
-    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
-    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
-    c[0] = hi1 ^ c[1] ^ k0;
-    c[1] = lo1;
-    c[2] = hi0 ^ c[3] ^ k1;
-    c[3] = lo0;
+// x = exp(x - shift) in place; returns the sum of the new values.
+inline float exp_shift_sum(float* x, int64_t n, float shift) {
+  vfloat sum{};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    const vfloat e = vexp(load(x + c) - shift);
+    store(x + c, e);
+    sum += e;
   }
-
-  static inline void philox(uint64_t counter, uint64_t key, uint32_t out[4]) {
-    uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0, 0};
-    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-    for (int r = 0; r < 10; ++r) {
-      philox_round(c, k0, k1);
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    for (int i = 0; i < 4; ++i) out[i] = c[i];
+  if (c < n) {
+    const vfloat e = vexp(load_tail(x + c, n - c, -std::numeric_limits<float>::infinity()) - shift);
+    store_tail(x + c, n - c, e);
+    sum += e;
   }
-
-  // Multiplies row i of head (n, h), columns j0..j1, by keep / (1 - p) in place.
-  template <typename acc_t>
-  void apply_row(acc_t* row, const AttentionGeometry& g, int64_t n, int64_t h, int64_t i,
-                 int64_t j0, int64_t j1) const {
-    const acc_t scale = p >= 1.0 ? acc_t(0) : static_cast<acc_t>(1.0 / (1.0 - p));
-    // 24-bit uniforms: keep iff u >= p.
-    const uint32_t threshold = static_cast<uint32_t>(std::min(p, 1.0) * 16777216.0);
-    const int64_t groups_per_row = (g.L + 3) / 4;
-    const uint64_t row_base = static_cast<uint64_t>(((n * g.H + h) * g.L + i) * groups_per_row);
-    int64_t j = j0;
-    while (j < j1) {
-      const int64_t group = j / 4;
-      uint32_t r[4];
-      philox(row_base + static_cast<uint64_t>(group), seed, r);
-      const int64_t end = std::min(j1, (group + 1) * 4);
-      for (; j < end; ++j) {
-        const bool keep = (r[j & 3] >> 8) >= threshold;
-        row[j - j0] = keep ? row[j - j0] * scale : acc_t(0);
-      }
-    }
+  return horizontal_sum(sum);
+}
+inline double exp_shift_sum(double* x, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
   }
-};
+  return sum;
+}
 
-// Per-thread scratch for one query block against key blocks.
+// ---------------------------------------------------------------------------------------
+// Element conversions. bfloat16 is converted with explicit bit operations (round to nearest
+// even) rather than c10's inline operators, for the reason given at the top of this file.
+template <typename scalar_t>
+inline auto to_acc(scalar_t v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+  } else {
+    return v;
+  }
+}
 template <typename scalar_t, typename acc_t>
-struct TileScratch {
-  std::vector<acc_t> scores, aux, acc, row_max, row_sum;
-  std::vector<scalar_t> cast;  // bfloat16 copy of a probability tile for the next GEMM
-  TileScratch(int64_t rows, int64_t cols, int64_t head_dim)
-      : scores(rows * cols), aux(rows * cols), acc(rows * head_dim), row_max(rows),
-        row_sum(rows), cast(std::is_same_v<scalar_t, acc_t> ? 0 : rows * cols) {}
-
-  // Returns the tile as GEMM input: itself when no conversion is needed.
-  const scalar_t* as_input(const acc_t* tile, int64_t count) {
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      return tile;
+inline scalar_t from_acc(acc_t v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    uint16_t out;
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+      out = static_cast<uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
     } else {
-      for (int64_t k = 0; k < count; ++k) cast[k] = static_cast<scalar_t>(tile[k]);
-      return cast.data();
+      out = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+    return c10::BFloat16(out, c10::BFloat16::from_bits());
+  } else {
+    return static_cast<scalar_t>(v);
+  }
+}
+
+// A heap array freed on scope exit (std::vector is avoided, see the top of this file).
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n) : data_(n > 0 ? new T[n] : nullptr) {}
+  ~Buffer() { delete[] data_; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data() { return data_; }
+  T& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  T* data_;
+};
+
+template <typename T>
+inline void fill(T* p, int64_t n, T v) {
+  for (int64_t k = 0; k < n; ++k) p[k] = v;
+}
+
+// Returns the acc_t tile as a GEMM input of scalar_t: itself, or converted into `cast`.
+template <typename scalar_t, typename acc_t>
+inline const scalar_t* as_gemm_input(const acc_t* tile, int64_t count, scalar_t* cast) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return tile;
+  } else {
+    for (int64_t k = 0; k < count; ++k) cast[k] = from_acc<scalar_t>(tile[k]);
+    return cast;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Masks inside a score tile S (rows i0..i1 of queries, columns j0..j1 of keys, row stride ld)
+// of batch n, head h.
+template <typename acc_t>
+void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const AttentionGeometry& g,
+                 int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t cols = j1 - j0;
+  const int64_t attn_offset = m.attn_per_head ? (n * g.H + h) * g.L * g.L : 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    acc_t* s = S + (i - i0) * ld;
+    if (m.attn_bool) {
+      const bool* mask = m.attn_bool + attn_offset + i * g.L + j0;
+      for (int64_t c = 0; c < cols; ++c) s[c] = mask[c] ? neg_inf : s[c];
+    } else if (m.attn_add) {
+      const acc_t* mask = m.attn_add + attn_offset + i * g.L + j0;
+      for (int64_t c = 0; c < cols; ++c) s[c] += mask[c];
+    }
+    if (m.kpm_bool) {
+      const bool* mask = m.kpm_bool + n * g.L + j0;
+      for (int64_t c = 0; c < cols; ++c) s[c] = mask[c] ? neg_inf : s[c];
+    } else if (m.kpm_add) {
+      const acc_t* mask = m.kpm_add + n * g.L + j0;
+      for (int64_t c = 0; c < cols; ++c) s[c] += mask[c];
+    }
+    if (m.causal) {
+      for (int64_t c = (i + 1 - j0 > 0 ? i + 1 - j0 : 0); c < cols; ++c) s[c] = neg_inf;
     }
   }
-};
+}
 
 // Scores of a (query block, key block) tile: S = scale * Q_i K_j^T + masks, row stride ld.
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
-                       const TileMasks<acc_t>& masks, acc_t scale, int64_t n, int64_t h,
+                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h,
                        int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   const int64_t ld_seq = g.seq_rows() * 3 * g.E;
   const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
   const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
   tile_gemm(Trans::No, Trans::Yes, i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, acc_t(0),
             S, ld);
-  if (masks.any()) masks.apply(S, ld, g, n, h, i0, i1, j0, j1);
+  if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
 }
 
 // Number of keys a query block can see: all of them, or up to the diagonal when causal.
 inline int64_t visible_keys(const AttentionGeometry& g, bool causal, int64_t i1) {
-  return causal ? std::min(g.L, i1) : g.L;
+  return causal ? (i1 < g.L ? i1 : g.L) : g.L;
 }
 
-}  // namespace mhsa::cpu
+// ---------------------------------------------------------------------------------------
+// Dropout with Philox-4x32-10, a counter-based generator: element (n, h, i, j) uses counter
+// ((n*H + h)*L + i) * ceil(L/4) + j/4 and lane j%4, so any tile regenerates its own bits.
+inline void philox(uint64_t counter, uint64_t key, uint32_t out[4]) {
+  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
+  uint32_t c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// Multiplies row i of head (n, h), columns j0..j1, by keep / (1 - p) in place.
+template <typename acc_t>
+void dropout_row(acc_t* row, const DropoutParams& d, const AttentionGeometry& g, int64_t n,
+                 int64_t h, int64_t i, int64_t j0, int64_t j1) {
+  const acc_t scale = d.p >= 1.0 ? acc_t(0) : static_cast<acc_t>(1.0 / (1.0 - d.p));
+  // 24-bit uniforms u; keep iff u >= p.
+  const uint32_t threshold = static_cast<uint32_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
+  const int64_t groups_per_row = (g.L + 3) / 4;
+  const uint64_t row_base = static_cast<uint64_t>(((n * g.H + h) * g.L + i) * groups_per_row);
+  int64_t j = j0;
+  while (j < j1) {
+    const int64_t group = j / 4;
+    uint32_t r[4];
+    philox(row_base + static_cast<uint64_t>(group), d.seed, r);
+    const int64_t end = j1 < (group + 1) * 4 ? j1 : (group + 1) * 4;
+    for (; j < end; ++j) {
+      const bool keep = (r[j & 3] >> 8) >= threshold;
+      row[j - j0] = keep ? row[j - j0] * scale : acc_t(0);
+    }
+  }
+}
+
+}  // namespace mhsa::cpu::MHSA_ISA

@@ -1,0 +1,97 @@
+#pragma once
+// Plain data passed from the op kernels (compiled once) to the attention kernels (compiled once
+// per instruction set, see cpu_capability.h). Nothing here runs vector code, so the same
+// struct layouts are shared by every ISA variant without ODR hazards.
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+namespace mhsa::cpu {
+
+// Rows of x, qkv and context are laid out like the input: row(n, l) = n * L + l with
+// batch_first, l * N + n without. Q, K and V of head h are read in place at columns h*D,
+// E + h*D and 2E + h*D of qkv; consecutive sequence positions are seq_rows() rows apart.
+struct AttentionGeometry {
+  int64_t N, L, E, H, D;
+  bool batch_first;
+  int64_t row(int64_t n, int64_t l) const { return batch_first ? n * L + l : l * N + n; }
+  int64_t seq_rows() const { return batch_first ? 1 : N; }
+};
+
+// The masks of one call as raw pointers: bool masks (true = may not attend) or acc_t values
+// added to the scores. attn_mask is (L, L) or (N*H, L, L); key_padding_mask is (N, L).
+template <typename acc_t>
+struct MaskView {
+  const bool* attn_bool = nullptr;
+  const acc_t* attn_add = nullptr;
+  bool attn_per_head = false;
+  const bool* kpm_bool = nullptr;
+  const acc_t* kpm_add = nullptr;
+  bool causal = false;
+  bool any() const { return causal || attn_bool || attn_add || kpm_bool || kpm_add; }
+};
+
+// Dropout on the attention probabilities: the keep decision of element (n, h, i, j) is a pure
+// function of (seed, n, h, i, j) (counter-based Philox), so backward regenerates it.
+struct DropoutParams {
+  bool enabled = false;
+  double p = 0.0;
+  uint64_t seed = 0;
+};
+
+// Tile sizes. Forward: query blocks of forward_q rows against key blocks of forward_k columns.
+// Backward: key blocks of backward_kv rows are the unit of work, each sweeping query blocks of
+// backward_q rows. Larger tiles amortize the BLAS call and packing overhead per tile; the
+// fp32 score tile (q x k) should stay in L2 beside the accumulators. See choose_tile_sizes.
+struct TileSizes {
+  int64_t forward_q = 64, forward_k = 256, backward_q = 64, backward_kv = 128;
+};
+
+// Tile sizes for sequence length L (MHSA_TILES="fq,fk,bq,bkv" overrides, for tuning).
+TileSizes choose_tile_sizes(int64_t L);
+
+template <typename scalar_t>
+struct ForwardArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  AttentionGeometry g;
+  const scalar_t* qkv;
+  scalar_t* context;
+  acc_t* lse;                    // (N, H, L)
+  scalar_t* weights = nullptr;   // (N, H, L, L) per-head weights, or
+  acc_t* weights_avg = nullptr;  // (N, L, L) head-averaged weights, accumulated
+  MaskView<acc_t> masks;
+  DropoutParams dropout;
+  acc_t scale;
+  TileSizes tiles;
+};
+
+template <typename scalar_t>
+struct BackwardArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  AttentionGeometry g;
+  const scalar_t* qkv;
+  const scalar_t* context;       // O, rows like x, E columns
+  const scalar_t* grad_context;  // dO, rows like x, E columns
+  const acc_t* lse;              // (N, H, L)
+  acc_t* dsum;                   // (N, H, L) scratch
+  const scalar_t* grad_weights = nullptr;  // (N, H, L, L) or (N, L, L), contiguous
+  bool grad_weights_averaged = false;
+  acc_t* grad_qkv;               // rows like x, 3E columns
+  acc_t* grad_q_partials;        // (chunks, N, H, L, D), zero-filled
+  int64_t chunks;
+  MaskView<acc_t> masks;
+  DropoutParams dropout;
+  acc_t scale;
+  TileSizes tiles;
+};
+
+// Number of tasks the forward attention splits into; the op kernel hands ranges of them to
+// threads. Head-averaged weights are accumulated over heads inside one task, so that no two
+// threads write the same (N, L, L) entries; otherwise each (n, h, query block) is a task.
+inline int64_t forward_task_count(const AttentionGeometry& g, const TileSizes& t,
+                                  bool heads_inside) {
+  return g.N * (heads_inside ? 1 : g.H) * ((g.L + t.forward_q - 1) / t.forward_q);
+}
+
+}  // namespace mhsa::cpu

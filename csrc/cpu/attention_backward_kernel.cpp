@@ -1,0 +1,225 @@
+// Attention backward, FlashAttention-2 order, compiled once per instruction set.
+//
+// The probabilities are recomputed tile by tile as exp(score - lse) from Q, K and the saved
+// log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row
+// (which equals rowsum(P * dP), also under dropout). Tasks are (n, h, key block): each owns its
+// dK and dV rows and accumulates them in fp32/fp64; dQ contributions of different key blocks go
+// to per-chunk partial buffers summed at the end, so a single long sequence keeps every core
+// busy and no two threads ever add into the same memory.
+#include "cpu/attention_tile.h"
+
+namespace mhsa::cpu::MHSA_ISA {
+namespace {
+
+template <typename scalar_t>
+struct BackwardScratch {
+  using acc_t = at::opmath_type<scalar_t>;
+  Buffer<acc_t> probs, dropped, grad;  // P, dropout(P), dP then dS
+  Buffer<scalar_t> cast;
+  Buffer<acc_t> grad_k, grad_v;
+  BackwardScratch(const TileSizes& t, int64_t head_dim)
+      : probs(t.backward_q * t.backward_kv), dropped(t.backward_q * t.backward_kv),
+        grad(t.backward_q * t.backward_kv),
+        cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
+        grad_k(t.backward_kv * head_dim), grad_v(t.backward_kv * head_dim) {}
+};
+
+// Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass).
+template <typename scalar_t, typename acc_t>
+void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n,
+                        int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  const AttentionGeometry& g = a.g;
+  score_tile(S, ld, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+  const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
+  for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
+}
+
+// Incoming gradient of the returned weights: the per-head entry, or the averaged one divided
+// by H (the weights returned were the mean over heads).
+template <typename scalar_t, typename acc_t>
+inline acc_t grad_weight(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h, int64_t i,
+                         int64_t j) {
+  const AttentionGeometry& g = a.g;
+  if (a.grad_weights_averaged) {
+    return to_acc(a.grad_weights[(n * g.L + i) * g.L + j]) / static_cast<acc_t>(g.H);
+  }
+  return to_acc(a.grad_weights[((n * g.H + h) * g.L + i) * g.L + j]);
+}
+
+template <typename scalar_t>
+void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / g.L, i = t % g.L, row = g.row(n, i);
+    const scalar_t* o = a.context + row * g.E;
+    const scalar_t* dO = a.grad_context + row * g.E;
+    for (int64_t h = 0; h < g.H; ++h) {
+      acc_t sum = 0;
+      for (int64_t d = h * g.D; d < (h + 1) * g.D; ++d) sum += to_acc(o[d]) * to_acc(dO[d]);
+      a.dsum[(n * g.H + h) * g.L + i] = sum;
+    }
+  }
+}
+
+int64_t weights_term_task_count(const AttentionGeometry& g, const TileSizes& t) {
+  return g.N * g.H * ((g.L + t.backward_q - 1) / t.backward_q);
+}
+
+// When the returned weights W = dropout(P) received a gradient dW, Dsum_i also gets
+// rowsum(W * dW): one more sweep over the keys of each query block.
+template <typename scalar_t>
+void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
+  const int64_t q_blocks = (g.L + block_q - 1) / block_q;
+  Buffer<acc_t> S(block_q * block_kv);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t qb = t % q_blocks, h = (t / q_blocks) % g.H, n = t / (q_blocks * g.H);
+    const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
+    const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
+    for (int64_t j0 = 0; j0 < kv_end; j0 += block_kv) {
+      const int64_t j1 = j0 + block_kv < kv_end ? j0 + block_kv : kv_end;
+      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1);
+      for (int64_t r = 0; r < i1 - i0; ++r) {
+        acc_t* srow = S.data() + r * block_kv;
+        if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+        acc_t sum = 0;
+        for (int64_t c = 0; c < j1 - j0; ++c)
+          sum += srow[c] * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
+        a.dsum[(n * g.H + h) * g.L + i0 + r] += sum;
+      }
+    }
+  }
+}
+
+// dK and dV of key rows j0..j1 of head (n, h), and this key block's share of dQ, added to
+// grad_q (this chunk's (N, H, L, D) partial buffer).
+template <typename scalar_t>
+void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
+                              at::opmath_type<scalar_t>* grad_q, int64_t n, int64_t h,
+                              int64_t j0, int64_t j1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t D = g.D, cols = j1 - j0, ld = a.tiles.backward_kv;
+  const int64_t block_q = a.tiles.backward_q;
+  const int64_t ld_seq = g.seq_rows() * 3 * g.E, ld_ctx = g.seq_rows() * g.E;
+  const scalar_t* k = a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * D;
+  const scalar_t* v = k + g.E;
+  acc_t* grad_k = s.grad_k.data();
+  acc_t* grad_v = s.grad_v.data();
+  fill(grad_k, cols * D, acc_t(0));
+  fill(grad_v, cols * D, acc_t(0));
+  acc_t* P = s.probs.data();
+  acc_t* dP = s.grad.data();
+
+  // Queries before this key block cannot see it under a causal mask.
+  const int64_t q_start = a.masks.causal ? (j0 / block_q) * block_q : 0;
+  for (int64_t i0 = q_start; i0 < g.L; i0 += block_q) {
+    const int64_t i1 = i0 + block_q < g.L ? i0 + block_q : g.L, rows = i1 - i0;
+    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1);
+    const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
+    const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;
+    const acc_t* Pd = P;
+    if (a.dropout.enabled) {
+      acc_t* dropped = s.dropped.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) dropped[r * ld + c] = P[r * ld + c];
+        dropout_row(dropped + r * ld, a.dropout, g, n, h, i0 + r, j0, j1);
+      }
+      Pd = dropped;
+    }
+    // dV_j += dropout(P)^T dO_i
+    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1),
+              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, ld_ctx, acc_t(1), grad_v, D);
+    // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
+    tile_gemm(Trans::No, Trans::Yes, rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, acc_t(0), dP,
+              ld);
+    const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
+    for (int64_t r = 0; r < rows; ++r) {
+      acc_t* dprow = dP + r * ld;
+      const acc_t* prow = P + r * ld;
+      if (a.grad_weights != nullptr) {
+        for (int64_t c = 0; c < cols; ++c)
+          dprow[c] += grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
+      }
+      if (a.dropout.enabled) dropout_row(dprow, a.dropout, g, n, h, i0 + r, j0, j1);
+      // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows).
+      const acc_t row_dsum = dsum[r];
+      for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - row_dsum);
+    }
+    const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
+    // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j
+    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, a.scale, dS, ld, q, ld_seq, acc_t(1), grad_k, D);
+    tile_gemm(Trans::No, Trans::No, rows, D, cols, a.scale, dS, ld, k, ld_seq, acc_t(1),
+              grad_q + ((n * g.H + h) * g.L + i0) * D, D);
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    acc_t* out = a.grad_qkv + g.row(n, j0 + c) * 3 * g.E + g.E + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      out[d] = grad_k[c * D + d];
+      out[g.E + d] = grad_v[c * D + d];
+    }
+  }
+}
+
+int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {
+  return g.N * g.H * ((g.L + t.backward_kv - 1) / t.backward_kv);
+}
+
+// Chunk c runs the tasks [c * T / chunks, (c + 1) * T / chunks) into its own dQ partials.
+template <typename scalar_t>
+void backward_chunks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  const AttentionGeometry& g = a.g;
+  const int64_t block_kv = a.tiles.backward_kv;
+  const int64_t kv_blocks = (g.L + block_kv - 1) / block_kv;
+  const int64_t tasks = backward_task_count(g, a.tiles);
+  const int64_t partial_size = g.N * g.H * g.L * g.D;
+  BackwardScratch<scalar_t> scratch(a.tiles, g.D);
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    for (int64_t t = chunk * tasks / a.chunks; t < (chunk + 1) * tasks / a.chunks; ++t) {
+      const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
+      const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.L ? j0 + block_kv : g.L;
+      attention_backward_block(a, scratch, a.grad_q_partials + chunk * partial_size, n, h, j0, j1);
+    }
+  }
+}
+
+template <typename scalar_t>
+void reduce_grad_q_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t partial_size = g.N * g.H * g.L * g.D;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / g.L, i = t % g.L;
+    acc_t* out = a.grad_qkv + g.row(n, i) * 3 * g.E;
+    for (int64_t h = 0; h < g.H; ++h) {
+      const acc_t* first = a.grad_q_partials + ((n * g.H + h) * g.L + i) * g.D;
+      acc_t* dst = out + h * g.D;
+      for (int64_t d = 0; d < g.D; ++d) dst[d] = first[d];
+      for (int64_t c = 1; c < a.chunks; ++c) {
+        const acc_t* part = first + c * partial_size;
+        for (int64_t d = 0; d < g.D; ++d) dst[d] += part[d];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void add_backward_kernels(AttentionKernels<scalar_t>& kernels) {
+  kernels.dsum_rows = &dsum_rows<scalar_t>;
+  kernels.weights_term_tasks = &weights_term_tasks<scalar_t>;
+  kernels.weights_term_task_count = &weights_term_task_count;
+  kernels.backward_chunks = &backward_chunks<scalar_t>;
+  kernels.backward_task_count = &backward_task_count;
+  kernels.reduce_grad_q_rows = &reduce_grad_q_rows<scalar_t>;
+}
+
+template void add_backward_kernels<float>(AttentionKernels<float>&);
+template void add_backward_kernels<double>(AttentionKernels<double>&);
+template void add_backward_kernels<c10::BFloat16>(AttentionKernels<c10::BFloat16>&);
+
+}  // namespace mhsa::cpu::MHSA_ISA

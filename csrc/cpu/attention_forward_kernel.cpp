@@ -1,0 +1,158 @@
+// Attention forward, compiled once per instruction set (see cpu_capability.h): online softmax
+// over key tiles (FlashAttention-2 order) for one (batch, head, query block) task at a time.
+// Each task reads Q, K and V in place from the packed QKV buffer, writes its output rows into
+// the head's columns of the context buffer and one log-sum-exp per query row: enough for
+// backward to recompute any probability as exp(score - lse) without an L x L matrix.
+#include "cpu/attention_tile.h"
+
+namespace mhsa::cpu::MHSA_ISA {
+namespace {
+
+template <typename scalar_t>
+struct ForwardScratch {
+  using acc_t = at::opmath_type<scalar_t>;
+  Buffer<acc_t> scores, out, row_max, row_sum;
+  Buffer<scalar_t> cast;
+  ForwardScratch(const TileSizes& t, int64_t head_dim)
+      : scores(t.forward_q * t.forward_k), out(t.forward_q * head_dim), row_max(t.forward_q),
+        row_sum(t.forward_q),
+        cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k) {}
+};
+
+// Online softmax over the key blocks for queries i0..i1 of head (n, h): writes the context
+// rows and the log-sum-exp. A row that can see no key (all masked) gets a zero output and
+// lse = +inf, so every probability recomputed from it is exp(-inf) = 0, never NaN.
+template <typename scalar_t>
+void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s, int64_t n,
+                    int64_t h, int64_t i0, int64_t i1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const AttentionGeometry& g = a.g;
+  const int64_t rows = i1 - i0, D = g.D, block_k = a.tiles.forward_k;
+  const int64_t ld_seq = g.seq_rows() * 3 * g.E;
+  acc_t* S = s.scores.data();
+  acc_t* O = s.out.data();
+  acc_t* m = s.row_max.data();
+  acc_t* l = s.row_sum.data();
+  fill(O, rows * D, acc_t(0));
+  fill(m, rows, neg_inf);
+  fill(l, rows, acc_t(0));
+
+  const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
+  for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
+    const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
+    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+    for (int64_t r = 0; r < rows; ++r) {
+      acc_t* srow = S + r * block_k;
+      const acc_t tile_max = row_max(srow, cols);
+      const acc_t m_new = m[r] > tile_max ? m[r] : tile_max;
+      if (m_new == neg_inf) {  // nothing visible yet in this row
+        fill(srow, cols, acc_t(0));
+        continue;
+      }
+      const acc_t alpha = std::exp(m[r] - m_new);
+      l[r] = l[r] * alpha + exp_shift_sum(srow, cols, m_new);
+      m[r] = m_new;
+      if (alpha != acc_t(1)) {
+        acc_t* o = O + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+      }
+      // The normalizer l uses the probabilities before dropout, the output after it.
+      if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+    }
+    const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
+    const scalar_t* v = a.qkv + g.row(n, j0) * 3 * g.E + 2 * g.E + h * D;
+    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), P, block_k, v, ld_seq, acc_t(1), O, D);
+  }
+
+  const int64_t ld_ctx = g.seq_rows() * g.E;
+  scalar_t* ctx = a.context + g.row(n, i0) * g.E + h * D;
+  acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool empty = l[r] == acc_t(0);
+    const acc_t inv = empty ? acc_t(0) : acc_t(1) / l[r];
+    const acc_t* o = O + r * D;
+    scalar_t* out = ctx + r * ld_ctx;
+    for (int64_t d = 0; d < D; ++d) out[d] = from_acc<scalar_t>(o[d] * inv);
+    lse[r] = empty ? std::numeric_limits<acc_t>::infinity() : m[r] + std::log(l[r]);
+  }
+}
+
+// Second sweep when the caller wants the weights: the probabilities (after dropout, as
+// nn.MultiheadAttention returns them) recomputed from the final log-sum-exp.
+template <typename scalar_t>
+void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
+                            int64_t n, int64_t h, int64_t i0, int64_t i1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t rows = i1 - i0, block_k = a.tiles.forward_k;
+  acc_t* S = s.scores.data();
+  const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
+  const acc_t inv_heads = acc_t(1) / static_cast<acc_t>(g.H);
+  const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
+  for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
+    const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
+    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+    for (int64_t r = 0; r < rows; ++r) {
+      acc_t* srow = S + r * block_k;
+      exp_shift_sum(srow, cols, lse[r]);
+      if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+      const int64_t i = i0 + r;
+      if (a.weights != nullptr) {
+        scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L + j0;
+        for (int64_t c = 0; c < cols; ++c) w[c] = from_acc<scalar_t>(srow[c]);
+      } else {
+        acc_t* w = a.weights_avg + (n * g.L + i) * g.L + j0;
+        for (int64_t c = 0; c < cols; ++c) w[c] += srow[c] * inv_heads;
+      }
+    }
+  }
+  if (a.weights != nullptr && kv_end < g.L) {  // keys past the causal diagonal
+    for (int64_t i = i0; i < i1; ++i) {
+      scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L;
+      const int64_t visible = visible_keys(g, a.masks.causal, i + 1);
+      fill(w + visible, g.L - visible, from_acc<scalar_t>(acc_t(0)));
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads_inside,
+                   int64_t begin, int64_t end) {
+  const AttentionGeometry& g = a.g;
+  const int64_t block_q = a.tiles.forward_q;
+  const int64_t q_blocks = (g.L + block_q - 1) / block_q;
+  const int64_t head_tasks = heads_inside ? 1 : g.H;
+  ForwardScratch<scalar_t> scratch(a.tiles, g.D);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t qb = t % q_blocks;
+    const int64_t ht = (t / q_blocks) % head_tasks;
+    const int64_t n = t / (q_blocks * head_tasks);
+    const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
+    const int64_t h_begin = heads_inside ? 0 : ht, h_end = heads_inside ? g.H : ht + 1;
+    for (int64_t h = h_begin; h < h_end; ++h) {
+      attention_rows(a, scratch, n, h, i0, i1);
+      if (need_weights) attention_weights_rows(a, scratch, n, h, i0, i1);
+    }
+  }
+}
+
+}  // namespace
+
+// Defined in attention_backward_kernel.cpp (same ISA).
+template <typename scalar_t>
+void add_backward_kernels(AttentionKernels<scalar_t>& kernels);
+
+template <typename scalar_t>
+AttentionKernels<scalar_t> make_attention_kernels() {
+  AttentionKernels<scalar_t> kernels{};
+  kernels.forward_tasks = &forward_tasks<scalar_t>;
+  add_backward_kernels(kernels);
+  return kernels;
+}
+
+template AttentionKernels<float> make_attention_kernels<float>();
+template AttentionKernels<double> make_attention_kernels<double>();
+template AttentionKernels<c10::BFloat16> make_attention_kernels<c10::BFloat16>();
+
+}  // namespace mhsa::cpu::MHSA_ISA

@@ -1,0 +1,88 @@
+#include "cpu/cpu_capability.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace mhsa::cpu {
+namespace {
+
+CpuCapability detect() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  CpuCapability best = CpuCapability::Default;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = CpuCapability::Avx2;
+  if (best == CpuCapability::Avx2 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq")) {
+    best = CpuCapability::Avx512;
+  }
+#else
+  CpuCapability best = CpuCapability::Default;
+#endif
+  // The override can only lower the choice: asking for an instruction set the CPU lacks
+  // would crash.
+  if (const char* env = std::getenv("MHSA_CPU_CAPABILITY")) {
+    CpuCapability wanted = best;
+    if (std::strcmp(env, "default") == 0) wanted = CpuCapability::Default;
+    else if (std::strcmp(env, "avx2") == 0) wanted = CpuCapability::Avx2;
+    else if (std::strcmp(env, "avx512") == 0) wanted = CpuCapability::Avx512;
+    else TORCH_WARN("mhsa: ignoring unknown MHSA_CPU_CAPABILITY=", env, " (default|avx2|avx512)");
+    if (static_cast<int>(wanted) < static_cast<int>(best)) best = wanted;
+  }
+  return best;
+}
+
+}  // namespace
+
+CpuCapability cpu_capability() {
+  static const CpuCapability capability = detect();
+  return capability;
+}
+
+const char* cpu_capability_name(CpuCapability capability) {
+  switch (capability) {
+    case CpuCapability::Avx512: return "avx512";
+    case CpuCapability::Avx2: return "avx2";
+    default: return "default";
+  }
+}
+
+TileSizes choose_tile_sizes(int64_t L) {
+  TileSizes t;
+  if (const char* env = std::getenv("MHSA_TILES")) {
+    long fq = 0, fk = 0, bq = 0, bkv = 0;
+    if (std::sscanf(env, "%ld,%ld,%ld,%ld", &fq, &fk, &bq, &bkv) == 4 && fq > 0 && fk > 0 &&
+        bq > 0 && bkv > 0) {
+      return TileSizes{fq, fk, bq, bkv};
+    }
+    TORCH_WARN("mhsa: ignoring malformed MHSA_TILES=", env, " (expected fq,fk,bq,bkv)");
+  }
+  // Small sequences: small tiles keep enough tasks for every thread. Long ones: larger tiles
+  // amortize the per-call BLAS overhead (operand packing) over more work.
+  t.forward_q = L < 768 ? 64 : 128;
+  t.forward_k = 512;
+  t.backward_q = 64;
+  t.backward_kv = L < 1024 ? 128 : 256;
+  return t;
+}
+
+template <typename scalar_t>
+const AttentionKernels<scalar_t>& attention_kernels() {
+  static const AttentionKernels<scalar_t> kernels = [] {
+    switch (cpu_capability()) {
+      case CpuCapability::Avx512: return isa_avx512::make_attention_kernels<scalar_t>();
+      case CpuCapability::Avx2: return isa_avx2::make_attention_kernels<scalar_t>();
+      default: return isa_default::make_attention_kernels<scalar_t>();
+    }
+  }();
+  return kernels;
+}
+
+template const AttentionKernels<float>& attention_kernels<float>();
+template const AttentionKernels<double>& attention_kernels<double>();
+template const AttentionKernels<c10::BFloat16>& attention_kernels<c10::BFloat16>();
+
+}  // namespace mhsa::cpu

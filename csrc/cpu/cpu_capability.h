@@ -1,0 +1,54 @@
+#pragma once
+// Run-time choice of the instruction set for the attention kernels. The kernels in
+// attention_forward_kernel.cpp and attention_backward_kernel.cpp are compiled once per
+// instruction set (default x86-64, AVX2+FMA, AVX-512), each copy in its own namespace, and the
+// best one the CPU supports is picked at run time, so one libmhsa.so runs on any x86-64 and
+// uses AVX-512 where present. MHSA_CPU_CAPABILITY=default|avx2|avx512 lowers the choice (tests
+// use it to exercise every copy the machine can run).
+#include <cstdint>
+
+#include "cpu/attention_args.h"
+
+namespace mhsa::cpu {
+
+enum class CpuCapability { Default, Avx2, Avx512 };
+
+CpuCapability cpu_capability();
+const char* cpu_capability_name(CpuCapability capability);
+
+// The entry points of one ISA copy; each processes a range of independent tasks so that the
+// op kernels (compiled once) own the threading.
+template <typename scalar_t>
+struct AttentionKernels {
+  // Forward tasks [begin, end) (see forward_task_count).
+  void (*forward_tasks)(const ForwardArgs<scalar_t>&, bool need_weights, bool heads_inside,
+                        int64_t begin, int64_t end);
+  // Dsum = rowsum(dO * O) per head, for rows [begin, end) of N*L.
+  void (*dsum_rows)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
+  // Adds rowsum(W * dW) to Dsum for tasks [begin, end) of N*H*query blocks.
+  void (*weights_term_tasks)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
+  int64_t (*weights_term_task_count)(const AttentionGeometry&, const TileSizes&);
+  // dK, dV and partial dQ for chunks [begin, end) of args.chunks.
+  void (*backward_chunks)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
+  int64_t (*backward_task_count)(const AttentionGeometry&, const TileSizes&);
+  // dQ = sum of the partials, for rows [begin, end) of N*L.
+  void (*reduce_grad_q_rows)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
+};
+
+template <typename scalar_t>
+const AttentionKernels<scalar_t>& attention_kernels();
+
+#define MHSA_DECLARE_ISA_KERNELS(isa)                                   \
+  namespace isa {                                                       \
+  template <typename scalar_t>                                          \
+  AttentionKernels<scalar_t> make_attention_kernels();                  \
+  extern template AttentionKernels<float> make_attention_kernels<float>(); \
+  extern template AttentionKernels<double> make_attention_kernels<double>(); \
+  extern template AttentionKernels<c10::BFloat16> make_attention_kernels<c10::BFloat16>(); \
+  }
+
+MHSA_DECLARE_ISA_KERNELS(isa_default)
+MHSA_DECLARE_ISA_KERNELS(isa_avx2)
+MHSA_DECLARE_ISA_KERNELS(isa_avx512)
+
+}  // namespace mhsa::cpu
