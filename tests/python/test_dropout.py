@@ -36,10 +36,9 @@ def _run(mod, x, seed, **kwargs):
 
 
 @pytest.mark.parametrize("average", [True, False], ids=["avg", "heads"])
-def test_same_seed_is_bitwise_reproducible(average):
-    _, mod = make_pair(16, 4, dtype=torch.float32, dropout=0.3, seed=1)
+def test_same_seed_is_bitwise_reproducible(average, sample_inputs):
+    _, mod, x = sample_inputs(L=70, N=2, E=16, H=4, dtype=torch.float32, dropout=0.3, seed=1)
     mod.train()
-    x = make_input(70, 2, 16, batch_first=False, dtype=torch.float32, seed=2)
     am = make_attn_mask("bool2d", N=2, H=4, L=70, dtype=torch.float32, seed=3)
     a = _run(mod, x, 7, attn_mask=am, average_attn_weights=average)
     b = _run(mod, x, 7, attn_mask=am, average_attn_weights=average)
@@ -48,9 +47,8 @@ def test_same_seed_is_bitwise_reproducible(average):
         assert torch.equal(ga, gb)
 
 
-def test_different_seeds_differ():
-    _, mod = make_pair(16, 4, dtype=DT, dropout=0.3, seed=1)
-    x = make_input(9, 2, 16, batch_first=False, dtype=DT, seed=2)
+def test_different_seeds_differ(sample_inputs):
+    _, mod, x = sample_inputs(L=9, N=2, E=16, H=4, dtype=DT, dropout=0.3, seed=1)
     a = _run(mod, x, 7, average_attn_weights=False)
     b = _run(mod, x, 8, average_attn_weights=False)
     assert not torch.equal(a[0], b[0])
