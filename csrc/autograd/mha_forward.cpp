@@ -24,8 +24,10 @@ void check_not_differentiable(const std::optional<at::Tensor>& mask, const char*
 class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
-                               const at::Tensor& in_proj_weight, const at::Tensor& in_proj_bias,
-                               const at::Tensor& out_proj_weight, const at::Tensor& out_proj_bias,
+                               const at::Tensor& in_proj_weight,
+                               const std::optional<at::Tensor>& in_proj_bias,
+                               const at::Tensor& out_proj_weight,
+                               const std::optional<at::Tensor>& out_proj_bias,
                                int64_t num_heads, bool batch_first,
                                const std::optional<at::Tensor>& attn_mask,
                                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
@@ -36,13 +38,14 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     // would land back in this kernel and recurse forever.
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, weights, qkv, context, lse, rng_state] = mhsa::mha_forward(
-        x, in_proj_weight, defined_or_null(in_proj_bias), out_proj_weight,
-        defined_or_null(out_proj_bias), num_heads, batch_first, attn_mask, key_padding_mask,
+        x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
         is_causal, dropout_p, need_weights, average_attn_weights);
     // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
     ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
                             attn_mask.value_or(at::Tensor()),
                             key_padding_mask.value_or(at::Tensor())});
+    ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
+    ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
     ctx->saved_data["num_heads"] = num_heads;
     ctx->saved_data["batch_first"] = batch_first;
     ctx->saved_data["is_causal"] = is_causal;
@@ -61,9 +64,17 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     const std::optional<at::Tensor> grad_weights =
         grads[1].defined() && grads[1].numel() > 0 ? std::optional<at::Tensor>(grads[1])
                                                    : std::nullopt;
-    const std::array<bool, 5> output_mask = {
-        ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-        ctx->needs_input_grad(3), ctx->needs_input_grad(4)};
+    // needs_input_grad counts only the tensor arguments that were given: an absent bias has no
+    // autograd edge.
+    const bool has_in_bias = ctx->saved_data["has_in_proj_bias"].toBool();
+    const bool has_out_bias = ctx->saved_data["has_out_proj_bias"].toBool();
+    size_t edge = 0;
+    const bool need_x = ctx->needs_input_grad(edge++);
+    const bool need_in_w = ctx->needs_input_grad(edge++);
+    const bool need_in_b = has_in_bias && ctx->needs_input_grad(edge++);
+    const bool need_out_w = ctx->needs_input_grad(edge++);
+    const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
+    const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
     auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_backward(
         grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5],
         saved[6], ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
@@ -85,8 +96,7 @@ mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
                      const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
                      double dropout_p, bool need_weights, bool average_attn_weights) {
   auto r = MhaForwardFunction::apply(
-      x, in_proj_weight, in_proj_bias.value_or(at::Tensor()), out_proj_weight,
-      out_proj_bias.value_or(at::Tensor()), num_heads, batch_first, attn_mask, key_padding_mask,
+      x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
       is_causal, dropout_p, need_weights, average_attn_weights);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }

@@ -33,8 +33,6 @@ class MultiheadSelfAttention(nn.Module):
     """
 
     __constants__ = ["batch_first"]
-    bias_k: Optional[Tensor]
-    bias_v: Optional[Tensor]
 
     def __init__(
         self,
