@@ -26,7 +26,13 @@ class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction
         grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
         logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
         dropout_p, average_attn_weights, output_mask);
-    return {a, b, c, d, e};
+    // A custom Function cannot return undefined tensors, so only the requested gradients
+    // (output_mask) are returned; mha_backward_autograd puts them back in place.
+    variable_list requested;
+    for (const at::Tensor& t : {a, b, c, d, e}) {
+      if (t.defined()) requested.push_back(t);
+    }
+    return requested;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -43,11 +49,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
     bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask) {
-  auto r = MhaBackwardFunction::apply(grad_output, grad_attn_weights, x, in_proj_weight,
-                                      out_proj_weight, qkv, context, logsumexp, rng_state,
-                                      num_heads, batch_first, attn_mask, key_padding_mask,
-                                      is_causal, dropout_p, average_attn_weights, output_mask);
-  return {r[0], r[1], r[2], r[3], r[4]};
+  const variable_list requested = MhaBackwardFunction::apply(
+      grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+      logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
+      dropout_p, average_attn_weights, output_mask);
+  std::array<at::Tensor, 5> grads;
+  size_t next = 0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (output_mask[i]) {
+      TORCH_INTERNAL_ASSERT(next < requested.size(), "mha_backward returned too few gradients");
+      grads[i] = requested[next++];
+    }
+  }
+  TORCH_INTERNAL_ASSERT(next == requested.size(), "mha_backward returned too many gradients");
+  return {grads[0], grads[1], grads[2], grads[3], grads[4]};
 }
 
 }  // namespace

@@ -47,6 +47,7 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
     ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
     ctx->saved_data["num_heads"] = num_heads;
+    ctx->saved_data["need_weights"] = need_weights;
     ctx->saved_data["batch_first"] = batch_first;
     ctx->saved_data["is_causal"] = is_causal;
     ctx->saved_data["dropout_p"] = dropout_p;
@@ -62,8 +63,9 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     // The loss may depend on the weights only, or on the output only.
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(x);
     const std::optional<at::Tensor> grad_weights =
-        grads[1].defined() && grads[1].numel() > 0 ? std::optional<at::Tensor>(grads[1])
-                                                   : std::nullopt;
+        ctx->saved_data["need_weights"].toBool() && grads[1].defined()
+            ? std::optional<at::Tensor>(grads[1])
+            : std::nullopt;
     // needs_input_grad counts only the tensor arguments that were given: an absent bias has no
     // autograd edge.
     const bool has_in_bias = ctx->saved_data["has_in_proj_bias"].toBool();
