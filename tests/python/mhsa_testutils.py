@@ -269,8 +269,9 @@ def assert_parity(expected: Run, actual: Run, dtype: torch.dtype) -> None:
 
 
 # The parity grid: representative rather than a Cartesian product. Lengths cross the kernels'
-# tiles (64-row query blocks, 128-key backward blocks, 256-key forward blocks); long sequences
-# use a small E to keep the suite fast.
+# default tiles (forward: 64-row query blocks, 128 from L = 768, and 512-key blocks; backward:
+# 128-key blocks, 256 from L = 1024, and 64-row query blocks); long sequences use a small E to
+# keep the suite fast. test_kernels.py repeats cases with small tiles.
 PARITY_CASES: List[Case] = [
     # short sequences, every mask form, both layouts
     Case(L=1, N=2, E=16, H=4),
@@ -314,4 +315,9 @@ PARITY_CASES: List[Case] = [
     Case(L=300, N=2, E=16, H=4, batch_first=True),
     Case(L=300, N=1, E=16, H=2, attn_mask="bool2d", kpm="bool", need_weights=False),
     Case(L=300, N=1, E=16, H=4, attn_mask="float3d", kpm="float", is_causal=True),
+    # beyond the forward key tile (512), the larger query tile (L >= 768) and the larger
+    # backward key tile (L >= 1024) that the kernels switch to for long sequences
+    Case(L=520, N=1, E=16, H=2, attn_mask="bool2d", kpm="bool"),
+    Case(L=800, N=1, E=8, H=2, batch_first=True, is_causal=True, average=False),
+    Case(L=1030, N=1, E=8, H=1, kpm="float", is_causal=True, need_weights=False),
 ]

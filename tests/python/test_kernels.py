@@ -1,0 +1,107 @@
+"""The kernels' internal variants against nn.MultiheadAttention: tile sizes (MHSA_TILES, read on
+every call) and instruction sets (MHSA_CPU_CAPABILITY, read once per process, so each runs in
+a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mhsa_testutils import Case, assert_parity, run_case
+
+HERE = Path(__file__).resolve().parent
+
+# Cases for small tiles: every mask form, causal, both weight forms, lengths that leave
+# partial tiles.
+TILE_CASES = [
+    Case(L=37, N=2, E=16, H=4, attn_mask="bool2d", kpm="bool"),
+    Case(L=45, N=2, E=16, H=2, batch_first=True, attn_mask="float3d", kpm="float", average=False),
+    Case(L=50, N=1, E=16, H=4, is_causal=True, kpm="bool"),
+    Case(L=41, N=2, E=32, H=8, is_causal=True, need_weights=False, attn_mask="bool2d"),
+    Case(L=33, N=None, E=16, H=4, attn_mask="bool3d", is_causal=True, average=False),
+]
+
+# forward_q, forward_k, backward_q, backward_kv; odd sizes on purpose (any positive size is
+# accepted)
+TILE_CONFIGS = ["16,32,16,32", "7,13,5,11", "1,1,1,1", "64,8,8,64"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("tiles", TILE_CONFIGS)
+def test_parity_with_small_tiles(tiles, dtype, monkeypatch):
+    monkeypatch.setenv("MHSA_TILES", tiles)
+    for case in TILE_CASES:
+        expected, actual = run_case(case, dtype)
+        assert_parity(expected, actual, dtype)
+
+
+def test_tile_override_does_not_change_results_beyond_rounding(monkeypatch):
+    """The same call with default and with tiny tiles (f64: only summation order differs)."""
+    case = Case(L=70, N=2, E=16, H=4, attn_mask="float2d", kpm="bool", is_causal=True, average=False)
+    _, default = run_case(case, torch.float64)
+    monkeypatch.setenv("MHSA_TILES", "8,8,8,8")
+    _, small = run_case(case, torch.float64)
+    torch.testing.assert_close(small.output, default.output, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(small.weights, default.weights, rtol=1e-12, atol=1e-13)
+    for name in default.grads:
+        torch.testing.assert_close(small.grads[name], default.grads[name], rtol=1e-12, atol=1e-12)
+
+
+_ISA_SCRIPT = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import mhsa
+from mhsa_testutils import Case, assert_parity, run_case, max_errors
+cases = [
+    Case(L=70, N=2, E=16, H=4, attn_mask="bool2d", kpm="bool"),
+    Case(L=130, N=1, E=32, H=8, batch_first=True, is_causal=True, average=False),
+    Case(L=65, N=2, E=24, H=3, attn_mask="float3d", kpm="float", need_weights=False),
+    Case(L=9, N=None, E=16, H=16, is_causal=True),
+]
+worst = 0.0
+for dtype in (torch.float64, torch.float32):
+    for case in cases:
+        expected, actual = run_case(case, dtype)
+        assert_parity(expected, actual, dtype)
+# dropout: deterministic per seed in this instruction set too
+mod = mhsa.MultiheadSelfAttention(16, 4, dropout=0.3)
+x = torch.randn(20, 2, 16)
+torch.manual_seed(0); a = mod(x, average_attn_weights=False)
+torch.manual_seed(0); b = mod(x, average_attn_weights=False)
+assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+print(json.dumps({"capability": torch.ops.mhsa._cpu_capability()}))
+"""
+
+ISA_ORDER = ["default", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", ISA_ORDER)
+def test_parity_per_instruction_set(isa):
+    """MHSA_CPU_CAPABILITY lowers the kernels' instruction set (never above what the CPU
+    has); each one must match nn.MultiheadAttention."""
+    if not hasattr(torch.ops.mhsa, "_cpu_capability"):
+        pytest.fail("torch.ops.mhsa._cpu_capability is missing")
+    best = torch.ops.mhsa._cpu_capability() if "MHSA_CPU_CAPABILITY" not in os.environ else None
+    env = dict(os.environ, MHSA_CPU_CAPABILITY=isa, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    result = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(HERE)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    chosen = json.loads(result.stdout.strip().splitlines()[-1])["capability"]
+    if best is not None:
+        expected = ISA_ORDER[min(ISA_ORDER.index(isa), ISA_ORDER.index(best))]
+        assert chosen == expected, (isa, best, chosen)
+
+
+def test_malformed_tile_override_warns_and_is_ignored(monkeypatch):
+    """Proves the override is read on every call (what the tests above rely on)."""
+    case = Case(L=20, N=1, E=8, H=2)
+    monkeypatch.setenv("MHSA_TILES", "not,a,tile,size")
+    with pytest.warns(UserWarning, match="MHSA_TILES"):
+        expected, actual = run_case(case, torch.float64)
+    assert_parity(expected, actual, torch.float64)
