@@ -15,6 +15,8 @@
 namespace mhsa::cpu {
 namespace {
 
+constexpr int64_t kBackwardChunks = 8;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward_cpu(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
@@ -74,9 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
       a.dropout.p = dropout_p;
       a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
     }
-    // dQ partial buffers: one per chunk of backward tasks, one chunk per thread.
+    // dQ partial buffers, one per chunk of backward tasks. The chunk count depends on the
+    // problem only, never on the thread count, so the order in which dQ contributions are
+    // summed (and so every bit of the gradients) is the same whatever the number of threads;
+    // up to kBackwardChunks threads share this phase.
     const int64_t tasks = kernels.backward_task_count(a.g, a.tiles);
-    a.chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+    a.chunks = std::max<int64_t>(1, std::min<int64_t>(kBackwardChunks, tasks));
     at::Tensor grad_q_partials = at::zeros({a.chunks, N, H, L, D}, x.options().dtype(acc_type));
     a.grad_q_partials = grad_q_partials.mutable_data_ptr<acc_t>();
 
