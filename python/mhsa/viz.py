@@ -58,7 +58,7 @@ def plot_heads(
     if len(labels) != length:
         raise ValueError(f"plot_heads: {len(labels)} tokens given for {length} positions")
 
-    figure = Figure(figsize=(panel_size * num_heads, panel_size + 0.6), layout="constrained")
+    figure = Figure(figsize=(panel_size * num_heads, panel_size + 0.9), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, num_heads, squeeze=False)[0]
     tick_size = 8 if length <= 20 else 6
