@@ -1,0 +1,120 @@
+"""torch.compile: a model using mhsa compiles with fullgraph=True (no graph break), with static
+and dynamic shapes, with the aot_eager and inductor backends; outputs and gradients match eager.
+
+Inductor generates and compiles C++ here, so shapes are small and each test compiles once or
+twice (the dynamic tests run a second shape to prove no recompilation is needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mhsa
+
+
+class Block(nn.Module):
+    """Self-attention between two linear layers, with masks and both outputs used."""
+
+    def __init__(self, E: int = 16, H: int = 4) -> None:
+        super().__init__()
+        self.attn = mhsa.MultiheadSelfAttention(E, H, batch_first=True)
+        self.proj = nn.Linear(E, E)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        out, weights = self.attn(x, key_padding_mask=key_padding_mask, is_causal=True)
+        return self.proj(torch.relu(out)).sum() + (weights * weights).sum()
+
+
+def _inputs(N: int, L: int, E: int = 16):
+    g = torch.Generator().manual_seed(N * 100 + L)
+    x = torch.randn(N, L, E, generator=g, requires_grad=True)
+    kpm = torch.zeros(N, L, dtype=torch.bool)
+    kpm[0, L - 1] = True  # one padded key; no row is fully masked (causal keeps the diagonal)
+    return x, kpm
+
+
+def _loss_and_grads(model: nn.Module, fn, x: torch.Tensor, kpm: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x, kpm)
+    loss.backward()
+    return loss.detach(), [x.grad] + [p.grad for p in model.parameters()]
+
+
+def _assert_matches_eager(model: nn.Module, compiled, shapes) -> None:
+    for N, L in shapes:
+        x, kpm = _inputs(N, L)
+        loss_ref, grads_ref = _loss_and_grads(model, model, x, kpm)
+        loss, grads = _loss_and_grads(model, compiled, x, kpm)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+        for g, g_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_fullgraph_matches_eager(backend, dynamic):
+    model = Block()
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=dynamic)
+    # Static: one shape (one compile). Dynamic: two shapes through the same compiled graph.
+    shapes = [(2, 5), (3, 7)] if dynamic else [(2, 5)]
+    with torch._dynamo.config.patch(error_on_recompile=dynamic):
+        _assert_matches_eager(model, compiled, shapes)
+
+
+def test_compile_graph_has_the_op_and_no_break():
+    """explain(): one graph, no break; the traced graph calls the mhsa op as one node."""
+    model = Block()
+    x, kpm = _inputs(2, 5)
+    explanation = torch._dynamo.explain(model)(x, kpm)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    code = explanation.graphs[0].code
+    assert "mhsa.multi_head_self_attention" in code
+
+
+def test_compile_aot_graph_calls_forward_and_backward_ops():
+    """AOTAutograd keeps mha_forward / mha_backward as graph nodes (not decomposed)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=record, bw_compiler=record)
+    model = Block()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x, kpm = _inputs(2, 5)
+    compiled(x, kpm).backward()
+    assert len(seen) == 2
+    assert "torch.ops.mhsa.mha_forward.default" in seen[0]
+    assert "torch.ops.mhsa.mha_backward.default" in seen[1]
+
+
+def test_compile_inference_no_grad_functional():
+    """The functional form under no_grad and eval, unbatched input, inductor."""
+    from mhsa.functional import multi_head_self_attention
+
+    attn = mhsa.MultiheadSelfAttention(8, 2).eval()
+
+    def fn(x):
+        out, _ = multi_head_self_attention(
+            x, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+            num_heads=2, training=False, need_weights=False)
+        return out
+
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        expected = fn(x)
+        actual = torch.compile(fn, fullgraph=True)(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
