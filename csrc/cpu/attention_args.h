@@ -86,6 +86,15 @@ struct BackwardArgs {
   TileSizes tiles;
 };
 
+// Grain for at::parallel_for over tasks of about `task_flops` floating-point operations each:
+// handing a second thread less than ~1 MFLOP costs more than it saves (an OpenMP wake-up and
+// barrier), so small problems run on the calling thread.
+inline int64_t parallel_grain(double task_flops) {
+  constexpr double kMinFlopsPerChunk = 1 << 20;
+  const double grain = kMinFlopsPerChunk / (task_flops > 1.0 ? task_flops : 1.0);
+  return grain < 1.0 ? 1 : static_cast<int64_t>(grain + 1.0);
+}
+
 // Number of tasks the forward attention splits into; the op kernel hands ranges of them to
 // threads. Head-averaged weights are accumulated over heads inside one task, so that no two
 // threads write the same (N, L, L) entries; otherwise each (n, h, query block) is a task.

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "checks.h"
@@ -85,13 +86,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     at::Tensor grad_q_partials = at::zeros({a.chunks, N, H, L, D}, x.options().dtype(acc_type));
     a.grad_q_partials = grad_q_partials.mutable_data_ptr<acc_t>();
 
-    at::parallel_for(0, N * L, 64, [&](int64_t b, int64_t e) { kernels.dsum_rows(a, b, e); });
+    const int64_t row_grain = parallel_grain(2.0 * E * a.chunks);
+    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) { kernels.dsum_rows(a, b, e); });
     if (grad_w.defined()) {
-      at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), 1,
+      const double flops = 2.0 * std::min(a.tiles.backward_q, L) * L * D;
+      at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), parallel_grain(flops),
                        [&](int64_t b, int64_t e) { kernels.weights_term_tasks(a, b, e); });
     }
-    at::parallel_for(0, a.chunks, 1, [&](int64_t b, int64_t e) { kernels.backward_chunks(a, b, e); });
-    at::parallel_for(0, N * L, 64, [&](int64_t b, int64_t e) { kernels.reduce_grad_q_rows(a, b, e); });
+    // A chunk holds tasks/chunks key blocks, each five GEMMs of 2*rows*L*D against all queries.
+    const double chunk_flops = 10.0 * static_cast<double>(N * H * L) * L * D / a.chunks;
+    at::parallel_for(0, a.chunks, parallel_grain(chunk_flops),
+                     [&](int64_t b, int64_t e) { kernels.backward_chunks(a, b, e); });
+    at::parallel_for(0, N * L, row_grain,
+                     [&](int64_t b, int64_t e) { kernels.reduce_grad_q_rows(a, b, e); });
   });
 
   const at::Tensor x2d = x.contiguous().view({-1, E});

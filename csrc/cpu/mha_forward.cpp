@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 
@@ -80,9 +81,12 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
     }
     const auto& kernels = attention_kernels<scalar_t>();
     const bool heads_inside = need_weights && average_attn_weights;
-    at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), 1, [&](int64_t begin, int64_t end) {
-      kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
-    });
+    // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.
+    const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
+    at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
+                     [&](int64_t begin, int64_t end) {
+                       kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
+                     });
   });
   if (need_weights && average_attn_weights) weights = weights.to(x.scalar_type());
 
