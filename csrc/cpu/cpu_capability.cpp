@@ -42,6 +42,23 @@ CpuCapability cpu_capability() {
   return capability;
 }
 
+bool bf16_native_compute() {
+  static const bool native = [] {
+    if (const char* env = std::getenv("MHSA_BF16_COMPUTE")) {
+      if (std::strcmp(env, "native") == 0) return true;
+      if (std::strcmp(env, "fp32") == 0) return false;
+      TORCH_WARN("mhsa: ignoring unknown MHSA_BF16_COMPUTE=", env, " (native|fp32)");
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return true;
+#endif
+  }();
+  return native;
+}
+
 const char* cpu_capability_name(CpuCapability capability) {
   switch (capability) {
     case CpuCapability::Avx512: return "avx512";

@@ -30,6 +30,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
                                       attn_mask, key_padding_mask, dropout_p);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, average_attn_weights);
+  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
+    // See mha_forward_cpu: fp32 compute from the bf16 values, bf16 gradients.
+    std::optional<at::Tensor> grad_w;
+    if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
+      grad_w = grad_attn_weights->to(at::kFloat);
+    }
+    auto grads = mha_backward_cpu(
+        grad_output.to(at::kFloat), grad_w, x.to(at::kFloat), in_proj_weight.to(at::kFloat),
+        out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
+        rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
+        average_attn_weights, output_mask);
+    auto down = [](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16) : t; };
+    return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
+            down(std::get<3>(grads)), down(std::get<4>(grads))};
+  }
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
   const int64_t H = num_heads, D = E / H;
 

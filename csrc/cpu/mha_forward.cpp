@@ -39,6 +39,18 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
+  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
+    // No bf16 arithmetic on this CPU: compute in fp32 from the bf16 values, store bf16.
+    auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+      return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
+    };
+    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_cpu(
+        x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
+        out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads, batch_first, attn_mask,
+        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights);
+    return {output.to(at::kBFloat16), weights.to(at::kBFloat16), qkv.to(at::kBFloat16),
+            context.to(at::kBFloat16), lse, rng_state};
+  }
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
   const int64_t H = num_heads, D = E / H;
   const at::Tensor x2d = x.contiguous().view({-1, E});

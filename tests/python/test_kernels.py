@@ -105,3 +105,48 @@ def test_malformed_tile_override_warns_and_is_ignored(monkeypatch):
     with pytest.warns(UserWarning, match="MHSA_TILES"):
         expected, actual = run_case(case, torch.float64)
     assert_parity(expected, actual, torch.float64)
+
+
+_BF16_SCRIPT = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import mhsa
+torch.manual_seed(0)
+E, H = 32, 4
+x = torch.randn(3, 70, E)
+ref = torch.nn.MultiheadAttention(E, H, batch_first=True)
+kpm = torch.rand(3, 70) < 0.2
+kpm[:, 0] = False
+worst = {}
+for nw in (True, False):
+    xr = x.clone().requires_grad_()
+    out_r, w_r = ref(xr, xr, xr, key_padding_mask=kpm, need_weights=nw)
+    out_r.sum().backward()
+    mod = mhsa.MultiheadSelfAttention.from_torch(ref).to(torch.bfloat16)
+    xb = x.to(torch.bfloat16).requires_grad_()
+    out_b, w_b = mod(xb, key_padding_mask=kpm, need_weights=nw)
+    out_b.float().sum().backward()
+    assert out_b.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16
+    rel = lambda a, b: ((a.float() - b).norm() / b.norm()).item()
+    errs = [rel(out_b, out_r), rel(xb.grad, xr.grad)]
+    errs += [rel(p.grad, q.grad) for p, q in zip(mod.parameters(), ref.parameters())]
+    if nw:
+        errs.append(rel(w_b, w_r))
+    ref.zero_grad()
+    worst[str(nw)] = max(errs)
+print(json.dumps(worst))
+"""
+
+
+@pytest.mark.parametrize("mode", ["native", "fp32"])
+def test_bfloat16_compute_modes(mode):
+    """bfloat16 inputs run with bf16 GEMMs (native) or in fp32 from the bf16 values (the default
+    on CPUs without bf16 instructions); both match a float32 nn.MultiheadAttention to bfloat16
+    precision (relative error of a few 2^-8)."""
+    env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
+    result = subprocess.run([sys.executable, "-c", _BF16_SCRIPT, str(HERE)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    for need_weights, err in worst.items():
+        assert err < 2e-2, (mode, need_weights, err)
