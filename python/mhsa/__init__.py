@@ -1,21 +1,34 @@
 """mhsa: multi-head self-attention as a first-class PyTorch operator written in C++.
 
 Importing the package loads libmhsa.so, which registers ``torch.ops.mhsa.*`` (forward, backward
-and the public ``multi_head_self_attention`` op) with CPU, Meta and Autograd kernels.
+and the public ``multi_head_self_attention`` op) with CPU, Meta, Autograd and AutocastCPU
+kernels, so the op works in eager mode, under ``torch.compile``, ``torch.export`` / AOTInductor,
+TorchScript and ``torch.autocast``.
 
 * :class:`mhsa.MultiheadSelfAttention` - drop-in for self-attention ``nn.MultiheadAttention``.
 * :func:`mhsa.functional.multi_head_self_attention` - the functional form.
+* :func:`mhsa.replace_attention` - swaps mhsa into an existing model (e.g. an
+  ``nn.TransformerEncoder``) in place, sharing its parameters.
 """
 
 from __future__ import annotations
 
-from . import _library
+# The one place the version is written: setup.py (via pyproject.toml) and CMakeLists.txt read it.
+__version__ = "0.1.0"
+
+from . import _library  # noqa: E402
 
 LIBRARY_PATH = _library.load()
 
 from . import functional  # noqa: E402  (needs the ops registered above)
+from .convert import SkippedAttention, replace_attention  # noqa: E402
 from .modules import MultiheadSelfAttention  # noqa: E402
 
-__version__ = "0.1.0"
-
-__all__ = ["MultiheadSelfAttention", "functional", "LIBRARY_PATH", "__version__"]
+__all__ = [
+    "MultiheadSelfAttention",
+    "functional",
+    "replace_attention",
+    "SkippedAttention",
+    "LIBRARY_PATH",
+    "__version__",
+]

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 
@@ -95,12 +96,24 @@ class MultiheadSelfAttention(nn.Module):
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """Self-attention over ``query``; same arguments and returns as nn.MultiheadAttention.
 
-        ``key`` and ``value`` may be omitted or be the very same tensor as ``query`` (so that
-        ``attn(x, x, x)`` works); anything else is cross-attention, which mhsa does not support.
+        Args:
+            query: ``(L, N, E)``, ``(N, L, E)`` with ``batch_first``, or unbatched ``(L, E)``.
+            key, value: omitted, or the very same tensor as ``query`` (so that ``attn(x, x, x)``
+                works); anything else is cross-attention, which mhsa does not support
+                (``ValueError``).
+            key_padding_mask: ``(N, L)`` (unbatched ``(L)``); bool (True = ignore that key) or
+                float (added to the scores).
+            need_weights: also return the attention weights.
+            attn_mask: ``(L, L)`` or ``(N*num_heads, L, L)``; bool (True = may not attend) or
+                float (added to the scores).
+            average_attn_weights: average the returned weights over the heads.
+            is_causal: apply a causal mask; unlike nn.MultiheadAttention no ``attn_mask`` is
+                needed (if one is given, both apply).
 
-        Returns ``(attn_output, attn_weights)``: output shaped like ``query``; weights
-        ``(N, L, L)`` averaged over heads or ``(N, H, L, L)`` (unbatched: without N), or None
-        when ``need_weights`` is False.
+        Returns:
+            ``(attn_output, attn_weights)``: output shaped like ``query``; weights ``(N, L, L)``
+            averaged over heads or ``(N, H, L, L)`` (unbatched: without N), or None when
+            ``need_weights`` is False.
         """
         if key is not None:
             if not (key is query):
@@ -114,6 +127,13 @@ class MultiheadSelfAttention(nn.Module):
                     "mhsa.MultiheadSelfAttention: value must be the query tensor itself "
                     "(self-attention); cross-attention is not supported"
                 )
+        if attn_mask is not None and not torch.jit.is_scripting():
+            # nn.TransformerEncoder(Layer) derives is_causal from the values of its mask; under
+            # torch.compile/torch.export that is a data-dependent SymBool, which the op's bool
+            # argument cannot take. With a mask given it is only the hint "attn_mask is causal"
+            # (nn.MultiheadAttention's meaning) and the mask alone gives the same result, so an
+            # is_causal that is unknown at trace time is dropped; a plain bool passes unchanged.
+            is_causal = guard_or_false(is_causal)
         output, weights = torch.ops.mhsa.multi_head_self_attention(
             query,
             self.in_proj_weight,
