@@ -15,11 +15,12 @@ template <typename scalar_t>
 struct BackwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> probs, dropped, grad;  // P, dropout(P), dP then dS
+  Buffer<acc_t> keep;                  // the dropout factors of the tile
   Buffer<scalar_t> cast;
   Buffer<acc_t> grad_k, grad_v;
   BackwardScratch(const TileSizes& t, int64_t head_dim)
       : probs(t.backward_q * t.backward_kv), dropped(t.backward_q * t.backward_kv),
-        grad(t.backward_q * t.backward_kv),
+        grad(t.backward_q * t.backward_kv), keep(t.backward_q * t.backward_kv),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
         grad_k(t.backward_kv * head_dim), grad_v(t.backward_kv * head_dim) {}
 };
@@ -74,7 +75,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   const AttentionGeometry& g = a.g;
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
-  Buffer<acc_t> S(block_q * block_kv);
+  Buffer<acc_t> S(block_q * block_kv), factors(block_kv);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks, h = (t / q_blocks) % g.H, n = t / (q_blocks * g.H);
     const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
@@ -84,7 +85,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
       probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1);
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
-        if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+        if (a.dropout.enabled) dropout_row(srow, factors.data(), a.dropout, g, n, h, i0 + r, j0, j1);
         acc_t sum = 0;
         for (int64_t c = 0; c < j1 - j0; ++c)
           sum += srow[c] * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
@@ -121,12 +122,18 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1);
     const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
     const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;
+    // The dropout factors are generated once per tile and used twice: for dropout(P) and
+    // for the gradient flowing back through it.
     const acc_t* Pd = P;
+    acc_t* keep = s.keep.data();
     if (a.dropout.enabled) {
       acc_t* dropped = s.dropped.data();
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) dropped[r * ld + c] = P[r * ld + c];
-        dropout_row(dropped + r * ld, a.dropout, g, n, h, i0 + r, j0, j1);
+        dropout_factors(keep + r * ld, a.dropout, g, n, h, i0 + r, j0, j1);
+        for (int64_t c = 0; c < cols; ++c) {
+          const acc_t f = keep[r * ld + c];
+          dropped[r * ld + c] = f == acc_t(0) ? acc_t(0) : P[r * ld + c] * f;
+        }
       }
       Pd = dropped;
     }
@@ -144,7 +151,10 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
         for (int64_t c = 0; c < cols; ++c)
           dprow[c] += grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
       }
-      if (a.dropout.enabled) dropout_row(dprow, a.dropout, g, n, h, i0 + r, j0, j1);
+      if (a.dropout.enabled) {
+        const acc_t* f = keep + r * ld;
+        for (int64_t c = 0; c < cols; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c] * f[c];
+      }
       // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows).
       const acc_t row_dsum = dsum[r];
       for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - row_dsum);

@@ -11,11 +11,11 @@ namespace {
 template <typename scalar_t>
 struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
-  Buffer<acc_t> scores, out, row_max, row_sum;
+  Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
   ForwardScratch(const TileSizes& t, int64_t head_dim)
       : scores(t.forward_q * t.forward_k), out(t.forward_q * head_dim), row_max(t.forward_q),
-        row_sum(t.forward_q),
+        row_sum(t.forward_q), dropout(t.forward_k),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k) {}
 };
 
@@ -58,7 +58,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
         for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
       }
       // The normalizer l uses the probabilities before dropout, the output after it.
-      if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+      if (a.dropout.enabled) dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1);
     }
     const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
     const scalar_t* v = a.qkv + g.row(n, j0) * 3 * g.E + 2 * g.E + h * D;
@@ -96,7 +96,7 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       exp_shift_sum(srow, cols, lse[r]);
-      if (a.dropout.enabled) dropout_row(srow, a.dropout, g, n, h, i0 + r, j0, j1);
+      if (a.dropout.enabled) dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1);
       const int64_t i = i0 + r;
       if (a.weights != nullptr) {
         scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L + j0;

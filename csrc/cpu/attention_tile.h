@@ -249,22 +249,25 @@ inline int64_t visible_keys(const AttentionGeometry& g, bool causal, int64_t i1)
 
 // ---------------------------------------------------------------------------------------
 // Dropout with Philox-4x32-10, a counter-based generator: element (n, h, i, j) uses counter
-// ((n*H + h)*L + i) * ceil(L/4) + j/4 and lane j%4, so any tile regenerates its own bits.
-inline void philox(uint64_t counter, uint64_t key, uint32_t out[4]) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
-  uint32_t c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+// ((n*H + h)*L + i) * ceil(L/4) + j/4 and output word j%4, so any tile regenerates its own bits.
+// kPhiloxLanes counters are evaluated at once, one per 64-bit vector lane; the result depends
+// only on (seed, counter), so every ISA copy draws the same dropout masks.
+typedef uint64_t vu64 __attribute__((vector_size(kVecBytes)));
+constexpr int kPhiloxLanes = kVecBytes / 8;
+
+inline void philox_lanes(vu64 counter, uint64_t key, vu64 out[4]) {
+  const uint64_t low = 0xffffffffu;
+  vu64 c0 = counter & low, c1 = counter >> 32, c2 = vu64{}, c3 = vu64{};
+  uint64_t k0 = key & low, k1 = key >> 32;
   for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
-    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
-    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    const vu64 p0 = c0 * static_cast<uint64_t>(0xD2511F53u);
+    const vu64 p1 = c2 * static_cast<uint64_t>(0xCD9E8D57u);
+    c0 = (p1 >> 32) ^ c1 ^ k0;
+    c1 = p1 & low;
+    c2 = (p0 >> 32) ^ c3 ^ k1;
+    c3 = p0 & low;
+    k0 = (k0 + 0x9E3779B9u) & low;
+    k1 = (k1 + 0xBB67AE85u) & low;
   }
   out[0] = c0;
   out[1] = c1;
@@ -272,26 +275,37 @@ inline void philox(uint64_t counter, uint64_t key, uint32_t out[4]) {
   out[3] = c3;
 }
 
-// Multiplies row i of head (n, h), columns j0..j1, by keep / (1 - p) in place.
+// keep / (1 - p) (or 0) for row i of head (n, h), columns j0..j1, written to factors[0..).
 template <typename acc_t>
-void dropout_row(acc_t* row, const DropoutParams& d, const AttentionGeometry& g, int64_t n,
-                 int64_t h, int64_t i, int64_t j0, int64_t j1) {
+void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
+                     int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1) {
   const acc_t scale = d.p >= 1.0 ? acc_t(0) : static_cast<acc_t>(1.0 / (1.0 - d.p));
   // 24-bit uniforms u; keep iff u >= p.
-  const uint32_t threshold = static_cast<uint32_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
+  const uint64_t threshold = static_cast<uint64_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
   const int64_t groups_per_row = (g.L + 3) / 4;
   const uint64_t row_base = static_cast<uint64_t>(((n * g.H + h) * g.L + i) * groups_per_row);
-  int64_t j = j0;
-  while (j < j1) {
-    const int64_t group = j / 4;
-    uint32_t r[4];
-    philox(row_base + static_cast<uint64_t>(group), d.seed, r);
-    const int64_t end = j1 < (group + 1) * 4 ? j1 : (group + 1) * 4;
-    for (; j < end; ++j) {
-      const bool keep = (r[j & 3] >> 8) >= threshold;
-      row[j - j0] = keep ? row[j - j0] * scale : acc_t(0);
+  vu64 lane_offset;
+  for (int k = 0; k < kPhiloxLanes; ++k) lane_offset[k] = static_cast<uint64_t>(k);
+  for (int64_t group = j0 / 4; group * 4 < j1; group += kPhiloxLanes) {
+    vu64 r[4];
+    philox_lanes(lane_offset + (row_base + static_cast<uint64_t>(group)), d.seed, r);
+    for (int lane = 0; lane < kPhiloxLanes; ++lane) {
+      for (int k = 0; k < 4; ++k) {
+        const int64_t j = (group + lane) * 4 + k;
+        if (j < j0 || j >= j1) continue;
+        factors[j - j0] = (r[k][lane] >> 8) >= threshold ? scale : acc_t(0);
+      }
     }
   }
+}
+
+// Multiplies row i of head (n, h), columns j0..j1, by keep / (1 - p) in place; `factors` is
+// scratch of at least j1 - j0 elements.
+template <typename acc_t>
+void dropout_row(acc_t* row, acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
+                 int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1) {
+  dropout_factors(factors, d, g, n, h, i, j0, j1);
+  for (int64_t c = 0; c < j1 - j0; ++c) row[c] = factors[c] == acc_t(0) ? acc_t(0) : row[c] * factors[c];
 }
 
 }  // namespace mhsa::cpu::MHSA_ISA
