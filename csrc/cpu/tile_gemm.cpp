@@ -67,17 +67,26 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
 
 }  // namespace
 
+#ifdef MHSA_HAVE_TORCH_BLAS
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the same transpose flags
 // with the operands and M, N swapped.
+template <typename T, typename FortranGemm>
+void column_major_gemm(FortranGemm gemm, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
+                       T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+                       int64_t ldc) {
+  const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
+  const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
+  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"), lc = to_blas_int(ldc, "ldc");
+  gemm(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+#endif
+
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
-  const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
-  const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
-  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"), lc = to_blas_int(ldc, "ldc");
-  sgemm_(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  column_major_gemm(sgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif
@@ -88,10 +97,7 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha
                double* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
-  const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
-  const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
-  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"), lc = to_blas_int(ldc, "ldc");
-  dgemm_(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  column_major_gemm(dgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif

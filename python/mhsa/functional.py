@@ -1,7 +1,5 @@
 """Functional form of mhsa's multi-head self-attention."""
 
-from __future__ import annotations
-
 from typing import Optional, Tuple
 
 import torch

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
+from . import functional
+
 
 class MultiheadSelfAttention(nn.Module):
     """Multi-head self-attention computed by mhsa's C++ operator.
@@ -134,25 +136,22 @@ class MultiheadSelfAttention(nn.Module):
             # (nn.MultiheadAttention's meaning) and the mask alone gives the same result, so an
             # is_causal that is unknown at trace time is dropped; a plain bool passes unchanged.
             is_causal = guard_or_false(is_causal)
-        output, weights = torch.ops.mhsa.multi_head_self_attention(
+        return functional.multi_head_self_attention(
             query,
             self.in_proj_weight,
             self.in_proj_bias,
             self.out_proj.weight,
             self.out_proj.bias,
             self.num_heads,
-            self.dropout,
-            self.training,
-            self.batch_first,
-            key_padding_mask,
-            need_weights,
-            attn_mask,
-            average_attn_weights,
-            is_causal,
+            dropout_p=self.dropout,
+            training=self.training,
+            batch_first=self.batch_first,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
         )
-        if need_weights:
-            return output, weights
-        return output, None
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> "MultiheadSelfAttention":
