@@ -36,8 +36,10 @@ class SkippedAttention(NamedTuple):
     """Why mhsa cannot serve it."""
 
 
-def _why_not_convertible(parent: nn.Module, child_name: str, module: nn.MultiheadAttention) -> Optional[str]:
-    """None if ``module`` can become an mhsa module, else the reason it cannot."""
+def _why_not_convertible(
+    parent: Optional[nn.Module], child_name: str, module: nn.MultiheadAttention
+) -> Optional[str]:
+    """None if ``module`` (``parent.<child_name>``) can become an mhsa module, else why not."""
     if type(module) is not nn.MultiheadAttention:
         return f"{type(module).__qualname__} is a subclass of nn.MultiheadAttention (its forward may differ)"
     if isinstance(parent, nn.TransformerDecoderLayer) and child_name == "multihead_attn":
@@ -171,7 +173,7 @@ def replace_attention(
     def convert(parent: Optional[nn.Module], name: str, child_name: str, module: nn.MultiheadAttention) -> nn.Module:
         if id(module) in converted:
             return converted[id(module)]
-        reason = _why_not_convertible(parent if parent is not None else nn.Module(), child_name, module)
+        reason = _why_not_convertible(parent, child_name, module)
         if reason is None and include is not None and not include(name, module):
             reason = "excluded by include(name, module)"
         if reason is not None:

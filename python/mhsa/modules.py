@@ -153,6 +153,39 @@ class MultiheadSelfAttention(nn.Module):
             is_causal=is_causal,
         )
 
+    def merge_masks(
+        self,
+        attn_mask: Optional[Tensor],
+        key_padding_mask: Optional[Tensor],
+        query: Tensor,
+    ) -> Tuple[Optional[Tensor], Optional[int]]:
+        """``nn.MultiheadAttention.merge_masks``, for code written against nn.MultiheadAttention.
+
+        PyTorch's fused ``nn.TransformerEncoderLayer`` path calls it (that path is turned off for
+        mhsa modules by :func:`mhsa.replace_attention`, but TorchScript compiles it all the same).
+        Returns ``(merged_mask, mask_type)``: type 1 for a key padding mask alone, type 2 for an
+        attention mask (with the padding mask added), ``(None, None)`` without masks.
+        """
+        mask_type: Optional[int] = None
+        merged_mask: Optional[Tensor] = None
+        if key_padding_mask is not None:
+            mask_type = 1
+            merged_mask = key_padding_mask
+        if attn_mask is not None:
+            batch_size, seq_len, _ = query.shape
+            mask_type = 2
+            if attn_mask.dim() == 3:
+                attn_mask_expanded = attn_mask.view(batch_size, -1, seq_len, seq_len)
+            else:
+                attn_mask_expanded = attn_mask.view(1, 1, seq_len, seq_len).expand(batch_size, self.num_heads, -1, -1)
+            merged_mask = attn_mask_expanded
+            if key_padding_mask is not None:
+                key_padding_mask_expanded = key_padding_mask.view(batch_size, 1, 1, seq_len).expand(
+                    -1, self.num_heads, -1, -1
+                )
+                merged_mask = attn_mask_expanded + key_padding_mask_expanded
+        return merged_mask, mask_type
+
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention) -> "MultiheadSelfAttention":
         """Builds an mhsa module with the weights, dropout and layout of ``module``.

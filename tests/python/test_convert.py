@@ -287,3 +287,38 @@ def test_converted_encoder_compiles_and_exports():
 def test_replace_attention_rejects_non_modules():
     with pytest.raises(TypeError, match="expected an nn.Module"):
         mhsa.replace_attention("not a module")  # type: ignore[arg-type]
+
+
+def test_converted_encoder_scripts_and_runs_mhsa():
+    """TorchScript compiles TransformerEncoderLayer's fused branch too (it calls
+    self_attn.merge_masks); the scripted converted model still runs mhsa and matches."""
+    original, converted = _pair()
+    original.eval(), converted.eval()
+    scripted = torch.jit.script(converted)
+    N, L = 2, 6
+    causal, padding = _masks(N, L)
+    x = torch.randn(N, L, E)
+    with torch.no_grad(), CountOps() as seen:
+        actual = scripted(x, mask=causal)
+    assert seen.counts["mhsa.mha_forward"] == len(converted.layers), seen.counts
+    assert "aten._transformer_encoder_layer_fwd" not in seen.counts
+    with torch.no_grad():
+        _assert_close(actual, original(x, mask=causal), torch.float32)
+
+
+@pytest.mark.parametrize("which", ["none", "attn", "padding", "both", "attn3d"])
+def test_merge_masks_matches_nn_multihead_attention(which):
+    ref = nn.MultiheadAttention(E, H, batch_first=True)
+    mod = mhsa.MultiheadSelfAttention(E, H, batch_first=True)
+    N, L = 2, 5
+    query = torch.randn(N, L, E)
+    attn = torch.randn(N * H, L, L) if which == "attn3d" else torch.randn(L, L)
+    attn = attn if which in ("attn", "both", "attn3d") else None
+    padding = torch.randn(N, L) if which in ("padding", "both") else None
+    expected, expected_type = ref.merge_masks(attn, padding, query)
+    actual, actual_type = mod.merge_masks(attn, padding, query)
+    assert actual_type == expected_type
+    if expected is None:
+        assert actual is None
+    else:
+        torch.testing.assert_close(actual, expected)
