@@ -26,6 +26,12 @@ class MultiheadSelfAttention(nn.Module):
     dicts load both ways. Differences: ``is_causal=True`` needs no ``attn_mask``, and a query
     whose keys are all masked gets zero attention instead of NaN.
 
+    The module works in eager mode, under ``torch.compile`` (``fullgraph=True``, static or dynamic
+    shapes), ``torch.export`` / AOTInductor, TorchScript and ``torch.autocast("cpu",
+    dtype=torch.bfloat16)``. :meth:`from_torch` builds one from an ``nn.MultiheadAttention``
+    (copying its weights); :func:`mhsa.replace_attention` swaps mhsa into a whole model in place
+    (sharing them).
+
     Args:
         embed_dim: total dimension E of the model.
         num_heads: number of heads H; must divide ``embed_dim``.
@@ -47,6 +53,7 @@ class MultiheadSelfAttention(nn.Module):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
+        """Creates the parameters, initialized as nn.MultiheadAttention does (see the class)."""
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError(
                 f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
