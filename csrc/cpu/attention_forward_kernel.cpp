@@ -45,7 +45,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       const acc_t tile_max = row_max(srow, cols);
-      const acc_t m_new = m[r] > tile_max ? m[r] : tile_max;
+      const acc_t m_new = (m[r] > tile_max || m[r] != m[r]) ? m[r] : tile_max;  // NaN sticks
       if (m_new == neg_inf) {  // nothing visible yet in this row
         fill(srow, cols, acc_t(0));
         continue;

@@ -85,9 +85,11 @@ inline float horizontal_sum(vfloat v) {
   for (int k = 0; k < kLanes; ++k) s += v[k];
   return s;
 }
+// The maxima below propagate NaN (a NaN score must give a NaN row, as in torch, not be
+// mistaken for a masked one).
 inline float horizontal_max(vfloat v) {
   float m = v[0];
-  for (int k = 1; k < kLanes; ++k) m = v[k] > m ? v[k] : m;
+  for (int k = 1; k < kLanes; ++k) m = (v[k] > m || v[k] != v[k]) ? v[k] : m;
   return m;
 }
 
@@ -97,17 +99,17 @@ inline float row_max(const float* x, int64_t n) {
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
     const vfloat v = load(x + c);
-    m = v > m ? v : m;
+    m = (v > m) | (v != v) ? v : m;
   }
   if (c < n) {
     const vfloat v = load_tail(x + c, n - c, neg_inf);
-    m = v > m ? v : m;
+    m = (v > m) | (v != v) ? v : m;
   }
   return horizontal_max(m);
 }
 inline double row_max(const double* x, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();
-  for (int64_t c = 0; c < n; ++c) m = x[c] > m ? x[c] : m;
+  for (int64_t c = 0; c < n; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
   return m;
 }
 
