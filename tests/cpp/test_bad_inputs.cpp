@@ -1,0 +1,327 @@
+// Errors are exceptions: every bad input to each of the three ops (the public
+// multi_head_self_attention, mha_forward and mha_backward) throws c10::Error, never aborts,
+// asserts or crashes, in release and in sanitizer builds. test_errors.cpp checks the messages
+// of the common mistakes; this file goes through the inputs one by one, including the absurd.
+#include <torch/autograd.h>
+
+#include <mhsa/ops.h>
+
+#include <cstdint>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "reference.h"
+
+namespace mhsa_test {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Expects `statement` to throw a c10::Error (a subclass is fine); anything else fails.
+#define EXPECT_C10_ERROR(statement)                                                          \
+  do {                                                                                       \
+    bool mhsa_caught_ = false;                                                               \
+    try {                                                                                    \
+      (void)(statement);                                                                     \
+    } catch (const c10::Error&) {                                                            \
+      mhsa_caught_ = true;                                                                   \
+    } catch (const std::exception& e) {                                                      \
+      ADD_FAILURE() << "`" #statement "` threw a non-c10::Error: " << e.what();              \
+      mhsa_caught_ = true;                                                                   \
+    }                                                                                        \
+    if (!mhsa_caught_) ADD_FAILURE() << "`" #statement "` did not throw";                   \
+  } while (0)
+
+// Valid inputs: (L, N, E) = (5, 2, 8), 2 heads. Each test breaks one argument at a time.
+struct Inputs {
+  at::Tensor x = at::randn({5, 2, 8});
+  at::Tensor w_in = at::randn({24, 8});
+  std::optional<at::Tensor> b_in = at::randn({24});
+  at::Tensor w_out = at::randn({8, 8});
+  std::optional<at::Tensor> b_out = at::randn({8});
+  int64_t heads = 2;
+  double dropout_p = 0.0;
+  bool batch_first = false;
+  std::optional<at::Tensor> kpm;
+  std::optional<at::Tensor> attn_mask;
+  bool need_weights = true;
+  bool average = true;
+  bool is_causal = false;
+
+  std::tuple<at::Tensor, at::Tensor> call() const {
+    return mhsa::multi_head_self_attention(x, w_in, b_in, w_out, b_out, heads, dropout_p, true,
+                                           batch_first, kpm, need_weights, attn_mask, average,
+                                           is_causal);
+  }
+  auto forward() const {
+    return mhsa::mha_forward(x, w_in, b_in, w_out, b_out, heads, batch_first, attn_mask, kpm,
+                             is_causal, dropout_p, need_weights, average);
+  }
+};
+
+// Each bad variant goes through the public op and through mha_forward.
+template <typename Break>
+void expect_both_throw(Break breaker) {
+  Inputs in;
+  breaker(in);
+  EXPECT_C10_ERROR(in.call());
+  if (in.x.defined() && in.x.dim() == 2) return;  // 2-D is valid for the public op only
+  EXPECT_C10_ERROR(in.forward());
+}
+
+TEST(BadInputs, ValidInputsWork) {
+  Inputs in;
+  EXPECT_NO_THROW(in.call());
+  EXPECT_NO_THROW(in.forward());
+}
+
+TEST(BadInputs, UndefinedTensors) {
+  expect_both_throw([](Inputs& in) { in.x = at::Tensor(); });
+  expect_both_throw([](Inputs& in) { in.w_in = at::Tensor(); });
+  expect_both_throw([](Inputs& in) { in.w_out = at::Tensor(); });
+  // An undefined optional tensor means "absent": valid.
+  Inputs in;
+  in.b_in = at::Tensor();
+  in.attn_mask = at::Tensor();
+  EXPECT_NO_THROW(in.call());
+}
+
+TEST(BadInputs, QueryRank) {
+  for (auto shape : {std::vector<int64_t>{}, {8}, {1, 5, 2, 8}, {1, 1, 5, 2, 8}}) {
+    expect_both_throw([&](Inputs& in) { in.x = at::randn(shape); });
+  }
+  // 2-D is unbatched for the public op, but mha_forward takes 3-D only.
+  Inputs in;
+  in.x = at::randn({5, 8});
+  EXPECT_C10_ERROR(in.forward());
+}
+
+TEST(BadInputs, QueryDtype) {
+  for (auto dtype : {at::kLong, at::kInt, at::kHalf, at::kBool, at::kComplexFloat, at::kByte}) {
+    expect_both_throw([&](Inputs& in) {
+      in.x = at::ones({5, 2, 8}, at::TensorOptions().dtype(dtype));
+      in.w_in = in.w_in.to(dtype);
+      in.w_out = in.w_out.to(dtype);
+      in.b_in = in.b_in->to(dtype);
+      in.b_out = in.b_out->to(dtype);
+    });
+  }
+}
+
+TEST(BadInputs, EmbedDim) {
+  expect_both_throw([](Inputs& in) {  // E = 0
+    in.x = at::randn({5, 2, 0});
+    in.w_in = at::randn({0, 0});
+    in.w_out = at::randn({0, 0});
+    in.b_in = at::randn({0});
+    in.b_out = at::randn({0});
+  });
+  expect_both_throw([](Inputs& in) { in.x = at::randn({5, 2, 6}); });
+  expect_both_throw([](Inputs& in) { in.x = at::randn({5, 2, 16}); });
+}
+
+TEST(BadInputs, NumHeads) {
+  for (int64_t h : {int64_t{0}, int64_t{-1}, int64_t{-2}, int64_t{3}, int64_t{16},
+                    std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()}) {
+    expect_both_throw([&](Inputs& in) { in.heads = h; });
+  }
+}
+
+TEST(BadInputs, DropoutProbability) {
+  for (double p : {-1e-300, -0.5, 1.0000001, 2.0, kInf, -kInf, kNaN}) {
+    expect_both_throw([&](Inputs& in) { in.dropout_p = p; });
+  }
+}
+
+TEST(BadInputs, ParameterShapes) {
+  for (auto shape : {std::vector<int64_t>{24}, {8, 24}, {24, 8, 1}, {25, 8}, {24, 9}, {}}) {
+    expect_both_throw([&](Inputs& in) { in.w_in = at::randn(shape); });
+  }
+  for (auto shape : {std::vector<int64_t>{8}, {8, 7}, {9, 8}, {8, 8, 1}, {}}) {
+    expect_both_throw([&](Inputs& in) { in.w_out = at::randn(shape); });
+  }
+  for (auto shape : {std::vector<int64_t>{23}, {24, 1}, {8}, {}}) {
+    expect_both_throw([&](Inputs& in) { in.b_in = at::randn(shape); });
+  }
+  for (auto shape : {std::vector<int64_t>{7}, {8, 1}, {24}, {}}) {
+    expect_both_throw([&](Inputs& in) { in.b_out = at::randn(shape); });
+  }
+}
+
+TEST(BadInputs, ParameterDtypes) {
+  for (auto dtype : {at::kDouble, at::kBFloat16, at::kHalf, at::kLong}) {
+    expect_both_throw([&](Inputs& in) { in.w_in = in.w_in.to(dtype); });
+    expect_both_throw([&](Inputs& in) { in.w_out = in.w_out.to(dtype); });
+    expect_both_throw([&](Inputs& in) { in.b_in = in.b_in->to(dtype); });
+    expect_both_throw([&](Inputs& in) { in.b_out = in.b_out->to(dtype); });
+  }
+}
+
+TEST(BadInputs, ParametersOnAnotherDevice) {
+  // The meta device stands in for any other device; CPU inputs with a meta parameter must be
+  // refused (whichever kernel the dispatcher picks).
+  const auto meta = at::TensorOptions().device(at::kMeta);
+  expect_both_throw([&](Inputs& in) { in.w_in = at::empty({24, 8}, meta); });
+  expect_both_throw([&](Inputs& in) { in.w_out = at::empty({8, 8}, meta); });
+  expect_both_throw([&](Inputs& in) { in.b_in = at::empty({24}, meta); });
+  expect_both_throw([&](Inputs& in) { in.b_out = at::empty({8}, meta); });
+  expect_both_throw([&](Inputs& in) { in.attn_mask = at::empty({5, 5}, meta.dtype(at::kBool)); });
+  expect_both_throw([&](Inputs& in) { in.kpm = at::empty({2, 5}, meta.dtype(at::kBool)); });
+}
+
+TEST(BadInputs, AttnMask) {
+  for (auto shape : {std::vector<int64_t>{}, {5}, {5, 4}, {4, 5}, {6, 6}, {3, 5, 5}, {5, 5, 5},
+                     {1, 5, 5}, {4, 5, 4}, {2, 2, 5, 5}, {1, 1, 1, 5, 5}}) {
+    expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros(shape, at::kBool); });
+    expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros(shape); });
+  }
+  for (auto dtype : {at::kInt, at::kLong, at::kByte, at::kComplexFloat}) {
+    expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros({5, 5}, at::TensorOptions().dtype(dtype)); });
+  }
+  expect_both_throw([](Inputs& in) { in.attn_mask = at::zeros({5, 5}).requires_grad_(); });
+}
+
+TEST(BadInputs, KeyPaddingMask) {
+  for (auto shape : {std::vector<int64_t>{}, {5}, {2}, {5, 2}, {2, 4}, {2, 6}, {1, 5}, {2, 5, 1}}) {
+    expect_both_throw([&](Inputs& in) { in.kpm = at::zeros(shape, at::kBool); });
+    expect_both_throw([&](Inputs& in) { in.kpm = at::zeros(shape); });
+  }
+  for (auto dtype : {at::kInt, at::kLong, at::kByte, at::kComplexDouble}) {
+    expect_both_throw([&](Inputs& in) { in.kpm = at::zeros({2, 5}, at::TensorOptions().dtype(dtype)); });
+  }
+  expect_both_throw([](Inputs& in) { in.kpm = at::zeros({2, 5}).requires_grad_(); });
+  expect_both_throw([](Inputs& in) {  // batch_first does not change the (N, L) shape
+    in.batch_first = true;
+    in.x = in.x.transpose(0, 1).contiguous();
+    in.kpm = at::zeros({5, 2}, at::kBool);
+  });
+}
+
+TEST(BadInputs, UnbatchedMasks) {
+  for (auto shape : {std::vector<int64_t>{1, 5}, {2, 5}, {4}, {6}, {}}) {
+    Inputs in;
+    in.x = at::randn({5, 8});
+    in.kpm = at::zeros(shape, at::kBool);
+    EXPECT_C10_ERROR(in.call());
+  }
+  for (auto shape : {std::vector<int64_t>{1, 5, 5}, {4, 5, 5}, {5}, {2, 1, 5, 5}}) {
+    Inputs in;
+    in.x = at::randn({5, 8});
+    in.attn_mask = at::zeros(shape, at::kBool);
+    EXPECT_C10_ERROR(in.call());
+  }
+}
+
+TEST(BadInputs, AllocationTooLargeIsAnError) {
+  // (N, L, L) weights of 2^20 x 2^20 floats (4 TiB) for a small input: the allocation fails
+  // with c10::Error (OutOfMemoryError). Only where the kernel refuses impossible allocations
+  // (heuristic or strict overcommit); with overcommit_memory = 1 it could succeed lazily.
+  std::ifstream overcommit("/proc/sys/vm/overcommit_memory");
+  int mode = -1;
+  if (!(overcommit >> mode) || mode == 1) GTEST_SKIP() << "vm.overcommit_memory = " << mode;
+  Inputs in;
+  in.x = at::zeros({1 << 20, 1, 8});
+  in.need_weights = true;
+  in.average = true;
+  EXPECT_C10_ERROR(in.call());
+}
+
+// ---------------------------------------------------------------------------------------
+// mha_backward: valid saved state from a real forward, then one argument broken at a time.
+struct BackwardInputs {
+  Inputs f;
+  at::Tensor grad_output, qkv, context, lse, rng_state;
+  std::optional<at::Tensor> grad_weights;
+  std::array<bool, 5> output_mask{true, true, true, true, true};
+
+  BackwardInputs() {
+    auto [out, w, qkv_, ctx, lse_, rng] = f.forward();
+    grad_output = at::randn_like(out);
+    grad_weights = at::randn_like(w);
+    qkv = qkv_;
+    context = ctx;
+    lse = lse_;
+    rng_state = rng;
+  }
+  auto call() const {
+    return mhsa::mha_backward(grad_output, grad_weights, f.x, f.w_in, f.w_out, qkv, context, lse,
+                              rng_state, f.heads, f.batch_first, f.attn_mask, f.kpm, f.is_causal,
+                              f.dropout_p, f.average, output_mask);
+  }
+};
+
+template <typename Break>
+void expect_backward_throws(Break breaker) {
+  BackwardInputs in;
+  breaker(in);
+  EXPECT_C10_ERROR(in.call());
+}
+
+TEST(BadInputs, BackwardValidInputsWork) {
+  BackwardInputs in;
+  EXPECT_NO_THROW(in.call());
+  in.output_mask = {false, false, false, false, false};
+  EXPECT_NO_THROW(in.call());
+}
+
+TEST(BadInputs, BackwardSavedState) {
+  expect_backward_throws([](BackwardInputs& b) { b.grad_output = at::Tensor(); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_output = at::randn({5, 2, 7}); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_output = at::randn({2, 5, 8}); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_output = b.grad_output.to(at::kDouble); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_weights = at::randn({2, 2, 5, 5}); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_weights = at::randn({2, 5, 4}); });
+  expect_backward_throws([](BackwardInputs& b) { b.grad_weights = b.grad_weights->to(at::kDouble); });
+  expect_backward_throws([](BackwardInputs& b) { b.qkv = at::randn({5, 2, 8}); });
+  expect_backward_throws([](BackwardInputs& b) { b.qkv = at::randn({10, 24}); });
+  expect_backward_throws([](BackwardInputs& b) { b.qkv = b.qkv.to(at::kDouble); });
+  expect_backward_throws([](BackwardInputs& b) { b.context = at::randn({5, 2, 24}); });
+  expect_backward_throws([](BackwardInputs& b) { b.context = at::Tensor(); });
+  expect_backward_throws([](BackwardInputs& b) { b.lse = at::randn({2, 2, 4}); });
+  expect_backward_throws([](BackwardInputs& b) { b.lse = at::randn({2, 5}); });
+  expect_backward_throws([](BackwardInputs& b) { b.lse = b.lse.to(at::kDouble); });
+  expect_backward_throws([](BackwardInputs& b) { b.lse = at::Tensor(); });
+  expect_backward_throws([](BackwardInputs& b) { b.rng_state = at::zeros({2}, at::kInt); });
+  expect_backward_throws([](BackwardInputs& b) { b.rng_state = at::zeros({3}, at::kLong); });
+  expect_backward_throws([](BackwardInputs& b) { b.rng_state = at::zeros({0}, at::kLong); });
+  expect_backward_throws([](BackwardInputs& b) { b.rng_state = at::zeros({}, at::kLong); });
+  expect_backward_throws([](BackwardInputs& b) { b.rng_state = at::Tensor(); });
+}
+
+TEST(BadInputs, BackwardArguments) {
+  expect_backward_throws([](BackwardInputs& b) { b.f.heads = 4; });  // lse is (N, 2, L)
+  expect_backward_throws([](BackwardInputs& b) { b.f.heads = 0; });
+  expect_backward_throws([](BackwardInputs& b) { b.f.heads = -2; });
+  expect_backward_throws([](BackwardInputs& b) { b.f.dropout_p = kNaN; });
+  expect_backward_throws([](BackwardInputs& b) { b.f.dropout_p = 1.5; });
+  expect_backward_throws([](BackwardInputs& b) { b.f.average = false; });  // grad_weights is (N, L, L)
+  expect_backward_throws([](BackwardInputs& b) { b.f.x = at::randn({5, 2, 16}); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.x = at::Tensor(); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.w_in = at::randn({24, 7}); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.w_out = at::randn({8, 8}, at::kDouble); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.attn_mask = at::zeros({5, 4}, at::kBool); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.attn_mask = at::zeros({5, 5}, at::kInt); });
+  expect_backward_throws([](BackwardInputs& b) { b.f.kpm = at::zeros({5, 2}, at::kBool); });
+  expect_backward_throws([](BackwardInputs& b) {  // batch_first flips (L, N) = (5, 2)
+    b.f.batch_first = true;
+  });
+}
+
+TEST(BadInputs, ErrorsLeaveTheLibraryUsable) {
+  // After all the errors above (and more here), a valid call still gives the right answer.
+  Inputs bad;
+  bad.heads = 3;
+  for (int i = 0; i < 10; ++i) EXPECT_C10_ERROR(bad.call());
+  at::manual_seed(3);
+  Args a = make_args({6, 2, 8}, 2, at::kDouble, true, false);
+  auto [out, w] = mhsa::multi_head_self_attention(a.query, a.in_proj_weight, a.in_proj_bias,
+                                                  a.out_proj_weight, a.out_proj_bias, 2);
+  auto [ref_out, ref_w] = reference_mhsa(a);
+  EXPECT_TRUE(all_close(out, ref_out, tolerance(at::kDouble)));
+  EXPECT_TRUE(all_close(w, ref_w, tolerance(at::kDouble)));
+}
+
+}  // namespace
+}  // namespace mhsa_test
