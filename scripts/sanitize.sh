@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds libmhsa.so, the GoogleTest suite and the leak-check program with AddressSanitizer and
+# UndefinedBehaviorSanitizer in build-asan/ and runs them:
+#   1. the whole GoogleTest suite (tests/cpp), with LeakSanitizer on at exit;
+#   2. mhsa_leak_check: rounds of forward + backward through every path of the library
+#      (tests/cpp/leak_workload.h), under LeakSanitizer;
+#   3. a self-test that LeakSanitizer does see a tensor leaked through torch's allocator (so
+#      that a clean run in 1-2 means something).
+#
+# Called by `scripts/test --sanitize` with REPO, PY, BUILD_DIR and MHSA_TEST_ARTIFACTS exported
+# (the TorchScript tests load the model scripts/test saves there). Run alone it sets the
+# machine up first, like scripts/test.
+set -uo pipefail
+
+if [ -z "${REPO:-}" ] || [ -z "${PY:-}" ]; then
+  source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+  set +e
+  mhsa_setup || exit 1
+fi
+JOBS="${MHSA_JOBS:-$(nproc)}"
+ASAN_DIR="${MHSA_ASAN_BUILD_DIR:-$REPO/build-asan}"
+say() { printf '\033[1m[mhsa sanitize]\033[0m %s\n' "$*" >&2; }
+
+if [ -z "${MHSA_TEST_ARTIFACTS:-}" ]; then
+  MHSA_TEST_ARTIFACTS="$ASAN_DIR/test-artifacts"
+  mkdir -p "$MHSA_TEST_ARTIFACTS"
+  "$PY" "$REPO/tests/python/make_scripted_model.py" "$MHSA_TEST_ARTIFACTS" >/dev/null || exit 1
+fi
+export MHSA_TEST_ARTIFACTS
+
+# --- build -----------------------------------------------------------------------------------
+# MHSA_SANITIZE=ON adds -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# -fno-omit-frame-pointer to every target. Besides:
+#   * RelWithDebInfo with -O1 -g1: the optimization ASan recommends (fast enough, exact stack
+#     traces), line tables only (file:line in every report, a fraction of full -g's compile
+#     time); NDEBUG as in release builds, since release behaviour is what is checked.
+#   * MHSA_HAVE_SGEMM=OFF pre-sets the result of CMake's check for the BLAS inside
+#     libtorch_cpu, so the attention tiles use the portable GEMM loops (csrc/cpu/tile_gemm.cpp)
+#     instead of MKL. MKL is not instrumented: an out-of-bounds tile operand (a wrong leading
+#     dimension or tile edge in our kernels) read inside it would go unseen. The portable loops
+#     take exactly the same pointers, sizes and strides, so every tile access is checked; the
+#     GoogleTest suite also checks that fallback's results against the ATen reference.
+#   * MHSA_COPY_TO_PYTHON=OFF: python/mhsa keeps the release library.
+prefix="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" || exit 1
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+if [ ! -f "$ASAN_DIR/CMakeCache.txt" ]; then
+  say "configuring $ASAN_DIR"
+  cmake -S "$REPO" -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+    -DMHSA_SANITIZE=ON -DMHSA_COPY_TO_PYTHON=OFF -DMHSA_HAVE_SGEMM=OFF \
+    -DCMAKE_PREFIX_PATH="$prefix" "${launcher[@]}" >"$ASAN_DIR.configure.log" 2>&1 || {
+      cat "$ASAN_DIR.configure.log" >&2; exit 1; }
+fi
+say "building (cmake --build $ASAN_DIR -j$JOBS)"
+if ! cmake --build "$ASAN_DIR" -j"$JOBS" --target mhsa_tests mhsa_leak_check >"$ASAN_DIR/build.log" 2>&1; then
+  grep -E 'error|Error' "$ASAN_DIR/build.log" | head -40 >&2
+  tail -20 "$ASAN_DIR/build.log" >&2
+  say "build failed; full log in $ASAN_DIR/build.log"
+  exit 1
+fi
+grep -q "BLAS from libtorch_cpu: OFF" "$ASAN_DIR.configure.log" 2>/dev/null ||
+  say "note: the configure log does not confirm the portable GEMM loops"
+
+# --- run -------------------------------------------------------------------------------------
+# ASAN_OPTIONS, each on purpose:
+#   detect_leaks=1              LeakSanitizer at exit (the default on x86-64 Linux; explicit).
+#   allocator_may_return_null=1 an impossible allocation (BadInputs.AllocationTooLargeIsAnError
+#                               asks for 4 TiB) returns NULL, as the system allocator does, so
+#                               torch throws c10::Error; by default ASan would abort the
+#                               process (its limit is 1 TiB). No memory access goes unchecked.
+#   detect_stack_use_after_return=1, check_initialization_order=1, strict_init_order=1
+#                               stricter than the defaults: stack frames used after return,
+#                               static initializers (the op registrations) that depend on
+#                               other translation units' statics.
+# Everything else keeps ASan's defaults; in particular new_delete_type_mismatch and
+# alloc_dealloc_mismatch stay on: libtorch, although not instrumented, trips neither.
+# For the leak-check program also fast_unwind_on_malloc=0: libtorch is built without frame
+# pointers, so the fast unwinder stops at its first frame and a leaked tensor's report would
+# not reach our code; the slow (DWARF) unwinder gives the full stack, at 1.5x the run time.
+# UBSAN_OPTIONS: the build already stops at the first undefined behaviour
+# (-fno-sanitize-recover); print its stack. LeakSanitizer needs no suppressions: nothing of
+# torch's one-time allocations is reported (they stay reachable from globals).
+export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:report_error_type=1"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+failed=0
+say "GoogleTest suite under ASan + UBSan + LSan"
+"$ASAN_DIR/tests/cpp/mhsa_tests" --gtest_brief=1 || { say "FAILED: GoogleTest under sanitizers"; failed=1; }
+
+leak_options="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
+say "leak check: mhsa_leak_check under LeakSanitizer"
+ASAN_OPTIONS="$leak_options" "$ASAN_DIR/tests/cpp/mhsa_leak_check" 2 ||
+  { say "FAILED: leak check"; failed=1; }
+
+say "leak check self-test: a tensor leaked on purpose must be reported"
+out="$(ASAN_OPTIONS="$leak_options" "$ASAN_DIR/tests/cpp/mhsa_leak_check" 0 --leak-on-purpose 2>&1)"
+if [ $? -ne 0 ] && grep -q "LeakSanitizer: detected memory leaks" <<<"$out" &&
+   grep -q "leak_check.cpp" <<<"$out"; then
+  say "self-test: the deliberate leak was reported"
+else
+  printf '%s\n' "$out" | tail -30 >&2
+  say "FAILED: LeakSanitizer did not report the deliberate leak"
+  failed=1
+fi
+
+[ "$failed" = 0 ] && say "sanitizers: all clean"
+exit "$failed"
