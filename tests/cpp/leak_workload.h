@@ -2,11 +2,8 @@
 // The workload of the leak checks: one round of forward + backward calls through every path
 // of the library (each dtype, every mask form, causal, dropout, the three weight options,
 // unbatched input, the C++ module, the raw mha_forward / mha_backward ops, refused double
-// backward and bad inputs that throw). Run many times by
-//   * leak_check.cpp (mhsa_leak_check), under LeakSanitizer in scripts/sanitize.sh: every
-//     allocation not freed at exit is reported with its stack;
-//   * test_leaks.cpp (in mhsa_tests), in the release build: resident memory must not grow
-//     from round to round.
+// backward and bad inputs that throw), run by test_leaks.cpp: under LeakSanitizer in the
+// sanitizer build (scripts/sanitize.sh), for resident-memory growth in the release build.
 #include <torch/autograd.h>
 
 #include <mhsa/mhsa.h>
