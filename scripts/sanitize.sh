@@ -44,13 +44,14 @@ export MHSA_TEST_ARTIFACTS
 prefix="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" || exit 1
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+mkdir -p "$ASAN_DIR"
 if [ ! -f "$ASAN_DIR/CMakeCache.txt" ]; then
   say "configuring $ASAN_DIR"
   cmake -S "$REPO" -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
     -DMHSA_SANITIZE=ON -DMHSA_COPY_TO_PYTHON=OFF -DMHSA_HAVE_SGEMM=OFF \
-    -DCMAKE_PREFIX_PATH="$prefix" "${launcher[@]}" >"$ASAN_DIR.configure.log" 2>&1 || {
-      cat "$ASAN_DIR.configure.log" >&2; exit 1; }
+    -DCMAKE_PREFIX_PATH="$prefix" "${launcher[@]}" >"$ASAN_DIR/configure.log" 2>&1 || {
+      cat "$ASAN_DIR/configure.log" >&2; exit 1; }
 fi
 say "building (cmake --build $ASAN_DIR -j$JOBS)"
 if ! cmake --build "$ASAN_DIR" -j"$JOBS" --target mhsa_tests >"$ASAN_DIR/build.log" 2>&1; then
@@ -59,7 +60,7 @@ if ! cmake --build "$ASAN_DIR" -j"$JOBS" --target mhsa_tests >"$ASAN_DIR/build.l
   say "build failed; full log in $ASAN_DIR/build.log"
   exit 1
 fi
-grep -q "BLAS from libtorch_cpu: OFF" "$ASAN_DIR.configure.log" 2>/dev/null ||
+grep -q "BLAS from libtorch_cpu: OFF" "$ASAN_DIR/configure.log" 2>/dev/null ||
   say "note: the configure log does not confirm the portable GEMM loops"
 
 # --- run -------------------------------------------------------------------------------------
