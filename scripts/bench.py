@@ -227,6 +227,7 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
             ax.plot([r.L for r in rs], [r.speedup for r in rs], marker="o", label=label)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
         ax.set_xlabel("sequence length L")
         ax.set_ylabel("speedup vs nn.MultiheadAttention (x)")
         ax.set_title(f"mhsa vs torch {torch.__version__}, {threads} threads")
