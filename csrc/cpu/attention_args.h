@@ -34,10 +34,18 @@ struct MaskView {
 
 // Dropout on the attention probabilities: the keep decision of element (n, h, i, j) is a pure
 // function of (seed, n, h, i, j) (counter-based Philox), so backward regenerates it.
+//
+// Inside the attention the kept probabilities are multiplied by 1 (a 0/1 mask): the kernels
+// compute C = sum_j keep_ij P_ij V_j, and the op kernels apply 1 / (1 - p) once, to the output
+// projection (forward) and to the incoming context gradient (backward). So C is exactly V_j
+// for a saturated row whose key j is kept, Dsum = dC . C matches dP bitwise there, and the
+// softmax gradient of such a row is exactly zero (see dot_chain in attention_tile.h).
 struct DropoutParams {
   bool enabled = false;
   double p = 0.0;
   uint64_t seed = 0;
+  // 1 / (1 - p), or 0 for p = 1 (everything dropped).
+  double keep_scale() const { return p >= 1.0 ? 0.0 : 1.0 / (1.0 - p); }
 };
 
 // Tile sizes. Forward: query blocks of forward_q rows against key blocks of forward_k columns.

@@ -18,19 +18,24 @@ struct BackwardScratch {
   Buffer<acc_t> keep;                  // the dropout factors of the tile
   Buffer<scalar_t> cast;
   Buffer<acc_t> grad_k, grad_v;
+  Buffer<float> packed_k, packed_v;  // K_j^T and V_j^T of the key block, for dot_tile
   BackwardScratch(const TileSizes& t, int64_t head_dim)
       : probs(t.backward_q * t.backward_kv), dropped(t.backward_q * t.backward_kv),
         grad(t.backward_q * t.backward_kv), keep(t.backward_q * t.backward_kv),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
-        grad_k(t.backward_kv * head_dim), grad_v(t.backward_kv * head_dim) {}
+        grad_k(t.backward_kv * head_dim), grad_v(t.backward_kv * head_dim),
+        packed_k(dot_packed_size(t.backward_kv, head_dim)),
+        packed_v(dot_packed_size(t.backward_kv, head_dim)) {}
 };
 
-// Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass).
+// Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass:
+// the scores are bitwise the forward's, see dot_tile). K_j is packed in packed_k.
 template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n,
-                        int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+                        int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                        const float* packed_k) {
   const AttentionGeometry& g = a.g;
-  score_tile(S, ld, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+  score_tile_prepacked(S, ld, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, packed_k);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
 }
@@ -49,16 +54,15 @@ inline acc_t grad_weight(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h, 
 
 template <typename scalar_t>
 void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / g.L, i = t % g.L, row = g.row(n, i);
     const scalar_t* o = a.context + row * g.E;
     const scalar_t* dO = a.grad_context + row * g.E;
+    // The same multiply-add chain as dP = dO V^T (dot_tile): a row whose output is exactly
+    // one value row V_j gets Dsum == dP_ij bitwise.
     for (int64_t h = 0; h < g.H; ++h) {
-      acc_t sum = 0;
-      for (int64_t d = h * g.D; d < (h + 1) * g.D; ++d) sum += to_acc(o[d]) * to_acc(dO[d]);
-      a.dsum[(n * g.H + h) * g.L + i] = sum;
+      a.dsum[(n * g.H + h) * g.L + i] = dot_chain(dO + h * g.D, o + h * g.D, g.D);
     }
   }
 }
@@ -76,16 +80,21 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   Buffer<acc_t> S(block_q * block_kv), factors(block_kv);
+  Buffer<float> packed_k(dot_packed_size(block_kv, g.D));
+  const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks, h = (t / q_blocks) % g.H, n = t / (q_blocks * g.H);
     const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
     const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
     for (int64_t j0 = 0; j0 < kv_end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < kv_end ? j0 + block_kv : kv_end;
-      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1);
+      pack_for_dot(a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E,
+                   j1 - j0, g.D, packed_k.data());
+      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
-        if (a.dropout.enabled) dropout_row(srow, factors.data(), a.dropout, g, n, h, i0 + r, j0, j1);
+        if (a.dropout.enabled)
+          dropout_row(srow, factors.data(), a.dropout, g, n, h, i0 + r, j0, j1, keep_scale);
         acc_t sum = 0;
         for (int64_t c = 0; c < j1 - j0; ++c)
           sum += srow[c] * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
@@ -97,6 +106,10 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
 
 // dK and dV of key rows j0..j1 of head (n, h), and this key block's share of dQ, added to
 // grad_q (this chunk's (N, H, L, D) partial buffer).
+//
+// With dropout, grad_context is dC for the 0/1-masked context C = sum_j keep_ij P_ij V_j (the
+// op kernel folded 1 / (1 - p) into it), so dV_j = sum_i keep_ij P_ij dC_i and
+// dP_ij = keep_ij (dC_i . V_j + grad_weights_ij / (1 - p)).
 template <typename scalar_t>
 void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
                               at::opmath_type<scalar_t>* grad_q, int64_t n, int64_t h,
@@ -114,46 +127,49 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   fill(grad_v, cols * D, acc_t(0));
   acc_t* P = s.probs.data();
   acc_t* dP = s.grad.data();
+  // K_j^T and V_j^T are packed once and serve every query block.
+  pack_for_dot(k, ld_seq, cols, D, s.packed_k.data());
+  pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
+  const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
 
   // Queries before this key block cannot see it under a causal mask.
   const int64_t q_start = a.masks.causal ? (j0 / block_q) * block_q : 0;
   for (int64_t i0 = q_start; i0 < g.L; i0 += block_q) {
     const int64_t i1 = i0 + block_q < g.L ? i0 + block_q : g.L, rows = i1 - i0;
-    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1);
+    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.packed_k.data());
     const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
     const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;
-    // The dropout factors are generated once per tile and used twice: for dropout(P) and
+    // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and
     // for the gradient flowing back through it.
     const acc_t* Pd = P;
     acc_t* keep = s.keep.data();
     if (a.dropout.enabled) {
       acc_t* dropped = s.dropped.data();
       for (int64_t r = 0; r < rows; ++r) {
-        dropout_factors(keep + r * ld, a.dropout, g, n, h, i0 + r, j0, j1);
+        dropout_factors(keep + r * ld, a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
         for (int64_t c = 0; c < cols; ++c) {
-          const acc_t f = keep[r * ld + c];
-          dropped[r * ld + c] = f == acc_t(0) ? acc_t(0) : P[r * ld + c] * f;
+          dropped[r * ld + c] = keep[r * ld + c] == acc_t(0) ? acc_t(0) : P[r * ld + c];
         }
       }
       Pd = dropped;
     }
-    // dV_j += dropout(P)^T dO_i
+    // dV_j += (keep * P)^T dC_i
     tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1),
               as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, ld_ctx, acc_t(1), grad_v, D);
-    // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
-    tile_gemm(Trans::No, Trans::Yes, rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, acc_t(0), dP,
-              ld);
+    // dP = dC_i V_j^T (+ the gradient of the returned weights), back through dropout
+    dot_tile_prepacked(rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, s.packed_v.data(), dP, ld);
     const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* dprow = dP + r * ld;
       const acc_t* prow = P + r * ld;
       if (a.grad_weights != nullptr) {
+        const acc_t weight_scale = a.dropout.enabled ? keep_scale : acc_t(1);
         for (int64_t c = 0; c < cols; ++c)
-          dprow[c] += grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
+          dprow[c] += weight_scale * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
       }
       if (a.dropout.enabled) {
         const acc_t* f = keep + r * ld;
-        for (int64_t c = 0; c < cols; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c] * f[c];
+        for (int64_t c = 0; c < cols; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c];
       }
       // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows).
       const acc_t row_dsum = dsum[r];

@@ -13,10 +13,12 @@ struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
+  Buffer<float> packed;  // K^T of one key block, for dot_tile
   ForwardScratch(const TileSizes& t, int64_t head_dim)
       : scores(t.forward_q * t.forward_k), out(t.forward_q * head_dim), row_max(t.forward_q),
         row_sum(t.forward_q), dropout(t.forward_k),
-        cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k) {}
+        cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
+        packed(dot_packed_size(t.forward_k, head_dim)) {}
 };
 
 // Online softmax over the key blocks for queries i0..i1 of head (n, h): writes the context
@@ -41,7 +43,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
   for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
-    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       const acc_t tile_max = row_max(srow, cols);
@@ -57,8 +59,10 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
         acc_t* o = O + r * D;
         for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
       }
-      // The normalizer l uses the probabilities before dropout, the output after it.
-      if (a.dropout.enabled) dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1);
+      // The normalizer l uses the probabilities before dropout, the output after it (kept
+      // entries times 1: the op kernel applies 1 / (1 - p) to the whole context).
+      if (a.dropout.enabled)
+        dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
     }
     const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
     const scalar_t* v = a.qkv + g.row(n, j0) * 3 * g.E + 2 * g.E + h * D;
@@ -92,11 +96,13 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
   const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
   for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
-    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1);
+    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       exp_shift_sum(srow, cols, lse[r]);
-      if (a.dropout.enabled) dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1);
+      if (a.dropout.enabled)
+        dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1,
+                    static_cast<acc_t>(a.dropout.keep_scale()));
       const int64_t i = i0 + r;
       if (a.weights != nullptr) {
         scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L + j0;

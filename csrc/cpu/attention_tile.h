@@ -9,6 +9,8 @@
 #error "attention_tile.h is for the per-ISA kernel translation units (MHSA_ISA undefined)"
 #endif
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -201,6 +203,172 @@ inline const scalar_t* as_gemm_input(const acc_t* tile, int64_t count, scalar_t*
 }
 
 // ---------------------------------------------------------------------------------------
+// Dot-product tiles: C[r][c] = alpha * sum_d A[r][d] * B[c][d] (A and B row-major with row
+// strides lda, ldb; K = the head dimension). Used for the scores S = scale * Q K^T and for
+// dP = dO V^T, in forward and backward alike.
+//
+// Why not the BLAS: every element here is one multiply-add chain over d = 0, 1, ..., K-1 in
+// order, starting from zero (dot_chain below), whatever the tile shape, its position or the
+// thread that runs it. So backward recomputes bitwise the scores the forward saw (a BLAS picks
+// different kernels, and summation orders, for different tile shapes), and for a saturated
+// (one-hot) softmax row dP_ij == Dsum_i = dO_i . O_i exactly, so dS = P * (dP - Dsum) is
+// exactly zero there, as in nn.MultiheadAttention, instead of a rounding residue that the
+// large keys and queries of such rows amplify into the gradients.
+
+// One step of the chain, acc + a * b: a fused multiply-add (one rounding) on ISAs that have
+// it, a multiply then an add otherwise, spelled out so that the scalar and the vector forms
+// round identically (the compiler's own contraction of a * b + c is not guaranteed: it
+// vectorizes the products of a scalar loop and then adds them one by one, unfused).
+inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
+#if defined(__AVX512F__)
+  return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(__FMA__)
+  return (vfloat)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
+#else
+  const vfloat product = a * b;
+  return acc + product;
+#endif
+}
+inline float multiply_add(float a, float b, float acc) {
+#if defined(__FMA__) || defined(__AVX512F__)
+  return __builtin_fmaf(a, b, acc);
+#else
+  volatile float product = a * b;  // kept apart: no fused form without FMA instructions
+  return acc + product;
+#endif
+}
+inline double multiply_add(double a, double b, double acc) {
+#if defined(__FMA__) || defined(__AVX512F__)
+  return __builtin_fma(a, b, acc);
+#else
+  volatile double product = a * b;
+  return acc + product;
+#endif
+}
+
+// The scalar chain, the same operations as one lane of dot_tile_packed.
+template <typename scalar_t>
+inline at::opmath_type<scalar_t> dot_chain(const scalar_t* a, const scalar_t* b, int64_t K) {
+  at::opmath_type<scalar_t> acc = 0;
+  for (int64_t d = 0; d < K; ++d) acc = multiply_add(to_acc(a[d]), to_acc(b[d]), acc);
+  return acc;
+}
+
+// Width of the column panels of packed B^T: two vectors.
+constexpr int64_t kDotPanel = 2 * kLanes;
+inline int64_t dot_packed_size(int64_t N, int64_t K) {
+  return ((N + kDotPanel - 1) / kDotPanel) * kDotPanel * K;
+}
+
+// B^T in fp32 (N rows of B, K columns), column panel p at Bt + p * K * kDotPanel, row d of a
+// panel holding B[p*kDotPanel .. +kDotPanel][d]; columns past N are zero.
+template <typename scalar_t>
+void pack_dot_operand(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, float* Bt) {
+  for (int64_t p = 0; p * kDotPanel < N; ++p) {
+    float* panel = Bt + p * K * kDotPanel;
+    for (int64_t c = 0; c < kDotPanel; ++c) {
+      const int64_t col = p * kDotPanel + c;
+      if (col < N) {
+        const scalar_t* b = B + col * ldb;
+        for (int64_t d = 0; d < K; ++d) panel[d * kDotPanel + c] = to_acc(b[d]);
+      } else {
+        for (int64_t d = 0; d < K; ++d) panel[d * kDotPanel + c] = 0.0f;
+      }
+    }
+  }
+}
+
+// R rows (R <= 4) of A against one packed panel: out[r][0..kDotPanel).
+template <int R, typename scalar_t>
+inline void dot_micro(const scalar_t* A, int64_t lda, const float* panel, int64_t K,
+                      vfloat out[4][2]) {
+  vfloat acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vfloat{};
+  for (int64_t d = 0; d < K; ++d) {
+    const vfloat b0 = load(panel + d * kDotPanel);
+    const vfloat b1 = load(panel + d * kDotPanel + kLanes);
+    for (int r = 0; r < R; ++r) {
+      const vfloat a = splat(to_acc(A[r * lda + d]));
+      acc[r][0] = multiply_add(a, b0, acc[r][0]);
+      acc[r][1] = multiply_add(a, b1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    out[r][0] = acc[r][0];
+    out[r][1] = acc[r][1];
+  }
+}
+
+// C[M, N] (row stride ldc) = alpha * A B^T from B^T packed by pack_dot_operand.
+template <typename scalar_t>
+void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
+                     int64_t lda, const float* Bt, float* C, int64_t ldc) {
+  vfloat out[4][2];
+  for (int64_t r0 = 0; r0 < M; r0 += 4) {
+    const int rows = static_cast<int>(M - r0 < 4 ? M - r0 : 4);
+    const scalar_t* a = A + r0 * lda;
+    for (int64_t p = 0; p * kDotPanel < N; ++p) {
+      const float* panel = Bt + p * K * kDotPanel;
+      switch (rows) {
+        case 4: dot_micro<4>(a, lda, panel, K, out); break;
+        case 3: dot_micro<3>(a, lda, panel, K, out); break;
+        case 2: dot_micro<2>(a, lda, panel, K, out); break;
+        default: dot_micro<1>(a, lda, panel, K, out); break;
+      }
+      const int64_t c0 = p * kDotPanel, cols = N - c0 < kDotPanel ? N - c0 : kDotPanel;
+      for (int r = 0; r < rows; ++r) {
+        float* c = C + (r0 + r) * ldc + c0;
+        const vfloat v0 = out[r][0] * alpha, v1 = out[r][1] * alpha;
+        if (cols == kDotPanel) {
+          store(c, v0);
+          store(c + kLanes, v1);
+        } else {
+          float tmp[kDotPanel];
+          store(tmp, v0);
+          store(tmp + kLanes, v1);
+          for (int64_t k = 0; k < cols; ++k) c[k] = tmp[k];
+        }
+      }
+    }
+  }
+}
+
+// Double precision: the same chain per element, no packing (float64 is the reference dtype,
+// not a fast path).
+inline void dot_tile(int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                     int64_t lda, const double* B, int64_t ldb, double* C, int64_t ldc,
+                     float* /*packed*/) {
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = alpha * dot_chain(A + r * lda, B + c * ldb, K);
+}
+template <typename scalar_t>
+inline void dot_tile(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
+                     int64_t lda, const scalar_t* B, int64_t ldb, float* C, int64_t ldc,
+                     float* packed) {
+  pack_dot_operand(B, ldb, N, K, packed);
+  dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
+}
+
+// The same with B already packed into `packed` by pack_for_dot (backward packs each key
+// block's K and V once and reuses them for every query block). Double reads B directly.
+inline void pack_for_dot(const double*, int64_t, int64_t, int64_t, float*) {}
+template <typename scalar_t>
+inline void pack_for_dot(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, float* packed) {
+  pack_dot_operand(B, ldb, N, K, packed);
+}
+inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                               int64_t lda, const double* B, int64_t ldb, const float*,
+                               double* C, int64_t ldc) {
+  dot_tile(M, N, K, alpha, A, lda, B, ldb, C, ldc, nullptr);
+}
+template <typename scalar_t>
+inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
+                               int64_t lda, const scalar_t*, int64_t, const float* packed,
+                               float* C, int64_t ldc) {
+  dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
+}
+
+// ---------------------------------------------------------------------------------------
 // Masks inside a score tile S (rows i0..i1 of queries, columns j0..j1 of keys, row stride ld)
 // of batch n, head h.
 template <typename acc_t>
@@ -232,15 +400,28 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 }
 
 // Scores of a (query block, key block) tile: S = scale * Q_i K_j^T + masks, row stride ld.
+// `packed` is scratch of dot_packed_size(j1 - j0, D) floats.
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
                        const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h,
-                       int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+                       int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* packed) {
   const int64_t ld_seq = g.seq_rows() * 3 * g.E;
   const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
   const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
-  tile_gemm(Trans::No, Trans::Yes, i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, acc_t(0),
-            S, ld);
+  dot_tile(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, S, ld, packed);
+  if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
+}
+
+// The same with K_j already packed by pack_for_dot (bitwise the same scores).
+template <typename scalar_t, typename acc_t>
+inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* qkv,
+                                 const AttentionGeometry& g, const MaskView<acc_t>& masks,
+                                 acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1,
+                                 int64_t j0, int64_t j1, const float* packed_k) {
+  const int64_t ld_seq = g.seq_rows() * 3 * g.E;
+  const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
+  const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
+  dot_tile_prepacked(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, packed_k, S, ld);
   if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
 }
 
@@ -277,11 +458,13 @@ inline void philox_lanes(vu64 counter, uint64_t key, vu64 out[4]) {
   out[3] = c3;
 }
 
-// keep / (1 - p) (or 0) for row i of head (n, h), columns j0..j1, written to factors[0..).
+// `kept` (or 0 where dropped) for row i of head (n, h), columns j0..j1, written to
+// factors[0..). The context path uses kept = 1, a 0/1 mask, and applies 1 / (1 - p) once to
+// the whole context (see DropoutParams); the returned weights use kept = 1 / (1 - p).
 template <typename acc_t>
 void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
-                     int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1) {
-  const acc_t scale = d.p >= 1.0 ? acc_t(0) : static_cast<acc_t>(1.0 / (1.0 - d.p));
+                     int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1, acc_t kept) {
+  const acc_t scale = kept;
   // 24-bit uniforms u; keep iff u >= p.
   const uint64_t threshold = static_cast<uint64_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
   const int64_t groups_per_row = (g.L + 3) / 4;
@@ -301,12 +484,12 @@ void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeom
   }
 }
 
-// Multiplies row i of head (n, h), columns j0..j1, by keep / (1 - p) in place; `factors` is
+// Multiplies row i of head (n, h), columns j0..j1, by `kept` or 0 in place; `factors` is
 // scratch of at least j1 - j0 elements.
 template <typename acc_t>
 void dropout_row(acc_t* row, acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
-                 int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1) {
-  dropout_factors(factors, d, g, n, h, i, j0, j1);
+                 int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1, acc_t kept) {
+  dropout_factors(factors, d, g, n, h, i, j0, j1, kept);
   for (int64_t c = 0; c < j1 - j0; ++c) row[c] = factors[c] == acc_t(0) ? acc_t(0) : row[c] * factors[c];
 }
 

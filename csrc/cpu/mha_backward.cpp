@@ -12,6 +12,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -50,14 +51,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
 
   const at::Tensor grad_out2d = grad_output.contiguous().view({-1, E});
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
+  // The saved context is unscaled under dropout (see mha_forward_cpu): output = s C W^T + b.
+  const double context_scale = dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+  const auto dtype = x.scalar_type();
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  if (output_mask[3]) grad_out_w = grad_out2d.t().mm(ctx2d);
-  if (output_mask[4]) grad_out_b = grad_out2d.sum(0);
+  if (output_mask[3]) grad_out_w = projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
+  if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
   if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
     return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
   }
 
-  const at::Tensor grad_ctx = grad_out2d.mm(out_proj_weight);  // [rows, E], contiguous
+  // dC = s dOut W_out, [rows, E], contiguous
+  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false, context_scale, std::nullopt, dtype);
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(x.scalar_type());
@@ -117,10 +122,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   });
 
   const at::Tensor x2d = x.contiguous().view({-1, E});
-  const at::Tensor grad_qkv_in = grad_qkv.to(x.scalar_type());
-  if (output_mask[0]) grad_x = grad_qkv_in.mm(in_proj_weight).view(x.sizes());
-  if (output_mask[1]) grad_in_w = grad_qkv_in.t().mm(x2d);
-  if (output_mask[2]) grad_in_b = grad_qkv.sum(0).to(x.scalar_type());
+  const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
+  if (output_mask[0]) grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype).view(x.sizes());
+  if (output_mask[1]) grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
+  if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
 

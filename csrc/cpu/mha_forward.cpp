@@ -18,6 +18,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -56,9 +57,8 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   const at::Tensor x2d = x.contiguous().view({-1, E});
 
   // One GEMM for the packed projection; rows follow x's layout.
-  at::Tensor qkv = (in_proj_bias.has_value() && in_proj_bias->defined())
-                       ? at::addmm(*in_proj_bias, x2d, in_proj_weight.t())
-                       : at::mm(x2d, in_proj_weight.t());
+  at::Tensor qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
+                                   x.scalar_type());
   at::Tensor context = at::empty({x.size(0), x.size(1), E}, x.options());
   at::Tensor lse = at::empty({N, H, L}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
   at::Tensor rng_state = at::zeros({2}, x.options().dtype(at::kLong));
@@ -102,10 +102,12 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   });
   if (need_weights && average_attn_weights) weights = weights.to(x.scalar_type());
 
+  // With dropout the kernels left the context unscaled (a 0/1 mask on the probabilities, see
+  // DropoutParams): 1 / (1 - p) is applied here, once.
+  const double context_scale = dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
   const at::Tensor ctx2d = context.view({-1, E});
-  at::Tensor output = (out_proj_bias.has_value() && out_proj_bias->defined())
-                          ? at::addmm(*out_proj_bias, ctx2d, out_proj_weight.t())
-                          : at::mm(ctx2d, out_proj_weight.t());
+  at::Tensor output = projection_gemm(ctx2d, false, out_proj_weight, true, context_scale,
+                                      out_proj_bias, x.scalar_type());
   return {output.view(x.sizes()), weights, qkv.view({x.size(0), x.size(1), 3 * E}), context,
           lse, rng_state};
 }

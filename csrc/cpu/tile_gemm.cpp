@@ -19,6 +19,9 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
                             float alpha, const uint16_t* a, int lda, const uint16_t* b, int ldb,
                             float beta, float* c, int ldc);
+// mkl_service.h maps mkl_set_num_threads_local to this by-value entry point (the lowercase
+// symbol is the Fortran one, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int nt);
 }
 #endif
 
@@ -65,6 +68,23 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
   return true;
 }
 
+#ifdef MHSA_HAVE_TORCH_BLAS
+// Every tile GEMM runs on the calling thread. Inside an OpenMP parallel region MKL already
+// does, but at::parallel_for runs a range smaller than its grain inline on the calling thread,
+// outside any parallel region, where MKL would otherwise split the tile over its own threads
+// and round differently for a different thread count.
+class SequentialBlas {
+ public:
+  SequentialBlas() : previous_(MKL_Set_Num_Threads_Local(1)) {}
+  ~SequentialBlas() { MKL_Set_Num_Threads_Local(previous_); }
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_;
+};
+#endif
+
 }  // namespace
 
 #ifdef MHSA_HAVE_TORCH_BLAS
@@ -77,6 +97,7 @@ void column_major_gemm(FortranGemm gemm, Trans ta, Trans tb, int64_t M, int64_t 
   const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
   const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
   const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"), lc = to_blas_int(ldc, "ldc");
+  SequentialBlas sequential;
   gemm(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
 }
 #endif
@@ -109,6 +130,7 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
   constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
+  SequentialBlas sequential;
   cblas_gemm_bf16bf16f32(kRowMajor, ta == Trans::No ? kNoTrans : kTrans,
                          tb == Trans::No ? kNoTrans : kTrans, to_blas_int(M, "M"),
                          to_blas_int(N, "N"), to_blas_int(K, "K"), alpha,

@@ -1,0 +1,113 @@
+#include "cpu/projection_gemm.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+
+#include "cpu/tile_gemm.h"
+
+namespace mhsa::cpu {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Square output tiles of 256, halved (down to 64) while that leaves fewer than 32 tiles, so
+// small projections still spread over the cores. A function of the shape only.
+int64_t output_tile(int64_t M, int64_t N) {
+  int64_t tile = 256;
+  while (tile > 64 && ceil_div(M, tile) * ceil_div(N, tile) < 32) tile /= 2;
+  return tile;
+}
+
+at::ScalarType accumulation_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tensor& b,
+                           bool transpose_b, double alpha, const std::optional<at::Tensor>& bias,
+                           std::optional<at::ScalarType> out_dtype) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type());
+  const at::Tensor A = a.contiguous(), B = b.contiguous();
+  const int64_t M = transpose_a ? A.size(1) : A.size(0);
+  const int64_t K = transpose_a ? A.size(0) : A.size(1);
+  const int64_t N = transpose_b ? B.size(0) : B.size(1);
+  TORCH_INTERNAL_ASSERT((transpose_b ? B.size(1) : B.size(0)) == K);
+  const auto acc_dtype = accumulation_dtype(A.scalar_type());
+  at::Tensor C = at::empty({M, N}, A.options().dtype(acc_dtype));
+  at::Tensor bias_acc;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_INTERNAL_ASSERT(bias->numel() == N);
+    bias_acc = bias->to(acc_dtype).contiguous();
+  }
+  if (M > 0 && N > 0) {
+    const int64_t tile = output_tile(M, N);
+    const int64_t row_tiles = ceil_div(M, tile), col_tiles = ceil_div(N, tile);
+    const int64_t lda = A.size(1), ldb = B.size(1);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, A.scalar_type(), "projection_gemm", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* pa = A.const_data_ptr<scalar_t>();
+      const scalar_t* pb = B.const_data_ptr<scalar_t>();
+      acc_t* pc = C.mutable_data_ptr<acc_t>();
+      const acc_t* pbias = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
+      // A tile task is 2 * tile^2 * K flops; grain 1 unless tiles are tiny.
+      const double tile_flops = 2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
+      const int64_t grain = tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
+      at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t i0 = (t / col_tiles) * tile, j0 = (t % col_tiles) * tile;
+          const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
+          acc_t* c = pc + i0 * N + j0;
+          acc_t beta = 0;
+          if (pbias != nullptr) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t j = 0; j < cols; ++j) c[r * N + j] = pbias[j0 + j];
+            beta = 1;
+          }
+          const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
+          const scalar_t* tb = transpose_b ? pb + j0 * ldb : pb + j0;
+          tile_gemm(transpose_a ? Trans::Yes : Trans::No, transpose_b ? Trans::Yes : Trans::No,
+                    rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
+        }
+      });
+    });
+  }
+  if (out_dtype.has_value() && *out_dtype != acc_dtype) return C.to(*out_dtype);
+  return C;
+}
+
+at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dtype) {
+  TORCH_INTERNAL_ASSERT(m.dim() == 2);
+  const at::Tensor src = m.contiguous();
+  const int64_t R = src.size(0), N = src.size(1);
+  const auto acc_dtype = accumulation_dtype(src.scalar_type());
+  at::Tensor out = at::zeros({N}, src.options().dtype(acc_dtype));
+  constexpr int64_t kColumnBlock = 64, kRowBlock = 256;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, src.scalar_type(), "column_sums", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = src.const_data_ptr<scalar_t>();
+    acc_t* o = out.mutable_data_ptr<acc_t>();
+    const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(R * kColumnBlock, 1));
+    at::parallel_for(0, ceil_div(N, kColumnBlock), grain, [&](int64_t begin, int64_t end) {
+      acc_t block[kColumnBlock];
+      for (int64_t cb = begin; cb < end; ++cb) {
+        const int64_t j0 = cb * kColumnBlock, cols = std::min(kColumnBlock, N - j0);
+        for (int64_t r0 = 0; r0 < R; r0 += kRowBlock) {
+          for (int64_t j = 0; j < cols; ++j) block[j] = 0;
+          for (int64_t r = r0; r < std::min(R, r0 + kRowBlock); ++r) {
+            const scalar_t* row = p + r * N + j0;
+            for (int64_t j = 0; j < cols; ++j) block[j] += static_cast<acc_t>(row[j]);
+          }
+          for (int64_t j = 0; j < cols; ++j) o[j0 + j] += block[j];
+        }
+      }
+    });
+  });
+  if (out_dtype.has_value() && *out_dtype != acc_dtype) return out.to(*out_dtype);
+  return out;
+}
+
+}  // namespace mhsa::cpu
