@@ -50,4 +50,17 @@ TORCH_LIBRARY(mhsa, m) {
   m.def("_cpu_capability() -> str", []() -> std::string {
     return mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
   });
+  // What runs on this CPU, for test and benchmark reports: the kernels' instruction set, how
+  // bfloat16 is computed and which GEMM library the tiles and projections call.
+  m.def("_backend_info() -> str", []() -> std::string {
+    std::string info = "kernels=";
+    info += mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
+    info += mhsa::cpu::bf16_native_compute() ? " bfloat16=native" : " bfloat16=fp32-compute";
+#ifdef MHSA_HAVE_TORCH_BLAS
+    info += " gemm=mkl-from-libtorch_cpu";
+#else
+    info += " gemm=portable-loops";
+#endif
+    return info;
+  });
 }

@@ -64,8 +64,17 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
                 "unbatched query, got shape ", kpm->sym_sizes());
     kpm = kpm->unsqueeze(0);
   }
+  // nn.MultiheadAttention accepts an in_proj_bias of any floating dtype (F.linear casts it to
+  // the input's); so does mhsa, through a differentiable cast, so its gradient comes back in
+  // the bias's own dtype. Every other dtype mismatch is refused by mha_forward's checks, as nn
+  // refuses it. (A cast is dispatched, not arithmetic of this op: autograd sees aten::to.)
+  std::optional<at::Tensor> bias = in_proj_bias;
+  if (bias.has_value() && bias->defined() && bias->scalar_type() != x.scalar_type() &&
+      at::isFloatingType(bias->scalar_type()) && at::isFloatingType(x.scalar_type())) {
+    bias = bias->to(x.scalar_type());
+  }
   auto [output, weights, qkv, context, lse, rng_state] =
-      mha_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+      mha_forward(x, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads,
                   unbatched ? false : batch_first, attn_mask, kpm, is_causal,
                   training ? dropout_p : 0.0, need_weights, average_attn_weights);
   if (unbatched) {

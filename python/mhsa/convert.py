@@ -56,6 +56,17 @@ def _why_not_convertible(
     weight = module.in_proj_weight
     if weight.dtype not in _SUPPORTED_DTYPES:
         return f"dtype {weight.dtype} (mhsa supports float32, float64 and bfloat16)"
+    # What nn.MultiheadAttention itself runs: out_proj in in_proj_weight's dtype (its input is
+    # the attention output in that dtype) and an out_proj.bias of the same dtype. in_proj_bias
+    # may be any floating dtype (cast to the input's, as F.linear does).
+    out_weight, out_bias = module.out_proj.weight, module.out_proj.bias
+    if out_weight.dtype != weight.dtype:
+        return f"out_proj.weight dtype {out_weight.dtype} differs from in_proj_weight dtype {weight.dtype}"
+    if out_bias is not None and out_bias.dtype != out_weight.dtype:
+        return f"out_proj.bias dtype {out_bias.dtype} differs from out_proj.weight dtype {out_weight.dtype}"
+    in_bias = module.in_proj_bias
+    if in_bias is not None and not in_bias.dtype.is_floating_point:
+        return f"in_proj_bias dtype {in_bias.dtype} is not a floating dtype"
     if weight.device.type not in _SUPPORTED_DEVICES:
         return f"device {weight.device} (mhsa has CPU kernels only)"
     return None

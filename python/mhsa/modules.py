@@ -219,6 +219,14 @@ class MultiheadSelfAttention(nn.Module):
             dtype=weight.dtype,
         )
         converted.load_state_dict(module.state_dict())
+        # load_state_dict copies into parameters of weight.dtype; keep any parameter of another
+        # dtype (e.g. an in_proj_bias nn.MultiheadAttention accepts in float32 next to float64
+        # weights) in its own dtype, as the source module has it.
+        for name, source in module.named_parameters():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = converted.get_submodule(owner_name) if owner_name else converted
+            if getattr(owner, leaf).dtype != source.dtype:
+                setattr(owner, leaf, nn.Parameter(source.detach().clone(), requires_grad=source.requires_grad))
         converted.train(module.training)
         return converted
 
