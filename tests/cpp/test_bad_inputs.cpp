@@ -154,8 +154,25 @@ TEST(BadInputs, ParameterDtypes) {
   for (auto dtype : {at::kDouble, at::kBFloat16, at::kHalf, at::kLong}) {
     expect_both_throw([&](Inputs& in) { in.w_in = in.w_in.to(dtype); });
     expect_both_throw([&](Inputs& in) { in.w_out = in.w_out.to(dtype); });
-    expect_both_throw([&](Inputs& in) { in.b_in = in.b_in->to(dtype); });
     expect_both_throw([&](Inputs& in) { in.b_out = in.b_out->to(dtype); });
+  }
+  // An in_proj_bias of an integer dtype is refused everywhere.
+  expect_both_throw([&](Inputs& in) { in.b_in = in.b_in->to(at::kLong); });
+}
+
+TEST(BadInputs, InProjBiasOfAnotherFloatingDtypeIsCastLikeNn) {
+  // nn.MultiheadAttention accepts it (F.linear casts the bias to the input's dtype); the
+  // public op does the same, the internal mha_forward keeps requiring one dtype.
+  for (auto dtype : {at::kDouble, at::kBFloat16, at::kHalf}) {
+    Inputs in;
+    in.b_in = in.b_in->to(dtype);
+    Inputs same = in;  // the same tensors, with the bias cast to the input's dtype by hand
+    same.b_in = in.b_in->to(at::kFloat);
+    at::Tensor out;
+    ASSERT_NO_THROW(out = std::get<0>(in.call()));
+    EXPECT_EQ(out.scalar_type(), at::kFloat);
+    EXPECT_TRUE(at::equal(out, std::get<0>(same.call())));
+    EXPECT_C10_ERROR(in.forward());
   }
 }
 

@@ -3,12 +3,16 @@ from run to run, across processes, and whatever the number of threads (1, 2, 3, 
 with dropout (its masks come from a counter-based generator seeded by torch.manual_seed) and
 with need_weights (averaged or per head).
 
-Why this holds (csrc/cpu): the forward attention splits into (batch, head, query block) tasks
-that each write their own rows, and head-averaged weights are summed over the heads inside one
-task in a fixed order; the backward splits into a fixed number of chunks (kBackwardChunks,
-independent of the thread count) whose dQ partial sums are added in chunk order; dK/dV rows
-belong to one task each. The projections are plain ATen GEMMs, whose results do not depend on
-the thread count for these shapes (checked here as part of the whole op).
+Why this holds by construction, on every CPU (csrc/cpu): the forward attention splits into
+(batch, head, query block) tasks that each write their own rows, and head-averaged weights are
+summed over the heads inside one task in a fixed order; the backward splits into a fixed number
+of chunks (kBackwardChunks, independent of the thread count) whose dQ partial sums are added in
+chunk order; dK/dV rows belong to one task each. Every tile GEMM runs single-threaded on its
+calling thread. The projection GEMMs are not left to a multi-threaded BLAS (which splits them,
+and the weight gradients' reductions over N*L rows, by the thread count, and rounds differently
+on AVX-512/AMX machines): projection_gemm.cpp cuts them into output tiles of shape-only sizes,
+each one single-threaded GEMM over the whole reduction, and the bias gradients are column sums
+in a fixed order.
 """
 
 from __future__ import annotations
