@@ -93,7 +93,8 @@ def describe_head(
             f"{distance:.2f} from an even spread; no offset gets more than {100 * best_mass:.0f}%)"
         )
     else:
-        description = "mixes " + ", ".join(f"{offset_name(d)}: {100 * mass:.0f}%" for d, mass in top)
+        mixed = [f"{offset_name(d)}: {100 * mass:.0f}%" for d, mass in top]
+        description = "mixes " + ", ".join(mixed)
     description += (
         f"; {100 * counted_mass:.0f}% of its weight is on {counted_token}s, which are "
         f"{100 * counted_share:.0f}% of the tokens it can see"
@@ -120,7 +121,8 @@ def head_roles(
     roles = []
     for layer, layer_weights in enumerate(weights):
         profile = offset_profile(layer_weights)
-        counted_mass = (layer_weights.double() * is_counted[:, None, None, :]).sum(dim=-1)  # (N, H, L)
+        # (N, H, L): each query's weight on the counted token, then the mean over queries 1..L-1.
+        counted_mass = (layer_weights.double() * is_counted[:, None, None, :]).sum(dim=-1)
         counted_mass = counted_mass[:, :, 1:].mean(dim=(0, 2))
         for head in range(profile.size(0)):
             roles.append(

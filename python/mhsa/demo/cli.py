@@ -216,9 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ),
     )
     write_report(out / summary.files.report, summary)
-    write_html_report(
-        out / summary.files.html, summary, held_out[0][:HTML_SEQUENCES], weights
-    )
+    write_html_report(out / summary.files.html, summary, held_out[0][:HTML_SEQUENCES], weights)
     summary.wall_seconds = time.perf_counter() - wall_start
     write_summary(out / "summary.json", summary)
     print_results(summary, out)

@@ -89,9 +89,7 @@ class TinyTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.position_embedding(positions)
         causal_mask: Optional[Tensor] = None
         if self.explicit_causal_mask:
-            causal_mask = torch.ones(
-                length, length, dtype=torch.bool, device=tokens.device
-            ).triu(1)
+            causal_mask = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)
         all_weights: List[Tensor] = []
         for block in self.blocks:
             x, weights = block(x, causal_mask, need_weights)

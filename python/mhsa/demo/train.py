@@ -51,10 +51,7 @@ def accuracy(model: TinyTransformer, tokens: Tensor, targets: Tensor) -> float:
 
 def evaluation_line(step: int, total: int, loss: float, held_out_accuracy: float) -> str:
     """The line printed at each evaluation: ``step 100/1500  loss 1.2345  held-out acc 42.0%``."""
-    return (
-        f"step {step:>5}/{total}  loss {loss:.4f}  "
-        f"held-out acc {100 * held_out_accuracy:5.1f}%"
-    )
+    return f"step {step:>5}/{total}  loss {loss:.4f}  held-out acc {100 * held_out_accuracy:5.1f}%"
 
 
 def train_both(
