@@ -206,7 +206,7 @@ def page_problems(rendered: RenderedPage) -> List[str]:
     collector.feed(rendered.dom)
     html_attributes = [attributes for tag, attributes in collector.elements if tag == "html"]
     if not html_attributes or html_attributes[0].get("data-rendered") != "ok":
-        problems.append('the page\'s script did not finish drawing (no data-rendered="ok")')
+        problems.append("the page's script did not finish drawing (<html> lacks data-rendered=ok)")
     return problems
 
 
@@ -287,10 +287,8 @@ def test_html_report_renders_in_chromium(
     shown = [float(b["data-weight"] or "nan") for b in bars]
     assert shown == pytest.approx(expected[: query + 1] + [0.0] * (length - query - 1), abs=1e-4)
     assert sum(shown) == pytest.approx(1.0, abs=2e-3)
-    assert (
-        f"layer {layer}, head {head}: attention from query position {query}"
-        in (dom.text_by_id["bars-title"])
-    )
+    title = dom.text_by_id["bars-title"]
+    assert f"layer {layer}, head {head}: attention from query position {query}" in title
     role = next(h for h in summary["heads"] if (h["layer"], h["head"]) == (layer, head))
     assert role["description"] in " ".join(dom.text_by_id["role"].split())
     # The heat map of that head, and both loss curves with one point per step.
