@@ -3,7 +3,9 @@
 CMake builds libmhsa.so against the torch of the build environment (-DMHSA_BUILD_TESTS=OFF
 -DMHSA_COPY_TO_PYTHON=OFF, CMAKE_PREFIX_PATH from torch.utils.cmake_prefix_path), and the library
 and its libmhsa.torch_version stamp are copied into the package, where mhsa/_library.py finds
-them. The wheel requires exactly the torch version it was built against.
+them. The wheel requires exactly the torch version it was built against, and is tagged
+py3-none-<platform>: libmhsa.so is a LibTorch library that never touches CPython's ABI, so any
+Python 3 that can install that torch can use it.
 
     pip install --no-build-isolation .
     pip wheel --no-build-isolation . -w dist
@@ -21,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -89,6 +92,19 @@ class BuildWithCMake(build_ext):
         shutil.copyfile(build_dir / STAMP, destination.parent / STAMP)
 
 
+class PlatformWheel(bdist_wheel):
+    """Tags the wheel py3-none-<platform> instead of cp3XY-cp3XY-<platform>.
+
+    The wheel holds a native library (so it is platform-specific) but no CPython extension
+    module: nothing in it depends on the Python version or its ABI. What it does depend on,
+    the exact torch version, is a requirement of the wheel (``install_requires``).
+    """
+
+    def get_tag(self) -> tuple:
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
 def _torch_requirement() -> list:
     version = _torch().__version__.split("+")[0]
     return [f"torch=={version}"]
@@ -96,7 +112,7 @@ def _torch_requirement() -> list:
 
 setup(
     ext_modules=[CMakeLibrary("mhsa.libmhsa")],
-    cmdclass={"build_ext": BuildWithCMake},
+    cmdclass={"build_ext": BuildWithCMake, "bdist_wheel": PlatformWheel},
     install_requires=_torch_requirement(),
     # setuptools' build/ would land inside the CMake build tree of scripts/setup.sh.
     options={"build": {"build_base": "build-pip"}},

@@ -22,6 +22,28 @@ fi
 WHEEL="$(ls "$WORK"/dist/mhsa-*.whl)"
 log "built $(basename "$WHEEL")"
 
+# Tagged py3-none-<platform> (no CPython extension inside), requiring exactly this torch, and
+# carrying the whole package (the demo subpackage and its report template too).
+"$PY" - "$WHEEL" "$TORCH_VERSION" <<'PYEOF'
+import sys
+import zipfile
+from pathlib import Path
+
+wheel, torch_version = Path(sys.argv[1]), sys.argv[2]
+name, version, python_tag, abi_tag, platform_tag = wheel.stem.split("-")
+assert (python_tag, abi_tag) == ("py3", "none"), f"{wheel.name}: expected a py3-none-<platform> wheel"
+assert platform_tag.startswith(("linux_", "manylinux")), wheel.name
+with zipfile.ZipFile(wheel) as archive:
+    names = set(archive.namelist())
+    metadata = archive.read(f"{name}-{version}.dist-info/METADATA").decode()
+for required in ("mhsa/libmhsa.so", "mhsa/libmhsa.torch_version", "mhsa/demo/__main__.py",
+                 "mhsa/demo/report_template.html"):
+    assert required in names, f"{wheel.name} lacks {required}"
+requirement = f"Requires-Dist: torch=={torch_version}"
+assert requirement in metadata.splitlines(), f"{wheel.name} does not require {requirement}"
+print(f"{wheel.name}: tags py3-none-{platform_tag}, {requirement}")
+PYEOF
+
 log "fresh venv: torch==$TORCH_VERSION, then the wheel"
 "$PY" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"

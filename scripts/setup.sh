@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/test, scripts/demo and scripts/bench; source it, don't run it.
 # Idempotent: installs only what is missing on a fresh Debian machine:
-#   1. apt packages (compiler, CMake, GoogleTest, ccache),
+#   1. apt packages (compiler, CMake, GoogleTest, ccache; chromium, which the tests use to
+#      render the demo's report.html; clang-format, for scripts/format),
 #   2. .venv at the repo root with the pinned Python dependencies (requirements.txt),
 #   3. the CMake build in build/ (libmhsa.so, copied into python/mhsa/),
 #   4. a .pth file so `.venv/bin/python -c "import mhsa"` works.
@@ -18,7 +19,7 @@ log() { printf '\033[1m[mhsa]\033[0m %s\n' "$*" >&2; }
 ensure_apt_packages() {
   local missing=()
   local pkg
-  for pkg in g++ cmake make libgtest-dev ccache; do
+  for pkg in g++ cmake make libgtest-dev ccache chromium clang-format; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
