@@ -29,7 +29,17 @@ struct MaskView {
   const bool* kpm_bool = nullptr;
   const acc_t* kpm_add = nullptr;
   bool causal = false;
-  bool any() const { return causal || attn_bool || attn_add || kpm_bool || kpm_add; }
+  // Sliding window: query i sees key j only if i - window_left <= j <= i + window_right
+  // (-1: unbounded on that side). Applied on top of every other mask; tiles outside the band
+  // are never computed.
+  int64_t window_left = -1, window_right = -1;
+  // Optional (N,) count of leading keys that may be visible in batch n: keys j >= key_end[n]
+  // are masked (a right-padded key_padding_mask), and tiles made only of them are skipped.
+  const int64_t* key_end = nullptr;
+  bool windowed() const { return window_left >= 0 || window_right >= 0; }
+  bool any() const {
+    return causal || attn_bool || attn_add || kpm_bool || kpm_add || windowed() || key_end;
+  }
 };
 
 // Dropout on the attention probabilities: the keep decision of element (n, h, i, j) is a pure
