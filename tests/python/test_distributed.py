@@ -1,0 +1,421 @@
+"""mhsa past one process: data parallel (DDP, FSDP2, DDP + torch.compile) and context-parallel
+ring self-attention (mhsa.distributed), each against the same computation in one process.
+
+Every test spawns its ranks (2 or 4 processes, gloo, a free port on 127.0.0.1, a process-group
+timeout of a few seconds), waits for them with a deadline and turns a rank's exception, death or
+hang into a test failure naming the rank. The ranks compute the one-process reference
+themselves (same seeds, full sequence or concatenated batches) and assert against it; the
+largest differences measured are written to ``errors-*.json`` in the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing
+import os
+import socket
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+import mhsa
+import mhsa_testutils
+
+# Bounds for one spawned test: starting the processes (imports) plus the work.
+LAUNCH_DEADLINE_S = 150.0
+PG_TIMEOUT_S = 20.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching ranks.
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, worker: str, outdir: str, pg_timeout_s: float) -> None:
+    """Entry point of a spawned rank: joins the process group and runs ``worker``; an exception
+    is written to ``rank<r>.err`` and makes the process exit with code 1."""
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=pg_timeout_s),
+        )
+        try:
+            globals()[worker](rank, world, Path(outdir))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        Path(outdir, f"rank{rank}.err").write_text(traceback.format_exc())
+        os._exit(1)
+
+
+def _launch(worker: str, world: int, outdir: Path, *, pg_timeout_s: float = PG_TIMEOUT_S) -> List[int]:
+    """Runs ``worker`` on ``world`` spawned ranks; returns their exit codes.
+
+    Fails the test if the ranks are not all done by LAUNCH_DEADLINE_S (the survivors are
+    killed), so a hang can never stall the suite.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks
+    context = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [
+        context.Process(target=_rank_main, args=(r, world, port, worker, str(outdir), pg_timeout_s), daemon=True)
+        for r in range(world)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + LAUNCH_DEADLINE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for r in hung:
+        procs[r].kill()
+        procs[r].join()
+    if hung:
+        pytest.fail(f"{worker}: ranks {hung} still running after {LAUNCH_DEADLINE_S} s (hang):\n{_errors(outdir)}")
+    return [p.exitcode for p in procs]
+
+
+def _errors(outdir: Path) -> str:
+    return "\n".join(f"--- {f.name}\n{f.read_text()}" for f in sorted(outdir.glob("rank*.err")))
+
+
+def _run(worker: str, world: int, outdir: Path) -> None:
+    codes = _launch(worker, world, outdir)
+    if any(code != 0 for code in codes):
+        pytest.fail(f"{worker} on {world} ranks: exit codes {codes}\n{_errors(outdir)}")
+
+
+def _record(outdir: Path, name: str, errors: Dict[str, float]) -> None:
+    """Max-reduces the measured errors over the ranks; rank 0 writes them."""
+    values = torch.tensor(list(errors.values()), dtype=torch.float64)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    if dist.get_rank() == 0:
+        Path(outdir, f"errors-{name}.json").write_text(json.dumps(dict(zip(errors, values.tolist())), indent=1))
+
+
+def _max_diff(a: Tensor, b: Tensor) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Context-parallel ring attention: workers.
+
+# (dtype, is_causal, load_balance, dropout_p, batch_first)
+RING_CASES: List[Tuple[torch.dtype, bool, bool, float, bool]] = [
+    (dtype, causal, balance, p, bf)
+    for dtype in (torch.float64, torch.float32)
+    for causal in (False, True)
+    for balance in (False, True)
+    for p, bf in ((0.0, True), (0.3, False))
+]
+
+
+def _ring_case(
+    world: int, dtype: torch.dtype, causal: bool, balance: bool, p: float, batch_first: bool, case_seed: int
+) -> Dict[str, float]:
+    """One configuration: ContextParallelSelfAttention on the local slices against the module on
+    the full sequence; asserts outputs and all gradients; returns the largest differences."""
+    E, H, N = 16, 2, 2
+    L = 8 * world  # divisible by 2P for the zigzag split
+    seq_dim = 1 if batch_first else 0
+    _, attn = mhsa_testutils.make_pair(E, H, dtype=dtype, dropout=p, batch_first=batch_first, seed=case_seed)
+    attn.train()
+    x = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 1)
+    grad_out = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 2).detach()
+    params = [attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias]
+
+    torch.manual_seed(100 + case_seed)
+    y_ref, _ = attn(x, need_weights=False, is_causal=causal)
+    ref_grads = torch.autograd.grad(y_ref, [x, *params], grad_out)
+    if p > 0:
+        attn.eval()
+        y_eval, _ = attn(x, need_weights=False, is_causal=causal)
+        attn.train()
+        assert not torch.allclose(y_eval, y_ref), "dropout had no effect: the dropout case tests nothing"
+
+    cp = mhsa.distributed.ContextParallelSelfAttention(attn, load_balance=balance)
+    shard = lambda t: mhsa.distributed.shard_sequence(t.detach(), load_balance=balance, seq_dim=seq_dim)  # noqa: E731
+    x_local = shard(x).requires_grad_()
+    torch.manual_seed(100 + case_seed)  # the seed the one-process run drew its dropout key from
+    y_local = cp(x_local, is_causal=causal)
+    grads = list(torch.autograd.grad(y_local, [x_local, *params], shard(grad_out)))
+    for g in grads[1:]:
+        dist.all_reduce(g)  # parameter gradients: sum of the local contributions
+    what = f"P={world} {dtype} causal={causal} load_balance={balance} dropout={p} batch_first={batch_first}"
+    mhsa_testutils.assert_close(y_local, shard(y_ref), dtype, "out", f"{what}: output")
+    full = mhsa.distributed.unshard_sequence(y_local, load_balance=balance, seq_dim=seq_dim)
+    mhsa_testutils.assert_close(full, y_ref, dtype, "out", f"{what}: unshard_sequence(output)")
+    names = ["x", *mhsa_testutils.PARAM_NAMES]
+    mhsa_testutils.assert_close(grads[0], shard(ref_grads[0]), dtype, "grad", f"{what}: grad x")
+    for name, g, ref in zip(names[1:], grads[1:], ref_grads[1:]):
+        mhsa_testutils.assert_close(g, ref, dtype, "grad", f"{what}: grad {name}")
+    return {
+        "out": _max_diff(y_local, shard(y_ref)),
+        "grad": max([_max_diff(grads[0], shard(ref_grads[0]))] + [_max_diff(g, r) for g, r in zip(grads[1:], ref_grads[1:])]),
+    }
+
+
+def ring_worker(rank: int, world: int, outdir: Path) -> None:
+    """Every RING_CASES configuration, plus the functional form (unbatched, no bias) and query
+    chunking inside a block."""
+    errors: Dict[str, float] = {}
+    for index, (dtype, causal, balance, p, bf) in enumerate(RING_CASES):
+        result = _ring_case(world, dtype, causal, balance, p, bf, case_seed=10 * index)
+        tag = f"{str(dtype)[6:]} causal={int(causal)} lb={int(balance)} p={p}"
+        errors[f"{tag} out"] = result["out"]
+        errors[f"{tag} grad"] = result["grad"]
+
+    # Query rows split into chunks of 3 inside every block (the chunking long sequences use).
+    import mhsa.distributed as md
+
+    chunk = md._QUERY_CHUNK
+    md._QUERY_CHUNK = 3
+    try:
+        result = _ring_case(world, torch.float64, True, True, 0.3, True, case_seed=500)
+    finally:
+        md._QUERY_CHUNK = chunk
+    errors["float64 chunked causal lb p=0.3 out"] = result["out"]
+    errors["float64 chunked causal lb p=0.3 grad"] = result["grad"]
+
+    # The functional form on unbatched (L, E) input without biases.
+    E, H, L = 12, 3, 4 * world
+    g = torch.Generator().manual_seed(7)
+    w_in = torch.randn(3 * E, E, generator=g, dtype=torch.float64, requires_grad=True)
+    w_out = torch.randn(E, E, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(L, E, generator=g, dtype=torch.float64, requires_grad=True)
+    y_ref, _ = mhsa.functional.multi_head_self_attention(x, w_in, None, w_out, None, H, need_weights=False, is_causal=True)
+    grad_out = torch.randn(L, E, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(y_ref, [x, w_in, w_out], grad_out)
+    x_local = mhsa.distributed.shard_sequence(x.detach(), seq_dim=0).requires_grad_()
+    y_local = mhsa.distributed.ring_self_attention(x_local, w_in, None, w_out, None, H, is_causal=True)
+    grads = torch.autograd.grad(y_local, [x_local, w_in, w_out], mhsa.distributed.shard_sequence(grad_out, seq_dim=0))
+    mhsa_testutils.assert_close(y_local, mhsa.distributed.shard_sequence(y_ref, seq_dim=0), torch.float64, "out", "unbatched output")
+    mhsa_testutils.assert_close(grads[0], mhsa.distributed.shard_sequence(ref_grads[0], seq_dim=0), torch.float64, "grad", "unbatched grad x")
+    for name, g_local, ref in zip(("in_proj_weight", "out_proj.weight"), grads[1:], ref_grads[1:]):
+        g_local = g_local.clone()
+        dist.all_reduce(g_local)
+        mhsa_testutils.assert_close(g_local, ref, torch.float64, "grad", f"unbatched grad {name}")
+    _record(outdir, f"ring-P{world}", errors)
+
+
+def mismatch_worker(rank: int, world: int, outdir: Path) -> None:
+    """Ranks passing slices of different lengths all get the same ValueError, then the group
+    still works (nothing was left half-sent)."""
+    attn = mhsa.MultiheadSelfAttention(8, 2, batch_first=True)
+    cp = mhsa.distributed.ContextParallelSelfAttention(attn)
+    x_local = torch.randn(1, 4 + rank, 8)
+    with pytest.raises(ValueError, match=r"same shape.*rank 0: shape \(1, 4, 8\).*rank 1: shape \(1, 5, 8\)"):
+        cp(x_local)
+    y = cp(torch.randn(1, 4, 8))
+    assert y.shape == (1, 4, 8)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        cp.load_balance = True
+        cp(torch.randn(1, 3, 8))
+
+
+def dying_worker(rank: int, world: int, outdir: Path) -> None:
+    """The last rank dies before the ring starts; the others must get an error, not hang."""
+    attn = mhsa.MultiheadSelfAttention(8, 2, batch_first=True)
+    cp = mhsa.distributed.ContextParallelSelfAttention(attn)
+    dist.barrier()
+    if rank == world - 1:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        cp(torch.randn(1, 4, 8)).sum().backward()
+    except Exception as error:  # noqa: BLE001  (the backend decides the exact type)
+        Path(outdir, f"survivor{rank}.txt").write_text(
+            f"{type(error).__name__} after {time.monotonic() - start:.1f} s: {error}"
+        )
+        os._exit(0)  # the group is broken: skip destroy_process_group
+    raise AssertionError("ring_self_attention returned although a rank of the group had died")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data parallel: workers.
+
+
+class _DirectModel(nn.Module):
+    """A small model built from mhsa.MultiheadSelfAttention directly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = mhsa.MultiheadSelfAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        a, _ = self.attn(h, need_weights=False, is_causal=True)
+        return self.head(torch.relu(h + a))
+
+
+class _EncoderModel(nn.Module):
+    """nn.TransformerEncoder after mhsa.replace_attention, with a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        skipped: list = []
+        mhsa.replace_attention(self.encoder, skipped=skipped)
+        assert skipped == [] and isinstance(self.encoder.layers[0].self_attn, mhsa.MultiheadSelfAttention)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(self.embed(x)))
+
+
+def _batches(world: int, steps: int) -> List[Tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(42)
+    return [(torch.randn(2 * world, 6, 8, generator=g), torch.randn(2 * world, 6, 4, generator=g)) for _ in range(steps)]
+
+
+def _train(model: nn.Module, batches: List[Tuple[Tensor, Tensor]], rank: Optional[int]) -> None:
+    """SGD with momentum on the mean squared error; ``rank`` None: the whole batches (one
+    process), else this rank's half of each."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, target in batches:
+        if rank is not None:
+            x, target = x[2 * rank : 2 * rank + 2], target[2 * rank : 2 * rank + 2]
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), target).backward()
+        optimizer.step()
+
+
+def _compare_params(
+    trained: Dict[str, Tensor], reference: nn.Module, initial: nn.Module, what: str
+) -> Dict[str, float]:
+    """Asserts the trained parameters equal the one-process ones and that training moved them."""
+    worst = 0.0
+    ref = dict(reference.named_parameters())
+    moved = 0.0
+    for name, p0 in initial.named_parameters():
+        p = trained[name]
+        torch.testing.assert_close(p, ref[name].detach(), rtol=1e-4, atol=2e-5, msg=lambda m: f"{what} {name}: {m}")
+        worst = max(worst, _max_diff(p, ref[name]))
+        moved = max(moved, _max_diff(p, p0))
+    assert moved > 1e-3, f"{what}: training did not change the parameters"
+    return {what: worst}
+
+
+def _models() -> List[Tuple[str, Callable[[], nn.Module]]]:
+    return [("encoder", _EncoderModel), ("direct", _DirectModel)]
+
+
+def ddp_worker(rank: int, world: int, outdir: Path) -> None:
+    """DistributedDataParallel against one process on the concatenated batches."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    errors: Dict[str, float] = {}
+    batches = _batches(world, steps=3)
+    for name, build in _models():
+        torch.manual_seed(0)
+        initial = build()
+        reference = copy.deepcopy(initial)
+        _train(reference, batches, None)
+        model = DistributedDataParallel(copy.deepcopy(initial))
+        _train(model, batches, rank)
+        trained = {n: p.detach() for n, p in model.module.named_parameters()}
+        errors.update(_compare_params(trained, reference, initial, f"ddp {name}"))
+    _record(outdir, "ddp", errors)
+
+
+def fsdp_worker(rank: int, world: int, outdir: Path) -> None:
+    """FSDP2 (fully_shard per layer and at the root) on CPU against one process."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    errors: Dict[str, float] = {}
+    batches = _batches(world, steps=3)
+    for name, build in _models():
+        torch.manual_seed(0)
+        initial = build()
+        reference = copy.deepcopy(initial)
+        _train(reference, batches, None)
+        model = copy.deepcopy(initial)
+        for module in (*getattr(getattr(model, "encoder", None), "layers", []), model):
+            fully_shard(module)
+        assert isinstance(next(model.parameters()), DTensor)
+        _train(model, batches, rank)
+        trained = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
+        errors.update(_compare_params(trained, reference, initial, f"fsdp2 {name}"))
+    _record(outdir, "fsdp2", errors)
+
+
+def ddp_compile_worker(rank: int, world: int, outdir: Path) -> None:
+    """torch.compile of a DistributedDataParallel model against one process (eager)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    errors: Dict[str, float] = {}
+    batches = _batches(world, steps=3)
+    for name, build in _models():
+        torch.manual_seed(0)
+        initial = build()
+        reference = copy.deepcopy(initial)
+        _train(reference, batches, None)
+        ddp = DistributedDataParallel(copy.deepcopy(initial))
+        compiled = torch.compile(ddp)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+        for x, target in batches:
+            x, target = x[2 * rank : 2 * rank + 2], target[2 * rank : 2 * rank + 2]
+            optimizer.zero_grad()
+            nn.functional.mse_loss(compiled(x), target).backward()
+            optimizer.step()
+        trained = {n: p.detach() for n, p in ddp.module.named_parameters()}
+        errors.update(_compare_params(trained, reference, initial, f"ddp+compile {name}"))
+    _record(outdir, "ddp-compile", errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests.
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ring_attention_matches_one_process(world: int, tmp_path: Path) -> None:
+    """Outputs and all gradients of ring attention on P ranks equal one-process mhsa on the full
+    sequence: float64 and float32, causal or not, contiguous or zigzag split, with dropout."""
+    _run("ring_worker", world, tmp_path)
+    assert (tmp_path / f"errors-ring-P{world}.json").exists()
+
+
+def test_ring_attention_mismatched_shapes_raise(tmp_path: Path) -> None:
+    _run("mismatch_worker", 2, tmp_path)
+
+
+def test_ring_attention_dead_rank_raises_not_hangs(tmp_path: Path) -> None:
+    """A rank dies: the survivor's call ends with an error within the process-group timeout."""
+    codes = _launch("dying_worker", 2, tmp_path, pg_timeout_s=5.0)
+    assert codes == [0, 3], f"exit codes {codes}\n{_errors(tmp_path)}"
+    message = (tmp_path / "survivor0.txt").read_text()
+    assert message  # e.g. "DistBackendError after 0.0 s: ... Connection closed by peer ..."
+
+
+def test_ddp_matches_one_process(tmp_path: Path) -> None:
+    _run("ddp_worker", 2, tmp_path)
+
+
+def test_fsdp2_matches_one_process(tmp_path: Path) -> None:
+    _run("fsdp_worker", 2, tmp_path)
+
+
+def test_ddp_compile_matches_one_process(tmp_path: Path) -> None:
+    _run("ddp_compile_worker", 2, tmp_path)
