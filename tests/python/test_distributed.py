@@ -15,6 +15,8 @@ import json
 import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from datetime import timedelta
@@ -430,3 +432,18 @@ def test_fsdp2_matches_one_process(tmp_path: Path) -> None:
 
 def test_ddp_compile_matches_one_process(tmp_path: Path) -> None:
     _run("ddp_compile_worker", 2, tmp_path)
+
+
+def test_torchrun_ring_attention_example() -> None:
+    """examples/ring_attention.py (the README's torchrun example) runs on 2 ranks and matches
+    one process."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "ring_attention.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(example)]
+    # The mhsa package this test imported, ahead of any other on the path.
+    package_root = str(Path(mhsa.__file__).resolve().parents[1])
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=LAUNCH_DEADLINE_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step 2: loss" in result.stdout and "vs one process: max difference" in result.stdout, result.stdout
