@@ -47,7 +47,7 @@ __all__ = [
 
 # Query rows handled at once inside a (query slice, key block) pair: bounds the score scratch to
 # _QUERY_CHUNK x (block length) elements however long the slice is.
-_QUERY_CHUNK = 512
+_QUERY_CHUNK = 128
 
 _MASK32 = 0xFFFFFFFF
 
@@ -222,9 +222,10 @@ def _dropout_factors(
     groups_per_row = (global_len + 3) // 4
     first_group = key_start // 4
     n_groups = (key_start + key_len - 1) // 4 - first_group + 1
-    head_index = torch.arange(batch * heads, dtype=torch.int64).view(batch, heads, 1, 1)
+    device = rows.device
+    head_index = torch.arange(batch * heads, dtype=torch.int64, device=device).view(batch, heads, 1, 1)
     row_base = (head_index * global_len + rows.view(1, 1, -1, 1)) * groups_per_row
-    counter = row_base + (first_group + torch.arange(n_groups, dtype=torch.int64)).view(1, 1, 1, -1)
+    counter = row_base + (first_group + torch.arange(n_groups, dtype=torch.int64, device=device)).view(1, 1, 1, -1)
     words = torch.stack(_philox(counter, drop.seed), dim=-1).flatten(-2)  # word j % 4 of group j // 4
     offset = key_start - 4 * first_group
     uniform = words[..., offset : offset + key_len] >> 8  # 24-bit uniforms
@@ -233,10 +234,11 @@ def _dropout_factors(
     return (uniform >= threshold).to(dtype) * scale
 
 
-def _draw_seed(group: Optional[dist.ProcessGroup]) -> int:
+def _draw_seed(group: Optional[dist.ProcessGroup], device: torch.device) -> int:
     """Draws the dropout key as mhsa's operator does (one ``random64`` from torch's default CPU
-    generator) and makes every rank use the value of the group's first rank."""
-    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None)
+    generator) and makes every rank use the value of the group's first rank. ``device``: where
+    the backend communicates (the input's device)."""
+    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None).to(device)
     dist.broadcast(seed, src=_global_rank(group, 0), group=group)
     return int(seed.item()) & 0xFFFFFFFFFFFFFFFF
 
@@ -296,38 +298,41 @@ def _pairs(ring: _Ring, q_rank: int, k_rank: int, is_causal: bool):
                     yield qs.local + c0, q_start, c_len, ks, masked
 
 
-def _scores(q: Tensor, k: Tensor, scale: float, q_start: int, k_start: int, masked: bool) -> Tensor:
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+def _scores(q: Tensor, k: Tensor, q_start: int, k_start: int, masked: bool) -> Tensor:
+    """Scores of (already scaled) queries against keys, with the causal mask if ``masked``."""
+    s = torch.matmul(q, k.transpose(-1, -2))
     if masked:
-        q_pos = torch.arange(q_start, q_start + q.size(-2)).view(-1, 1)
-        k_pos = torch.arange(k_start, k_start + k.size(-2)).view(1, -1)
-        s = s.masked_fill(k_pos > q_pos, float("-inf"))
+        q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device).view(-1, 1)
+        k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device).view(1, -1)
+        s.masked_fill_(k_pos > q_pos, float("-inf"))
     return s
 
 
 def _forward_block(
     ring: _Ring, q: Tensor, k: Tensor, v: Tensor, k_rank: int, out: Tensor, lse: Tensor,
-    is_causal: bool, drop: Optional[_Dropout], scale: float,
+    is_causal: bool, drop: Optional[_Dropout],
 ) -> None:
-    """Merges the attention of the local queries to ``k_rank``'s keys/values into (out, lse)."""
+    """Merges the attention of the local (scaled) queries to ``k_rank``'s keys/values into
+    (out, lse)."""
     batch, heads = q.shape[0], q.shape[1]
     for row, q_start, rows, ks, masked in _pairs(ring, ring.rank, k_rank, is_causal):
-        q_c = q[:, :, row : row + rows]
-        k_s = k[:, :, ks.local : ks.local + ks.length]
-        v_s = v[:, :, ks.local : ks.local + ks.length]
-        s = _scores(q_c, k_s, scale, q_start, ks.start, masked)
-        block_lse = torch.logsumexp(s, dim=-1)
-        p = torch.exp(s - block_lse.unsqueeze(-1))
+        sl = slice(ks.local, ks.local + ks.length)
+        s = _scores(q[:, :, row : row + rows], k[:, :, sl], q_start, ks.start, masked)
+        row_max = s.amax(dim=-1, keepdim=True)
+        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
+        p = s.sub_(row_max).exp_()  # unnormalized probabilities, in place of the scores
+        row_sum = p.sum(dim=-1, keepdim=True)
+        block_lse = (row_max + row_sum.log()).squeeze(-1)  # -inf for a row that sees no key
         if drop is not None:
-            positions = torch.arange(q_start, q_start + rows)
-            p = p * _dropout_factors(drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype)
-        block_out = torch.matmul(p, v_s)
+            positions = torch.arange(q_start, q_start + rows, device=q.device)
+            p.mul_(_dropout_factors(drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype))
+        block_out = torch.matmul(p, v[:, :, sl]).div_(torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum))
         old_lse = lse[:, :, row : row + rows]
         new_lse = torch.logaddexp(old_lse, block_lse)
         safe = torch.where(torch.isinf(new_lse), torch.zeros_like(new_lse), new_lse)
         out_c = out[:, :, row : row + rows]
         out_c.mul_(torch.exp(old_lse - safe).unsqueeze(-1))
-        out_c.add_(block_out * torch.exp(block_lse - safe).unsqueeze(-1))
+        out_c.add_(block_out.mul_(torch.exp(block_lse - safe).unsqueeze(-1)))
         old_lse.copy_(new_lse)
 
 
@@ -336,26 +341,27 @@ def _backward_block(
     delta: Tensor, grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, is_causal: bool,
     drop: Optional[_Dropout], scale: float,
 ) -> None:
-    """Adds the gradients through the local queries x ``k_rank``'s keys/values block."""
+    """Adds the gradients through the local (scaled) queries x ``k_rank``'s keys/values block;
+    ``grad_q`` is with respect to the unscaled queries."""
     batch, heads = q.shape[0], q.shape[1]
     for row, q_start, rows, ks, masked in _pairs(ring, ring.rank, k_rank, is_causal):
         q_c = q[:, :, row : row + rows]
         sl = slice(ks.local, ks.local + ks.length)
         k_s, v_s = k[:, :, sl], v[:, :, sl]
         d_out = grad_out[:, :, row : row + rows]
-        s = _scores(q_c, k_s, scale, q_start, ks.start, masked)
-        p = torch.exp(s - lse[:, :, row : row + rows].unsqueeze(-1))
+        s = _scores(q_c, k_s, q_start, ks.start, masked)
+        p = s.sub_(lse[:, :, row : row + rows].unsqueeze(-1)).exp_()  # in place of the scores
         d_p = torch.matmul(d_out, v_s.transpose(-1, -2))
         if drop is not None:
-            positions = torch.arange(q_start, q_start + rows)
+            positions = torch.arange(q_start, q_start + rows, device=q.device)
             factors = _dropout_factors(drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype)
             grad_v[:, :, sl] += torch.matmul((p * factors).transpose(-1, -2), d_out)
-            d_p = d_p * factors
+            d_p.mul_(factors)
         else:
             grad_v[:, :, sl] += torch.matmul(p.transpose(-1, -2), d_out)
-        d_s = p * (d_p - delta[:, :, row : row + rows].unsqueeze(-1))
-        grad_q[:, :, row : row + rows] += torch.matmul(d_s, k_s) * scale
-        grad_k[:, :, sl] += torch.matmul(d_s.transpose(-1, -2), q_c) * scale
+        d_s = d_p.sub_(delta[:, :, row : row + rows].unsqueeze(-1)).mul_(p)
+        grad_q[:, :, row : row + rows] += torch.matmul(d_s, k_s).mul_(scale)
+        grad_k[:, :, sl] += torch.matmul(d_s.transpose(-1, -2), q_c)
 
 
 class _RingAttention(torch.autograd.Function):
@@ -364,30 +370,31 @@ class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, ring: _Ring, is_causal: bool, drop: Optional[_Dropout]) -> Tensor:
         scale = 1.0 / math.sqrt(q.size(-1))
+        q_scaled = q * scale
         kv = torch.stack([k, v])
         out = torch.zeros_like(q)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)
+        lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
         for step in range(ring.world):
             works: List[dist.Work] = []
             if step < ring.world - 1:
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
-            _forward_block(ring, q, kv[0], kv[1], (ring.rank - step) % ring.world, out, lse, is_causal, drop, scale)
+            _forward_block(ring, q_scaled, kv[0], kv[1], (ring.rank - step) % ring.world, out, lse, is_causal, drop)
             for work in works:
                 work.wait()
             if works:
                 kv = incoming
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q_scaled, k, v, out, lse)
         ctx.ring, ctx.is_causal, ctx.drop, ctx.scale = ring, is_causal, drop, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
+        q_scaled, k, v, out, lse = ctx.saved_tensors
         ring: _Ring = ctx.ring
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(dim=-1)
-        grad_q = torch.zeros_like(q)
+        grad_q = torch.zeros_like(q_scaled)
         kv = torch.stack([k, v])
         sends: List[dist.Work] = []
         # Message order between two neighbours is the same on both sides (kv_0, dkv_0, kv_1,
@@ -404,7 +411,7 @@ class _RingAttention(torch.autograd.Function):
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
             _backward_block(
-                ring, q, kv[0], kv[1], (ring.rank - step) % ring.world, grad_out, lse, delta,
+                ring, q_scaled, kv[0], kv[1], (ring.rank - step) % ring.world, grad_out, lse, delta,
                 grad_q, grad_kv[0], grad_kv[1], ctx.is_causal, ctx.drop, ctx.scale,
             )
             if grad_work is not None and received is not None:
@@ -433,9 +440,10 @@ def _check_same_everywhere(ring: _Ring, x: Tensor, description: Tuple[int, ...])
     """All-gathers (shape, settings) and raises the same clear error on every rank if they
     differ, instead of letting mismatched messages hang or corrupt the ring."""
     info = [x.dim(), *x.shape, *([0] * (3 - x.dim())), *description]
-    mine = torch.tensor(info, dtype=torch.int64)
+    mine = torch.tensor(info, dtype=torch.int64, device=x.device)
     everyone = [torch.empty_like(mine) for _ in range(ring.world)]
     dist.all_gather(everyone, mine, group=ring.group)
+    everyone = [t.cpu() for t in everyone]
     if any(not torch.equal(t, everyone[0]) for t in everyone):
         rows = "; ".join(
             f"rank {r}: shape {tuple(t[1 : 1 + int(t[0])].tolist())}, settings {t[4:].tolist()}"
@@ -511,7 +519,7 @@ def ring_self_attention(
                 int(load_balance), {torch.float64: 2, torch.float32: 1}.get(x.dtype, 0))
     _check_same_everywhere(ring, x, settings)
     _check_divisible(ring.global_len, world, load_balance)
-    drop = _Dropout(dropout_p, _draw_seed(group)) if dropping else None
+    drop = _Dropout(dropout_p, _draw_seed(group, x.device)) if dropping else None
 
     qkv = F.linear(x, in_proj_weight, in_proj_bias)
     if unbatched:
