@@ -50,14 +50,16 @@ def _reset_peak() -> float:
 
 
 def _rank_main(rank: int, world: int, port: int, args: Dict, outdir: str) -> None:
-    """One rank: a small warm-up step, then one measured forward+backward on its slice."""
+    """One rank: a warm-up step, then one measured forward+backward on its slice."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=1800))
     torch.manual_seed(0)
     attn = mhsa.MultiheadSelfAttention(args["embed"], args["heads"], batch_first=True)
     cp = mhsa.distributed.ContextParallelSelfAttention(attn)
-    warm = torch.randn(1, 64, args["embed"], requires_grad=True)
+    # Warm-up at L = 4096: loads the code paths the measured step uses, so that their pages do
+    # not count as the step's memory.
+    warm = torch.randn(1, 4096 // world, args["embed"], requires_grad=True)
     cp(warm, is_causal=args["causal"]).sum().backward()
     local_len = args["length"] // world
     x = torch.randn(1, local_len, args["embed"], requires_grad=True)
@@ -101,7 +103,7 @@ length, embed, heads, causal, threads = (int(a) for a in sys.argv[1:6])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 attn = mhsa.MultiheadSelfAttention(embed, heads, batch_first=True)
-warm = torch.randn(1, 64, embed, requires_grad=True)
+warm = torch.randn(1, 4096, embed, requires_grad=True)
 attn(warm, need_weights=False, is_causal=bool(causal))[0].sum().backward()
 x = torch.randn(1, length, embed, requires_grad=True)
 def rss(field):
