@@ -138,6 +138,7 @@ def main() -> None:
     options = parser.parse_args()
     args = {"length": options.length, "embed": options.embed, "heads": options.heads, "causal": options.causal}
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # large tensors go back to the OS when freed
     worlds: List[int] = [int(w) for w in options.worlds.split(",")]
 
     print(f"float32, N=1, L={options.length}, E={options.embed}, H={options.heads}, causal={options.causal}, "

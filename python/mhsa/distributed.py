@@ -286,8 +286,8 @@ def _visible(q_start: int, q_len: int, k_start: int, k_len: int, is_causal: bool
 
 
 def _pairs(ring: _Ring, q_rank: int, k_rank: int, is_causal: bool):
-    """(query rows, key segment, needs mask) for every query chunk against every key segment
-    of ``k_rank``'s block that the chunk can see."""
+    """(first local row, its global position, row count, key segment, needs a causal mask) for
+    every query chunk of ``q_rank`` against every key segment of ``k_rank`` that it can see."""
     for qs in ring.segments(q_rank):
         for c0 in range(0, qs.length, _QUERY_CHUNK):
             c_len = min(_QUERY_CHUNK, qs.length - c0)
@@ -396,7 +396,7 @@ class _RingAttention(torch.autograd.Function):
         delta = (grad_out * out).sum(dim=-1)
         grad_q = torch.zeros_like(q_scaled)
         kv = torch.stack([k, v])
-        sends: List[dist.Work] = []
+        sends: List[Tuple[dist.Work, Tensor]] = []  # (work, the tensor it sends: kept alive)
         # Message order between two neighbours is the same on both sides (kv_0, dkv_0, kv_1,
         # dkv_1, ...), as backends that match point-to-point messages by order require.
         for step in range(ring.world):
@@ -418,7 +418,7 @@ class _RingAttention(torch.autograd.Function):
                 grad_work.wait()
                 grad_kv += received
             if ring.world > 1:
-                sends.append(dist.isend(grad_kv, ring.next_rank, group=ring.group))
+                sends.append((dist.isend(grad_kv, ring.next_rank, group=ring.group), grad_kv))
             for work in works:
                 work.wait()
             if works:
@@ -427,7 +427,7 @@ class _RingAttention(torch.autograd.Function):
             # The accumulated gradient of this rank's own block comes back from the previous.
             grad_kv = torch.empty_like(kv)
             dist.irecv(grad_kv, ring.prev_rank, group=ring.group).wait()
-            for work in sends:
+            for work, _ in sends:
                 work.wait()
         return grad_q, grad_kv[0], grad_kv[1], None, None, None
 
