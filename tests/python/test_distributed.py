@@ -34,6 +34,9 @@ import mhsa_testutils
 # Bounds for one spawned test: starting the processes (imports) plus the work.
 LAUNCH_DEADLINE_S = 150.0
 PG_TIMEOUT_S = 20.0
+# The stalled-rank test: process-group timeout, and how long the stalled rank sleeps.
+STALL_PG_TIMEOUT_S = 3.0
+STALL_S = 8.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +235,25 @@ def mismatch_worker(rank: int, world: int, outdir: Path) -> None:
         cp(torch.randn(1, 3, 8))
 
 
+def stalled_worker(rank: int, world: int, outdir: Path) -> None:
+    """The last rank never joins the ring call; the others must time out, not hang."""
+    attn = mhsa.MultiheadSelfAttention(8, 2, batch_first=True)
+    cp = mhsa.distributed.ContextParallelSelfAttention(attn)
+    dist.barrier()
+    if rank == world - 1:
+        time.sleep(STALL_S)
+        os._exit(0)
+    start = time.monotonic()
+    try:
+        cp(torch.randn(1, 4, 8))
+    except Exception as error:  # noqa: BLE001  (the backend decides the exact type)
+        Path(outdir, f"survivor{rank}.txt").write_text(
+            f"{type(error).__name__} after {time.monotonic() - start:.1f} s: {error}"
+        )
+        os._exit(0)
+    raise AssertionError("ring_self_attention returned although a rank of the group never called it")
+
+
 def dying_worker(rank: int, world: int, outdir: Path) -> None:
     """The last rank dies before the ring starts; the others must get an error, not hang."""
     attn = mhsa.MultiheadSelfAttention(8, 2, batch_first=True)
@@ -422,6 +444,19 @@ def test_ring_attention_dead_rank_raises_not_hangs(tmp_path: Path) -> None:
     assert seconds < 5.0 + 5.0, f"the error took longer than the process-group timeout: {message}"
 
 
+def test_ring_attention_stalled_rank_times_out(tmp_path: Path) -> None:
+    """A rank never makes the call: the other's call fails when the process-group timeout
+    expires, long before the stalled rank would have come."""
+    codes = _launch("stalled_worker", 2, tmp_path, pg_timeout_s=STALL_PG_TIMEOUT_S)
+    assert codes == [0, 0], f"exit codes {codes}\n{_errors(tmp_path)}"
+    # e.g. "RuntimeError after 3.0 s: [...gloo/transport/tcp/unbound_buffer.cc:129] Timed out
+    # waiting 3000ms for send operation to complete"
+    message = (tmp_path / "survivor0.txt").read_text()
+    seconds = float(message.split(" after ")[1].split(" s:")[0])
+    assert STALL_PG_TIMEOUT_S - 0.5 <= seconds < STALL_S - 2.0, message
+    assert "timed out" in message.lower() or "timeout" in message.lower(), message
+
+
 def test_ddp_matches_one_process(tmp_path: Path) -> None:
     _run("ddp_worker", 2, tmp_path)
 
@@ -432,6 +467,59 @@ def test_fsdp2_matches_one_process(tmp_path: Path) -> None:
 
 def test_ddp_compile_matches_one_process(tmp_path: Path) -> None:
     _run("ddp_compile_worker", 2, tmp_path)
+
+
+def _fake_ring(rank: int, world: int, global_len: int, load_balance: bool):
+    import mhsa.distributed as md
+
+    return md._Ring(None, rank, world, global_len, load_balance)
+
+
+@pytest.mark.parametrize("load_balance", [False, True])
+def test_causal_skips_invisible_blocks(load_balance: bool) -> None:
+    """Causal attention computes only the (query, key) tiles a rank can see: in total a little
+    over half of L^2 scores, and with the zigzag split the same number on every rank."""
+    import mhsa.distributed as md
+
+    world, global_len = 4, 8 * md._QUERY_CHUNK
+    work = []
+    for rank in range(world):
+        ring = _fake_ring(rank, world, global_len, load_balance)
+        work.append(sum(rows * ks.length for k_rank in range(world)
+                        for _, _, rows, ks, _ in md._pairs(ring, rank, k_rank, is_causal=True)))
+    block = global_len // world
+    if load_balance:
+        assert len(set(work)) == 1, work
+    else:
+        assert work == [block * block * (r + 1) for r in range(world)], work
+    assert global_len**2 / 2 < sum(work) < 0.7 * global_len**2, work
+    full = [sum(rows * ks.length for k_rank in range(world)
+                for _, _, rows, ks, _ in md._pairs(_fake_ring(r, world, global_len, load_balance), r, k_rank, False))
+            for r in range(world)]
+    assert full == [block * global_len] * world
+
+
+@pytest.mark.parametrize("L, N, H", [(13, 2, 3), (32, 1, 2)])
+def test_dropout_masks_bit_exact_with_the_operator(L: int, N: int, H: int) -> None:
+    """The Philox masks mhsa.distributed draws for any (query rows, key range) are those of the
+    one-process operator, read from its dropped-out attention weights."""
+    import mhsa.distributed as md
+
+    E = 4 * H
+    attn = mhsa.MultiheadSelfAttention(E, H, dropout=0.4, batch_first=True, dtype=torch.float64)
+    x = torch.randn(N, L, E, dtype=torch.float64)
+    torch.manual_seed(11)
+    _, weights = attn(x, need_weights=True, average_attn_weights=False)
+    torch.manual_seed(11)
+    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None).item() & 0xFFFFFFFFFFFFFFFF
+    drop = md._Dropout(0.4, seed)
+    factors = md._dropout_factors(drop, N, H, L, torch.arange(L), 0, L, torch.float64)
+    assert torch.equal(factors != 0, weights != 0)
+    assert 0.45 < (factors != 0).double().mean().item() < 0.75
+    kept = weights[factors != 0]
+    assert bool((kept > 0).all())
+    part = md._dropout_factors(drop, N, H, L, torch.arange(3, 9), 5, L - 6, torch.float64)
+    assert torch.equal(part, factors[:, :, 3:9, 5 : L - 1])
 
 
 def test_torchrun_ring_attention_example() -> None:
