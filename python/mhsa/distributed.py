@@ -139,7 +139,7 @@ def unshard_sequence(
     shape. The result is the same on every rank. It is not differentiable (use it on outputs,
     e.g. for evaluation; train on the local slices).
     """
-    rank, world = _group_info(group)
+    _, world = _group_info(group)
     x_local = x_local.detach().contiguous()
     gathered = [torch.empty_like(x_local) for _ in range(world)]
     dist.all_gather(gathered, x_local, group=group)
