@@ -72,8 +72,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   check_window_size("mha_backward", window_size);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, average_attn_weights);
-  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
-    // See mha_forward_cpu: fp32 compute from the bf16 values, bf16 gradients.
+  const auto input_dtype = x.scalar_type();
+  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
+    // forward's log-sum-exp came from), gradients in the input's dtype.
     std::optional<at::Tensor> grad_w;
     if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
       grad_w = grad_attn_weights->to(at::kFloat);
@@ -83,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
         rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
         average_attn_weights, output_mask, window_size);
-    auto down = [](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16) : t; };
+    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
   }
