@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cpu/cpu_capability.h"
+#include "cpu/parallel_stats.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped
@@ -50,6 +51,9 @@ TORCH_LIBRARY(mhsa, m) {
   m.def("_cpu_capability() -> str", []() -> std::string {
     return mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
   });
+  // With MHSA_PARALLEL_STATS=1: tasks per thread of each parallel phase since the last call
+  // (JSON), to check how the work spreads over many threads (scripts/parallel_stats.py).
+  m.def("_parallel_stats() -> str", []() -> std::string { return mhsa::cpu::take_parallel_stats(); });
   // What runs on this CPU, for test and benchmark reports: the kernels' instruction set, how
   // bfloat16 is computed and which GEMM library the tiles and projections call.
   m.def("_backend_info() -> str", []() -> std::string {

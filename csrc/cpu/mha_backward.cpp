@@ -18,6 +18,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
@@ -39,6 +40,7 @@ void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const Backwar
   }
 #endif
   if (threads <= 1) {
+    record_parallel_tasks("backward attention", 0, tasks);
     kernels.backward_tasks(a, 0, 1);
     return;
   }
@@ -47,7 +49,9 @@ void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const Backwar
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
     try {
-      kernels.backward_tasks(a, omp_get_thread_num(), omp_get_num_threads());
+      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+      record_parallel_tasks("backward attention", thread, (tasks - thread + team - 1) / team);
+      kernels.backward_tasks(a, thread, team);
     } catch (...) {
       __atomic_store_n(a.abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
 #pragma omp critical(mhsa_backward_error)
@@ -150,7 +154,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     kernels.prepare_dq_order(a);
 
     const int64_t row_grain = parallel_grain(4.0 * E);
-    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) { kernels.dsum_rows(a, b, e); });
+    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) {
+      record_parallel_tasks("backward dsum rows", at::get_thread_num(), e - b);
+      kernels.dsum_rows(a, b, e);
+    });
     if (grad_w.defined()) {
       const double flops = 2.0 * std::min(a.tiles.backward_q, L) * L * D;
       at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), parallel_grain(flops),

@@ -18,6 +18,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
@@ -89,6 +90,7 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
     const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
     at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
                      [&](int64_t begin, int64_t end) {
+                       record_parallel_tasks("forward attention", at::get_thread_num(), end - begin);
                        kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
                      });
   });
