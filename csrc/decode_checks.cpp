@@ -7,8 +7,8 @@ namespace mhsa {
 DecodeSizes check_decode_inputs(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
                                 const std::optional<at::Tensor>& in_proj_bias,
                                 const at::Tensor& out_proj_weight,
-                                const std::optional<at::Tensor>& out_proj_bias,
-                                int64_t num_heads, bool batch_first, const at::Tensor& key_cache,
+                                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                                bool batch_first, const at::Tensor& key_cache,
                                 const at::Tensor& value_cache, const at::Tensor& cache_length) {
   const char* op = "decode_step";
   // A token of the wrong width is the likely mistake here: name x_new rather than let the
@@ -20,31 +20,31 @@ DecodeSizes check_decode_inputs(const at::Tensor& x_new, const at::Tensor& in_pr
                 x_new.sym_sizes());
   }
   // x_new, the weights and biases are checked as mha_forward checks them (no masks, no dropout).
-  const MhaSizes s = check_mha_inputs(op, x_new, in_proj_weight, in_proj_bias, out_proj_weight,
-                                      out_proj_bias, num_heads, batch_first, std::nullopt,
-                                      std::nullopt, 0.0);
+  const MhaSizes s =
+      check_mha_inputs(op, x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                       num_heads, batch_first, std::nullopt, std::nullopt, 0.0);
   TORCH_CHECK(s.seq > 0, op, ": expected at least one new token in x_new, got shape ",
               x_new.sym_sizes());
   const c10::SymInt D = s.embed / num_heads;
-  for (const auto& [name, cache] : {std::pair<const char*, const at::Tensor&>{"key_cache", key_cache},
-                                    {"value_cache", value_cache}}) {
+  for (const auto& [name, cache] :
+       {std::pair<const char*, const at::Tensor&>{"key_cache", key_cache},
+        {"value_cache", value_cache}}) {
     TORCH_CHECK(cache.dim() == 4, op, ": expected ", name,
                 " to be 4-D (batch, num_heads, max_len, head_dim), got ", cache.dim(),
                 "-D of shape ", cache.sym_sizes());
     TORCH_CHECK(cache.device() == x_new.device(), op, ": expected ", name, " on device ",
                 x_new.device(), " (the device of x_new), got ", cache.device());
-    TORCH_CHECK(cache.scalar_type() == x_new.scalar_type(), op, ": expected ", name,
-                " of dtype ", x_new.scalar_type(), " (the dtype of x_new), got ",
-                cache.scalar_type(), "; create the cache with the dtype of the tokens");
+    TORCH_CHECK(cache.scalar_type() == x_new.scalar_type(), op, ": expected ", name, " of dtype ",
+                x_new.scalar_type(), " (the dtype of x_new), got ", cache.scalar_type(),
+                "; create the cache with the dtype of the tokens");
     const c10::SymInt max_len = key_cache.sym_size(2);
     TORCH_CHECK(cache.sym_size(0) == s.batch, op, ": batch size mismatch: the cache holds ",
                 cache.sym_size(0), " sequences (", name, " of shape ", cache.sym_sizes(),
                 ") but x_new has ", s.batch);
-    TORCH_CHECK(cache.sym_sizes() == c10::SymIntArrayRef({s.batch, c10::SymInt(num_heads),
-                                                          max_len, D}),
-                op, ": expected ", name, " of shape (", s.batch, ", ", num_heads, ", max_len, ",
-                D, ") for embed_dim ", s.embed, " and num_heads ", num_heads, ", got ",
-                cache.sym_sizes());
+    TORCH_CHECK(
+        cache.sym_sizes() == c10::SymIntArrayRef({s.batch, c10::SymInt(num_heads), max_len, D}), op,
+        ": expected ", name, " of shape (", s.batch, ", ", num_heads, ", max_len, ", D,
+        ") for embed_dim ", s.embed, " and num_heads ", num_heads, ", got ", cache.sym_sizes());
     // Written in place through raw pointers: a non-contiguous cache would need a copy, and
     // the copy, not the caller's tensor, would receive the new keys and values.
     TORCH_CHECK(cache.is_contiguous(), op, ": expected a contiguous ", name,

@@ -5,8 +5,8 @@
 // output that silently has no gradient), and otherwise runs the kernel below autograd and bumps
 // the version counters of the three cache tensors it mutated, as in-place ATen ops do, so that
 // autograd notices if a mutated cache had been saved for a backward.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
@@ -40,9 +40,9 @@ void refuse_grad(const char* name, const at::Tensor& t) {
 at::Tensor decode_step_autograd(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
                                 const std::optional<at::Tensor>& in_proj_bias,
                                 const at::Tensor& out_proj_weight,
-                                const std::optional<at::Tensor>& out_proj_bias,
-                                int64_t num_heads, bool batch_first, at::Tensor& key_cache,
-                                at::Tensor& value_cache, at::Tensor& cache_length) {
+                                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                                bool batch_first, at::Tensor& key_cache, at::Tensor& value_cache,
+                                at::Tensor& cache_length) {
   if (at::GradMode::is_enabled()) {
     refuse_grad("x_new", x_new);
     refuse_grad("in_proj_weight", in_proj_weight);
@@ -57,9 +57,8 @@ at::Tensor decode_step_autograd(const at::Tensor& x_new, const at::Tensor& in_pr
     // Below autograd (and ADInplaceOrView, which has no kernel for this op): without the
     // guard the call would come back to this kernel.
     at::AutoDispatchBelowADInplaceOrView guard;
-    output = mhsa::decode_step(x_new, in_proj_weight, in_proj_bias, out_proj_weight,
-                               out_proj_bias, num_heads, batch_first, key_cache, value_cache,
-                               cache_length);
+    output = mhsa::decode_step(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                               num_heads, batch_first, key_cache, value_cache, cache_length);
   }
   for (at::Tensor* mutated : {&key_cache, &value_cache, &cache_length}) {
     torch::autograd::impl::bump_version(*mutated);

@@ -42,7 +42,9 @@ class DecodeRow:
     max_abs_diff: float
 
 
-def bench_prefix(P: int, N: int, E: int, H: int, dtype: torch.dtype, tokens: int, reps: int) -> DecodeRow:
+def bench_prefix(
+    P: int, N: int, E: int, H: int, dtype: torch.dtype, tokens: int, reps: int
+) -> DecodeRow:
     """Times ``tokens`` single-token decode steps after a ``P``-token prompt, and full causal
     forwards over ``P + 1`` tokens (the cost of one token without a cache)."""
     torch.manual_seed(0)
@@ -95,16 +97,18 @@ def write_outputs(rows: list[DecodeRow], out: Path, threads: int) -> str:
         for row in rows:
             writer.writerow(asdict(row))
     lines = [
-        f"KV-cache decoding, one new token per step, {threads} thread(s), torch {torch.__version__}:",
+        f"KV-cache decoding, one new token per step, {threads} thread(s), "
+        f"torch {torch.__version__}:",
         "",
-        "| dtype | N | prefix P | E | H | decode (cache) tokens/s | full causal forward per token, tokens/s | speedup | max abs diff |",
+        "| dtype | N | prefix P | E | H | decode (cache) tokens/s "
+        "| full causal forward per token, tokens/s | speedup | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.dtype} | {r.N} | {r.P} | {r.E} | {r.H} | {r.decode_tokens_per_s:.0f} "
-            f"({r.decode_ms_per_token:.2f} ms) | {r.forward_tokens_per_s:.1f} ({r.forward_ms_per_token:.1f} ms) "
-            f"| {r.speedup:.0f}x | {r.max_abs_diff:.1e} |"
+            f"({r.decode_ms_per_token:.2f} ms) | {r.forward_tokens_per_s:.1f} "
+            f"({r.forward_ms_per_token:.1f} ms) | {r.speedup:.0f}x | {r.max_abs_diff:.1e} |"
         )
     table = "\n".join(lines) + "\n"
     (out / "bench_decode.md").write_text(table)
@@ -117,7 +121,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (N)")
     parser.add_argument("--embed-dim", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--dtypes", default="float32", help=f"comma-separated, of {', '.join(DTYPES)}")
+    parser.add_argument(
+        "--dtypes", default="float32", help=f"comma-separated, of {', '.join(DTYPES)}"
+    )
     parser.add_argument("--tokens", type=int, default=32, help="decoded tokens per repeat")
     parser.add_argument("--reps", type=int, default=3, help="repeats (decode runs, full forwards)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -127,7 +133,15 @@ def main() -> None:
     rows = []
     for dtype_name in args.dtypes.split(","):
         for P in (int(p) for p in args.prefixes.split(",")):
-            row = bench_prefix(P, args.batch, args.embed_dim, args.heads, DTYPES[dtype_name], args.tokens, args.reps)
+            row = bench_prefix(
+                P,
+                args.batch,
+                args.embed_dim,
+                args.heads,
+                DTYPES[dtype_name],
+                args.tokens,
+                args.reps,
+            )
             print(row, flush=True)
             rows.append(row)
     print(write_outputs(rows, args.out, torch.get_num_threads()))

@@ -10,8 +10,8 @@
 // itself (the fused, tiled kernel: a long prompt is not a loop of single queries) and copies
 // the keys and values it projected into the cache.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <mhsa/ops.h>
@@ -123,7 +123,8 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
   const DecodeSizes sizes =
       check_decode_inputs(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                           num_heads, batch_first, key_cache, value_cache, cache_length);
-  TORCH_CHECK(!key_cache.is_alias_of(value_cache), "decode_step: key_cache and value_cache "
+  TORCH_CHECK(!key_cache.is_alias_of(value_cache),
+              "decode_step: key_cache and value_cache "
               "share memory; they must be two separate tensors");
   const int64_t N = sizes.s.batch.expect_int(), T = sizes.s.seq.expect_int();
   const int64_t E = sizes.s.embed.expect_int(), H = num_heads, D = E / H;
@@ -153,8 +154,7 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
   } else {
     const at::Tensor x2d = x_new.contiguous().view({N * T, E});
     // The same GEMM (and dtype of its result) as mha_forward's projection.
-    qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
-                          x_new.scalar_type());
+    qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x_new.scalar_type());
     auto [k, v] = new_keys_values(qkv, rows, H, D);
     key_cache.narrow(2, length, T).copy_(k);
     value_cache.narrow(2, length, T).copy_(v);
@@ -176,6 +176,4 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
 }  // namespace
 }  // namespace mhsa::cpu
 
-TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
-  m.impl("decode_step", TORCH_FN(mhsa::cpu::decode_step_cpu));
-}
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("decode_step", TORCH_FN(mhsa::cpu::decode_step_cpu)); }

@@ -23,6 +23,4 @@ at::Tensor decode_step_meta(const at::Tensor& x_new, const at::Tensor& in_proj_w
 }  // namespace
 }  // namespace mhsa::meta
 
-TORCH_LIBRARY_IMPL(mhsa, Meta, m) {
-  m.impl("decode_step", TORCH_FN(mhsa::meta::decode_step_meta));
-}
+TORCH_LIBRARY_IMPL(mhsa, Meta, m) { m.impl("decode_step", TORCH_FN(mhsa::meta::decode_step_meta)); }

@@ -30,7 +30,12 @@ class KVCache(NamedTuple):
 
 
 def empty_kv_cache(
-    batch_size: int, max_len: int, num_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    batch_size: int,
+    max_len: int,
+    num_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> KVCache:
     """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
     if batch_size <= 0:

@@ -249,7 +249,9 @@ class MultiheadSelfAttention(nn.Module):
         """
         cache_dtype = self.in_proj_weight.dtype if dtype is None else dtype
         cache_device = self.in_proj_weight.device if device is None else device
-        return empty_kv_cache(batch_size, max_len, self.num_heads, self.head_dim, cache_dtype, cache_device)
+        return empty_kv_cache(
+            batch_size, max_len, self.num_heads, self.head_dim, cache_dtype, cache_device
+        )
 
     @torch.jit.export
     def decode(self, x_new: Tensor, cache: KVCache) -> Tensor:

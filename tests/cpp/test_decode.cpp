@@ -29,7 +29,8 @@ class DecodeTest : public ::testing::TestWithParam<std::tuple<at::ScalarType, bo
 TEST_P(DecodeTest, PromptThenTokensMatchCausalForward) {
   const auto [dtype, batch_first] = GetParam();
   torch::manual_seed(0);
-  mhsa::MultiheadSelfAttention m(mhsa::MultiheadSelfAttentionOptions(16, 4).batch_first(batch_first));
+  mhsa::MultiheadSelfAttention m(
+      mhsa::MultiheadSelfAttentionOptions(16, 4).batch_first(batch_first));
   {
     torch::NoGradGuard no_grad;
     m->in_proj_bias.normal_(0.0, 0.2);
@@ -38,8 +39,8 @@ TEST_P(DecodeTest, PromptThenTokensMatchCausalForward) {
   m->to(dtype);
   m->eval();
   const int64_t N = 2, L = 9, prompt = 4;
-  const at::Tensor x = batch_first ? torch::randn({N, L, 16}).to(dtype)
-                                   : torch::randn({L, N, 16}).to(dtype);
+  const at::Tensor x =
+      batch_first ? torch::randn({N, L, 16}).to(dtype) : torch::randn({L, N, 16}).to(dtype);
   mhsa::KVCache cache = m->new_kv_cache(N, L);
   EXPECT_EQ(cache.key.sizes(), (at::IntArrayRef{N, 4, L, 4}));
   EXPECT_EQ(cache.key.scalar_type(), dtype);
@@ -53,8 +54,8 @@ TEST_P(DecodeTest, PromptThenTokensMatchCausalForward) {
   for (int64_t i = prompt; i < L; ++i) {
     out = m->decode(span(x, i, i + 1, batch_first), cache);
     EXPECT_EQ(cache.current_length(), i + 1);
-    const at::Tensor expected = span(causal_forward(m, span(x, 0, i + 1, batch_first)), i, i + 1,
-                                     batch_first);
+    const at::Tensor expected =
+        span(causal_forward(m, span(x, 0, i + 1, batch_first)), i, i + 1, batch_first);
     EXPECT_TRUE(all_close(out, expected, tol)) << "token " << i;
   }
 }

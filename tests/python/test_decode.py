@@ -32,7 +32,9 @@ TOL = {
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
 
 
-def _module(dtype: torch.dtype, batch_first: bool, bias: bool, seed: int = 0) -> mhsa.MultiheadSelfAttention:
+def _module(
+    dtype: torch.dtype, batch_first: bool, bias: bool, seed: int = 0
+) -> mhsa.MultiheadSelfAttention:
     """An eval-mode module with random weights and biases (so that the biases matter)."""
     _, mod = make_pair(E, H, bias=bias, batch_first=batch_first, dtype=torch.float64, seed=seed)
     return mod.to(dtype).eval()
@@ -75,9 +77,16 @@ def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
     for step in SCHEDULE:
         out = mod.decode(_span(x, start, start + step, batch_first), cache)
         assert int(cache.length) == start + step
-        expected = _span(_full_causal(mod, _span(x, 0, start + step, batch_first)), start, start + step, batch_first)
+        expected = _span(
+            _full_causal(mod, _span(x, 0, start + step, batch_first)),
+            start,
+            start + step,
+            batch_first,
+        )
         assert out.shape == expected.shape and out.dtype == dtype
-        torch.testing.assert_close(out, expected, rtol=rtol, atol=atol, msg=lambda m: f"step at {start}: {m}")
+        torch.testing.assert_close(
+            out, expected, rtol=rtol, atol=atol, msg=lambda m, at=start: f"step at {at}: {m}"
+        )
         start += step
     # The cache holds the projected keys and values of every token, head by head.
     w_k, w_v = mod.in_proj_weight.double()[E : 2 * E], mod.in_proj_weight.double()[2 * E :]
@@ -87,7 +96,9 @@ def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
         keys = keys + mod.in_proj_bias.double()[E : 2 * E]
         values = values + mod.in_proj_bias.double()[2 * E :]
     heads = lambda t: t.view(N, total, H, E // H).transpose(1, 2)  # noqa: E731
-    cache_tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    cache_tol = (
+        dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    )
     torch.testing.assert_close(cache.key.double(), heads(keys), **cache_tol)
     torch.testing.assert_close(cache.value.double(), heads(values), **cache_tol)
 
@@ -149,8 +160,18 @@ def test_decode_runs_without_grad_and_ignores_dropout():
 
 
 def _op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
-    return (x, mod.in_proj_weight, mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias, H,
-            mod.batch_first, cache.key, cache.value, cache.length)
+    return (
+        x,
+        mod.in_proj_weight,
+        mod.in_proj_bias,
+        mod.out_proj.weight,
+        mod.out_proj.bias,
+        H,
+        mod.batch_first,
+        cache.key,
+        cache.value,
+        cache.length,
+    )
 
 
 def test_errors():
@@ -159,29 +180,39 @@ def test_errors():
     cache = mod.new_kv_cache(2, 6)
     mod.decode(x[:, :5], cache)
     key_before, value_before = cache.key.clone(), cache.value.clone()
-    with pytest.raises(RuntimeError, match=r"KV cache is full: max_len 6, current length 5, cannot append T = 2"):
+    with pytest.raises(
+        RuntimeError, match=r"KV cache is full: max_len 6, current length 5, cannot append T = 2"
+    ):
         mod.decode(x[:, :2], cache)
     # a refused step leaves the cache as it was
     assert int(cache.length) == 5
     assert torch.equal(cache.key, key_before) and torch.equal(cache.value, value_before)
     mod.decode(x[:, 5:6], cache)
-    with pytest.raises(RuntimeError, match=r"KV cache is full: max_len 6, current length 6, cannot append T = 1"):
+    with pytest.raises(
+        RuntimeError, match=r"KV cache is full: max_len 6, current length 6, cannot append T = 1"
+    ):
         mod.decode(x[:, 5:6], cache)
 
     cache = mod.new_kv_cache(3, 6)
-    with pytest.raises(RuntimeError, match=r"batch size mismatch: the cache holds 3 sequences .* x_new has 2"):
+    with pytest.raises(
+        RuntimeError, match=r"batch size mismatch: the cache holds 3 sequences .* x_new has 2"
+    ):
         mod.decode(x[:, :1], cache)
     cache = mod.new_kv_cache(2, 6, dtype=torch.float32)
     with pytest.raises(RuntimeError, match=r"expected key_cache of dtype Double .*got Float"):
         mod.decode(x[:, :1], cache)
     cache = mod.new_kv_cache(2, 6)
-    with pytest.raises(RuntimeError, match=r"expected x_new with embed_dim 16 .* got x_new of shape \[2, 1, 8\]"):
+    with pytest.raises(
+        RuntimeError, match=r"expected x_new with embed_dim 16 .* got x_new of shape \[2, 1, 8\]"
+    ):
         mod.decode(x[:, :1, :8], cache)
     with pytest.raises(RuntimeError, match=r"expected at least one new token"):
         mod.decode(x[:, :0], cache)
     with pytest.raises(RuntimeError, match=r"expected x to be 3-D"):
         mod.decode(x[0, :1], cache)
-    with pytest.raises(RuntimeError, match=r"expected x of dtype float32, float64 or bfloat16, got Long"):
+    with pytest.raises(
+        RuntimeError, match=r"expected x of dtype float32, float64 or bfloat16, got Long"
+    ):
         mod.decode(x[:, :1].long(), cache)
     with pytest.raises(ValueError, match=r"max_len > 0, got 0"):
         mod.new_kv_cache(2, 0)
@@ -190,18 +221,26 @@ def test_errors():
     assert int(cache.length) == 0
 
     # the op itself, called with parameters that require grad while grad mode is on
-    with pytest.raises(RuntimeError, match=r"in_proj_weight requires grad, but KV-cache decoding is inference only"):
+    with pytest.raises(
+        RuntimeError, match=r"in_proj_weight requires grad, but KV-cache decoding is inference only"
+    ):
         torch.ops.mhsa.decode_step(*_op_args(mod, x[:, :1], cache))
     with torch.no_grad():
         bad = _op_args(mod, x[:, :1], cache)
         with pytest.raises(RuntimeError, match=r"cache_length to be an int64 tensor of shape \(\)"):
             torch.ops.mhsa.decode_step(*bad[:9], cache.length.view(1))
         with pytest.raises(RuntimeError, match=r"expected a contiguous key_cache"):
-            torch.ops.mhsa.decode_step(*bad[:7], cache.key.transpose(0, 1).contiguous().transpose(0, 1), *bad[8:])
+            torch.ops.mhsa.decode_step(
+                *bad[:7], cache.key.transpose(0, 1).contiguous().transpose(0, 1), *bad[8:]
+            )
         with pytest.raises(RuntimeError, match=r"share memory"):
             torch.ops.mhsa.decode_step(*bad[:8], cache.key, cache.length)
-        with pytest.raises(RuntimeError, match=r"expected value_cache of shape \(2, 4, max_len, 4\)"):
-            torch.ops.mhsa.decode_step(*bad[:8], cache.value[:, :, :, :2].contiguous(), cache.length)
+        with pytest.raises(
+            RuntimeError, match=r"expected value_cache of shape \(2, 4, max_len, 4\)"
+        ):
+            torch.ops.mhsa.decode_step(
+                *bad[:8], cache.value[:, :, :, :2].contiguous(), cache.length
+            )
 
 
 def test_functional_form_and_schema():
@@ -235,8 +274,16 @@ def test_opcheck_decode_step(sample):
     if opts["cached"]:
         mod.decode(_span(x, 0, opts["cached"], opts["batch_first"]), cache)
     new = _span(x, opts["cached"], opts["cached"] + opts["T"], opts["batch_first"])
-    opcheck(torch.ops.mhsa.decode_step.default, _op_args(mod, new, cache),
-            test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
+    opcheck(
+        torch.ops.mhsa.decode_step.default,
+        _op_args(mod, new, cache),
+        test_utils=(
+            "test_schema",
+            "test_autograd_registration",
+            "test_faketensor",
+            "test_aot_dispatch_dynamic",
+        ),
+    )
 
 
 class Generator(nn.Module):
@@ -270,7 +317,9 @@ def test_torchscript_decode(tmp_path: Path):
     first = loaded.decode(x[:, :4], cache)
     rest = [loaded.decode(x[:, i : i + 1], cache) for i in range(4, 7)]
     assert int(cache[2]) == 7
-    torch.testing.assert_close(torch.cat([first] + rest, dim=1), _full_causal(mod, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        torch.cat([first] + rest, dim=1), _full_causal(mod, x), rtol=1e-12, atol=1e-12
+    )
 
     # a whole generation loop in TorchScript, against the same loop in eager mode
     gen = Generator(mod)

@@ -119,8 +119,8 @@ def print_results(summary: Summary, out: Path) -> None:
     print(
         f"generation ({generation.new_tokens} greedy tokens after {generation.prompt_length}-token "
         f"prompts): {generation.tokens_per_second_cache:.0f} tokens/s with the KV cache, "
-        f"{generation.tokens_per_second_recompute:.0f} tokens/s recomputing the prefix; same tokens: "
-        f"{generation.same_tokens}"
+        f"{generation.tokens_per_second_recompute:.0f} tokens/s recomputing the prefix; "
+        f"same tokens: {generation.same_tokens}"
     )
     print(f"wrote {out}/: {', '.join(written)} ({summary.wall_seconds:.1f} s)")
 

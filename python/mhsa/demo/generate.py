@@ -20,7 +20,9 @@ import mhsa
 from mhsa.demo.model import TinyTransformer
 
 
-def _step_logits(model: TinyTransformer, tokens: Tensor, start: int, caches: List[mhsa.KVCache]) -> Tensor:
+def _step_logits(
+    model: TinyTransformer, tokens: Tensor, start: int, caches: List[mhsa.KVCache]
+) -> Tensor:
     """Logits ``(N, T, V)`` of ``tokens`` ``(N, T)`` at positions ``start..start+T-1``, given the
     caches that hold positions ``0..start-1``; appends the new tokens to the caches."""
     positions = torch.arange(start, start + tokens.size(1), device=tokens.device)
@@ -37,7 +39,8 @@ def _step_logits(model: TinyTransformer, tokens: Tensor, start: int, caches: Lis
 def generate_with_cache(model: TinyTransformer, prompt: Tensor, new_tokens: int) -> Tensor:
     """``prompt`` ``(N, P)`` followed by ``new_tokens`` greedy tokens, decoded with KV caches."""
     caches = [
-        block.attn.new_kv_cache(prompt.size(0), prompt.size(1) + new_tokens) for block in model.blocks
+        block.attn.new_kv_cache(prompt.size(0), prompt.size(1) + new_tokens)
+        for block in model.blocks
     ]
     logits = _step_logits(model, prompt, 0, caches)
     tokens = [prompt]
@@ -99,7 +102,9 @@ def compare_generation(
     recomputed = generate_by_recomputing(model, prompts, new_tokens)
     generated = prompts.size(0) * new_tokens
     seconds_cache = _best_seconds(lambda: generate_with_cache(model, prompts, new_tokens), repeats)
-    seconds_recompute = _best_seconds(lambda: generate_by_recomputing(model, prompts, new_tokens), repeats)
+    seconds_recompute = _best_seconds(
+        lambda: generate_by_recomputing(model, prompts, new_tokens), repeats
+    )
     return GenerationResult(
         prompt_length=prompts.size(1),
         new_tokens=new_tokens,
