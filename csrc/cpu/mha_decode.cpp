@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <mhsa/ops.h>
@@ -141,7 +142,10 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
   at::Tensor output;
   at::Tensor qkv;
   if (length == 0) {
-    // Nothing cached: this step is exactly a causal forward over x_new.
+    // Nothing cached: this step is exactly a causal forward over x_new. Called through the
+    // dispatcher, it must skip mha_forward's autocast kernel: decode computes in the cache's
+    // dtype (fixed when the cache was made), with or without torch.autocast around it.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto result = mhsa::mha_forward(x_new, in_proj_weight, in_proj_bias, out_proj_weight,
                                     out_proj_bias, num_heads, batch_first, std::nullopt,
                                     std::nullopt, /*is_causal=*/true, /*dropout_p=*/0.0,

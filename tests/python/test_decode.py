@@ -159,6 +159,21 @@ def test_decode_runs_without_grad_and_ignores_dropout():
         torch.testing.assert_close(mod.decode(x, cache), out, rtol=0, atol=0)
 
 
+def test_decode_ignores_autocast():
+    """Under torch.autocast the cache's dtype decides: a float32 cache decodes in float32, from
+    the first step (a causal forward inside the op) to the following ones."""
+    mod = _module(torch.float32, True, True)
+    x = _tokens(2, 6, torch.float32, True, seed=15)
+    plain = mod.new_kv_cache(2, 6)
+    expected = [mod.decode(x[:, :4], plain), mod.decode(x[:, 4:6], plain)]
+    cache = mod.new_kv_cache(2, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [mod.decode(x[:, :4], cache), mod.decode(x[:, 4:6], cache)]
+    for a, e in zip(got, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
 def _op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
     return (
         x,
