@@ -67,4 +67,14 @@ TORCH_LIBRARY(mhsa, m) {
 #endif
     return info;
   });
+  // KV-cache decoding (inference): projects the next T >= 1 tokens x_new ((T, N, E), or
+  // (N, T, E) with batch_first), writes their keys and values into key_cache and value_cache
+  // (N, H, max_len, D) at positions [length, length + T), advances cache_length (an int64
+  // tensor of shape (), the one length shared by the N sequences) by T, and returns the
+  // outputs of the new tokens, each attending causally to the cached prefix and to the new
+  // tokens up to itself. The three cache tensors are mutated in place, hence (a!) (b!) (c!).
+  m.def(
+      "decode_step(Tensor x_new, Tensor in_proj_weight, Tensor? in_proj_bias, "
+      "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
+      "Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor(c!) cache_length) -> Tensor");
 }
