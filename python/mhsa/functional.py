@@ -79,7 +79,6 @@ def multi_head_self_attention_packed(
     out_proj_weight: Tensor,
     out_proj_bias: Optional[Tensor],
     num_heads: int,
-    *,
     max_seqlen: Optional[int] = None,
     dropout_p: float = 0.0,
     training: bool = True,
@@ -112,6 +111,9 @@ def multi_head_self_attention_packed(
 
     Returns:
         ``(T, E)``, the attention output of every row of ``x``.
+
+    The arguments after ``num_heads`` are meant to be passed by keyword; they are not
+    keyword-only because TorchScript cannot compile keyword-only arguments with defaults.
     """
     return torch.ops.mhsa.multi_head_self_attention_packed(
         x,

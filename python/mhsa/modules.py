@@ -241,7 +241,6 @@ class MultiheadSelfAttention(nn.Module):
         self,
         x: Tensor,
         cu_seqlens: Tensor,
-        *,
         max_seqlen: Optional[int] = None,
         is_causal: bool = False,
         window_size: Tuple[int, int] = (-1, -1),
