@@ -120,4 +120,12 @@ void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
   }
 }
 
+void check_window_size(const char* op, c10::IntArrayRef window_size) {
+  TORCH_CHECK(window_size.size() == 2, op, ": expected window_size to be (left, right), got ",
+              window_size.size(), " values ", window_size);
+  TORCH_CHECK(window_size[0] >= -1 && window_size[1] >= -1, op,
+              ": expected window_size entries >= -1 (-1: unbounded on that side), got ",
+              window_size);
+}
+
 }  // namespace mhsa

@@ -26,6 +26,9 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
                           const std::optional<at::Tensor>& key_padding_mask, double dropout_p);
 
 // Checks the saved tensors and incoming gradients passed to mha_backward.
+// window_size must be {left, right} with each >= -1 (-1: unbounded on that side).
+void check_window_size(const char* op, c10::IntArrayRef window_size);
+
 void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
                                const std::optional<at::Tensor>& grad_attn_weights,
                                const at::Tensor& x, const at::Tensor& qkv,

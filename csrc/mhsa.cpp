@@ -24,7 +24,7 @@ TORCH_LIBRARY(mhsa, m) {
       "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, float dropout_p=0.0, "
       "bool training=True, bool batch_first=False, Tensor? key_padding_mask=None, "
       "bool need_weights=True, Tensor? attn_mask=None, bool average_attn_weights=True, "
-      "bool is_causal=False) -> (Tensor, Tensor)");
+      "bool is_causal=False, int[2] window_size=[-1, -1]) -> (Tensor, Tensor)");
   // x is (L, N, E), or (N, L, E) with batch_first. Besides the output and the weights it
   // returns what backward needs, all O(N*L*E): the packed projection qkv (rows of x, 3E), the
   // per-head attention context before out_proj (rows of x, E), the per-row log-sum-exp of the
@@ -33,7 +33,7 @@ TORCH_LIBRARY(mhsa, m) {
       "mha_forward(Tensor x, Tensor in_proj_weight, Tensor? in_proj_bias, "
       "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
       "Tensor? attn_mask, Tensor? key_padding_mask, bool is_causal, float dropout_p, "
-      "bool need_weights, bool average_attn_weights) "
+      "bool need_weights, bool average_attn_weights, int[2] window_size=[-1, -1]) "
       "-> (Tensor output, Tensor attn_weights, Tensor qkv, Tensor context, Tensor logsumexp, "
       "Tensor rng_state)");
   // Gradients of x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias; an entry
@@ -43,7 +43,7 @@ TORCH_LIBRARY(mhsa, m) {
       "Tensor in_proj_weight, Tensor out_proj_weight, Tensor qkv, Tensor context, "
       "Tensor logsumexp, Tensor rng_state, int num_heads, bool batch_first, Tensor? attn_mask, "
       "Tensor? key_padding_mask, bool is_causal, float dropout_p, bool average_attn_weights, "
-      "bool[5] output_mask) "
+      "bool[5] output_mask, int[2] window_size=[-1, -1]) "
       "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
       "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
   // The instruction set of the attention kernels chosen on this CPU: default, avx2 or avx512.

@@ -43,7 +43,8 @@ void MultiheadSelfAttentionImpl::reset_parameters() {
 
 std::tuple<at::Tensor, at::Tensor> MultiheadSelfAttentionImpl::forward(
     const at::Tensor& query, const at::Tensor& key_padding_mask, bool need_weights,
-    const at::Tensor& attn_mask, bool average_attn_weights, bool is_causal) {
+    const at::Tensor& attn_mask, bool average_attn_weights, bool is_causal,
+    c10::IntArrayRef window_size) {
   auto optional_of = [](const at::Tensor& t) {
     return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
   };
@@ -51,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> MultiheadSelfAttentionImpl::forward(
       query, in_proj_weight, optional_of(in_proj_bias), out_proj->weight,
       optional_of(out_proj->bias), options.num_heads(), options.dropout(), is_training(),
       options.batch_first(), optional_of(key_padding_mask), need_weights, optional_of(attn_mask),
-      average_attn_weights, is_causal);
+      average_attn_weights, is_causal, window_size);
 }
 
 at::Tensor MultiheadSelfAttentionImpl::forward_packed(const at::Tensor& x,

@@ -16,13 +16,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights) {
+    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights,
+    c10::IntArrayRef window_size) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::mha_forward", "")
                        .typed<decltype(mha_forward)>();
   return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
                  batch_first, attn_mask, key_padding_mask, is_causal, dropout_p, need_weights,
-                 average_attn_weights);
+                 average_attn_weights, window_size);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward(
@@ -31,13 +32,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask) {
+    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
+    c10::IntArrayRef window_size) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::mha_backward", "")
                        .typed<decltype(mha_backward)>();
   return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv,
                  context, logsumexp, rng_state, num_heads, batch_first, attn_mask,
-                 key_padding_mask, is_causal, dropout_p, average_attn_weights, output_mask);
+                 key_padding_mask, is_causal, dropout_p, average_attn_weights, output_mask,
+                 window_size);
 }
 
 namespace {
@@ -48,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, double dropout_p,
     bool training, bool batch_first, const std::optional<at::Tensor>& key_padding_mask,
     bool need_weights, const std::optional<at::Tensor>& attn_mask, bool average_attn_weights,
-    bool is_causal) {
+    bool is_causal, c10::IntArrayRef window_size) {
   TORCH_CHECK(query.dim() == 2 || query.dim() == 3,
               "multi_head_self_attention: expected query to be 2-D (L, E) unbatched or 3-D ",
               batch_first ? "(N, L, E)" : "(L, N, E)", ", got ", query.dim(), "-D of shape ",
@@ -76,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
   auto [output, weights, qkv, context, lse, rng_state] =
       mha_forward(x, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads,
                   unbatched ? false : batch_first, attn_mask, kpm, is_causal,
-                  training ? dropout_p : 0.0, need_weights, average_attn_weights);
+                  training ? dropout_p : 0.0, need_weights, average_attn_weights, window_size);
   if (unbatched) {
     output = output.squeeze(1);
     if (need_weights) weights = weights.squeeze(0);
@@ -92,14 +95,14 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, double dropout_p,
     bool training, bool batch_first, const std::optional<at::Tensor>& key_padding_mask,
     bool need_weights, const std::optional<at::Tensor>& attn_mask, bool average_attn_weights,
-    bool is_causal) {
+    bool is_causal, c10::IntArrayRef window_size) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::multi_head_self_attention", "")
                        .typed<decltype(multi_head_self_attention)>();
   auto [output, weights] =
       op.call(query, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
               dropout_p, training, batch_first, key_padding_mask, need_weights, attn_mask,
-              average_attn_weights, is_causal);
+              average_attn_weights, is_causal, window_size);
   return {output, need_weights ? weights : at::Tensor()};
 }
 

@@ -21,7 +21,8 @@ mha_forward_autocast_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
                          const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
                          bool batch_first, const std::optional<at::Tensor>& attn_mask,
                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                         double dropout_p, bool need_weights, bool average_attn_weights) {
+                         double dropout_p, bool need_weights, bool average_attn_weights,
+                c10::IntArrayRef window_size) {
   // Redispatch below the autocast key; without this guard the call below would come back here.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
@@ -35,7 +36,7 @@ mha_forward_autocast_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   return mhsa::mha_forward(cast(x), cast(in_proj_weight), cast(in_proj_bias),
                            cast(out_proj_weight), cast(out_proj_bias), num_heads, batch_first,
                            attn_mask, key_padding_mask, is_causal, dropout_p, need_weights,
-                           average_attn_weights);
+                           average_attn_weights, window_size);
 }
 
 }  // namespace

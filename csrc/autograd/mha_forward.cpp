@@ -31,7 +31,8 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
                                int64_t num_heads, bool batch_first,
                                const std::optional<at::Tensor>& attn_mask,
                                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                               double dropout_p, bool need_weights, bool average_attn_weights) {
+                               double dropout_p, bool need_weights, bool average_attn_weights,
+                               c10::IntArrayRef window_size) {
     check_not_differentiable(attn_mask, "attn_mask");
     check_not_differentiable(key_padding_mask, "key_padding_mask");
     // Redispatch below the Autograd key; calling the op from here again without this guard
@@ -39,7 +40,7 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, weights, qkv, context, lse, rng_state] = mhsa::mha_forward(
         x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
-        is_causal, dropout_p, need_weights, average_attn_weights);
+        is_causal, dropout_p, need_weights, average_attn_weights, window_size);
     // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
     ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
                             attn_mask.value_or(at::Tensor()),
@@ -52,6 +53,7 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     ctx->saved_data["is_causal"] = is_causal;
     ctx->saved_data["dropout_p"] = dropout_p;
     ctx->saved_data["average_attn_weights"] = average_attn_weights;
+    ctx->saved_data["window_size"] = window_size.vec();
     ctx->mark_non_differentiable({qkv, context, lse, rng_state});
     if (!need_weights) ctx->mark_non_differentiable({weights});
     return {output, weights, qkv, context, lse, rng_state};
@@ -82,10 +84,12 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
         saved[6], ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
         defined_or_null(saved[7]), defined_or_null(saved[8]),
         ctx->saved_data["is_causal"].toBool(), ctx->saved_data["dropout_p"].toDouble(),
-        ctx->saved_data["average_attn_weights"].toBool(), output_mask);
+        ctx->saved_data["average_attn_weights"].toBool(), output_mask,
+        ctx->saved_data["window_size"].toIntVector());
     // One entry per forward input; the non-tensor arguments and the masks get none.
     return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -96,10 +100,11 @@ mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
                      const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
                      bool batch_first, const std::optional<at::Tensor>& attn_mask,
                      const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                     double dropout_p, bool need_weights, bool average_attn_weights) {
+                     double dropout_p, bool need_weights, bool average_attn_weights,
+                     c10::IntArrayRef window_size) {
   auto r = MhaForwardFunction::apply(
       x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
-      is_causal, dropout_p, need_weights, average_attn_weights);
+      is_causal, dropout_p, need_weights, average_attn_weights, window_size);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 

@@ -85,9 +85,9 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks, h = (t / q_blocks) % g.H, n = t / (q_blocks * g.H);
     const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
-    const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
-    for (int64_t j0 = 0; j0 < kv_end; j0 += block_kv) {
-      const int64_t j1 = j0 + block_kv < kv_end ? j0 + block_kv : kv_end;
+    const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
+    for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
+      const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
       pack_for_dot(a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E,
                    j1 - j0, g.D, packed_k.data());
       probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
@@ -132,10 +132,10 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
 
-  // Queries before this key block cannot see it under a causal mask.
-  const int64_t q_start = a.masks.causal ? (j0 / block_q) * block_q : 0;
-  for (int64_t i0 = q_start; i0 < g.L; i0 += block_q) {
-    const int64_t i1 = i0 + block_q < g.L ? i0 + block_q : g.L, rows = i1 - i0;
+  // Only the queries that can see this key block (causal mask, sliding window, padding).
+  const PositionRange queries = visible_query_range(g, a.masks, n, j0, j1);
+  for (int64_t i0 = queries.begin; i0 < queries.end; i0 += block_q) {
+    const int64_t i1 = i0 + block_q < queries.end ? i0 + block_q : queries.end, rows = i1 - i0;
     probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.packed_k.data());
     const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
     const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;

@@ -40,9 +40,9 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   fill(m, rows, neg_inf);
   fill(l, rows, acc_t(0));
 
-  const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
-  for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
-    const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
+  const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
+  for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
+    const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
     score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
@@ -93,9 +93,9 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
   acc_t* S = s.scores.data();
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   const acc_t inv_heads = acc_t(1) / static_cast<acc_t>(g.H);
-  const int64_t kv_end = visible_keys(g, a.masks.causal, i1);
-  for (int64_t j0 = 0; j0 < kv_end; j0 += block_k) {
-    const int64_t j1 = j0 + block_k < kv_end ? j0 + block_k : kv_end, cols = j1 - j0;
+  const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
+  for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
+    const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
     score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
@@ -113,11 +113,12 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
       }
     }
   }
-  if (a.weights != nullptr && kv_end < g.L) {  // keys past the causal diagonal
+  if (a.weights != nullptr && (keys.begin > 0 || keys.end < g.L)) {  // skipped keys: zero
+    const scalar_t zero = from_acc<scalar_t>(acc_t(0));
     for (int64_t i = i0; i < i1; ++i) {
       scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L;
-      const int64_t visible = visible_keys(g, a.masks.causal, i + 1);
-      fill(w + visible, g.L - visible, from_acc<scalar_t>(acc_t(0)));
+      fill(w, keys.begin, zero);
+      fill(w + keys.end, g.L - keys.end, zero);
     }
   }
 }

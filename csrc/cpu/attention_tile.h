@@ -396,6 +396,18 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
     if (m.causal) {
       for (int64_t c = (i + 1 - j0 > 0 ? i + 1 - j0 : 0); c < cols; ++c) s[c] = neg_inf;
     }
+    if (m.window_left >= 0) {  // keys j < i - left
+      const int64_t first = i - m.window_left - j0;
+      for (int64_t c = 0; c < (first < cols ? first : cols); ++c) s[c] = neg_inf;
+    }
+    if (m.window_right >= 0) {  // keys j > i + right
+      const int64_t last = i + m.window_right - j0;
+      for (int64_t c = (last + 1 > 0 ? last + 1 : 0); c < cols; ++c) s[c] = neg_inf;
+    }
+    if (m.key_end != nullptr) {  // keys j >= key_end[n]
+      const int64_t end = m.key_end[n] - j0;
+      for (int64_t c = (end > 0 ? end : 0); c < cols; ++c) s[c] = neg_inf;
+    }
   }
 }
 
@@ -425,9 +437,37 @@ inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* qkv,
   if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
 }
 
-// Number of keys a query block can see: all of them, or up to the diagonal when causal.
-inline int64_t visible_keys(const AttentionGeometry& g, bool causal, int64_t i1) {
-  return causal ? (i1 < g.L ? i1 : g.L) : g.L;
+// A half-open range of sequence positions.
+struct PositionRange {
+  int64_t begin, end;
+  bool empty() const { return end <= begin; }
+};
+
+// The keys that some query of i0..i1 (batch n) may see under the causal mask, the sliding
+// window and the padding limit: tiles outside are skipped, forward and backward (exact: their
+// probabilities are zero); inside, apply_masks masks per element.
+template <typename acc_t>
+inline PositionRange visible_key_range(const AttentionGeometry& g, const MaskView<acc_t>& m,
+                                       int64_t n, int64_t i0, int64_t i1) {
+  int64_t begin = 0, end = g.L;
+  if (m.causal && i1 < end) end = i1;
+  if (m.window_right >= 0 && i1 + m.window_right < end) end = i1 + m.window_right;
+  if (m.window_left >= 0 && i0 - m.window_left > begin) begin = i0 - m.window_left;
+  if (m.key_end != nullptr && m.key_end[n] < end) end = m.key_end[n];
+  return {begin, end > begin ? end : begin};
+}
+
+// The queries that may see some key of j0..j1 (batch n): the backward's query sweep of a key
+// block.
+template <typename acc_t>
+inline PositionRange visible_query_range(const AttentionGeometry& g, const MaskView<acc_t>& m,
+                                         int64_t n, int64_t j0, int64_t j1) {
+  if (m.key_end != nullptr && j0 >= m.key_end[n]) return {0, 0};
+  int64_t begin = 0, end = g.L;
+  if (m.causal && j0 > begin) begin = j0;
+  if (m.window_right >= 0 && j0 - m.window_right > begin) begin = j0 - m.window_right;
+  if (m.window_left >= 0 && j1 + m.window_left < end) end = j1 + m.window_left;
+  return {begin, end > begin ? end : begin};
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // the raw-pointer MaskView the attention kernels read.
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <optional>
 
 #include "cpu/attention_args.h"
@@ -13,10 +14,16 @@ namespace mhsa::cpu {
 template <typename acc_t>
 class MaskStorage {
  public:
+  // window_size: {left, right} (see MaskView), or empty for none.
   MaskStorage(const std::optional<at::Tensor>& attn_mask,
-              const std::optional<at::Tensor>& key_padding_mask, bool is_causal) {
+              const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+              c10::IntArrayRef window_size = {}) {
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     view_.causal = is_causal;
+    if (window_size.size() == 2) {
+      view_.window_left = window_size[0];
+      view_.window_right = window_size[1];
+    }
     if (attn_mask.has_value() && attn_mask->defined()) {
       view_.attn_per_head = attn_mask->dim() == 3;
       if (attn_mask->scalar_type() == at::kBool) {
@@ -35,12 +42,24 @@ class MaskStorage {
         kpm_ = key_padding_mask->to(acc_type).contiguous();
         view_.kpm_add = kpm_.const_data_ptr<acc_t>();
       }
+      // key_end[n] = 1 + the last key of batch n that is not masked out (0 if none): the keys
+      // after it (the padding of a right-padded batch) are masked anyway, so their tiles are
+      // skipped. Exact for any mask, not only right padding.
+      const at::Tensor visible = kpm_.scalar_type() == at::kBool
+                                     ? kpm_.logical_not()
+                                     : kpm_.ne(-std::numeric_limits<double>::infinity());
+      const int64_t L = kpm_.size(-1);
+      if (L == 0) return;  // nothing to skip (and no reduction over an empty dimension)
+      key_end_ = (visible.to(at::kLong) * at::arange(1, L + 1, kpm_.options().dtype(at::kLong)))
+                     .amax(-1)
+                     .contiguous();
+      view_.key_end = key_end_.const_data_ptr<int64_t>();
     }
   }
   const MaskView<acc_t>& view() const { return view_; }
 
  private:
-  at::Tensor attn_, kpm_;
+  at::Tensor attn_, kpm_, key_end_;
   MaskView<acc_t> view_;
 };
 

@@ -25,10 +25,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask) {
+    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
+    c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_backward", x, in_proj_weight, std::nullopt,
                                       out_proj_weight, std::nullopt, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
+  check_window_size("mha_backward", window_size);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, average_attn_weights);
   if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
@@ -41,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
         grad_output.to(at::kFloat), grad_w, x.to(at::kFloat), in_proj_weight.to(at::kFloat),
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
         rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-        average_attn_weights, output_mask);
+        average_attn_weights, output_mask, window_size);
     auto down = [](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
@@ -76,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto& kernels = attention_kernels<scalar_t>();
-    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal);
+    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal, window_size);
     BackwardArgs<scalar_t> a;
     a.g = AttentionGeometry{N, L, E, H, D, batch_first};
     a.qkv = qkv_c.const_data_ptr<scalar_t>();

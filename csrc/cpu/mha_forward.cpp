@@ -36,10 +36,12 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
                 const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
                 bool batch_first, const std::optional<at::Tensor>& attn_mask,
                 const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                double dropout_p, bool need_weights, bool average_attn_weights) {
+                double dropout_p, bool need_weights, bool average_attn_weights,
+                c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
+  check_window_size("mha_forward", window_size);
   if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
     // No bf16 arithmetic on this CPU: compute in fp32 from the bf16 values, store bf16.
     auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
@@ -48,7 +50,7 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
     auto [output, weights, qkv, context, lse, rng_state] = mha_forward_cpu(
         x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
         out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads, batch_first, attn_mask,
-        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights);
+        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights, window_size);
     return {output.to(at::kBFloat16), weights.to(at::kBFloat16), qkv.to(at::kBFloat16),
             context.to(at::kBFloat16), lse, rng_state};
   }
@@ -74,7 +76,7 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal);
+    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal, window_size);
     ForwardArgs<scalar_t> a;
     a.g = AttentionGeometry{N, L, E, H, D, batch_first};
     a.qkv = qkv.const_data_ptr<scalar_t>();

@@ -13,10 +13,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask) {
+    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
+    c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_backward", x, in_proj_weight, std::nullopt,
                                       out_proj_weight, std::nullopt, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
+  check_window_size("mha_backward", window_size);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, average_attn_weights);
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;

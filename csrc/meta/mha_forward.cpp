@@ -15,10 +15,12 @@ mha_forward_meta(const at::Tensor& x, const at::Tensor& in_proj_weight,
                  const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
                  bool batch_first, const std::optional<at::Tensor>& attn_mask,
                  const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                 double dropout_p, bool need_weights, bool average_attn_weights) {
+                 double dropout_p, bool need_weights, bool average_attn_weights,
+                c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
+  check_window_size("mha_forward", window_size);
   const c10::SymInt H(num_heads);
   const auto lse_options = x.options().dtype(logsumexp_dtype(x.scalar_type()));
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());

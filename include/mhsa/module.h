@@ -40,7 +40,8 @@ class C10_EXPORT MultiheadSelfAttentionImpl
       bool need_weights = true,
       const at::Tensor& attn_mask = {},
       bool average_attn_weights = true,
-      bool is_causal = false);
+      bool is_causal = false,
+      c10::IntArrayRef window_size = kNoWindow);
 
   void reset() override;
 

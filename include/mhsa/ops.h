@@ -19,6 +19,11 @@
 extern "C" C10_EXPORT int64_t mhsa_library_anchor();
 
 namespace mhsa {
+
+// window_size = {left, right}: query i sees key j only if i - left <= j <= i + right; -1 leaves
+// that side unbounded. {-1, -1} (the default) is full attention.
+inline constexpr std::array<int64_t, 2> kNoWindow{-1, -1};
+
 namespace detail {
 [[gnu::used]] static int64_t (*const library_anchor)() = &mhsa_library_anchor;
 }  // namespace detail
@@ -28,7 +33,8 @@ namespace detail {
 // (attn_output, attn_weights); attn_weights is an undefined tensor when need_weights is false.
 // Differences from nn.MultiheadAttention: is_causal needs no attn_mask (it applies the causal
 // mask itself, combined with any mask given), and a query whose keys are all masked gets a zero
-// attention output and zero weights instead of NaN.
+// attention output and zero weights instead of NaN. Beyond it: window_size (sliding-window
+// attention, combined with every other mask; key tiles outside the band are never computed).
 C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const at::Tensor& query,
     const at::Tensor& in_proj_weight,
@@ -43,7 +49,8 @@ C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     bool need_weights = true,
     const std::optional<at::Tensor>& attn_mask = std::nullopt,
     bool average_attn_weights = true,
-    bool is_causal = false);
+    bool is_causal = false,
+    c10::IntArrayRef window_size = kNoWindow);
 
 // The two underlying operators (mhsa::mha_forward, mhsa::mha_backward). Most callers want
 // multi_head_self_attention above; these are for custom autograd or testing.
@@ -61,7 +68,8 @@ mha_forward(
     bool is_causal,
     double dropout_p,
     bool need_weights,
-    bool average_attn_weights);
+    bool average_attn_weights,
+    c10::IntArrayRef window_size = kNoWindow);
 
 C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward(
     const at::Tensor& grad_output,
@@ -80,7 +88,8 @@ C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor
     bool is_causal,
     double dropout_p,
     bool average_attn_weights,
-    std::array<bool, 5> output_mask);
+    std::array<bool, 5> output_mask,
+    c10::IntArrayRef window_size = kNoWindow);
 
 // Packed variable-length sequences (FlashAttention's varlen layout). x is (T, E): B sequences
 // back to back, sequence b at rows cu_seqlens[b] .. cu_seqlens[b+1] of x; cu_seqlens is an

@@ -32,3 +32,12 @@ __all__ = [
     "LIBRARY_PATH",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """Imports :mod:`mhsa.distributed` on first use of ``mhsa.distributed``."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

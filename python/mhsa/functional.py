@@ -21,6 +21,7 @@ def multi_head_self_attention(
     attn_mask: Optional[Tensor] = None,
     average_attn_weights: bool = True,
     is_causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Multi-head self-attention with explicit weights (query = key = value).
 
@@ -44,6 +45,9 @@ def multi_head_self_attention(
         average_attn_weights: return weights averaged over heads ``(N, L, L)`` instead of
             per head ``(N, H, L, L)``.
         is_causal: apply a causal mask (no ``attn_mask`` needed; combined with one if given).
+        window_size: ``(left, right)`` sliding-window (local) attention: query i sees key j only
+            if ``i - left <= j <= i + right``; -1 leaves that side unbounded. Combined with every
+            other mask; key tiles outside the band are never computed (work O(L * window)).
 
     Returns:
         ``(attn_output, attn_weights)``; ``attn_weights`` is None unless ``need_weights``.
@@ -65,6 +69,7 @@ def multi_head_self_attention(
         attn_mask,
         average_attn_weights,
         is_causal,
+        [window_size[0], window_size[1]],
     )
     if need_weights:
         return output, weights

@@ -102,6 +102,7 @@ class MultiheadSelfAttention(nn.Module):
         attn_mask: Optional[Tensor] = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
+        window_size: Tuple[int, int] = (-1, -1),
     ) -> Tuple[Tensor, Optional[Tensor]]:
         """Self-attention over ``query``; same arguments and returns as nn.MultiheadAttention.
 
@@ -118,6 +119,9 @@ class MultiheadSelfAttention(nn.Module):
             average_attn_weights: average the returned weights over the heads.
             is_causal: apply a causal mask; unlike nn.MultiheadAttention no ``attn_mask`` is
                 needed (if one is given, both apply).
+            window_size: ``(left, right)``: sliding-window attention, query i sees key j only if
+                ``i - left <= j <= i + right`` (-1: unbounded on that side); beyond
+                nn.MultiheadAttention, combined with every other mask.
 
         Returns:
             ``(attn_output, attn_weights)``: output shaped like ``query``; weights ``(N, L, L)``
@@ -158,6 +162,7 @@ class MultiheadSelfAttention(nn.Module):
             attn_mask=attn_mask,
             average_attn_weights=average_attn_weights,
             is_causal=is_causal,
+            window_size=window_size,
         )
 
     def merge_masks(
