@@ -59,7 +59,7 @@ at::Tensor MultiheadSelfAttentionImpl::forward_packed(const at::Tensor& x,
                                                      const at::Tensor& cu_seqlens,
                                                      std::optional<int64_t> max_seqlen,
                                                      bool is_causal,
-                                                     std::array<int64_t, 2> window_size) {
+                                                     c10::IntArrayRef window_size) {
   auto optional_of = [](const at::Tensor& t) {
     return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
   };

@@ -8,6 +8,8 @@
 
 #include <mhsa/ops.h>
 
+#include "checks.h"
+
 namespace mhsa {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward(
@@ -45,9 +47,7 @@ at::Tensor multi_head_self_attention_packed_composite(
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen, double dropout_p, bool training, bool is_causal,
     at::IntArrayRef window_size) {
-  TORCH_CHECK(window_size.size() == 2,
-              "multi_head_self_attention_packed: expected window_size = (left, right), got ",
-              window_size.size(), " values");
+  check_window_size("multi_head_self_attention_packed", window_size);
   // As multi_head_self_attention: an in_proj_bias of another floating dtype is cast like
   // F.linear would, through a dispatched (differentiable) cast.
   std::optional<at::Tensor> bias = in_proj_bias;
@@ -68,7 +68,7 @@ at::Tensor multi_head_self_attention_packed(
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen, double dropout_p, bool training, bool is_causal,
-    std::array<int64_t, 2> window_size) {
+    c10::IntArrayRef window_size) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mhsa::multi_head_self_attention_packed", "")

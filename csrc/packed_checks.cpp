@@ -48,8 +48,8 @@ PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::T
   TORCH_CHECK(s.embed % num_heads == 0, op, ": embed_dim ", s.embed,
               " must be divisible by num_heads ", num_heads);
   TORCH_CHECK(window_left >= -1 && window_right >= -1, op,
-              ": expected window_size entries >= 0, or -1 for an unbounded side, got (",
-              window_left, ", ", window_right, ")");
+              ": expected window_size entries >= -1 (-1: unbounded on that side), got [",
+              window_left, ", ", window_right, "]");
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op,
               ": expected dropout_p in [0, 1], got ", dropout_p);
   const c10::SymInt E = s.embed;

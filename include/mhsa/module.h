@@ -51,7 +51,7 @@ class C10_EXPORT MultiheadSelfAttentionImpl
   at::Tensor forward_packed(const at::Tensor& x, const at::Tensor& cu_seqlens,
                             std::optional<int64_t> max_seqlen = std::nullopt,
                             bool is_causal = false,
-                            std::array<int64_t, 2> window_size = {-1, -1});
+                            c10::IntArrayRef window_size = kNoWindow);
   // xavier_uniform_ on in_proj_weight, zero biases, out_proj.weight keeps Linear's init.
   void reset_parameters();
 

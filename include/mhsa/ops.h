@@ -112,7 +112,7 @@ C10_EXPORT at::Tensor multi_head_self_attention_packed(
     double dropout_p = 0.0,
     bool training = true,
     bool is_causal = false,
-    std::array<int64_t, 2> window_size = {-1, -1});
+    c10::IntArrayRef window_size = kNoWindow);
 
 // The underlying operators of multi_head_self_attention_packed (mhsa::mha_packed_forward,
 // mhsa::mha_packed_backward), for custom autograd or testing.
