@@ -45,8 +45,10 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
               batch_first ? "(N, L, E) with batch_first" : "(L, N, E)", ", got ", x.dim(),
               "-D of shape ", x.sym_sizes());
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, op,
-              ": expected x of dtype float32, float64 or bfloat16, got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              op,
+              ": expected x of dtype float32, float64, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(num_heads > 0, op, ": expected num_heads > 0, got ", num_heads);
   MhaSizes s{batch_first ? x.sym_size(0) : x.sym_size(1),
              batch_first ? x.sym_size(1) : x.sym_size(0), x.sym_size(2), num_heads};

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cpu/cpu_capability.h"
+#include "cpu/parallel_stats.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped
@@ -50,6 +51,9 @@ TORCH_LIBRARY(mhsa, m) {
   m.def("_cpu_capability() -> str", []() -> std::string {
     return mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
   });
+  // With MHSA_PARALLEL_STATS=1: tasks per thread of each parallel phase since the last call
+  // (JSON), to check how the work spreads over many threads (scripts/parallel_stats.py).
+  m.def("_parallel_stats() -> str", []() -> std::string { return mhsa::cpu::take_parallel_stats(); });
   // What runs on this CPU, for test and benchmark reports: the kernels' instruction set, how
   // bfloat16 is computed and which GEMM library the tiles and projections call.
   m.def("_backend_info() -> str", []() -> std::string {
@@ -63,6 +67,16 @@ TORCH_LIBRARY(mhsa, m) {
 #endif
     return info;
   });
+  // KV-cache decoding (inference): projects the next T >= 1 tokens x_new ((T, N, E), or
+  // (N, T, E) with batch_first), writes their keys and values into key_cache and value_cache
+  // (N, H, max_len, D) at positions [length, length + T), advances cache_length (an int64
+  // tensor of shape (), the one length shared by the N sequences) by T, and returns the
+  // outputs of the new tokens, each attending causally to the cached prefix and to the new
+  // tokens up to itself. The three cache tensors are mutated in place, hence (a!) (b!) (c!).
+  m.def(
+      "decode_step(Tensor x_new, Tensor in_proj_weight, Tensor? in_proj_bias, "
+      "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
+      "Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor(c!) cache_length) -> Tensor");
   // Packed variable-length sequences (FlashAttention's varlen layout): x is (T, E), B
   // sequences back to back, sequence b at rows cu_seqlens[b] .. cu_seqlens[b+1] (int32 or
   // int64, (B+1,), from 0 to T); each attends only to itself. window_size = (left, right):

@@ -70,3 +70,44 @@ at::Tensor MultiheadSelfAttentionImpl::forward_packed(const at::Tensor& x,
 }
 
 }  // namespace mhsa
+
+namespace mhsa {
+
+KVCache MultiheadSelfAttentionImpl::new_kv_cache(int64_t batch_size, int64_t max_len,
+                                                 std::optional<at::ScalarType> dtype,
+                                                 std::optional<at::Device> device) const {
+  TORCH_CHECK(batch_size > 0, "MultiheadSelfAttention::new_kv_cache: expected batch_size > 0, got ",
+              batch_size);
+  TORCH_CHECK(max_len > 0, "MultiheadSelfAttention::new_kv_cache: expected max_len > 0, got ",
+              max_len);
+  const int64_t H = options.num_heads(), D = options.embed_dim() / H;
+  const auto tensor_options = in_proj_weight.options()
+                                  .dtype(dtype.value_or(in_proj_weight.scalar_type()))
+                                  .device(device.value_or(in_proj_weight.device()))
+                                  .requires_grad(false);
+  // Zeros, not empty: slots past `length` are never read, but a cache saved or printed should
+  // not show leftover memory.
+  return KVCache{torch::zeros({batch_size, H, max_len, D}, tensor_options),
+                 torch::zeros({batch_size, H, max_len, D}, tensor_options),
+                 torch::zeros({}, tensor_options.dtype(at::kLong))};
+}
+
+at::Tensor MultiheadSelfAttentionImpl::decode(const at::Tensor& x_new, KVCache& cache) {
+  torch::NoGradGuard no_grad;
+  std::optional<at::Tensor> in_bias;
+  if (in_proj_bias.defined()) {
+    // As in forward: an in_proj_bias of another floating dtype is cast like F.linear does.
+    in_bias = in_proj_bias.scalar_type() == x_new.scalar_type() ||
+                      !at::isFloatingType(in_proj_bias.scalar_type()) ||
+                      !at::isFloatingType(x_new.scalar_type())
+                  ? in_proj_bias
+                  : in_proj_bias.to(x_new.scalar_type());
+  }
+  const std::optional<at::Tensor> out_bias =
+      out_proj->bias.defined() ? std::optional<at::Tensor>(out_proj->bias) : std::nullopt;
+  return decode_step(x_new, in_proj_weight, in_bias, out_proj->weight, out_bias,
+                     options.num_heads(), options.batch_first(), cache.key, cache.value,
+                     cache.length);
+}
+
+}  // namespace mhsa

@@ -33,8 +33,9 @@ PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::T
   TORCH_CHECK(x.dim() == 2, op, ": expected x to be 2-D (T, E), the sequences back to back, got ",
               x.dim(), "-D of shape ", x.sym_sizes());
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, op,
-              ": expected x of dtype float32, float64 or bfloat16, got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              op, ": expected x of dtype float32, float64, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(cu_seqlens.scalar_type() == at::kInt || cu_seqlens.scalar_type() == at::kLong, op,
               ": expected cu_seqlens of dtype int32 or int64, got ", cu_seqlens.scalar_type());
   TORCH_CHECK(cu_seqlens.device() == x.device(), op, ": expected cu_seqlens on device ",

@@ -95,9 +95,11 @@ struct BackwardArgs {
   acc_t* dsum;                   // (N, H, L) scratch
   const scalar_t* grad_weights = nullptr;  // (N, H, L, L) or (N, L, L), contiguous
   bool grad_weights_averaged = false;
-  acc_t* grad_qkv;               // rows like x, 3E columns
-  acc_t* grad_q_partials;        // (chunks, N, H, L, D), zero-filled
-  int64_t chunks;
+  acc_t* grad_qkv;               // rows like x, 3E columns; dQ accumulates into its Q columns
+  // The order of the dQ sums (see attention_backward_kernel.cpp): for each (n, h, aligned
+  // query block) the key block whose turn it is to add its dQ share (-1: none left).
+  int64_t* dq_turn;
+  int* abort;                    // set when a task failed, so no task waits for it forever
   MaskView<acc_t> masks;
   DropoutParams dropout;
   acc_t scale;

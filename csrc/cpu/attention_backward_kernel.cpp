@@ -3,9 +3,16 @@
 // The probabilities are recomputed tile by tile as exp(score - lse) from Q, K and the saved
 // log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row
 // (which equals rowsum(P * dP), also under dropout). Tasks are (n, h, key block): each owns its
-// dK and dV rows and accumulates them in fp32/fp64; dQ contributions of different key blocks go
-// to per-chunk partial buffers summed at the end, so a single long sequence keeps every core
-// busy and no two threads ever add into the same memory.
+// dK and dV rows and accumulates them in fp32/fp64.
+//
+// dQ of a query row gets a share from every key block. Those shares are added straight into
+// the Q columns of the fp32 gradient buffer, in key-block order, whatever thread computes them:
+// each (n, h, aligned query block) has a turn counter naming the key block that adds next, a
+// task waits for its turn only for that one GEMM, then passes the turn on. Threads take the
+// tasks round-robin, so neighbouring key blocks of a head run at the same time and pipeline
+// (one query block apart) instead of waiting; the work on offer is N*H*key blocks tasks, for
+// any number of cores, the result is the same bits for any number of threads, and no
+// per-thread or per-chunk dQ copies exist (memory O(N*L*E)).
 #include "cpu/attention_tile.h"
 
 namespace mhsa::cpu::MHSA_ISA {
@@ -54,9 +61,11 @@ inline acc_t grad_weight(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h, 
 
 template <typename scalar_t>
 void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / g.L, i = t % g.L, row = g.row(n, i);
+    fill(a.grad_qkv + row * 3 * g.E, g.E, acc_t(0));  // dQ accumulates from zero
     const scalar_t* o = a.context + row * g.E;
     const scalar_t* dO = a.grad_context + row * g.E;
     // The same multiply-add chain as dP = dO V^T (dot_tile): a row whose output is exactly
@@ -110,14 +119,73 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
 // With dropout, grad_context is dC for the 0/1-masked context C = sum_j keep_ij P_ij V_j (the
 // op kernel folded 1 / (1 - p) into it), so dV_j = sum_i keep_ij P_ij dC_i and
 // dP_ij = keep_ij (dC_i . V_j + grad_weights_ij / (1 - p)).
+// The aligned query blocks [qb * block_q, (qb + 1) * block_q) that key block jb of batch n
+// touches: those overlapping visible_query_range (the same test decides the dQ turn order).
+template <typename acc_t>
+inline PositionRange touched_query_blocks(const AttentionGeometry& g, const MaskView<acc_t>& m,
+                                          const TileSizes& t, int64_t n, int64_t jb) {
+  const int64_t j0 = jb * t.backward_kv, j1 = j0 + t.backward_kv < g.L ? j0 + t.backward_kv : g.L;
+  const PositionRange q = visible_query_range(g, m, n, j0, j1);
+  if (q.empty()) return {0, 0};
+  return {q.begin / t.backward_q, (q.end + t.backward_q - 1) / t.backward_q};
+}
+
+int64_t key_block_count(const AttentionGeometry& g, const TileSizes& t) {
+  return (g.L + t.backward_kv - 1) / t.backward_kv;
+}
+int64_t query_block_count(const AttentionGeometry& g, const TileSizes& t) {
+  return (g.L + t.backward_q - 1) / t.backward_q;
+}
+
+int64_t dq_turn_count(const AttentionGeometry& g, const TileSizes& t) {
+  return g.N * g.H * query_block_count(g, t);
+}
+
+// The first key block to touch each query block; the visible ranges only move forward with
+// the key block, so the key blocks touching a query block are consecutive.
+template <typename scalar_t>
+void prepare_dq_order(const BackwardArgs<scalar_t>& a) {
+  const AttentionGeometry& g = a.g;
+  const int64_t q_blocks = query_block_count(g, a.tiles), kv_blocks = key_block_count(g, a.tiles);
+  for (int64_t n = 0; n < g.N; ++n) {
+    int64_t* turn = a.dq_turn + n * g.H * q_blocks;
+    fill(turn, q_blocks, int64_t(-1));
+    for (int64_t jb = kv_blocks - 1; jb >= 0; --jb) {
+      const PositionRange qbs = touched_query_blocks(g, a.masks, a.tiles, n, jb);
+      for (int64_t qb = qbs.begin; qb < qbs.end; ++qb) turn[qb] = jb;
+    }
+    for (int64_t h = 1; h < g.H; ++h) {
+      for (int64_t qb = 0; qb < q_blocks; ++qb) turn[h * q_blocks + qb] = turn[qb];
+    }
+  }
+}
+
+// Waits until it is key block jb's turn to add to this query block's dQ (see the top of this
+// file). Returns false if another task failed (then nothing more will be added).
+inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
+  int64_t spins = 0;
+  while (__atomic_load_n(turn, __ATOMIC_ACQUIRE) != jb) {
+    if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return false;
+    if (++spins < 1024) {
+      _mm_pause();
+    } else {
+      sched_yield();  // an oversubscribed machine: let the thread we wait for run
+    }
+  }
+  return true;
+}
+
 template <typename scalar_t>
 void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
-                              at::opmath_type<scalar_t>* grad_q, int64_t n, int64_t h,
-                              int64_t j0, int64_t j1) {
+                              int64_t n, int64_t h, int64_t jb) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
-  const int64_t D = g.D, cols = j1 - j0, ld = a.tiles.backward_kv;
-  const int64_t block_q = a.tiles.backward_q;
+  const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
+  const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.L ? j0 + block_kv : g.L;
+  const int64_t D = g.D, cols = j1 - j0, ld = block_kv;
+  const int64_t kv_blocks = key_block_count(g, a.tiles);
+  const int64_t q_blocks = query_block_count(g, a.tiles);
+  int64_t* turns = a.dq_turn + (n * g.H + h) * q_blocks;
   const int64_t ld_seq = g.seq_rows() * 3 * g.E, ld_ctx = g.seq_rows() * g.E;
   const scalar_t* k = a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * D;
   const scalar_t* v = k + g.E;
@@ -132,10 +200,16 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
 
-  // Only the queries that can see this key block (causal mask, sliding window, padding).
+  // Only the queries that can see this key block (causal mask, sliding window, padding), by
+  // aligned query blocks (the units of the dQ turn order), clipped to those queries.
   const PositionRange queries = visible_query_range(g, a.masks, n, j0, j1);
-  for (int64_t i0 = queries.begin; i0 < queries.end; i0 += block_q) {
-    const int64_t i1 = i0 + block_q < queries.end ? i0 + block_q : queries.end, rows = i1 - i0;
+  const PositionRange touched = touched_query_blocks(g, a.masks, a.tiles, n, jb);
+  const PositionRange next_touched =
+      jb + 1 < kv_blocks ? touched_query_blocks(g, a.masks, a.tiles, n, jb + 1) : PositionRange{0, 0};
+  for (int64_t qb = touched.begin; qb < touched.end; ++qb) {
+    const int64_t i0 = qb * block_q > queries.begin ? qb * block_q : queries.begin;
+    const int64_t i1 = (qb + 1) * block_q < queries.end ? (qb + 1) * block_q : queries.end;
+    const int64_t rows = i1 - i0;
     probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.packed_k.data());
     const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
     const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;
@@ -178,8 +252,13 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
     // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j
     tile_gemm(Trans::Yes, Trans::No, cols, D, rows, a.scale, dS, ld, q, ld_seq, acc_t(1), grad_k, D);
+    // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
+    // the turn to the next key block (if it touches this query block; none is left if not).
+    if (!wait_for_turn(turns + qb, jb, a.abort)) return;
     tile_gemm(Trans::No, Trans::No, rows, D, cols, a.scale, dS, ld, k, ld_seq, acc_t(1),
-              grad_q + ((n * g.H + h) * g.L + i0) * D, D);
+              a.grad_qkv + g.row(n, i0) * 3 * g.E + h * D, ld_seq);
+    const bool next_adds = qb >= next_touched.begin && qb < next_touched.end;
+    __atomic_store_n(turns + qb, next_adds ? jb + 1 : int64_t(-1), __ATOMIC_RELEASE);
   }
   for (int64_t c = 0; c < cols; ++c) {
     acc_t* out = a.grad_qkv + g.row(n, j0 + c) * 3 * g.E + g.E + h * D;
@@ -191,44 +270,22 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
 }
 
 int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {
-  return g.N * g.H * ((g.L + t.backward_kv - 1) / t.backward_kv);
+  return g.N * g.H * key_block_count(g, t);
 }
 
-// Chunk c runs the tasks [c * T / chunks, (c + 1) * T / chunks) into its own dQ partials.
+// Tasks thread, thread + threads, ... in increasing order (t = (n * H + h) * kv_blocks + jb):
+// a task only ever waits for one with a smaller index, and each thread runs its tasks in
+// order, so the smallest unfinished task can always proceed (no deadlock, whatever the team).
 template <typename scalar_t>
-void backward_chunks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
+void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t threads) {
   const AttentionGeometry& g = a.g;
-  const int64_t block_kv = a.tiles.backward_kv;
-  const int64_t kv_blocks = (g.L + block_kv - 1) / block_kv;
+  const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t tasks = backward_task_count(g, a.tiles);
-  const int64_t partial_size = g.N * g.H * g.L * g.D;
   BackwardScratch<scalar_t> scratch(a.tiles, g.D);
-  for (int64_t chunk = begin; chunk < end; ++chunk) {
-    for (int64_t t = chunk * tasks / a.chunks; t < (chunk + 1) * tasks / a.chunks; ++t) {
-      const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
-      const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.L ? j0 + block_kv : g.L;
-      attention_backward_block(a, scratch, a.grad_q_partials + chunk * partial_size, n, h, j0, j1);
-    }
-  }
-}
-
-template <typename scalar_t>
-void reduce_grad_q_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const AttentionGeometry& g = a.g;
-  const int64_t partial_size = g.N * g.H * g.L * g.D;
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t n = t / g.L, i = t % g.L;
-    acc_t* out = a.grad_qkv + g.row(n, i) * 3 * g.E;
-    for (int64_t h = 0; h < g.H; ++h) {
-      const acc_t* first = a.grad_q_partials + ((n * g.H + h) * g.L + i) * g.D;
-      acc_t* dst = out + h * g.D;
-      for (int64_t d = 0; d < g.D; ++d) dst[d] = first[d];
-      for (int64_t c = 1; c < a.chunks; ++c) {
-        const acc_t* part = first + c * partial_size;
-        for (int64_t d = 0; d < g.D; ++d) dst[d] += part[d];
-      }
-    }
+  for (int64_t t = thread; t < tasks; t += threads) {
+    const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
+    attention_backward_block(a, scratch, n, h, jb);
+    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) return;
   }
 }
 
@@ -239,9 +296,10 @@ void add_backward_kernels(AttentionKernels<scalar_t>& kernels) {
   kernels.dsum_rows = &dsum_rows<scalar_t>;
   kernels.weights_term_tasks = &weights_term_tasks<scalar_t>;
   kernels.weights_term_task_count = &weights_term_task_count;
-  kernels.backward_chunks = &backward_chunks<scalar_t>;
+  kernels.prepare_dq_order = &prepare_dq_order<scalar_t>;
+  kernels.dq_turn_count = &dq_turn_count;
+  kernels.backward_tasks = &backward_tasks<scalar_t>;
   kernels.backward_task_count = &backward_task_count;
-  kernels.reduce_grad_q_rows = &reduce_grad_q_rows<scalar_t>;
 }
 
 template void add_backward_kernels<float>(AttentionKernels<float>&);

@@ -34,11 +34,14 @@ struct AttentionKernels {
   // Adds rowsum(W * dW) to Dsum for tasks [begin, end) of N*H*query blocks.
   void (*weights_term_tasks)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
   int64_t (*weights_term_task_count)(const AttentionGeometry&, const TileSizes&);
-  // dK, dV and partial dQ for chunks [begin, end) of args.chunks.
-  void (*backward_chunks)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
+  // Fills args.dq_turn: the first key block that adds to each (n, h, query block).
+  void (*prepare_dq_order)(const BackwardArgs<scalar_t>&);
+  int64_t (*dq_turn_count)(const AttentionGeometry&, const TileSizes&);
+  // dK, dV and dQ of the backward tasks thread, thread + threads, thread + 2 threads, ...
+  // (one task: one key block of one head). Every thread of the team must run concurrently:
+  // a task may wait for the previous key block's task to add its dQ share first.
+  void (*backward_tasks)(const BackwardArgs<scalar_t>&, int64_t thread, int64_t threads);
   int64_t (*backward_task_count)(const AttentionGeometry&, const TileSizes&);
-  // dQ = sum of the partials, for rows [begin, end) of N*L.
-  void (*reduce_grad_q_rows)(const BackwardArgs<scalar_t>&, int64_t begin, int64_t end);
 };
 
 template <typename scalar_t>

@@ -7,17 +7,60 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
+#include <vector>
+
+#if AT_PARALLEL_OPENMP
+#include <omp.h>
+#endif
 
 #include "checks.h"
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
 namespace {
 
-constexpr int64_t kBackwardChunks = 8;
+// Runs the backward tasks on a team of threads that all run at once (a task may wait for
+// another's dQ turn, see attention_backward_kernel.cpp): an OpenMP team whose actual size the
+// tasks are dealt to round-robin. Without OpenMP (another ATen parallel backend gives no such
+// guarantee) or inside a parallel region, one thread runs them in order.
+template <typename scalar_t>
+void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const BackwardArgs<scalar_t>& a,
+                        int64_t tasks, double task_flops) {
+  int64_t threads = 1;
+#if AT_PARALLEL_OPENMP
+  if (!at::in_parallel_region()) {
+    threads = std::min<int64_t>(at::get_num_threads(), tasks);
+    // Small problems stay on the calling thread (see parallel_grain).
+    threads = std::min<int64_t>(threads, std::max<int64_t>(1, tasks / parallel_grain(task_flops)));
+  }
+#endif
+  if (threads <= 1) {
+    record_parallel_tasks("backward attention", 0, tasks);
+    kernels.backward_tasks(a, 0, 1);
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    try {
+      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+      record_parallel_tasks("backward attention", thread, (tasks - thread + team - 1) / team);
+      kernels.backward_tasks(a, thread, team);
+    } catch (...) {
+      __atomic_store_n(a.abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
+#pragma omp critical(mhsa_backward_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#endif
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward_cpu(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
@@ -33,8 +76,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   check_window_size("mha_backward", window_size);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, average_attn_weights);
-  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
-    // See mha_forward_cpu: fp32 compute from the bf16 values, bf16 gradients.
+  const auto input_dtype = x.scalar_type();
+  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
+    // forward's log-sum-exp came from), gradients in the input's dtype.
     std::optional<at::Tensor> grad_w;
     if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
       grad_w = grad_attn_weights->to(at::kFloat);
@@ -44,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
         rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
         average_attn_weights, output_mask, window_size);
-    auto down = [](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16) : t; };
+    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
   }
@@ -99,29 +144,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
       a.dropout.p = dropout_p;
       a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
     }
-    // dQ partial buffers, one per chunk of backward tasks. The chunk count depends on the
-    // problem only, never on the thread count, so the order in which dQ contributions are
-    // summed (and so every bit of the gradients) is the same whatever the number of threads;
-    // up to kBackwardChunks threads share this phase.
+    // The dQ turn order (see attention_backward_kernel.cpp): no per-chunk dQ copies, the work
+    // on offer grows with N*H*key blocks, the bits do not depend on the thread count.
     const int64_t tasks = kernels.backward_task_count(a.g, a.tiles);
-    a.chunks = std::max<int64_t>(1, std::min<int64_t>(kBackwardChunks, tasks));
-    at::Tensor grad_q_partials = at::zeros({a.chunks, N, H, L, D}, x.options().dtype(acc_type));
-    a.grad_q_partials = grad_q_partials.mutable_data_ptr<acc_t>();
+    std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
+    int abort = 0;
+    a.dq_turn = dq_turn.data();
+    a.abort = &abort;
+    kernels.prepare_dq_order(a);
 
-    const int64_t row_grain = parallel_grain(2.0 * E * a.chunks);
-    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) { kernels.dsum_rows(a, b, e); });
+    const int64_t row_grain = parallel_grain(4.0 * E);
+    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) {
+      record_parallel_tasks("backward dsum rows", at::get_thread_num(), e - b);
+      kernels.dsum_rows(a, b, e);
+    });
     if (grad_w.defined()) {
       const double flops = 2.0 * std::min(a.tiles.backward_q, L) * L * D;
       at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), parallel_grain(flops),
                        [&](int64_t b, int64_t e) { kernels.weights_term_tasks(a, b, e); });
     }
-    // A chunk holds tasks/chunks key blocks, each five GEMMs of 2*rows*L*D against all queries.
-    const double chunk_flops = 10.0 * static_cast<double>(N * H * L) * L * D / a.chunks;
-    at::parallel_for(0, a.chunks, parallel_grain(chunk_flops),
-                     [&](int64_t b, int64_t e) { kernels.backward_chunks(a, b, e); });
-    at::parallel_for(0, N * L, row_grain,
-                     [&](int64_t b, int64_t e) { kernels.reduce_grad_q_rows(a, b, e); });
-  });
+    // A task: one key block against the queries, five GEMMs of 2*rows*cols*D per query block.
+    const double task_flops = 10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
+    run_backward_tasks(kernels, a, tasks, task_flops);  });
 
   const at::Tensor x2d = x.contiguous().view({-1, E});
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);

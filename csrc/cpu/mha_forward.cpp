@@ -18,6 +18,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 
 namespace mhsa::cpu {
@@ -30,30 +31,19 @@ uint64_t draw_dropout_seed() {
   return gen->random64();
 }
 
+// The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype whose
+// values a float32 computation stands in for (see mha_forward_cpu): qkv is rounded to it right
+// after the projection, because backward recomputes the scores from the stored (rounded) qkv,
+// and the log-sum-exp must come from those very values.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                double dropout_p, bool need_weights, bool average_attn_weights,
-                c10::IntArrayRef window_size) {
-  const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
-                                      out_proj_weight, out_proj_bias, num_heads, batch_first,
-                                      attn_mask, key_padding_mask, dropout_p);
-  check_window_size("mha_forward", window_size);
-  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
-    // No bf16 arithmetic on this CPU: compute in fp32 from the bf16 values, store bf16.
-    auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-      return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
-    };
-    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_cpu(
-        x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
-        out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads, batch_first, attn_mask,
-        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights, window_size);
-    return {output.to(at::kBFloat16), weights.to(at::kBFloat16), qkv.to(at::kBFloat16),
-            context.to(at::kBFloat16), lse, rng_state};
-  }
+mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in_proj_weight,
+                    const std::optional<at::Tensor>& in_proj_bias,
+                    const at::Tensor& out_proj_weight,
+                    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                    bool batch_first, const std::optional<at::Tensor>& attn_mask,
+                    const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                    double dropout_p, bool need_weights, bool average_attn_weights,
+                    c10::IntArrayRef window_size, std::optional<at::ScalarType> stored_as) {
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
   const int64_t H = num_heads, D = E / H;
   const at::Tensor x2d = x.contiguous().view({-1, E});
@@ -61,6 +51,7 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   // One GEMM for the packed projection; rows follow x's layout.
   at::Tensor qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
                                    x.scalar_type());
+  if (stored_as.has_value()) qkv = qkv.to(*stored_as).to(x.scalar_type());
   at::Tensor context = at::empty({x.size(0), x.size(1), E}, x.options());
   at::Tensor lse = at::empty({N, H, L}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
   at::Tensor rng_state = at::zeros({2}, x.options().dtype(at::kLong));
@@ -99,6 +90,7 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
     const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
     at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
                      [&](int64_t begin, int64_t end) {
+                       record_parallel_tasks("forward attention", at::get_thread_num(), end - begin);
                        kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
                      });
   });
@@ -112,6 +104,38 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
                                       out_proj_bias, x.scalar_type());
   return {output.view(x.sizes()), weights, qkv.view({x.size(0), x.size(1), 3 * E}), context,
           lse, rng_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                bool batch_first, const std::optional<at::Tensor>& attn_mask,
+                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                double dropout_p, bool need_weights, bool average_attn_weights,
+                c10::IntArrayRef window_size) {
+  const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
+                                      out_proj_weight, out_proj_bias, num_heads, batch_first,
+                                      attn_mask, key_padding_mask, dropout_p);
+  check_window_size("mha_forward", window_size);
+  const auto dtype = x.scalar_type();
+  if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
+    // values (exact conversions), store the results in the input's dtype.
+    auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+      return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
+    };
+    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
+        s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
+        out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads, batch_first, attn_mask,
+        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights, window_size,
+        dtype);
+    return {output.to(dtype), weights.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
+  }
+  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                             num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
+                             dropout_p, need_weights, average_attn_weights, window_size,
+                             std::nullopt);
 }
 
 }  // namespace

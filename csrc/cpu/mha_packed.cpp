@@ -5,8 +5,9 @@
 // the per-ISA kernels of the padded op once per sequence, with the geometry of a batch of one
 // (N = 1, L = L_b, batch_first) and pointers offset to that sequence's rows of qkv, context and
 // the gradient buffers, so the work is proportional to sum L_b^2, not B * max(L)^2. All the
-// tasks of all sequences share one parallel_for, cut into parts of about equal cost, so that
-// many short sequences and one long one keep every thread busy alike.
+// tasks of all sequences share one parallel loop (forward: parts of about equal cost; backward:
+// one team of threads dealt the tasks of all sequences round-robin), so that many short
+// sequences and one long one keep every thread busy alike.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -14,23 +15,23 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <mutex>
 #include <vector>
+
+#if AT_PARALLEL_OPENMP
+#include <omp.h>
+#endif
 
 #include "checks.h"
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
+#include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 #include "packed_checks.h"
 
 namespace mhsa::cpu {
 namespace {
-
-// Most dQ partial buffers one sequence gets (as kBackwardChunks in mha_backward.cpp).
-constexpr int64_t kMaxChunksPerSequence = 8;
-// Chunks handed out in proportion to each sequence's share of the backward work: enough for a
-// long sequence to spread over several threads; the sum over sequences stays near B + this.
-constexpr double kPackedChunkBudget = 16.0;
 
 uint64_t draw_dropout_seed() {
   // Seeded from torch's default CPU generator, so torch.manual_seed reproduces a run.
@@ -132,34 +133,24 @@ std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_cpu(
-    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+// The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype a float32
+// computation stands in for: qkv is rounded to it right after the projection, as mha_forward
+// does, because backward recomputes the scores from the stored (rounded) qkv and the
+// log-sum-exp must come from those very values.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_compute(
+    const at::Tensor& x, const std::vector<int64_t>& offsets, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p) {
-  const char* op = "mha_packed_forward";
-  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias,
-                                            out_proj_weight, out_proj_bias, num_heads,
-                                            window_left, window_right, dropout_p);
-  const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
-  const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T, max_seqlen);
-  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
-    // No bf16 arithmetic on this CPU: compute in fp32 from the bf16 values, store bf16 (as
-    // mha_forward does).
-    auto [output, qkv, context, lse, rng_state] = mha_packed_forward_cpu(
-        x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
-        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, max_seqlen,
-        is_causal, window_left, window_right, dropout_p);
-    return {output.to(at::kBFloat16), qkv.to(at::kBFloat16), context.to(at::kBFloat16), lse,
-            rng_state};
-  }
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool is_causal,
+    int64_t window_left, int64_t window_right, double dropout_p,
+    std::optional<at::ScalarType> stored_as) {
+  const int64_t T = x.size(0), E = x.size(1);
   const int64_t H = num_heads, D = E / H;
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
   const at::Tensor x2d = x.contiguous();
 
   at::Tensor qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
                                    x.scalar_type());
+  if (stored_as.has_value()) qkv = qkv.to(*stored_as).to(x.scalar_type());
   at::Tensor context = at::empty({T, E}, x.options());
   // Sequence b's (H, L_b) log-sum-exp block starts at H * cu_seqlens[b].
   at::Tensor lse = at::empty({T * H}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
@@ -206,6 +197,90 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   return {output, qkv, context, lse, rng_state};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_cpu(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
+    double dropout_p) {
+  const char* op = "mha_packed_forward";
+  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias,
+                                            out_proj_weight, out_proj_bias, num_heads,
+                                            window_left, window_right, dropout_p);
+  const std::vector<int64_t> offsets =
+      read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int(), max_seqlen);
+  const auto dtype = x.scalar_type();
+  if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
+    // values, store the results in the input's dtype (as mha_forward does).
+    auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
+        x.to(at::kFloat), offsets, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
+        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, is_causal,
+        window_left, window_right, dropout_p, dtype);
+    return {output.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
+  }
+  return mha_packed_forward_compute(x, offsets, in_proj_weight, in_proj_bias, out_proj_weight,
+                                    out_proj_bias, num_heads, is_causal, window_left,
+                                    window_right, dropout_p, std::nullopt);
+}
+
+// Runs the backward attention tasks of every sequence on one team of threads that all run at
+// once (a task may wait for the dQ turn of an earlier key block of its own sequence, see
+// attention_backward_kernel.cpp). The tasks of all sequences form one list, sequence after
+// sequence, dealt round-robin: thread k runs global tasks k, k + team, ... in increasing order,
+// i.e. in sequence b the local tasks congruent to k - start_b modulo the team. A task only waits
+// for a smaller task of its own sequence, and every thread runs its tasks in increasing order,
+// so the smallest unfinished task can always proceed (no deadlock, whatever the team). Without
+// OpenMP, or inside a parallel region, one thread runs everything in order.
+template <typename scalar_t>
+void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
+                               const std::vector<BackwardArgs<scalar_t>>& args,
+                               const std::vector<int64_t>& tasks, double mean_task_flops,
+                               int* abort) {
+  std::vector<int64_t> start(tasks.size() + 1, 0);
+  for (size_t b = 0; b < tasks.size(); ++b) start[b + 1] = start[b] + tasks[b];
+  const int64_t total = start.back();
+  if (total == 0) return;
+  int64_t threads = 1;
+#if AT_PARALLEL_OPENMP
+  if (!at::in_parallel_region()) {
+    threads = std::min<int64_t>(at::get_num_threads(), total);
+    // Small problems stay on the calling thread (see parallel_grain).
+    threads = std::min<int64_t>(threads, std::max<int64_t>(1, total / parallel_grain(mean_task_flops)));
+  }
+#endif
+  auto run_thread = [&](int64_t thread, int64_t team) {
+    for (size_t b = 0; b < args.size(); ++b) {
+      if (tasks[b] == 0) continue;
+      const int64_t first = ((thread - start[b]) % team + team) % team;
+      if (first >= tasks[b]) continue;  // none of this sequence's tasks is this thread's
+      kernels.backward_tasks(args[b], first, team);
+      if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return;
+    }
+  };
+  if (threads <= 1) {
+    record_parallel_tasks("packed backward attention", 0, total);
+    run_thread(0, 1);
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    try {
+      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+      record_parallel_tasks("packed backward attention", thread, (total - thread + team - 1) / team);
+      run_thread(thread, team);
+    } catch (...) {
+      __atomic_store_n(abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
+#pragma omp critical(mhsa_packed_backward_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
@@ -219,13 +294,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
   const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
   const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T);
-  if (x.scalar_type() == at::kBFloat16 && !bf16_native_compute()) {
-    // See mha_packed_forward_cpu: fp32 compute from the bf16 values, bf16 gradients.
+  const auto input_dtype = x.scalar_type();
+  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // See mha_packed_forward_cpu: fp32 compute from the 16-bit values (including the stored
+    // qkv the forward's log-sum-exp came from), gradients in the input's dtype.
     auto grads = mha_packed_backward_cpu(
         grad_output.to(at::kFloat), x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat),
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
         rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
-    auto down = [](const at::Tensor& t) { return t.defined() ? t.to(at::kBFloat16) : t; };
+    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
   }
@@ -250,22 +327,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(dtype);
   at::Tensor dsum = at::empty({T * H}, x.options().dtype(acc_type));
-  // Every entry is written: dQ by reduce_grad_q_rows, dK and dV by the key-block tasks (which
-  // cover every key row of every sequence).
+  // Every entry is written: the dQ columns zeroed by dsum_rows then accumulated by the key
+  // blocks, dK and dV by the key-block tasks (which cover every key row of every sequence).
   at::Tensor grad_qkv = at::empty({T, 3 * E}, x.options().dtype(acc_type));
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "mha_packed_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto& kernels = attention_kernels<scalar_t>();
     std::vector<BackwardArgs<scalar_t>> args(B);
-    std::vector<int64_t> chunks(B), partial_start(B + 1, 0);
-    std::vector<double> chunk_flops(B);
-    std::vector<int64_t> tasks(B);
-    double total_work = 0.0;
-    for (int64_t b = 0; b < B; ++b) {
-      const double L = static_cast<double>(offsets[b + 1] - offsets[b]);
-      total_work += L * L;
-    }
+    std::vector<int64_t> tasks(B), turn_start(B + 1, 0);
+    double flops = 0.0;
+    int abort = 0;
     for (int64_t b = 0; b < B; ++b) {
       const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
       BackwardArgs<scalar_t>& a = args[b];
@@ -276,6 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
       a.lse = lse_c.const_data_ptr<acc_t>() + start * H;
       a.dsum = dsum.mutable_data_ptr<acc_t>() + start * H;
       a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>() + start * 3 * E;
+      a.abort = &abort;
       a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
       a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
       a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
@@ -284,35 +357,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
         a.dropout.p = dropout_p;
         a.dropout.seed = sequence_seed(static_cast<uint64_t>(rng_state[0].item<int64_t>()), b);
       }
-      // dQ partial buffers: a sequence's share of the work decides how many it splits into,
-      // from the problem alone (never the thread count), so the order of every dQ sum and so
-      // every bit of the gradients is the same whatever the number of threads.
       tasks[b] = kernels.backward_task_count(a.g, a.tiles);
-      const double share = total_work > 0.0 ? double(L) * double(L) / total_work : 0.0;
-      chunks[b] = std::max<int64_t>(
-          1, std::min<int64_t>({kMaxChunksPerSequence, tasks[b],
-                                static_cast<int64_t>(std::ceil(share * kPackedChunkBudget))}));
-      if (tasks[b] == 0) chunks[b] = 0;  // an empty sequence
-      a.chunks = std::max<int64_t>(chunks[b], 1);
-      partial_start[b + 1] = partial_start[b] + chunks[b] * H * L * D;
-      // A chunk: tasks/chunks key blocks, five GEMMs of 2*rows*L*D each against all queries.
-      chunk_flops[b] = 10.0 * static_cast<double>(H * L) * L * D / a.chunks + 1.0;
+      turn_start[b + 1] = turn_start[b] + kernels.dq_turn_count(a.g, a.tiles);
+      // A task: one key block against the L queries, five GEMMs of 2*rows*cols*D per block.
+      flops += 10.0 * static_cast<double>(H * L) * L * D;
     }
-    at::Tensor grad_q_partials = at::zeros({partial_start[B]}, x.options().dtype(acc_type));
+    // The dQ turn counters of every sequence (see attention_backward_kernel.cpp), one buffer.
+    std::vector<int64_t> dq_turn(static_cast<size_t>(turn_start[B]) + 1);
     for (int64_t b = 0; b < B; ++b) {
-      args[b].grad_q_partials = grad_q_partials.mutable_data_ptr<acc_t>() + partial_start[b];
+      args[b].dq_turn = dq_turn.data() + turn_start[b];
+      if (tasks[b] > 0) kernels.prepare_dq_order(args[b]);
     }
-    // Cost per row of dsum_rows / reduce_grad_q_rows, as in mha_backward.
-    const double row_flops = 2.0 * E * kMaxChunksPerSequence;
-    parallel_over_rows(offsets, row_flops, [&](int64_t b, int64_t begin, int64_t end) {
+    // dsum_rows also zeroes the dQ columns the key blocks then add into.
+    parallel_over_rows(offsets, 4.0 * E, [&](int64_t b, int64_t begin, int64_t end) {
       kernels.dsum_rows(args[b], begin, end);
     });
-    parallel_over_sequences(chunks, chunk_flops, [&](int64_t b, int64_t begin, int64_t end) {
-      kernels.backward_chunks(args[b], begin, end);
-    });
-    parallel_over_rows(offsets, row_flops, [&](int64_t b, int64_t begin, int64_t end) {
-      kernels.reduce_grad_q_rows(args[b], begin, end);
-    });
+    int64_t total_tasks = 0;
+    for (int64_t t : tasks) total_tasks += t;
+    run_packed_backward_tasks(kernels, args, tasks, total_tasks > 0 ? flops / total_tasks : 0.0,
+                              &abort);
   });
 
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);

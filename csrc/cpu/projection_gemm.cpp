@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "cpu/parallel_stats.h"
 #include "cpu/tile_gemm.h"
 
 namespace mhsa::cpu {
@@ -57,6 +58,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
       const double tile_flops = 2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
       const int64_t grain = tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
       at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
+        record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t i0 = (t / col_tiles) * tile, j0 = (t % col_tiles) * tile;
           const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);

@@ -26,6 +26,18 @@ struct C10_EXPORT MultiheadSelfAttentionOptions {
   TORCH_ARG(bool, batch_first) = false;
 };
 
+// The keys and values of the tokens decoded so far, for MultiheadSelfAttentionImpl::decode
+// (created by new_kv_cache). decode writes into the tensors in place and advances `length`;
+// the struct itself never changes. Python's mhsa.KVCache has the same three fields.
+struct C10_EXPORT KVCache {
+  at::Tensor key;     // (batch, num_heads, max_len, head_dim), the projected keys
+  at::Tensor value;   // (batch, num_heads, max_len, head_dim), the projected values
+  at::Tensor length;  // int64, shape (): tokens cached so far, the same for every sequence
+
+  int64_t max_len() const { return key.size(2); }
+  int64_t current_length() const { return length.item<int64_t>(); }
+};
+
 class C10_EXPORT MultiheadSelfAttentionImpl
     : public torch::nn::Cloneable<MultiheadSelfAttentionImpl> {
  public:
@@ -54,6 +66,17 @@ class C10_EXPORT MultiheadSelfAttentionImpl
                             c10::IntArrayRef window_size = kNoWindow);
   // xavier_uniform_ on in_proj_weight, zero biases, out_proj.weight keeps Linear's init.
   void reset_parameters();
+
+  // KV-cache decoding (inference). new_kv_cache allocates an empty cache for batch_size
+  // sequences of up to max_len tokens (dtype and device default to in_proj_weight's).
+  // decode(x_new, cache) takes the next T >= 1 tokens ((T, N, E), or (N, T, E) with
+  // batch_first), appends their keys and values to the cache in place and returns their
+  // outputs: the rows a causal forward over the whole sequence gives for them. It runs without
+  // gradients (a NoGradGuard inside) and never applies dropout.
+  KVCache new_kv_cache(int64_t batch_size, int64_t max_len,
+                       std::optional<at::ScalarType> dtype = std::nullopt,
+                       std::optional<at::Device> device = std::nullopt) const;
+  at::Tensor decode(const at::Tensor& x_new, KVCache& cache);
 
   MultiheadSelfAttentionOptions options;
   at::Tensor in_proj_weight;

@@ -150,3 +150,27 @@ mha_packed_backward(
     std::array<bool, 5> output_mask);
 
 }  // namespace mhsa
+
+namespace mhsa {
+
+// KV-cache decoding (mhsa::decode_step, inference only): projects the next T >= 1 tokens x_new
+// ((T, N, E), or (N, T, E) with batch_first), appends their keys and values to key_cache and
+// value_cache ((N, num_heads, max_len, E / num_heads), x_new's dtype) at positions
+// [length, length + T), adds T to cache_length (int64, shape (), shared by all N sequences)
+// and returns the new tokens' outputs, shaped like x_new: each new token attends to the cached
+// prefix and causally to the new tokens up to itself, as in one causal forward over the whole
+// sequence. Refuses a cache without room for T more tokens, and inputs that require grad while
+// grad mode is on. Most callers want MultiheadSelfAttention::new_kv_cache / decode.
+C10_EXPORT at::Tensor decode_step(
+    const at::Tensor& x_new,
+    const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias,
+    const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias,
+    int64_t num_heads,
+    bool batch_first,
+    at::Tensor& key_cache,
+    at::Tensor& value_cache,
+    at::Tensor& cache_length);
+
+}  // namespace mhsa

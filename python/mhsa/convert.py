@@ -13,7 +13,7 @@ __all__ = ["SkippedAttention", "replace_attention"]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SUPPORTED_DEVICES = ("cpu", "meta")
 # Hook tables that nn.Module.__call__ runs around forward(). The replacement takes over the very
 # same dictionaries, so hooks registered on the old module keep running (their handles still
@@ -55,7 +55,7 @@ def _why_not_convertible(
         return "add_zero_attn=True"
     weight = module.in_proj_weight
     if weight.dtype not in _SUPPORTED_DTYPES:
-        return f"dtype {weight.dtype} (mhsa supports float32, float64 and bfloat16)"
+        return f"dtype {weight.dtype} (mhsa supports float32, float64, bfloat16 and float16)"
     # What nn.MultiheadAttention itself runs: out_proj in in_proj_weight's dtype (its input is
     # the attention output in that dtype) and an out_proj.bias of the same dtype. in_proj_bias
     # may be any floating dtype (cast to the input's, as F.linear does).

@@ -76,6 +76,54 @@ def multi_head_self_attention(
     return output, None
 
 
+def decode_step(
+    x_new: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],
+    num_heads: int,
+    batch_first: bool,
+    key_cache: Tensor,
+    value_cache: Tensor,
+    cache_length: Tensor,
+) -> Tensor:
+    """One step of KV-cache decoding (inference only): the op ``mhsa::decode_step``.
+
+    Projects the next T >= 1 tokens, writes their keys and values into the caches at positions
+    ``[cache_length, cache_length + T)``, adds T to ``cache_length`` (all three in place) and
+    returns the new tokens' outputs: each attends to the cached tokens and to the new tokens up
+    to itself, as in one causal forward over the whole sequence.
+
+    Args:
+        x_new: ``(T, N, E)``, or ``(N, T, E)`` if ``batch_first``.
+        in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: as in
+            :func:`multi_head_self_attention` (the biases in ``x_new``'s dtype).
+        batch_first: layout of ``x_new`` and of the output.
+        key_cache, value_cache: ``(N, num_heads, max_len, E / num_heads)``, ``x_new``'s dtype.
+        cache_length: int64 tensor of shape ``()``, tokens cached so far.
+
+    Returns:
+        The outputs of the new tokens, shaped like ``x_new``.
+
+    Raises:
+        RuntimeError: the cache has no room for T more tokens, shapes or dtypes do not match, or
+            an input requires grad while grad mode is on.
+    """
+    return torch.ops.mhsa.decode_step(
+        x_new,
+        in_proj_weight,
+        in_proj_bias,
+        out_proj_weight,
+        out_proj_bias,
+        num_heads,
+        batch_first,
+        key_cache,
+        value_cache,
+        cache_length,
+    )
+
+
 def multi_head_self_attention_packed(
     x: Tensor,
     cu_seqlens: Tensor,

@@ -10,6 +10,7 @@ from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from . import functional
+from .kv_cache import KVCache, empty_kv_cache
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -234,6 +235,66 @@ class MultiheadSelfAttention(nn.Module):
                 setattr(owner, leaf, nn.Parameter(source.detach().clone(), requires_grad=source.requires_grad))
         converted.train(module.training)
         return converted
+
+    @torch.jit.export
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[torch.device] = None,
+    ) -> KVCache:
+        """An empty :class:`mhsa.KVCache` for :meth:`decode`.
+
+        Args:
+            batch_size: number of sequences N decoded together.
+            max_len: the most tokens each sequence may reach (prompt and generated ones).
+            dtype, device: of the cached keys and values; default those of ``in_proj_weight``.
+                The tokens given to :meth:`decode` must have this dtype.
+        """
+        cache_dtype = self.in_proj_weight.dtype if dtype is None else dtype
+        cache_device = self.in_proj_weight.device if device is None else device
+        return empty_kv_cache(
+            batch_size, max_len, self.num_heads, self.head_dim, cache_dtype, cache_device
+        )
+
+    @torch.jit.export
+    def decode(self, x_new: Tensor, cache: KVCache) -> Tensor:
+        """Outputs of the next tokens of each sequence, using and extending the KV cache.
+
+        Appends the keys and values of ``x_new`` to ``cache`` in place (and advances
+        ``cache.length``); each new token attends to the cached tokens and to the new tokens up
+        to itself, so the result equals the matching rows of ``self(whole_sequence,
+        is_causal=True)`` in eval mode, at O(L*E + E^2) per token instead of O(L^2*E).
+        Inference only: runs under ``torch.no_grad()`` and never applies dropout.
+
+        Args:
+            x_new: the next T >= 1 tokens, ``(N, T, E)`` with ``batch_first``, else
+                ``(T, N, E)``; the cache's dtype.
+            cache: from :meth:`new_kv_cache` with the same N; must have room for T more tokens.
+
+        Returns:
+            The outputs of the new tokens, shaped like ``x_new``.
+        """
+        in_proj_bias = self.in_proj_bias
+        if in_proj_bias is not None and in_proj_bias.dtype != x_new.dtype:
+            # as in forward: a bias of another floating dtype is cast like F.linear does
+            if in_proj_bias.is_floating_point() and x_new.is_floating_point():
+                in_proj_bias = in_proj_bias.to(x_new.dtype)
+        with torch.no_grad():
+            output = functional.decode_step(
+                x_new,
+                self.in_proj_weight,
+                in_proj_bias,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                self.num_heads,
+                self.batch_first,
+                cache.key,
+                cache.value,
+                cache.length,
+            )
+        return output
 
     def extra_repr(self) -> str:
         return (

@@ -14,6 +14,15 @@ writes
 
 The C++ side loads libmhsa.so (linking it registers the ops) and must reproduce ``output`` and
 ``grad_input`` from ``scripted_mhsa.pt`` and ``input``.
+
+For KV-cache decoding it also writes
+
+* ``DIR/scripted_mhsa_decode.pt``: ``torch.jit.script`` of an ``mhsa.MultiheadSelfAttention``
+  (E=16, H=4, batch_first, float64, random biases, eval mode) with its exported methods
+  ``new_kv_cache(batch_size, max_len)`` and ``decode(x_new, cache)``;
+* ``DIR/scripted_mhsa_decode_io.pt``: attributes ``input`` ``(N, L, E)``, ``output`` (the
+  module's causal forward over all of ``input``) and ``prompt_length``; the C++ test decodes the
+  prompt and then one token at a time and must reproduce ``output`` row by row.
 """
 
 from __future__ import annotations
@@ -81,9 +90,41 @@ def make_input() -> Tensor:
     return torch.randn(2, 11, EMBED_DIM, generator=g, dtype=torch.float64)
 
 
+class RecordedDecode(nn.Module):
+    """The input and expected output of the decode case, readable from C++ as attributes."""
+
+    def __init__(self, input: Tensor, output: Tensor, prompt_length: int) -> None:
+        super().__init__()
+        self.input = input
+        self.output = output
+        self.prompt_length = prompt_length
+
+    def forward(self) -> Tensor:
+        return self.output
+
+
+def write_decode_case(out_dir: Path) -> Tuple[Path, Path]:
+    """Writes scripted_mhsa_decode.pt and scripted_mhsa_decode_io.pt (see the module doc)."""
+    torch.manual_seed(SEED + 2)
+    attn = mhsa.MultiheadSelfAttention(EMBED_DIM, NUM_HEADS, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        attn.in_proj_bias.normal_(0.0, 0.2)
+        attn.out_proj.bias.normal_(0.0, 0.2)
+    attn.eval()
+    g = torch.Generator().manual_seed(SEED + 3)
+    x = torch.randn(3, 10, EMBED_DIM, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        output = attn(x, is_causal=True, need_weights=False)[0]
+    model_path = out_dir / "scripted_mhsa_decode.pt"
+    io_path = out_dir / "scripted_mhsa_decode_io.pt"
+    torch.jit.save(torch.jit.script(attn), str(model_path))
+    torch.jit.save(torch.jit.script(RecordedDecode(x, output, 6)), str(io_path))
+    return model_path, io_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="directory to write the two .pt files to")
+    parser.add_argument("out_dir", type=Path, help="directory to write the .pt files to")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -99,6 +140,8 @@ def main() -> None:
     recorded = Recorded(x.detach().clone(), output.detach().clone(), grad_input.detach().clone())
     torch.jit.save(torch.jit.script(recorded), str(io_path))
     print(f"wrote {model_path} and {io_path}")
+    decode_paths = write_decode_case(args.out_dir)
+    print(f"wrote {decode_paths[0]} and {decode_paths[1]}")
 
 
 if __name__ == "__main__":

@@ -192,14 +192,17 @@ def test_skipped_modules_are_reported_and_left_alone():
             self.kv = nn.MultiheadAttention(E, H, kdim=8, vdim=8)
             self.bias_kv = nn.MultiheadAttention(E, H, add_bias_kv=True)
             self.zero_attn = nn.MultiheadAttention(E, H, add_zero_attn=True)
-            self.fp16 = nn.MultiheadAttention(E, H, dtype=torch.float16)
+            self.fp16 = nn.MultiheadAttention(E, H, dtype=torch.float16)  # converted: mhsa has float16
+            self.mixed = nn.MultiheadAttention(E, H)
+            self.mixed.out_proj.weight = nn.Parameter(self.mixed.out_proj.weight.detach().double())
             self.blocks = nn.Sequential(nn.Linear(E, E), nn.ModuleList([nn.MultiheadAttention(E, 2)]))
 
     model = Mixed()
     skipped: List[SkippedAttention] = []
-    kept = {name: getattr(model, name) for name in ("kv", "bias_kv", "zero_attn", "fp16")}
+    kept = {name: getattr(model, name) for name in ("kv", "bias_kv", "zero_attn", "mixed")}
     mhsa.replace_attention(model, skipped=skipped)
     assert isinstance(model.good, mhsa.MultiheadSelfAttention)
+    assert isinstance(model.fp16, mhsa.MultiheadSelfAttention)
     assert isinstance(model.blocks[1][0], mhsa.MultiheadSelfAttention)
     for name, module in kept.items():
         assert getattr(model, name) is module
@@ -208,7 +211,7 @@ def test_skipped_modules_are_reported_and_left_alone():
     assert "kdim=8, vdim=8" in reasons["kv"]
     assert "add_bias_kv" in reasons["bias_kv"]
     assert "add_zero_attn" in reasons["zero_attn"]
-    assert "torch.float16" in reasons["fp16"]
+    assert "out_proj.weight dtype torch.float64" in reasons["mixed"]
     assert all(isinstance(s, SkippedAttention) for s in skipped)
 
 

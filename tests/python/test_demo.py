@@ -111,6 +111,31 @@ def test_torchscript_model_loads_and_runs(demo_run: Tuple[Path, Dict[str, Any], 
     assert summary["scripted_max_diff"] < 1e-5
 
 
+def test_generation_with_kv_cache(demo_run: Tuple[Path, Dict[str, Any], str]) -> None:
+    """The continuations the demo decoded with the KV cache are the greedy continuations of the
+    saved model recomputed here over the whole prefix, and both speeds are reported."""
+    out, summary, stdout = demo_run
+    generation = summary["generation"]
+    prompt_length, new_tokens = generation["prompt_length"], generation["new_tokens"]
+    assert prompt_length >= 1 and new_tokens >= 1
+    assert prompt_length + new_tokens == summary["task_config"]["seq_len"]
+    assert generation["same_tokens"] is True
+    assert generation["tokens_per_second_cache"] > 0
+    assert generation["tokens_per_second_recompute"] > 0
+    sequences = torch.tensor(generation["sequences"])
+    assert sequences.shape[0] >= 2 and sequences.shape[1] == prompt_length + new_tokens
+    model = torch.jit.load(str(out / summary["files"]["torchscript"]))
+    tokens = sequences[:, :prompt_length]
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            tokens = torch.cat([tokens, model(tokens)[:, -1:].argmax(dim=-1)], dim=1)
+    assert torch.equal(tokens, sequences)
+    report = (out / summary["files"]["report"]).read_text()
+    assert "## Generation with the KV cache" in report
+    assert f"| with the KV cache | {generation['tokens_per_second_cache']:.0f} |" in report
+    assert "tokens/s with the KV cache" in stdout
+
+
 def test_demo_script_is_executable_bash() -> None:
     script = REPO / "scripts" / "demo"
     assert os.access(script, os.X_OK)
@@ -299,6 +324,8 @@ def test_html_report_renders_in_chromium(
     for curve in curves.values():
         assert len((curve["points"] or "").split()) == summary["steps"]
     assert "held-out accuracy" in dom.text_by_id["results"]
+    assert "with the KV cache" in dom.text_by_id["generation-speed"]
+    assert "the same tokens" in dom.text_by_id["generation-note"]
 
     with Image.open(screenshot) as image:
         assert image.format == "PNG" and image.size == (1200, 1500)

@@ -43,7 +43,10 @@ CASES = [
     ("attn_mask_uint8", lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, dtype=torch.uint8)), RuntimeError, r"attn_mask.*(bool|float)"),
     ("kpm_int", lambda m, x, p: m(x, key_padding_mask=torch.zeros(N, L, dtype=torch.int32)), RuntimeError, r"key_padding_mask.*(bool|float)"),
     ("input_double_weights_float", lambda m, x, p: m(x.double()), RuntimeError, r"in_proj_weight.*dtype"),
-    ("bias_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1].double(), p[2], p[3], H), RuntimeError, r"in_proj_bias.*dtype"),
+    # An in_proj_bias of another floating dtype is cast like nn does (test_mixed_dtypes.py);
+    # an integer one, and an out_proj_bias of another dtype, are refused as nn refuses them.
+    ("in_proj_bias_integer", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1].long(), p[2], p[3], H), RuntimeError, r"in_proj_bias.*dtype"),
+    ("out_proj_bias_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3].double(), H), RuntimeError, r"out_proj_bias.*dtype"),
     ("out_proj_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2].double(), p[3], H), RuntimeError, r"out_proj_weight.*dtype"),
     ("input_integer", lambda m, x, p: F.multi_head_self_attention(x.long(), *(t.long() for t in p), H), RuntimeError, r"dtype"),
     ("input_half", lambda m, x, p: F.multi_head_self_attention(x.half(), *(t.half() for t in p), H), RuntimeError, r"x of dtype"),

@@ -38,7 +38,7 @@ import dataclasses
 import math
 import os
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import pytest
 import torch
@@ -78,6 +78,7 @@ class FuzzParams:
     need_weights: bool
     average: bool
     seed: int
+    window: Tuple[int, int] = (-1, -1)  # sliding window (left, right); -1: unbounded
 
     @property
     def E(self) -> int:
@@ -114,6 +115,7 @@ def fuzz_params(draw) -> FuzzParams:
         need_weights=draw(st.booleans()),
         average=draw(st.booleans()),
         seed=draw(st.integers(0, 2**20)),
+        window=draw(st.sampled_from([(-1, -1)] * 4 + [(0, 0), (2, 0), (0, 3), (4, 4), (-1, 2), (3, -1), (10, 1)])),
     )
 
 
@@ -204,6 +206,7 @@ def fully_masked_rows(p: FuzzParams, attn_mask, kpm) -> torch.Tensor:
         masked = masked | m.reshape(Nb, 1, 1, L)
     if p.is_causal:
         masked = masked | torch.ones(L, L, dtype=torch.bool).triu(1)
+    masked = masked | band_blocked(L, p.window)
     return masked.all(-1) if L > 0 else torch.zeros(Nb, H, 0, dtype=torch.bool)
 
 
@@ -211,10 +214,23 @@ def fully_masked_rows(p: FuzzParams, attn_mask, kpm) -> torch.Tensor:
 # References
 
 
+def band_blocked(L: int, window: Tuple[int, int]) -> torch.Tensor:
+    """(L, L) bool, True where the sliding window hides key j from query i."""
+    i = torch.arange(L).unsqueeze(1)
+    j = torch.arange(L).unsqueeze(0)
+    blocked = torch.zeros(L, L, dtype=torch.bool)
+    if window[0] >= 0:
+        blocked |= j < i - window[0]
+    if window[1] >= 0:
+        blocked |= j > i + window[1]
+    return blocked
+
+
 def run_nn_mha(ref, x, p: FuzzParams, attn_mask, kpm, need_weights: bool):
-    """nn.MultiheadAttention with an explicit causal mask (it has no mask of its own)."""
-    if p.is_causal:
-        causal = torch.ones(p.L, p.L, dtype=torch.bool).triu(1)
+    """nn.MultiheadAttention with explicit causal and band masks (it has neither of its own)."""
+    if p.is_causal or p.window != (-1, -1):
+        causal = torch.ones(p.L, p.L, dtype=torch.bool).triu(1) if p.is_causal else torch.zeros(p.L, p.L, dtype=torch.bool)
+        causal = causal | band_blocked(p.L, p.window)
         if attn_mask is None:
             attn_mask = causal
         elif attn_mask.dtype == torch.bool:
@@ -251,6 +267,7 @@ def reference_zero_rows(params, x, p: FuzzParams, attn_mask, kpm):
         scores = scores.masked_fill(m, -math.inf) if m.dtype == torch.bool else scores + m
     if p.is_causal:
         scores = scores.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), -math.inf)
+    scores = scores.masked_fill(band_blocked(L, p.window), -math.inf)
     empty = torch.isneginf(scores).all(-1, keepdim=True)
     probs = torch.softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
     ctx = torch.bmm(probs, v).transpose(0, 1).reshape(L, N, E)
@@ -293,7 +310,7 @@ def check(p: FuzzParams) -> None:
     grad_names = ["input"] + names
 
     out, w = mod(x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=p.need_weights,
-                 average_attn_weights=p.average, is_causal=p.is_causal)
+                 average_attn_weights=p.average, is_causal=p.is_causal, window_size=p.window)
     assert out.shape == x.shape and out.dtype == dt
     assert torch.isfinite(out).all(), "mhsa output is not finite"
     if p.need_weights:
@@ -318,7 +335,7 @@ def check(p: FuzzParams) -> None:
         # Empty batch or sequence: nn.MultiheadAttention cannot take masks then (it reshapes
         # them with a -1 of zero elements), so it runs unmasked for the shapes; every
         # parameter gradient is zero (no row contributes) and so is the input's.
-        ref_out, ref_w = run_nn_mha(ref, x, dataclasses.replace(p, is_causal=False), None, None, True)
+        ref_out, ref_w = run_nn_mha(ref, x, dataclasses.replace(p, is_causal=False, window=(-1, -1)), None, None, True)
         assert out.shape == ref_out.shape
         if p.need_weights:
             assert w.shape == ref_w.shape

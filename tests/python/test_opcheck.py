@@ -25,12 +25,14 @@ SAMPLES = {
     "masks_float3d_heads_bf": dict(attn_mask="float3d", kpm="float", average=False, batch_first=True),
     "causal_no_weights_f32": dict(is_causal=True, need_weights=False, dtype=torch.float32, kpm="bool"),
     "dropout_heads": dict(dropout=0.25, average=False, attn_mask="bool2d"),
+    "window_causal_kpm": dict(window=(2, 0), is_causal=True, kpm="bool"),
+    "window_two_sided_f32": dict(window=(1, 3), dtype=torch.float32, average=False),
 }
 
 
 def _forward_args(*, L=5, N=2, E=8, H=2, dtype=torch.float64, batch_first=False, attn_mask=None,
                   kpm=None, is_causal=False, need_weights=True, average=True, dropout=0.0,
-                  requires_grad=False):
+                  requires_grad=False, window=None):
     x = _tensor((N, L, E) if batch_first else (L, N, E), dtype, 1)
     w = _tensor((3 * E, E), dtype, 2, E**-0.5)
     b = _tensor((3 * E,), dtype, 3, 0.5)
@@ -40,7 +42,8 @@ def _forward_args(*, L=5, N=2, E=8, H=2, dtype=torch.float64, batch_first=False,
         t.requires_grad_(requires_grad)
     am = make_attn_mask(attn_mask, N=N, H=H, L=L, dtype=dtype, seed=6)
     km = make_kpm(kpm, N=N, L=L, dtype=dtype, seed=7)
-    return (x, w, b, ow, ob, H, batch_first, am, km, is_causal, dropout, need_weights, average)
+    args = (x, w, b, ow, ob, H, batch_first, am, km, is_causal, dropout, need_weights, average)
+    return args if window is None else args + (list(window),)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
@@ -65,7 +68,8 @@ def test_opcheck_multi_head_self_attention(unbatched, requires_grad):
 def _backward_args(sample, output_mask=(True,) * 5, requires_grad=False):
     opts = SAMPLES[sample]
     fwd = _forward_args(**opts)
-    x, w, b, ow, ob, H, batch_first, am, km, is_causal, p, nw, avg = fwd
+    x, w, b, ow, ob, H, batch_first, am, km, is_causal, p, nw, avg = fwd[:13]
+    window = list(fwd[13:]) or [[-1, -1]]
     out, weights, qkv, context, lse, rng_state = torch.ops.mhsa.mha_forward(*fwd)
     grad_out = _tensor(out.shape, out.dtype, 8)
     grad_w = _tensor(weights.shape, weights.dtype, 9) if nw else None
@@ -74,7 +78,7 @@ def _backward_args(sample, output_mask=(True,) * 5, requires_grad=False):
         if t is not None:
             t.requires_grad_(requires_grad)
     return (grad_out, grad_w, x, w, ow, qkv, context, lse, rng_state, H, batch_first, am, km,
-            is_causal, p, avg, list(output_mask))
+            is_causal, p, avg, list(output_mask), window[0])
 
 
 @pytest.mark.parametrize("sample", list(SAMPLES))

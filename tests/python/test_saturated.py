@@ -227,3 +227,21 @@ def test_saturated_bfloat16_within_nn_precision(L):
         if a > 4 * max(b, 2.0**-8):
             failures.append(f"{name}: mhsa {a:.2e} vs nn {b:.2e}")
     assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("mode", ["native", "fp32"])
+def test_saturated_bfloat16_in_both_compute_modes(mode):
+    """The same check in each bfloat16 compute mode (read once per process, hence a
+    subprocess): bf16 GEMMs, or fp32 compute from the bf16 values, where the stored (rounded)
+    qkv must be what the forward's log-sum-exp came from."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{__file__}::test_saturated_bfloat16_within_nn_precision"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout

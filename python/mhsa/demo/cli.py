@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mhsa.demo.analysis import head_roles
+from mhsa.demo.generate import compare_generation
 from mhsa.demo.html_report import write_html_report
 from mhsa.demo.model import ModelConfig, TinyTransformer
 from mhsa.demo.report import plot_losses, save_attention_pictures, write_report
@@ -30,6 +31,9 @@ from mhsa.demo.train import TrainConfig, train_both
 
 HTML_SEQUENCES = 4
 """How many held-out sequences report.html lets the reader choose from."""
+
+PROMPT_LENGTH = 8
+"""Tokens of each held-out sequence given as the prompt; the model generates the rest."""
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -111,6 +115,13 @@ def print_results(summary: Summary, out: Path) -> None:
         files.html,
         "summary.json",
     ]
+    generation = summary.generation
+    print(
+        f"generation ({generation.new_tokens} greedy tokens after {generation.prompt_length}-token "
+        f"prompts): {generation.tokens_per_second_cache:.0f} tokens/s with the KV cache, "
+        f"{generation.tokens_per_second_recompute:.0f} tokens/s recomputing the prefix; "
+        f"same tokens: {generation.same_tokens}"
+    )
     print(f"wrote {out}/: {', '.join(written)} ({summary.wall_seconds:.1f} s)")
 
 
@@ -169,6 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     loss_figure.savefig(out / "loss.png", dpi=110)
     scripted_diff = save_torchscript(mhsa_model, out / "model.pt", held_out[0])
+    generation = compare_generation(
+        mhsa_model, held_out[0][:HTML_SEQUENCES, :PROMPT_LENGTH], task.seq_len - PROMPT_LENGTH
+    )
 
     summary = Summary(
         task=TASK_DESCRIPTION,
@@ -214,6 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report="report.md",
             html="report.html",
         ),
+        generation=generation,
     )
     write_report(out / summary.files.report, summary)
     write_html_report(out / summary.files.html, summary, held_out[0][:HTML_SEQUENCES], weights)

@@ -69,6 +69,13 @@ def report_data(summary: Summary, tokens: Tensor, weights: Sequence[Tensor]) -> 
             "mhsa": summary.ms_per_step_median.mhsa,
             "torch": summary.ms_per_step_median.torch,
         },
+        "generation": {
+            "prompt_length": summary.generation.prompt_length,
+            "sequences": summary.generation.sequences,
+            "same_tokens": summary.generation.same_tokens,
+            "tokens_per_second_cache": summary.generation.tokens_per_second_cache,
+            "tokens_per_second_recompute": summary.generation.tokens_per_second_recompute,
+        },
     }
 
 

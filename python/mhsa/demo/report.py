@@ -98,4 +98,35 @@ def write_report(path: Path, summary: Summary) -> None:
             "",
         ]
     lines += ["## Loss curves", "", f"![loss curves]({summary.files.loss})", ""]
+    generation = summary.generation
+    lines += [
+        "## Generation with the KV cache",
+        "",
+        f"Greedy continuations of held-out sequences: the first {generation.prompt_length} "
+        f"tokens are the prompt, the model generates {generation.new_tokens} more, each of its "
+        "predictions fed back as the next input, with `MultiheadSelfAttention.decode` and a KV "
+        "cache (one new token through the layers per step).",
+        "",
+        "| prompt | generated |",
+        "|---|---|",
+    ]
+    for sequence in generation.sequences:
+        prompt = " ".join(str(t) for t in sequence[: generation.prompt_length])
+        continuation = " ".join(str(t) for t in sequence[generation.prompt_length :])
+        lines.append(f"| `{prompt}` | `{continuation}` |")
+    agree = "the same" if generation.same_tokens else "NOT the same"
+    lines += [
+        "",
+        "| | tokens per second |",
+        "|---|---|",
+        f"| with the KV cache | {generation.tokens_per_second_cache:.0f} |",
+        f"| recomputing the whole prefix for every token | "
+        f"{generation.tokens_per_second_recompute:.0f} |",
+        "",
+        f"Recomputing the prefix generates {agree} tokens. (The sequences here are only "
+        f"{generation.prompt_length + generation.new_tokens} tokens long, so per-call overhead, "
+        "not attention, dominates both timings; `scripts/bench_decode.py` measures long "
+        "prefixes.)",
+        "",
+    ]
     path.write_text("\n".join(lines))

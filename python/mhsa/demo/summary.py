@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List
 
 from mhsa.demo.analysis import HeadRole
+from mhsa.demo.generate import GenerationResult
 from mhsa.demo.model import ModelConfig
 from mhsa.demo.task import TaskConfig
 
@@ -75,6 +76,9 @@ class Summary:
     scripted_max_diff: float
     wall_seconds: float
     files: OutputFiles
+    generation: GenerationResult
+    """Greedy continuations of held-out prompts with the KV cache, and tokens/s against
+    recomputing the prefix for every token."""
 
 
 def write_summary(path: Path, summary: Summary) -> None:

@@ -1,0 +1,183 @@
+// CPU kernel of mhsa::decode_step: one step of KV-cache decoding.
+//
+// The T new tokens are projected (one QKV GEMM of T*N rows), their keys and values are written
+// into the cache, and each new query attends to the cached keys 0..length+t (the causal rule of
+// a full forward, seen from the new rows only), then the output projection. A step of one token
+// costs O(L*E) for the attention (one pass over the cache) plus O(E^2) for the projections per
+// sequence, against O(L^2*E) for recomputing the whole prefix.
+//
+// A first step on an empty cache is a causal forward over the prompt, so it runs mha_forward
+// itself (the fused, tiled kernel: a long prompt is not a loop of single queries) and copies
+// the keys and values it projected into the cache.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <mhsa/ops.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/projection_gemm.h"
+#include "decode_checks.h"
+
+namespace mhsa::cpu {
+namespace {
+
+// q . k over D elements in acc_t, with eight independent partial sums so that the compiler can
+// vectorize the loop without reassociating one running sum.
+template <typename scalar_t, typename acc_t>
+acc_t dot(const scalar_t* q, const scalar_t* k, int64_t D) {
+  acc_t partial[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    for (int i = 0; i < 8; ++i) {
+      partial[i] += static_cast<acc_t>(q[d + i]) * static_cast<acc_t>(k[d + i]);
+    }
+  }
+  acc_t sum = 0;
+  for (; d < D; ++d) sum += static_cast<acc_t>(q[d]) * static_cast<acc_t>(k[d]);
+  for (int i = 0; i < 8; ++i) sum += partial[i];
+  return sum;
+}
+
+// Where the new tokens' rows are: x_new (and its qkv and context) is (T, N, .) or (N, T, .).
+struct RowLayout {
+  int64_t N, T;
+  bool batch_first;
+  int64_t row(int64_t n, int64_t t) const { return batch_first ? n * T + t : t * N + n; }
+};
+
+// For every (sequence n, head h, new token t): softmax(q k_j / sqrt(D)) over the cached keys
+// j <= length + t, times the cached values, into the context rows (N*T, E).
+template <typename scalar_t>
+void attend_to_cache(const scalar_t* qkv, const scalar_t* key_cache, const scalar_t* value_cache,
+                     scalar_t* context, RowLayout rows, int64_t H, int64_t D, int64_t max_len,
+                     int64_t length) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t E = H * D;
+  const acc_t scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+  const int64_t tasks = rows.N * H * rows.T;
+  // One task reads up to length + T keys and values of D elements: 4 flops per element. A
+  // chunk gets about 2^20 flops at least: a single-token step over a short prefix is a few
+  // microseconds of work, less than waking the other threads costs (measured: 0.2 ms per token
+  // at P = 512, E = 512 on one thread, several ms with two threads on a busy machine).
+  const int64_t task_work = 4 * (length + rows.T) * D;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, task_work));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scores(length + rows.T);
+    std::vector<acc_t> out(D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task % rows.T;
+      const int64_t h = (task / rows.T) % H;
+      const int64_t n = task / (rows.T * H);
+      const int64_t keys = length + t + 1;  // the prefix and the new tokens up to t
+      const scalar_t* q = qkv + rows.row(n, t) * 3 * E + h * D;
+      const scalar_t* k = key_cache + ((n * H + h) * max_len) * D;
+      const scalar_t* v = value_cache + ((n * H + h) * max_len) * D;
+      acc_t max_score = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t j = 0; j < keys; ++j) {
+        scores[j] = dot<scalar_t, acc_t>(q, k + j * D, D) * scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      acc_t sum = 0;
+      for (int64_t j = 0; j < keys; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        sum += scores[j];
+      }
+      std::fill(out.begin(), out.end(), acc_t(0));
+      for (int64_t j = 0; j < keys; ++j) {
+        const acc_t p = scores[j];
+        const scalar_t* vj = v + j * D;
+        for (int64_t d = 0; d < D; ++d) out[d] += p * static_cast<acc_t>(vj[d]);
+      }
+      // sum >= 1: the largest score contributes exp(0).
+      const acc_t inv = acc_t(1) / sum;
+      scalar_t* c = context + rows.row(n, t) * E + h * D;
+      for (int64_t d = 0; d < D; ++d) c[d] = static_cast<scalar_t>(out[d] * inv);
+    }
+  });
+}
+
+// The keys and values of the new tokens, (N, H, T, D) views of qkv (rows of x_new, 3E).
+std::pair<at::Tensor, at::Tensor> new_keys_values(const at::Tensor& qkv, const RowLayout& rows,
+                                                  int64_t H, int64_t D) {
+  const int64_t E = H * D;
+  at::Tensor by_batch = rows.batch_first ? qkv.view({rows.N, rows.T, 3 * E})
+                                         : qkv.view({rows.T, rows.N, 3 * E}).transpose(0, 1);
+  auto heads = [&](int64_t part) {
+    return by_batch.narrow(2, part * E, E).reshape({rows.N, rows.T, H, D}).transpose(1, 2);
+  };
+  return {heads(1), heads(2)};
+}
+
+at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
+                           const std::optional<at::Tensor>& in_proj_bias,
+                           const at::Tensor& out_proj_weight,
+                           const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                           bool batch_first, at::Tensor& key_cache, at::Tensor& value_cache,
+                           at::Tensor& cache_length) {
+  const DecodeSizes sizes =
+      check_decode_inputs(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                          num_heads, batch_first, key_cache, value_cache, cache_length);
+  TORCH_CHECK(!key_cache.is_alias_of(value_cache),
+              "decode_step: key_cache and value_cache "
+              "share memory; they must be two separate tensors");
+  const int64_t N = sizes.s.batch.expect_int(), T = sizes.s.seq.expect_int();
+  const int64_t E = sizes.s.embed.expect_int(), H = num_heads, D = E / H;
+  const int64_t max_len = sizes.max_len.expect_int();
+  const int64_t length = cache_length.item<int64_t>();
+  TORCH_CHECK(length >= 0 && length <= max_len, "decode_step: cache_length ", length,
+              " is outside [0, max_len = ", max_len, "]");
+  // Checked before anything is written, so a refused step leaves the cache as it was.
+  TORCH_CHECK(length + T <= max_len, "decode_step: the KV cache is full: max_len ", max_len,
+              ", current length ", length, ", cannot append T = ", T, " new token(s) (room for ",
+              max_len - length, "); create a larger cache with new_kv_cache");
+  const RowLayout rows{N, T, batch_first};
+
+  at::Tensor output;
+  at::Tensor qkv;
+  if (length == 0) {
+    // Nothing cached: this step is exactly a causal forward over x_new. Called through the
+    // dispatcher, it must skip mha_forward's autocast kernel: decode computes in the cache's
+    // dtype (fixed when the cache was made), with or without torch.autocast around it.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto result = mhsa::mha_forward(x_new, in_proj_weight, in_proj_bias, out_proj_weight,
+                                    out_proj_bias, num_heads, batch_first, std::nullopt,
+                                    std::nullopt, /*is_causal=*/true, /*dropout_p=*/0.0,
+                                    /*need_weights=*/false, /*average_attn_weights=*/false);
+    output = std::get<0>(result);
+    qkv = std::get<2>(result).reshape({N * T, 3 * E});
+    auto [k, v] = new_keys_values(qkv, rows, H, D);
+    key_cache.narrow(2, 0, T).copy_(k);
+    value_cache.narrow(2, 0, T).copy_(v);
+  } else {
+    const at::Tensor x2d = x_new.contiguous().view({N * T, E});
+    // The same GEMM (and dtype of its result) as mha_forward's projection.
+    qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x_new.scalar_type());
+    auto [k, v] = new_keys_values(qkv, rows, H, D);
+    key_cache.narrow(2, length, T).copy_(k);
+    value_cache.narrow(2, length, T).copy_(v);
+    at::Tensor context = at::empty({N * T, E}, x_new.options());
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x_new.scalar_type(), "decode_step_cpu", [&] {
+      attend_to_cache<scalar_t>(qkv.const_data_ptr<scalar_t>(),
+                                key_cache.const_data_ptr<scalar_t>(),
+                                value_cache.const_data_ptr<scalar_t>(),
+                                context.mutable_data_ptr<scalar_t>(), rows, H, D, max_len, length);
+    });
+    output = projection_gemm(context, false, out_proj_weight, true, 1.0, out_proj_bias,
+                             x_new.scalar_type())
+                 .view(x_new.sizes());
+  }
+  cache_length.fill_(length + T);
+  return output;
+}
+
+}  // namespace
+}  // namespace mhsa::cpu
+
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("decode_step", TORCH_FN(mhsa::cpu::decode_step_cpu)); }

@@ -1,0 +1,107 @@
+"""float16 (torch.half) as a first-class dtype: module, functional, TorchScript, autocast,
+against nn.MultiheadAttention in float16 and a float64 reference.
+
+On the CPUs this project runs on, mhsa computes float16 in float32 from the float16 values
+(exact conversions; no AVX512-FP16/AMX-FP16 tile GEMMs yet) and stores float16 results, so its
+error is that of rounding the inputs and outputs: at most nn's own float16 error (nn runs its
+float16 CPU kernels), checked as within 2x of it, norm-wise against float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mhsa
+
+
+def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    reference = reference.double()
+    return ((actual.double() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
+
+
+def run(module, x, causal_mask, is_nn, **kw):
+    x = x.clone().requires_grad_(True)
+    if is_nn:
+        out, w = module(x, x, x, attn_mask=causal_mask, **kw)
+    else:
+        out, w = module(x, is_causal=causal_mask is not None, **kw)
+    r = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape).to(out.dtype)
+    ((out * r).sum() + (w.square().sum() if w is not None else 0)).float().backward()
+    return [out, w, x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_float16_matches_nn_precision(causal, need_weights):
+    torch.manual_seed(0)
+    N, L, E, H = 2, 70, 32, 4
+    ref64 = nn.MultiheadAttention(E, H, batch_first=True).double()
+    with torch.no_grad():
+        ref64.in_proj_bias.normal_(0, 0.2)
+        ref64.out_proj.bias.normal_(0, 0.2)
+    x = torch.randn(N, L, E, dtype=torch.float64)
+    mask = torch.triu(torch.ones(L, L, dtype=torch.bool), 1) if causal else None
+    kw = dict(need_weights=need_weights, average_attn_weights=False)
+    expected = run(ref64, x, mask, True, **kw)
+    nn16 = nn.MultiheadAttention(E, H, batch_first=True).half()
+    nn16.load_state_dict(ref64.state_dict())
+    baseline = run(nn16, x.half(), mask, True, **kw)
+    ours16 = mhsa.MultiheadSelfAttention.from_torch(nn16)
+    assert ours16.in_proj_weight.dtype == torch.float16
+    actual = run(ours16, x.half(), mask, False, **kw)
+    for k, (e, b, a) in enumerate(zip(expected, baseline, actual)):
+        if e is None:
+            assert a is None
+            continue
+        assert a.dtype == torch.float16
+        err_ours, err_nn = relative_error(a, e), relative_error(b, e)
+        assert err_ours <= 2 * max(err_nn, 2.0**-11), (k, err_ours, err_nn)
+
+
+def test_float16_torchscript_and_functional():
+    torch.manual_seed(1)
+    mod = mhsa.MultiheadSelfAttention(16, 2, batch_first=True, dtype=torch.float16)
+    x = torch.randn(2, 9, 16, dtype=torch.float16)
+    eager = mod(x, need_weights=False)[0]
+    scripted = torch.jit.script(mod)
+    torch.testing.assert_close(scripted(x, need_weights=False)[0], eager, rtol=0, atol=0)
+    functional = mhsa.functional.multi_head_self_attention(
+        x, mod.in_proj_weight, mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias, 2,
+        batch_first=True, need_weights=False)[0]
+    torch.testing.assert_close(functional, eager, rtol=0, atol=0)
+
+
+def test_float16_autocast_runs_mhsa_in_float16():
+    torch.manual_seed(2)
+    mod = mhsa.MultiheadSelfAttention(16, 2, batch_first=True)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, _ = mod(x, need_weights=False)
+    assert out.dtype == torch.float16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and mod.in_proj_weight.grad.dtype == torch.float32
+    expected = mod(x, need_weights=False)[0]
+    assert relative_error(out, expected) < 5e-3
+
+
+def test_float16_saturated_softmax_is_exact_like_float32():
+    """The float32 computation from float16 values keeps the one-hot exactness (the stored
+    float16 qkv is what the forward's log-sum-exp came from)."""
+    torch.manual_seed(3)
+    E, H, L = 16, 2, 2
+    module = nn.MultiheadAttention(E, H, batch_first=True).double()
+    with torch.no_grad():
+        module.in_proj_weight[: 2 * E] *= 12.0  # logits in the hundreds
+    x = torch.randn(2, L, E, dtype=torch.float64)
+    expected = run(module, x, None, True, need_weights=False)
+    nn16 = nn.MultiheadAttention(E, H, batch_first=True).half()
+    nn16.load_state_dict(module.state_dict())
+    baseline = run(nn16, x.half(), None, True, need_weights=False)
+    actual = run(mhsa.MultiheadSelfAttention.from_torch(nn16), x.half(), None, False, need_weights=False)
+    for k, (e, b, a) in enumerate(zip(expected, baseline, actual)):
+        if e is None:
+            continue
+        err_ours, err_nn = relative_error(a, e), relative_error(b, e)
+        assert err_ours <= 4 * max(err_nn, 2.0**-11), (k, err_ours, err_nn)
