@@ -2,8 +2,8 @@
 // ops. The public op is CompositeImplicitAutograd, like multi_head_self_attention: it only
 // canonicalizes (eval-mode dropout, the window pair, a bias of another floating dtype) and
 // calls mha_packed_forward, whose Autograd kernel provides the gradients.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <mhsa/ops.h>
@@ -29,8 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p, std::array<bool, 5> output_mask) {
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::mha_packed_backward", "")
                        .typed<decltype(mha_packed_backward)>();
@@ -56,19 +56,21 @@ at::Tensor multi_head_self_attention_packed_composite(
     bias = bias->to(x.scalar_type());
   }
   auto outputs = mha_packed_forward(x, cu_seqlens, in_proj_weight, bias, out_proj_weight,
-                                    out_proj_bias, num_heads, max_seqlen, is_causal,
-                                    window_size[0], window_size[1], training ? dropout_p : 0.0);
+                                    out_proj_bias, num_heads, max_seqlen, is_causal, window_size[0],
+                                    window_size[1], training ? dropout_p : 0.0);
   return std::get<0>(outputs);
 }
 
 }  // namespace
 
-at::Tensor multi_head_self_attention_packed(
-    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
-    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, double dropout_p, bool training, bool is_causal,
-    c10::IntArrayRef window_size) {
+at::Tensor multi_head_self_attention_packed(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                                            const at::Tensor& in_proj_weight,
+                                            const std::optional<at::Tensor>& in_proj_bias,
+                                            const at::Tensor& out_proj_weight,
+                                            const std::optional<at::Tensor>& out_proj_bias,
+                                            int64_t num_heads, std::optional<int64_t> max_seqlen,
+                                            double dropout_p, bool training, bool is_causal,
+                                            c10::IntArrayRef window_size) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mhsa::multi_head_self_attention_packed", "")

@@ -23,7 +23,7 @@ import time
 from typing import Callable, List
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import mhsa
 
@@ -47,7 +47,9 @@ def median_ms(fn: Callable[[], None], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sequences", type=int, default=16)
     parser.add_argument("--min-len", type=int, default=64)
@@ -55,7 +57,11 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-torch", action="store_true", help="skip nn.MultiheadAttention (slow, O(B H L^2) memory)")
+    parser.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip nn.MultiheadAttention (slow, O(B H L^2) memory)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -108,19 +114,31 @@ def main() -> None:
         return run
 
     useful = sum(n * n for n in lengths) / (B * Lmax * Lmax)
-    print(f"threads {args.threads}; B={B} lengths {lengths[0]}..{lengths[-1]} (T={T}, max {Lmax}); "
-          f"E={E}, H={H}; float32; useful fraction of the padded attention sum L^2 / (B max L^2) = {useful:.2f}")
-    print("| mode | packed ms | padded mhsa ms | padded torch ms | packed vs padded mhsa | packed vs padded torch |")
+    print(
+        f"threads {args.threads}; B={B} lengths {lengths[0]}..{lengths[-1]} (T={T}, max {Lmax}); "
+        f"E={E}, H={H}; float32; useful fraction of the padded attention "
+        f"sum L^2 / (B max L^2) = {useful:.2f}"
+    )
+    print(
+        "| mode | packed ms | padded mhsa ms | padded torch ms "
+        "| packed vs padded mhsa | packed vs padded torch |"
+    )
     print("|---|---|---|---|---|---|")
     for train in (False, True):
         mod.train(train)
         ref.train(train)
         packed = median_ms(packed_step(train), args.repeats)
         pad_mhsa = median_ms(padded_step(mod, train, False), args.repeats)
-        pad_torch = float("nan") if args.no_torch else median_ms(padded_step(ref, train, True), args.repeats)
+        pad_torch = (
+            float("nan")
+            if args.no_torch
+            else median_ms(padded_step(ref, train, True), args.repeats)
+        )
         mode = "train fwd+bwd" if train else "inference fwd"
-        print(f"| {mode} | {packed:.1f} | {pad_mhsa:.1f} | {pad_torch:.1f} | **{pad_mhsa / packed:.2f}x** | "
-              f"**{pad_torch / packed:.2f}x** |")
+        print(
+            f"| {mode} | {packed:.1f} | {pad_mhsa:.1f} | {pad_torch:.1f} "
+            f"| **{pad_mhsa / packed:.2f}x** | **{pad_torch / packed:.2f}x** |"
+        )
 
 
 if __name__ == "__main__":

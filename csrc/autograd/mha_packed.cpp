@@ -71,11 +71,11 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
                                const at::Tensor& x, const at::Tensor& cu_seqlens,
-                               const at::Tensor& in_proj_weight,
-                               const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-                               const at::Tensor& context, const at::Tensor& logsumexp,
-                               const at::Tensor& rng_state, int64_t num_heads, bool is_causal,
-                               int64_t window_left, int64_t window_right, double dropout_p,
+                               const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+                               const at::Tensor& qkv, const at::Tensor& context,
+                               const at::Tensor& logsumexp, const at::Tensor& rng_state,
+                               int64_t num_heads, bool is_causal, int64_t window_left,
+                               int64_t window_right, double dropout_p,
                                std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [a, b, c, d, e] = mhsa::mha_packed_backward(
@@ -113,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p, std::array<bool, 5> output_mask) {
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
   const variable_list requested = MhaPackedBackwardFunction::apply(
       grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
       rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
@@ -122,11 +122,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   size_t next = 0;
   for (size_t i = 0; i < grads.size(); ++i) {
     if (output_mask[i]) {
-      TORCH_INTERNAL_ASSERT(next < requested.size(), "mha_packed_backward returned too few gradients");
+      TORCH_INTERNAL_ASSERT(next < requested.size(),
+                            "mha_packed_backward returned too few gradients");
       grads[i] = requested[next++];
     }
   }
-  TORCH_INTERNAL_ASSERT(next == requested.size(), "mha_packed_backward returned too many gradients");
+  TORCH_INTERNAL_ASSERT(next == requested.size(),
+                        "mha_packed_backward returned too many gradients");
   return {grads[0], grads[1], grads[2], grads[3], grads[4]};
 }
 

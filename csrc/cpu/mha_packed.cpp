@@ -72,25 +72,25 @@ void parallel_over_sequences(const std::vector<int64_t>& items, const std::vecto
   auto item_at_cost = [&](double c) -> int64_t {
     if (c <= 0.0) return 0;
     if (c >= total_cost) return total_items;
-    const size_t b = static_cast<size_t>(
-        std::upper_bound(cost_start.begin(), cost_start.end(), c) - cost_start.begin() - 1);
+    const size_t b = static_cast<size_t>(std::upper_bound(cost_start.begin(), cost_start.end(), c) -
+                                         cost_start.begin() - 1);
     const double local = (c - cost_start[b]) / cost[b];
     const int64_t k = std::min<int64_t>(items[b], static_cast<int64_t>(std::ceil(local)));
     return item_start[b] + k;
   };
   auto run_items = [&](int64_t begin, int64_t end) {
-    size_t b = static_cast<size_t>(
-        std::upper_bound(item_start.begin(), item_start.end(), begin) - item_start.begin() - 1);
+    size_t b = static_cast<size_t>(std::upper_bound(item_start.begin(), item_start.end(), begin) -
+                                   item_start.begin() - 1);
     while (begin < end) {
       const int64_t seq_end = std::min(end, item_start[b + 1]);
-      if (seq_end > begin) fn(static_cast<int64_t>(b), begin - item_start[b], seq_end - item_start[b]);
+      if (seq_end > begin)
+        fn(static_cast<int64_t>(b), begin - item_start[b], seq_end - item_start[b]);
       begin = std::max(begin, seq_end);
       ++b;
     }
   };
-  const int64_t parts = total_cost < double(1 << 20)
-                            ? 1
-                            : std::min<int64_t>(total_items, 4 * at::get_num_threads());
+  const int64_t parts =
+      total_cost < double(1 << 20) ? 1 : std::min<int64_t>(total_items, 4 * at::get_num_threads());
   if (parts == 1) {
     run_items(0, total_items);
     return;
@@ -109,8 +109,8 @@ template <typename F>
 void parallel_over_rows(const std::vector<int64_t>& offsets, double row_flops, const F& fn) {
   const int64_t T = offsets.back();
   at::parallel_for(0, T, parallel_grain(row_flops), [&](int64_t begin, int64_t end) {
-    size_t b = static_cast<size_t>(
-        std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1);
+    size_t b = static_cast<size_t>(std::upper_bound(offsets.begin(), offsets.end(), begin) -
+                                   offsets.begin() - 1);
     while (begin < end) {
       const int64_t seq_end = std::min(end, offsets[b + 1]);
       if (seq_end > begin) fn(static_cast<int64_t>(b), begin - offsets[b], seq_end - offsets[b]);
@@ -148,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
   const at::Tensor x2d = x.contiguous();
 
-  at::Tensor qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
-                                   x.scalar_type());
+  at::Tensor qkv =
+      projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x.scalar_type());
   if (stored_as.has_value()) qkv = qkv.to(*stored_as).to(x.scalar_type());
   at::Tensor context = at::empty({T, E}, x.options());
   // Sequence b's (H, L_b) log-sum-exp block starts at H * cu_seqlens[b].
@@ -204,9 +204,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
     double dropout_p) {
   const char* op = "mha_packed_forward";
-  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias,
-                                            out_proj_weight, out_proj_bias, num_heads,
-                                            window_left, window_right, dropout_p);
+  const PackedSizes s =
+      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
+                          out_proj_bias, num_heads, window_left, window_right, dropout_p);
   const std::vector<int64_t> offsets =
       read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int(), max_seqlen);
   const auto dtype = x.scalar_type();
@@ -215,13 +215,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     // values, store the results in the input's dtype (as mha_forward does).
     auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
         x.to(at::kFloat), offsets, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
-        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, is_causal,
-        window_left, window_right, dropout_p, dtype);
+        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, is_causal, window_left,
+        window_right, dropout_p, dtype);
     return {output.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
   }
   return mha_packed_forward_compute(x, offsets, in_proj_weight, in_proj_bias, out_proj_weight,
-                                    out_proj_bias, num_heads, is_causal, window_left,
-                                    window_right, dropout_p, std::nullopt);
+                                    out_proj_bias, num_heads, is_causal, window_left, window_right,
+                                    dropout_p, std::nullopt);
 }
 
 // Runs the backward attention tasks of every sequence on one team of threads that all run at
@@ -246,7 +246,8 @@ void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
   if (!at::in_parallel_region()) {
     threads = std::min<int64_t>(at::get_num_threads(), total);
     // Small problems stay on the calling thread (see parallel_grain).
-    threads = std::min<int64_t>(threads, std::max<int64_t>(1, total / parallel_grain(mean_task_flops)));
+    threads =
+        std::min<int64_t>(threads, std::max<int64_t>(1, total / parallel_grain(mean_task_flops)));
   }
 #endif
   auto run_thread = [&](int64_t thread, int64_t team) {
@@ -265,11 +266,12 @@ void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
   }
 #if AT_PARALLEL_OPENMP
   std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast<int>(threads))
+#pragma omp parallel num_threads(static_cast <int>(threads))
   {
     try {
       const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
-      record_parallel_tasks("packed backward attention", thread, (total - thread + team - 1) / team);
+      record_parallel_tasks("packed backward attention", thread,
+                            (total - thread + team - 1) / team);
       run_thread(thread, team);
     } catch (...) {
       __atomic_store_n(abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
@@ -285,12 +287,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p, std::array<bool, 5> output_mask) {
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
   const char* op = "mha_packed_backward";
-  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt,
-                                            out_proj_weight, std::nullopt, num_heads,
-                                            window_left, window_right, dropout_p);
+  const PackedSizes s =
+      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
+                          std::nullopt, num_heads, window_left, window_right, dropout_p);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
   const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
   const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T);
@@ -316,13 +318,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
       dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
   // The parameter gradients are sums over sequences: one GEMM over all T rows each.
-  if (output_mask[3]) grad_out_w = projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
+  if (output_mask[3])
+    grad_out_w =
+        projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
   if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
   if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
     return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
   }
 
-  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false, context_scale, std::nullopt, dtype);
+  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false,
+                                              context_scale, std::nullopt, dtype);
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(dtype);
@@ -379,8 +384,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   });
 
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
-  if (output_mask[0]) grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
-  if (output_mask[1]) grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
+  if (output_mask[0])
+    grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
+  if (output_mask[1])
+    grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
   if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }

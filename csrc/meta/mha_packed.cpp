@@ -18,13 +18,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
     double dropout_p) {
   const PackedSizes s = check_packed_inputs("mha_packed_forward", x, cu_seqlens, in_proj_weight,
-                                            in_proj_bias, out_proj_weight, out_proj_bias,
-                                            num_heads, window_left, window_right, dropout_p);
+                                            in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+                                            window_left, window_right, dropout_p);
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
   at::Tensor qkv = at::empty_symint({s.tokens, s.embed * 3}, x.options());
   at::Tensor context = at::empty_symint(x.sym_sizes(), x.options());
-  at::Tensor lse = at::empty_symint({s.tokens * num_heads},
-                                    x.options().dtype(logsumexp_dtype(x.scalar_type())));
+  at::Tensor lse =
+      at::empty_symint({s.tokens * num_heads}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
   at::Tensor rng_state = at::empty_symint({c10::SymInt(2)}, x.options().dtype(at::kLong));
   return {output, qkv, context, lse, rng_state};
 }
@@ -33,11 +33,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p, std::array<bool, 5> output_mask) {
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
   const PackedSizes s = check_packed_inputs("mha_packed_backward", x, cu_seqlens, in_proj_weight,
-                                            std::nullopt, out_proj_weight, std::nullopt,
-                                            num_heads, window_left, window_right, dropout_p);
+                                            std::nullopt, out_proj_weight, std::nullopt, num_heads,
+                                            window_left, window_right, dropout_p);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
   if (output_mask[0]) grad_x = at::empty_symint(x.sym_sizes(), x.options());

@@ -27,8 +27,8 @@ at::Tensor per_sequence(mhsa::MultiheadSelfAttention& m, const at::Tensor& x,
   for (int64_t n : lengths) {
     const at::Tensor xs = x.narrow(0, start, n);
     start += n;
-    outs.push_back(std::get<0>(m->forward(xs, {}, /*need_weights=*/false, {}, true, is_causal,
-                                          window)));
+    outs.push_back(
+        std::get<0>(m->forward(xs, {}, /*need_weights=*/false, {}, true, is_causal, window)));
   }
   return at::cat(outs);
 }

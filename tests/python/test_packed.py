@@ -52,8 +52,15 @@ def _band_mask(L: int, is_causal: bool, window: Tuple[int, int]) -> Optional[Ten
     return masked if (is_causal or left >= 0 or right >= 0) else None
 
 
-def _per_sequence(module: nn.Module, x: Tensor, lengths: Sequence[int], *, is_causal: bool,
-                  window: Tuple[int, int] = (-1, -1), nn_reference: bool = False) -> Tensor:
+def _per_sequence(
+    module: nn.Module,
+    x: Tensor,
+    lengths: Sequence[int],
+    *,
+    is_causal: bool,
+    window: Tuple[int, int] = (-1, -1),
+    nn_reference: bool = False,
+) -> Tensor:
     """Each sequence alone through ``module`` (unbatched (L, E) input), outputs concatenated.
     mhsa gets is_causal, nn.MultiheadAttention an explicit mask."""
     outs: List[Tensor] = []
@@ -80,7 +87,9 @@ def _grads(out: Tensor, x: Tensor, module: nn.Module, seed: int = 99) -> List[Te
 
 def _close_exact(actual: Tensor, expected: Tensor, what: str, tol: float) -> None:
     scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _close_16bit(actual: Tensor, expected: Tensor, what: str) -> None:
@@ -141,7 +150,9 @@ def test_bfloat16_close_to_float64_reference():
     x_ref = x.detach().double().requires_grad_()
     out_ref = _per_sequence(mod, x_ref, LENGTHS, is_causal=True)
     _close_16bit(out, out_ref, "output")
-    for name, a, e in zip(("x",) + PARAM_NAMES, _grads(out, x, mod_bf), _grads(out_ref, x_ref, mod)):
+    for name, a, e in zip(
+        ("x",) + PARAM_NAMES, _grads(out, x, mod_bf), _grads(out_ref, x_ref, mod)
+    ):
         assert a.dtype == torch.bfloat16
         _close_16bit(a, e, f"grad of {name}")
 
@@ -161,8 +172,18 @@ def test_functional_and_zero_length_sequences():
     _, mod = make_pair(E, H, seed=11, bias=False)
     x = _packed_input(lengths, torch.float64, seed=12)
     out = mhsa.functional.multi_head_self_attention_packed(
-        x, _offsets(lengths), mod.in_proj_weight, None, mod.out_proj.weight, None, H,
-        max_seqlen=9, dropout_p=0.5, training=False, is_causal=True)
+        x,
+        _offsets(lengths),
+        mod.in_proj_weight,
+        None,
+        mod.out_proj.weight,
+        None,
+        H,
+        max_seqlen=9,
+        dropout_p=0.5,
+        training=False,
+        is_causal=True,
+    )
     expected = _per_sequence(mod, x, [4, 9], is_causal=True)
     _close_exact(out, expected, "output", 1e-10)
 
@@ -201,13 +222,19 @@ def _bad_call(x: Tensor, cu: Tensor, **kwargs) -> Tensor:
 @pytest.mark.parametrize(
     "cu, message",
     [
-        (torch.tensor([0, 5, 3, 8]), r"cu_seqlens to be non-decreasing .*cu_seqlens\[1\] = 5 > cu_seqlens\[2\] = 3"),
+        (
+            torch.tensor([0, 5, 3, 8]),
+            r"cu_seqlens to be non-decreasing .*cu_seqlens\[1\] = 5 > cu_seqlens\[2\] = 3",
+        ),
         (torch.tensor([1, 5, 8]), r"cu_seqlens to start at 0, got cu_seqlens\[0\] = 1"),
         (torch.tensor([0, 5, 7]), r"cu_seqlens to end at T = 8 .*got cu_seqlens\[2\] = 7"),
         (torch.tensor([0.0, 5.0, 8.0]), r"cu_seqlens of dtype int32 or int64, got Float"),
         (torch.tensor([[0, 5, 8]]), r"cu_seqlens to be 1-D \(B\+1\) offsets"),
         (torch.tensor([], dtype=torch.int64), r"cu_seqlens to be 1-D \(B\+1\) offsets"),
-        (torch.tensor([0, 5, 8], device="meta"), r"cu_seqlens on device cpu \(the device of x\), got meta"),
+        (
+            torch.tensor([0, 5, 8], device="meta"),
+            r"cu_seqlens on device cpu \(the device of x\), got meta",
+        ),
     ],
     ids=["not_increasing", "first_not_zero", "last_not_T", "float", "2d", "empty", "meta_device"],
 )
@@ -220,9 +247,14 @@ def test_bad_cu_seqlens(cu, message):
 def test_bad_arguments():
     x = _packed_input([5, 3], torch.float64, seed=17)
     cu = _offsets([5, 3])
-    with pytest.raises(RuntimeError, match="max_seqlen = 4 but cu_seqlens holds a sequence of length 5"):
+    with pytest.raises(
+        RuntimeError, match="max_seqlen = 4 but cu_seqlens holds a sequence of length 5"
+    ):
         _bad_call(x, cu, max_seqlen=4)
-    with pytest.raises(RuntimeError, match=r"window_size entries >= -1 \(-1: unbounded on that side\), got \[-2, 3\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"window_size entries >= -1 \(-1: unbounded on that side\), got \[-2, 3\]",
+    ):
         _bad_call(x, cu, window_size=(-2, 3))
     with pytest.raises(RuntimeError, match=r"expected x to be 2-D \(T, E\)"):
         _bad_call(x.detach().unsqueeze(0), cu)
@@ -251,7 +283,9 @@ def test_dropout_keeps_one_minus_p_and_sequences_differ():
     x = torch.eye(L, dtype=torch.float64).repeat(B, 1)
     out = mod.forward_packed(x, _offsets([L] * B))
     keep = out * (L * (1 - p))
-    assert torch.all((keep - keep.round()).abs() < 1e-9) and set(keep.round().unique().tolist()) <= {0.0, 1.0}
+    assert torch.all((keep - keep.round()).abs() < 1e-9) and set(
+        keep.round().unique().tolist()
+    ) <= {0.0, 1.0}
     kept = keep.round().mean().item()
     # 6 * 64 * 64 Bernoulli(0.7) draws: standard deviation 0.0036.
     assert abs(kept - (1 - p)) < 0.02, kept
@@ -260,7 +294,9 @@ def test_dropout_keeps_one_minus_p_and_sequences_differ():
         assert not torch.equal(masks[b], masks[0]), "sequences share a dropout mask"
     # eval mode: no dropout at all
     mod.eval()
-    assert torch.allclose(mod.forward_packed(x, _offsets([L] * B)) * L, torch.ones(B * L, L, dtype=torch.float64))
+    assert torch.allclose(
+        mod.forward_packed(x, _offsets([L] * B)) * L, torch.ones(B * L, L, dtype=torch.float64)
+    )
 
 
 def test_dropout_reproducible_by_manual_seed():
@@ -298,8 +334,12 @@ def _small_params(E: int, bias: bool, seed: int) -> List[Optional[Tensor]]:
     def t(*shape: int, scale: float) -> Tensor:
         return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).requires_grad_()
 
-    return [t(3 * E, E, scale=E**-0.5), t(3 * E, scale=0.5) if bias else None, t(E, E, scale=E**-0.5),
-            t(E, scale=0.5) if bias else None]
+    return [
+        t(3 * E, E, scale=E**-0.5),
+        t(3 * E, scale=0.5) if bias else None,
+        t(E, E, scale=E**-0.5),
+        t(E, scale=0.5) if bias else None,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -317,7 +357,8 @@ def test_gradcheck(one_thread, is_causal, dropout_p, bias):
     def fn(x, w, b, ow, ob):
         torch.manual_seed(7)  # the same dropout mask in every evaluation
         return mhsa.functional.multi_head_self_attention_packed(
-            x, cu, w, b, ow, ob, h, dropout_p=dropout_p, is_causal=is_causal)
+            x, cu, w, b, ow, ob, h, dropout_p=dropout_p, is_causal=is_causal
+        )
 
     assert gradcheck(fn, (x, w, b, ow, ob))
 
@@ -325,17 +366,28 @@ def test_gradcheck(one_thread, is_causal, dropout_p, bias):
 def _op_args(requires_grad: bool, dropout_p: float = 0.0) -> tuple:
     lengths = [3, 1, 5]
     x = _packed_input(lengths, torch.float64, seed=22, E=8).detach().requires_grad_(requires_grad)
-    w, b, ow, ob = [t.detach().requires_grad_(requires_grad) for t in _small_params(8, True, seed=23)]
+    w, b, ow, ob = [
+        t.detach().requires_grad_(requires_grad) for t in _small_params(8, True, seed=23)
+    ]
     return (x, _offsets(lengths), w, b, ow, ob, 2, None, True, -1, -1, dropout_p)
 
 
-ALL_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+ALL_TESTS = (
+    "test_schema",
+    "test_autograd_registration",
+    "test_faketensor",
+    "test_aot_dispatch_dynamic",
+)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25], ids=["plain", "dropout"])
 def test_opcheck_mha_packed_forward(requires_grad, dropout_p):
-    opcheck(torch.ops.mhsa.mha_packed_forward.default, _op_args(requires_grad, dropout_p), test_utils=ALL_TESTS)
+    opcheck(
+        torch.ops.mhsa.mha_packed_forward.default,
+        _op_args(requires_grad, dropout_p),
+        test_utils=ALL_TESTS,
+    )
 
 
 def test_opcheck_mha_packed_backward():
@@ -350,8 +402,12 @@ def test_opcheck_mha_packed_backward():
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
 def test_opcheck_public_op(requires_grad):
     x, cu, w, b, ow, ob, h, *_ = _op_args(requires_grad)
-    opcheck(torch.ops.mhsa.multi_head_self_attention_packed.default, (x, cu, w, b, ow, ob, h),
-            {"is_causal": True}, test_utils=ALL_TESTS)
+    opcheck(
+        torch.ops.mhsa.multi_head_self_attention_packed.default,
+        (x, cu, w, b, ow, ob, h),
+        {"is_causal": True},
+        test_utils=ALL_TESTS,
+    )
 
 
 def test_double_backward_is_refused():
@@ -392,8 +448,16 @@ def test_torchscript_forward_packed_save_load(tmp_path):
     _close_exact(g, g_ref, "grad of x", 1e-12)
     scripted_fn = torch.jit.script(mhsa.functional.multi_head_self_attention_packed)
     attn = eager.attn
-    out_fn = scripted_fn(x, cu, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight,
-                         attn.out_proj.bias, H, is_causal=True)
+    out_fn = scripted_fn(
+        x,
+        cu,
+        attn.in_proj_weight,
+        attn.in_proj_bias,
+        attn.out_proj.weight,
+        attn.out_proj.bias,
+        H,
+        is_causal=True,
+    )
     _close_exact(out_fn, expected, "scripted functional", 1e-12)
 
 
@@ -413,7 +477,9 @@ def test_sliding_window_matches_band_mask(window, is_causal):
     out = mod.forward_packed(x, _offsets(LENGTHS), is_causal=is_causal, window_size=window)
     grads = _grads(out, x, mod)
     x_ref = x.detach().clone().requires_grad_()
-    out_ref = _per_sequence(ref, x_ref, LENGTHS, is_causal=is_causal, window=window, nn_reference=True)
+    out_ref = _per_sequence(
+        ref, x_ref, LENGTHS, is_causal=is_causal, window=window, nn_reference=True
+    )
     grads_ref = _grads(out_ref, x_ref, ref)
     assert_close(out, out_ref, torch.float64, "out", "output")
     for name, a, e in zip(("x",) + PARAM_NAMES, grads, grads_ref):
