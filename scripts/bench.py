@@ -31,7 +31,7 @@ import mhsa
 
 FULL_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8), (1, 4096, 1024, 16), (1, 8192, 512, 8)]
 QUICK_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8)]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -188,6 +188,38 @@ def peak_memory_mib(impl: str, N: int, L: int, E: int, H: int, dropout: float, n
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_description() -> str:
+    """The CPU model and the flags that decide the kernels (avx2/avx512/amx)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16"]
+    have = [f for f in wanted if f in flags]
+    return f"{model} ({', '.join(have) if have else 'no avx2'}; no {', '.join(f for f in wanted if f not in flags) or '-'})"
+
+
+def profile_step(N: int, L: int, E: int, H: int, dtype: torch.dtype) -> None:
+    """Where one training step's time goes: torch.profiler's top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    mod, _ = make_pair(E, H, 0.0, dtype)  # (mhsa, nn.MultiheadAttention)
+    x = torch.randn(N, L, E, dtype=dtype, requires_grad=True)
+    forward, step = step_fns(mod, x, False)
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"one mhsa training step, (N, L, E, H) = ({N}, {L}, {E}, {H}), {dtype}:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
@@ -196,6 +228,8 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         for row in rows:
             writer.writerow(asdict(row))
     lines = [
+        f"CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. torch {torch.__version__}.",
+        "",
         f"Threads: {threads}. GEMM rate (torch.mm 2048^3): "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()) + ".",
         "",
@@ -246,9 +280,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per measurement")
     parser.add_argument("--reps", type=int, default=5, help="minimum repeats per measurement")
     parser.add_argument("--min-time", type=float, default=1.0, help="minimum seconds per measurement")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--shapes", default=None, help="override, e.g. 4x512x512x8,1x2048x512x8")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top operators (torch.profiler) of one mhsa training step "
+                        "of the first shape and dtype, then stop")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -258,7 +295,11 @@ def main() -> None:
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     dtypes = args.dtypes.split(",")
+    print(f"CPU: {cpu_description()}; mhsa: {torch.ops.mhsa._backend_info()}", flush=True)
     print(f"torch {torch.__version__}, mhsa {mhsa.__version__}, threads {torch.get_num_threads()}", flush=True)
+    if args.profile:
+        profile_step(*shapes[0], DTYPES[dtypes[0]])
+        return
     rates = {d: gemm_rate(DTYPES[d]) for d in dtypes}
     print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
 

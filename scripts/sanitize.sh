@@ -34,8 +34,8 @@ export MHSA_TEST_ARTIFACTS
 #   * RelWithDebInfo with -O1 -g1: the optimization ASan recommends (fast enough, exact stack
 #     traces), line tables only (file:line in every report, a fraction of full -g's compile
 #     time); NDEBUG as in release builds, since release behaviour is what is checked.
-#   * MHSA_HAVE_SGEMM=OFF pre-sets the result of CMake's check for the BLAS inside
-#     libtorch_cpu, so the attention tiles use the portable GEMM loops (csrc/cpu/tile_gemm.cpp)
+#   * MHSA_PORTABLE_GEMM=ON skips the BLAS inside libtorch_cpu, so the attention tiles and the
+#     projection tiles use the portable GEMM loops (csrc/cpu/tile_gemm.cpp)
 #     instead of MKL. MKL is not instrumented: an out-of-bounds tile operand (a wrong leading
 #     dimension or tile edge in our kernels) read inside it would go unseen. The portable loops
 #     take exactly the same pointers, sizes and strides, so every tile access is checked; the
@@ -49,7 +49,7 @@ if [ ! -f "$ASAN_DIR/CMakeCache.txt" ]; then
   say "configuring $ASAN_DIR"
   cmake -S "$REPO" -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
-    -DMHSA_SANITIZE=ON -DMHSA_COPY_TO_PYTHON=OFF -DMHSA_HAVE_SGEMM=OFF \
+    -DMHSA_SANITIZE=ON -DMHSA_COPY_TO_PYTHON=OFF -DMHSA_PORTABLE_GEMM=ON \
     -DCMAKE_PREFIX_PATH="$prefix" "${launcher[@]}" >"$ASAN_DIR/configure.log" 2>&1 || {
       cat "$ASAN_DIR/configure.log" >&2; exit 1; }
 fi

@@ -13,6 +13,8 @@
 // (one query block apart) instead of waiting; the work on offer is N*H*key blocks tasks, for
 // any number of cores, the result is the same bits for any number of threads, and no
 // per-thread or per-chunk dQ copies exist (memory O(N*L*E)).
+#include <sched.h>
+
 #include "cpu/attention_tile.h"
 
 namespace mhsa::cpu::MHSA_ISA {
@@ -167,7 +169,11 @@ inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
   while (__atomic_load_n(turn, __ATOMIC_ACQUIRE) != jb) {
     if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return false;
     if (++spins < 1024) {
+#if defined(__x86_64__) || defined(__i386__)
       _mm_pause();
+#elif defined(__aarch64__)
+      asm volatile("yield");
+#endif
     } else {
       sched_yield();  // an oversubscribed machine: let the thread we wait for run
     }

@@ -9,7 +9,9 @@
 #error "attention_tile.h is for the per-ISA kernel translation units (MHSA_ISA undefined)"
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -224,13 +226,18 @@ inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
   return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
 #elif defined(__FMA__)
   return (vfloat)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
-#else
-  const vfloat product = a * b;
+#elif defined(__x86_64__) || defined(__i386__)
+  const vfloat product = a * b;  // baseline x86-64 has no fused multiply-add
   return acc + product;
+#else
+  // Other architectures (aarch64: fmla): fused, lane by lane, as the scalar form below.
+  vfloat r;
+  for (int k = 0; k < kLanes; ++k) r[k] = __builtin_fmaf(a[k], b[k], acc[k]);
+  return r;
 #endif
 }
 inline float multiply_add(float a, float b, float acc) {
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(__FMA__) || defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
   return __builtin_fmaf(a, b, acc);
 #else
   volatile float product = a * b;  // kept apart: no fused form without FMA instructions
@@ -238,7 +245,7 @@ inline float multiply_add(float a, float b, float acc) {
 #endif
 }
 inline double multiply_add(double a, double b, double acc) {
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(__FMA__) || defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
   return __builtin_fma(a, b, acc);
 #else
   volatile double product = a * b;

@@ -57,7 +57,11 @@ const AttentionKernels<scalar_t>& attention_kernels();
   }
 
 MHSA_DECLARE_ISA_KERNELS(isa_default)
+#if defined(__x86_64__) || defined(__i386__)
+// Built on x86 only (CMakeLists.txt); elsewhere the portable copy is the only one.
+#define MHSA_X86_KERNEL_COPIES 1
 MHSA_DECLARE_ISA_KERNELS(isa_avx2)
 MHSA_DECLARE_ISA_KERNELS(isa_avx512)
+#endif
 
 }  // namespace mhsa::cpu

@@ -32,6 +32,10 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
                            bool transpose_b, double alpha, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type());
+  if (a.scalar_type() == at::kHalf) {  // no float16 tile GEMM: fp32 from the float16 values
+    return projection_gemm(a.to(at::kFloat), transpose_a, b.to(at::kFloat), transpose_b, alpha,
+                           bias, out_dtype.value_or(at::kFloat));
+  }
   const at::Tensor A = a.contiguous(), B = b.contiguous();
   const int64_t M = transpose_a ? A.size(1) : A.size(0);
   const int64_t K = transpose_a ? A.size(0) : A.size(1);
@@ -83,6 +87,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
 
 at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(m.dim() == 2);
+  if (m.scalar_type() == at::kHalf) return column_sums(m.to(at::kFloat), out_dtype.value_or(at::kFloat));
   const at::Tensor src = m.contiguous();
   const int64_t R = src.size(0), N = src.size(1);
   const auto acc_dtype = accumulation_dtype(src.scalar_type());

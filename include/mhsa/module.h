@@ -89,7 +89,8 @@ class C10_EXPORT MultiheadSelfAttentionImpl
       {2, torch::nn::AnyValue(true)},
       {3, torch::nn::AnyValue(at::Tensor())},
       {4, torch::nn::AnyValue(true)},
-      {5, torch::nn::AnyValue(false)})
+      {5, torch::nn::AnyValue(false)},
+      {6, torch::nn::AnyValue(c10::IntArrayRef(kNoWindow))})
 };
 
 TORCH_MODULE(MultiheadSelfAttention);

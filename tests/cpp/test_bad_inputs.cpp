@@ -99,7 +99,7 @@ TEST(BadInputs, QueryRank) {
 }
 
 TEST(BadInputs, QueryDtype) {
-  for (auto dtype : {at::kLong, at::kInt, at::kHalf, at::kBool, at::kComplexFloat, at::kByte}) {
+  for (auto dtype : {at::kLong, at::kInt, at::kBool, at::kComplexFloat, at::kByte}) {
     expect_both_throw([&](Inputs& in) {
       in.x = at::ones({5, 2, 8}, at::TensorOptions().dtype(dtype));
       in.w_in = in.w_in.to(dtype);

@@ -49,7 +49,7 @@ CASES = [
     ("out_proj_bias_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3].double(), H), RuntimeError, r"out_proj_bias.*dtype"),
     ("out_proj_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2].double(), p[3], H), RuntimeError, r"out_proj_weight.*dtype"),
     ("input_integer", lambda m, x, p: F.multi_head_self_attention(x.long(), *(t.long() for t in p), H), RuntimeError, r"dtype"),
-    ("input_half", lambda m, x, p: F.multi_head_self_attention(x.half(), *(t.half() for t in p), H), RuntimeError, r"x of dtype"),
+    ("input_int8", lambda m, x, p: F.multi_head_self_attention(x.to(torch.int8), *(t.to(torch.int8) for t in p), H), RuntimeError, r"x of dtype"),
     ("dropout_p_range", lambda m, x, p: F.multi_head_self_attention(x, *p, H, dropout_p=1.5), RuntimeError, r"dropout_p"),
     ("cross_attention_key", lambda m, x, p: m(x, torch.randn(L, N, E), x), ValueError, r"key.*cross-attention"),
     ("cross_attention_value", lambda m, x, p: m(x, x, x.clone()), ValueError, r"value.*cross-attention"),
