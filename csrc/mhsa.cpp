@@ -77,4 +77,29 @@ TORCH_LIBRARY(mhsa, m) {
       "decode_step(Tensor x_new, Tensor in_proj_weight, Tensor? in_proj_bias, "
       "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
       "Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor(c!) cache_length) -> Tensor");
+  // Packed variable-length sequences (FlashAttention's varlen layout): x is (T, E), B
+  // sequences back to back, sequence b at rows cu_seqlens[b] .. cu_seqlens[b+1] (int32 or
+  // int64, (B+1,), from 0 to T); each attends only to itself. window_size = (left, right):
+  // query i sees keys i - left .. i + right of its sequence, -1 for an unbounded side. Returns
+  // the output (T, E).
+  m.def(
+      "multi_head_self_attention_packed(Tensor x, Tensor cu_seqlens, Tensor in_proj_weight, "
+      "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, *, "
+      "int? max_seqlen=None, float dropout_p=0.0, bool training=True, bool is_causal=False, "
+      "int[2] window_size=[-1, -1]) -> Tensor");
+  // Besides the output, what backward needs, all O(T*E): the packed projection qkv (T, 3E),
+  // the context before out_proj (T, E), the log-sum-exp (T*H,) with sequence b's (H, L_b)
+  // block at H*cu_seqlens[b], and the dropout seed.
+  m.def(
+      "mha_packed_forward(Tensor x, Tensor cu_seqlens, Tensor in_proj_weight, "
+      "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, "
+      "int? max_seqlen, bool is_causal, int window_left, int window_right, float dropout_p) "
+      "-> (Tensor output, Tensor qkv, Tensor context, Tensor logsumexp, Tensor rng_state)");
+  m.def(
+      "mha_packed_backward(Tensor grad_output, Tensor x, Tensor cu_seqlens, "
+      "Tensor in_proj_weight, Tensor out_proj_weight, Tensor qkv, Tensor context, "
+      "Tensor logsumexp, Tensor rng_state, int num_heads, bool is_causal, int window_left, "
+      "int window_right, float dropout_p, bool[5] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
+      "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
 }

@@ -55,6 +55,20 @@ std::tuple<at::Tensor, at::Tensor> MultiheadSelfAttentionImpl::forward(
       average_attn_weights, is_causal, window_size);
 }
 
+at::Tensor MultiheadSelfAttentionImpl::forward_packed(const at::Tensor& x,
+                                                     const at::Tensor& cu_seqlens,
+                                                     std::optional<int64_t> max_seqlen,
+                                                     bool is_causal,
+                                                     c10::IntArrayRef window_size) {
+  auto optional_of = [](const at::Tensor& t) {
+    return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+  };
+  return multi_head_self_attention_packed(
+      x, cu_seqlens, in_proj_weight, optional_of(in_proj_bias), out_proj->weight,
+      optional_of(out_proj->bias), options.num_heads(), max_seqlen, options.dropout(),
+      is_training(), is_causal, window_size);
+}
+
 }  // namespace mhsa
 
 namespace mhsa {

@@ -56,6 +56,14 @@ class C10_EXPORT MultiheadSelfAttentionImpl
       c10::IntArrayRef window_size = kNoWindow);
 
   void reset() override;
+
+  // Packed variable-length sequences: x is (T, E), B sequences back to back at the offsets
+  // cu_seqlens (B+1, int32 or int64, from 0 to T); each attends only to itself. Returns the
+  // output (T, E). See multi_head_self_attention_packed in ops.h (batch_first does not apply).
+  at::Tensor forward_packed(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                            std::optional<int64_t> max_seqlen = std::nullopt,
+                            bool is_causal = false,
+                            c10::IntArrayRef window_size = kNoWindow);
   // xavier_uniform_ on in_proj_weight, zero biases, out_proj.weight keeps Linear's init.
   void reset_parameters();
 

@@ -122,3 +122,63 @@ def decode_step(
         value_cache,
         cache_length,
     )
+
+
+def multi_head_self_attention_packed(
+    x: Tensor,
+    cu_seqlens: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],
+    num_heads: int,
+    max_seqlen: Optional[int] = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    is_causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+) -> Tensor:
+    """Multi-head self-attention over packed variable-length sequences.
+
+    ``x`` holds B sequences back to back (FlashAttention's "varlen" layout): sequence ``b`` is
+    ``x[cu_seqlens[b]:cu_seqlens[b + 1]]``. Each sequence attends only to itself, and the result
+    equals running each one alone through :func:`multi_head_self_attention` (outputs and
+    gradients; parameter gradients are summed over the sequences), for work proportional to
+    ``sum(L_b ** 2)`` rather than ``B * max(L) ** 2``.
+
+    Args:
+        x: ``(T, E)``, the sequences concatenated along dim 0.
+        cu_seqlens: ``(B + 1,)`` int32 or int64 offsets on x's device, from 0 to T, never
+            decreasing (a zero-length sequence is allowed and contributes nothing).
+        in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads: as in
+            :func:`multi_head_self_attention`.
+        max_seqlen: optional bound on the sequence lengths (FlashAttention's argument); when
+            given, a longer sequence is an error.
+        dropout_p: dropout probability on the attention weights, used when ``training``. One
+            seed is drawn per call (``torch.manual_seed`` reproduces it) and every sequence gets
+            its own stream, so the masks differ from those of per-sequence calls.
+        training: apply dropout.
+        is_causal: causal mask within each sequence.
+        window_size: ``(left, right)``: query ``i`` sees only keys ``i - left .. i + right`` of
+            its sequence; -1 leaves that side unbounded.
+
+    Returns:
+        ``(T, E)``, the attention output of every row of ``x``.
+
+    The arguments after ``num_heads`` are meant to be passed by keyword; they are not
+    keyword-only because TorchScript cannot compile keyword-only arguments with defaults.
+    """
+    return torch.ops.mhsa.multi_head_self_attention_packed(
+        x,
+        cu_seqlens,
+        in_proj_weight,
+        in_proj_bias,
+        out_proj_weight,
+        out_proj_bias,
+        num_heads,
+        max_seqlen=max_seqlen,
+        dropout_p=dropout_p,
+        training=training,
+        is_causal=is_causal,
+        window_size=[window_size[0], window_size[1]],
+    )

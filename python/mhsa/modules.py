@@ -301,3 +301,41 @@ class MultiheadSelfAttention(nn.Module):
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
             f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}"
         )
+
+    @torch.jit.export
+    def forward_packed(
+        self,
+        x: Tensor,
+        cu_seqlens: Tensor,
+        max_seqlen: Optional[int] = None,
+        is_causal: bool = False,
+        window_size: Tuple[int, int] = (-1, -1),
+    ) -> Tensor:
+        """Self-attention over packed variable-length sequences (``batch_first`` does not apply).
+
+        Args:
+            x: ``(T, E)``, B sequences back to back.
+            cu_seqlens: ``(B + 1,)`` int32 or int64 offsets from 0 to T: sequence ``b`` is
+                ``x[cu_seqlens[b]:cu_seqlens[b + 1]]`` and attends only to itself.
+            max_seqlen: optional bound on the sequence lengths, checked.
+            is_causal: causal mask within each sequence.
+            window_size: ``(left, right)`` sliding window, -1 for an unbounded side.
+
+        Returns:
+            ``(T, E)``; equal to running each sequence alone through :meth:`forward` (see
+            :func:`mhsa.functional.multi_head_self_attention_packed`).
+        """
+        return functional.multi_head_self_attention_packed(
+            x,
+            cu_seqlens,
+            self.in_proj_weight,
+            self.in_proj_bias,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            self.num_heads,
+            max_seqlen=max_seqlen,
+            dropout_p=self.dropout,
+            training=self.training,
+            is_causal=is_causal,
+            window_size=window_size,
+        )

@@ -1,0 +1,141 @@
+// Autograd kernels of mha_packed_forward (gradients through mha_packed_backward) and of
+// mha_packed_backward (refuses double backward), in C++ like autograd/mha_forward.cpp so
+// Python, TorchScript and LibTorch callers all get gradients.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <mhsa/ops.h>
+
+namespace mhsa::autograd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+                               const std::optional<at::Tensor>& in_proj_bias,
+                               const at::Tensor& out_proj_weight,
+                               const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                               std::optional<int64_t> max_seqlen, bool is_causal,
+                               int64_t window_left, int64_t window_right, double dropout_p) {
+    // Redispatch below the Autograd key (calling the op again without it would recurse).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, qkv, context, lse, rng_state] = mhsa::mha_packed_forward(
+        x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+        max_seqlen, is_causal, window_left, window_right, dropout_p);
+    // O(T*E) saved state, no attention matrix: backward recomputes it from qkv and lse.
+    ctx->save_for_backward(
+        {x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state});
+    ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
+    ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
+    ctx->saved_data["num_heads"] = num_heads;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["window_left"] = window_left;
+    ctx->saved_data["window_right"] = window_right;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->mark_non_differentiable({qkv, context, lse, rng_state});
+    return {output, qkv, context, lse, rng_state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    // needs_input_grad counts the tensor arguments that were given (cu_seqlens included, an
+    // absent bias not).
+    const bool has_in_bias = ctx->saved_data["has_in_proj_bias"].toBool();
+    const bool has_out_bias = ctx->saved_data["has_out_proj_bias"].toBool();
+    size_t edge = 0;
+    const bool need_x = ctx->needs_input_grad(edge++);
+    ++edge;  // cu_seqlens: integer offsets, no gradient
+    const bool need_in_w = ctx->needs_input_grad(edge++);
+    const bool need_in_b = has_in_bias && ctx->needs_input_grad(edge++);
+    const bool need_out_w = ctx->needs_input_grad(edge++);
+    const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
+    const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
+    const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_packed_backward(
+        grad_output, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7],
+        ctx->saved_data["num_heads"].toInt(), ctx->saved_data["is_causal"].toBool(),
+        ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
+        ctx->saved_data["dropout_p"].toDouble(), output_mask);
+    // One entry per forward argument; cu_seqlens and the non-tensor arguments get none.
+    return {grad_x,       at::Tensor(), grad_in_w,    grad_in_b,    grad_out_w,   grad_out_b,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                               const at::Tensor& x, const at::Tensor& cu_seqlens,
+                               const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+                               const at::Tensor& qkv, const at::Tensor& context,
+                               const at::Tensor& logsumexp, const at::Tensor& rng_state,
+                               int64_t num_heads, bool is_causal, int64_t window_left,
+                               int64_t window_right, double dropout_p,
+                               std::array<bool, 5> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [a, b, c, d, e] = mhsa::mha_packed_backward(
+        grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
+        rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+    // A custom Function cannot return undefined tensors: only the requested ones, put back in
+    // place by mha_packed_backward_autograd.
+    variable_list requested;
+    for (const at::Tensor& t : {a, b, c, d, e}) {
+      if (t.defined()) requested.push_back(t);
+    }
+    return requested;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(false,
+                "mhsa: double backward (the gradient of mha_packed_backward) is not supported; "
+                "multi-head self-attention in mhsa is differentiable once");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_autograd(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
+    double dropout_p) {
+  auto r = MhaPackedForwardFunction::apply(x, cu_seqlens, in_proj_weight, in_proj_bias,
+                                           out_proj_weight, out_proj_bias, num_heads, max_seqlen,
+                                           is_causal, window_left, window_right, dropout_p);
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
+  const variable_list requested = MhaPackedBackwardFunction::apply(
+      grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
+      rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+  std::array<at::Tensor, 5> grads;
+  size_t next = 0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    if (output_mask[i]) {
+      TORCH_INTERNAL_ASSERT(next < requested.size(),
+                            "mha_packed_backward returned too few gradients");
+      grads[i] = requested[next++];
+    }
+  }
+  TORCH_INTERNAL_ASSERT(next == requested.size(),
+                        "mha_packed_backward returned too many gradients");
+  return {grads[0], grads[1], grads[2], grads[3], grads[4]};
+}
+
+}  // namespace
+}  // namespace mhsa::autograd
+
+TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
+  m.impl("mha_packed_forward", TORCH_FN(mhsa::autograd::mha_packed_forward_autograd));
+  m.impl("mha_packed_backward", TORCH_FN(mhsa::autograd::mha_packed_backward_autograd));
+}

@@ -1,0 +1,401 @@
+// CPU kernels of mhsa::mha_packed_forward and mhsa::mha_packed_backward: B sequences packed
+// back to back in x (T, E), each attending only to itself (FlashAttention's varlen layout).
+//
+// The projections are single GEMMs over all T rows (they do not mix rows). The attention runs
+// the per-ISA kernels of the padded op once per sequence, with the geometry of a batch of one
+// (N = 1, L = L_b, batch_first) and pointers offset to that sequence's rows of qkv, context and
+// the gradient buffers, so the work is proportional to sum L_b^2, not B * max(L)^2. All the
+// tasks of all sequences share one parallel loop (forward: parts of about equal cost; backward:
+// one team of threads dealt the tasks of all sequences round-robin), so that many short
+// sequences and one long one keep every thread busy alike.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <vector>
+
+#if AT_PARALLEL_OPENMP
+#include <omp.h>
+#endif
+
+#include "checks.h"
+#include "cpu/attention_args.h"
+#include "cpu/cpu_capability.h"
+#include "cpu/parallel_stats.h"
+#include "cpu/projection_gemm.h"
+#include "packed_checks.h"
+
+namespace mhsa::cpu {
+namespace {
+
+uint64_t draw_dropout_seed() {
+  // Seeded from torch's default CPU generator, so torch.manual_seed reproduces a run.
+  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->random64();
+}
+
+// The Philox key of sequence b: the kernels number dropout elements (n, h, i, j) within one
+// call, and every sequence here is batch entry n = 0 of its own call, so each sequence gets its
+// own key (splitmix64 of the call's seed and b) lest all sequences drop the same pattern.
+uint64_t sequence_seed(uint64_t seed, int64_t b) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(b + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Runs fn(b, begin, end) on ranges of the local work items of sequence b, for every item of
+// every sequence, in parallel. Sequence b has items[b] items of about cost[b] flops each; the
+// flattened list is cut into parts of about equal total cost (a few per thread), so the
+// partition, never the results, depends on the thread count. Problems under ~1 MFLOP run on
+// the calling thread.
+template <typename F>
+void parallel_over_sequences(const std::vector<int64_t>& items, const std::vector<double>& cost,
+                             const F& fn) {
+  const size_t B = items.size();
+  std::vector<int64_t> item_start(B + 1, 0);
+  std::vector<double> cost_start(B + 1, 0.0);
+  for (size_t b = 0; b < B; ++b) {
+    item_start[b + 1] = item_start[b] + items[b];
+    cost_start[b + 1] = cost_start[b] + static_cast<double>(items[b]) * cost[b];
+  }
+  const int64_t total_items = item_start[B];
+  if (total_items == 0) return;
+  const double total_cost = cost_start[B];
+  // First item whose cumulative cost before it reaches c.
+  auto item_at_cost = [&](double c) -> int64_t {
+    if (c <= 0.0) return 0;
+    if (c >= total_cost) return total_items;
+    const size_t b = static_cast<size_t>(std::upper_bound(cost_start.begin(), cost_start.end(), c) -
+                                         cost_start.begin() - 1);
+    const double local = (c - cost_start[b]) / cost[b];
+    const int64_t k = std::min<int64_t>(items[b], static_cast<int64_t>(std::ceil(local)));
+    return item_start[b] + k;
+  };
+  auto run_items = [&](int64_t begin, int64_t end) {
+    size_t b = static_cast<size_t>(std::upper_bound(item_start.begin(), item_start.end(), begin) -
+                                   item_start.begin() - 1);
+    while (begin < end) {
+      const int64_t seq_end = std::min(end, item_start[b + 1]);
+      if (seq_end > begin)
+        fn(static_cast<int64_t>(b), begin - item_start[b], seq_end - item_start[b]);
+      begin = std::max(begin, seq_end);
+      ++b;
+    }
+  };
+  const int64_t parts =
+      total_cost < double(1 << 20) ? 1 : std::min<int64_t>(total_items, 4 * at::get_num_threads());
+  if (parts == 1) {
+    run_items(0, total_items);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t begin = item_at_cost(total_cost * p / parts);
+      const int64_t end = p + 1 == parts ? total_items : item_at_cost(total_cost * (p + 1) / parts);
+      run_items(begin, end);
+    }
+  });
+}
+
+// parallel_for over the T rows, split at sequence boundaries: fn(b, local_begin, local_end).
+template <typename F>
+void parallel_over_rows(const std::vector<int64_t>& offsets, double row_flops, const F& fn) {
+  const int64_t T = offsets.back();
+  at::parallel_for(0, T, parallel_grain(row_flops), [&](int64_t begin, int64_t end) {
+    size_t b = static_cast<size_t>(std::upper_bound(offsets.begin(), offsets.end(), begin) -
+                                   offsets.begin() - 1);
+    while (begin < end) {
+      const int64_t seq_end = std::min(end, offsets[b + 1]);
+      if (seq_end > begin) fn(static_cast<int64_t>(b), begin - offsets[b], seq_end - offsets[b]);
+      begin = std::max(begin, seq_end);
+      ++b;
+    }
+  });
+}
+
+template <typename acc_t>
+MaskView<acc_t> packed_masks(bool is_causal, int64_t window_left, int64_t window_right) {
+  MaskView<acc_t> m;
+  m.causal = is_causal;
+  m.window_left = window_left;
+  m.window_right = window_right;
+  return m;
+}
+
+std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
+}
+
+// The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype a float32
+// computation stands in for: qkv is rounded to it right after the projection, as mha_forward
+// does, because backward recomputes the scores from the stored (rounded) qkv and the
+// log-sum-exp must come from those very values.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_compute(
+    const at::Tensor& x, const std::vector<int64_t>& offsets, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool is_causal,
+    int64_t window_left, int64_t window_right, double dropout_p,
+    std::optional<at::ScalarType> stored_as) {
+  const int64_t T = x.size(0), E = x.size(1);
+  const int64_t H = num_heads, D = E / H;
+  const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
+  const at::Tensor x2d = x.contiguous();
+
+  at::Tensor qkv =
+      projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x.scalar_type());
+  if (stored_as.has_value()) qkv = qkv.to(*stored_as).to(x.scalar_type());
+  at::Tensor context = at::empty({T, E}, x.options());
+  // Sequence b's (H, L_b) log-sum-exp block starts at H * cu_seqlens[b].
+  at::Tensor lse = at::empty({T * H}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
+  at::Tensor rng_state = at::zeros({2}, x.options().dtype(at::kLong));
+  const uint64_t seed = dropout_p > 0.0 ? draw_dropout_seed() : 0;
+  if (dropout_p > 0.0) rng_state[0] = static_cast<int64_t>(seed);
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_packed_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto& kernels = attention_kernels<scalar_t>();
+    std::vector<ForwardArgs<scalar_t>> args(B);
+    std::vector<int64_t> tasks(B);
+    std::vector<double> task_flops(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
+      ForwardArgs<scalar_t>& a = args[b];
+      a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
+      a.qkv = qkv.const_data_ptr<scalar_t>() + start * 3 * E;
+      a.context = context.mutable_data_ptr<scalar_t>() + start * E;
+      a.lse = lse.mutable_data_ptr<acc_t>() + start * H;
+      a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
+      a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+      a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
+      if (dropout_p > 0.0) {
+        a.dropout.enabled = true;
+        a.dropout.p = dropout_p;
+        a.dropout.seed = sequence_seed(seed, b);
+      }
+      tasks[b] = forward_task_count(a.g, a.tiles, /*heads_inside=*/false);
+      // A task: a query block against the L keys, two GEMMs of 2*rows*L*D.
+      task_flops[b] = 4.0 * std::min(a.tiles.forward_q, std::max<int64_t>(L, 1)) * L * D + 1.0;
+    }
+    parallel_over_sequences(tasks, task_flops, [&](int64_t b, int64_t begin, int64_t end) {
+      kernels.forward_tasks(args[b], /*need_weights=*/false, /*heads_inside=*/false, begin, end);
+    });
+  });
+
+  // Under dropout the kernels left the context unscaled (a 0/1 mask, see DropoutParams):
+  // 1 / (1 - p) is applied here, once.
+  const double context_scale =
+      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+  at::Tensor output = projection_gemm(context, false, out_proj_weight, true, context_scale,
+                                      out_proj_bias, x.scalar_type());
+  return {output, qkv, context, lse, rng_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_cpu(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
+    double dropout_p) {
+  const char* op = "mha_packed_forward";
+  const PackedSizes s =
+      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
+                          out_proj_bias, num_heads, window_left, window_right, dropout_p);
+  const std::vector<int64_t> offsets =
+      read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int(), max_seqlen);
+  const auto dtype = x.scalar_type();
+  if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
+    // values, store the results in the input's dtype (as mha_forward does).
+    auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
+        x.to(at::kFloat), offsets, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
+        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, is_causal, window_left,
+        window_right, dropout_p, dtype);
+    return {output.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
+  }
+  return mha_packed_forward_compute(x, offsets, in_proj_weight, in_proj_bias, out_proj_weight,
+                                    out_proj_bias, num_heads, is_causal, window_left, window_right,
+                                    dropout_p, std::nullopt);
+}
+
+// Runs the backward attention tasks of every sequence on one team of threads that all run at
+// once (a task may wait for the dQ turn of an earlier key block of its own sequence, see
+// attention_backward_kernel.cpp). The tasks of all sequences form one list, sequence after
+// sequence, dealt round-robin: thread k runs global tasks k, k + team, ... in increasing order,
+// i.e. in sequence b the local tasks congruent to k - start_b modulo the team. A task only waits
+// for a smaller task of its own sequence, and every thread runs its tasks in increasing order,
+// so the smallest unfinished task can always proceed (no deadlock, whatever the team). Without
+// OpenMP, or inside a parallel region, one thread runs everything in order.
+template <typename scalar_t>
+void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
+                               const std::vector<BackwardArgs<scalar_t>>& args,
+                               const std::vector<int64_t>& tasks, double mean_task_flops,
+                               int* abort) {
+  std::vector<int64_t> start(tasks.size() + 1, 0);
+  for (size_t b = 0; b < tasks.size(); ++b) start[b + 1] = start[b] + tasks[b];
+  const int64_t total = start.back();
+  if (total == 0) return;
+  int64_t threads = 1;
+#if AT_PARALLEL_OPENMP
+  if (!at::in_parallel_region()) {
+    threads = std::min<int64_t>(at::get_num_threads(), total);
+    // Small problems stay on the calling thread (see parallel_grain).
+    threads =
+        std::min<int64_t>(threads, std::max<int64_t>(1, total / parallel_grain(mean_task_flops)));
+  }
+#endif
+  auto run_thread = [&](int64_t thread, int64_t team) {
+    for (size_t b = 0; b < args.size(); ++b) {
+      if (tasks[b] == 0) continue;
+      const int64_t first = ((thread - start[b]) % team + team) % team;
+      if (first >= tasks[b]) continue;  // none of this sequence's tasks is this thread's
+      kernels.backward_tasks(args[b], first, team);
+      if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return;
+    }
+  };
+  if (threads <= 1) {
+    record_parallel_tasks("packed backward attention", 0, total);
+    run_thread(0, 1);
+    return;
+  }
+#if AT_PARALLEL_OPENMP
+  std::exception_ptr error;
+#pragma omp parallel num_threads(static_cast <int>(threads))
+  {
+    try {
+      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
+      record_parallel_tasks("packed backward attention", thread,
+                            (total - thread + team - 1) / team);
+      run_thread(thread, team);
+    } catch (...) {
+      __atomic_store_n(abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
+#pragma omp critical(mhsa_packed_backward_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#endif
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
+  const char* op = "mha_packed_backward";
+  const PackedSizes s =
+      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
+                          std::nullopt, num_heads, window_left, window_right, dropout_p);
+  check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
+  const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
+  const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T);
+  const auto input_dtype = x.scalar_type();
+  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+    // See mha_packed_forward_cpu: fp32 compute from the 16-bit values (including the stored
+    // qkv the forward's log-sum-exp came from), gradients in the input's dtype.
+    auto grads = mha_packed_backward_cpu(
+        grad_output.to(at::kFloat), x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat),
+        out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
+        rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
+    return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
+            down(std::get<3>(grads)), down(std::get<4>(grads))};
+  }
+  const int64_t H = num_heads, D = E / H;
+  const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
+  const auto dtype = x.scalar_type();
+  const at::Tensor grad_out2d = grad_output.contiguous();
+  const at::Tensor ctx2d = context.contiguous();
+  // The saved context is unscaled under dropout: output = s C W^T + b.
+  const double context_scale =
+      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
+  // The parameter gradients are sums over sequences: one GEMM over all T rows each.
+  if (output_mask[3])
+    grad_out_w =
+        projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
+  if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
+  if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
+    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+  }
+
+  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false,
+                                              context_scale, std::nullopt, dtype);
+  const at::Tensor qkv_c = qkv.contiguous();
+  const at::Tensor lse_c = logsumexp.contiguous();
+  const auto acc_type = logsumexp_dtype(dtype);
+  at::Tensor dsum = at::empty({T * H}, x.options().dtype(acc_type));
+  // Every entry is written: the dQ columns zeroed by dsum_rows then accumulated by the key
+  // blocks, dK and dV by the key-block tasks (which cover every key row of every sequence).
+  at::Tensor grad_qkv = at::empty({T, 3 * E}, x.options().dtype(acc_type));
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "mha_packed_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto& kernels = attention_kernels<scalar_t>();
+    std::vector<BackwardArgs<scalar_t>> args(B);
+    std::vector<int64_t> tasks(B), turn_start(B + 1, 0);
+    double flops = 0.0;
+    int abort = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
+      BackwardArgs<scalar_t>& a = args[b];
+      a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
+      a.qkv = qkv_c.const_data_ptr<scalar_t>() + start * 3 * E;
+      a.context = ctx2d.const_data_ptr<scalar_t>() + start * E;
+      a.grad_context = grad_ctx.const_data_ptr<scalar_t>() + start * E;
+      a.lse = lse_c.const_data_ptr<acc_t>() + start * H;
+      a.dsum = dsum.mutable_data_ptr<acc_t>() + start * H;
+      a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>() + start * 3 * E;
+      a.abort = &abort;
+      a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
+      a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+      a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
+      if (dropout_p > 0.0) {
+        a.dropout.enabled = true;
+        a.dropout.p = dropout_p;
+        a.dropout.seed = sequence_seed(static_cast<uint64_t>(rng_state[0].item<int64_t>()), b);
+      }
+      tasks[b] = kernels.backward_task_count(a.g, a.tiles);
+      turn_start[b + 1] = turn_start[b] + kernels.dq_turn_count(a.g, a.tiles);
+      // A task: one key block against the L queries, five GEMMs of 2*rows*cols*D per block.
+      flops += 10.0 * static_cast<double>(H * L) * L * D;
+    }
+    // The dQ turn counters of every sequence (see attention_backward_kernel.cpp), one buffer.
+    std::vector<int64_t> dq_turn(static_cast<size_t>(turn_start[B]) + 1);
+    for (int64_t b = 0; b < B; ++b) {
+      args[b].dq_turn = dq_turn.data() + turn_start[b];
+      if (tasks[b] > 0) kernels.prepare_dq_order(args[b]);
+    }
+    // dsum_rows also zeroes the dQ columns the key blocks then add into.
+    parallel_over_rows(offsets, 4.0 * E, [&](int64_t b, int64_t begin, int64_t end) {
+      kernels.dsum_rows(args[b], begin, end);
+    });
+    int64_t total_tasks = 0;
+    for (int64_t t : tasks) total_tasks += t;
+    run_packed_backward_tasks(kernels, args, tasks, total_tasks > 0 ? flops / total_tasks : 0.0,
+                              &abort);
+  });
+
+  const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
+  if (output_mask[0])
+    grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
+  if (output_mask[1])
+    grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
+  if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
+  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+}
+
+}  // namespace
+}  // namespace mhsa::cpu
+
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
+  m.impl("mha_packed_forward", TORCH_FN(mhsa::cpu::mha_packed_forward_cpu));
+  m.impl("mha_packed_backward", TORCH_FN(mhsa::cpu::mha_packed_backward_cpu));
+}

@@ -1,0 +1,57 @@
+// Shape inference for mha_packed_forward / mha_packed_backward on the Meta key. Every shape
+// follows from x (T, E) and num_heads alone, never from the values of cu_seqlens, so tracing
+// needs no data-dependent sizes. The same checks as the CPU kernels run, except those of the
+// values of cu_seqlens, which a Meta tensor does not have.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "packed_checks.h"
+
+namespace mhsa::meta {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_meta(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
+    double dropout_p) {
+  const PackedSizes s = check_packed_inputs("mha_packed_forward", x, cu_seqlens, in_proj_weight,
+                                            in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+                                            window_left, window_right, dropout_p);
+  at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
+  at::Tensor qkv = at::empty_symint({s.tokens, s.embed * 3}, x.options());
+  at::Tensor context = at::empty_symint(x.sym_sizes(), x.options());
+  at::Tensor lse =
+      at::empty_symint({s.tokens * num_heads}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
+  at::Tensor rng_state = at::empty_symint({c10::SymInt(2)}, x.options().dtype(at::kLong));
+  return {output, qkv, context, lse, rng_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_meta(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
+    std::array<bool, 5> output_mask) {
+  const PackedSizes s = check_packed_inputs("mha_packed_backward", x, cu_seqlens, in_proj_weight,
+                                            std::nullopt, out_proj_weight, std::nullopt, num_heads,
+                                            window_left, window_right, dropout_p);
+  check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
+  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
+  if (output_mask[0]) grad_x = at::empty_symint(x.sym_sizes(), x.options());
+  if (output_mask[1]) grad_in_w = at::empty_symint(in_proj_weight.sym_sizes(), x.options());
+  if (output_mask[2]) grad_in_b = at::empty_symint({s.embed * 3}, x.options());
+  if (output_mask[3]) grad_out_w = at::empty_symint(out_proj_weight.sym_sizes(), x.options());
+  if (output_mask[4]) grad_out_b = at::empty_symint({s.embed}, x.options());
+  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+}
+
+}  // namespace
+}  // namespace mhsa::meta
+
+TORCH_LIBRARY_IMPL(mhsa, Meta, m) {
+  m.impl("mha_packed_forward", TORCH_FN(mhsa::meta::mha_packed_forward_meta));
+  m.impl("mha_packed_backward", TORCH_FN(mhsa::meta::mha_packed_backward_meta));
+}
