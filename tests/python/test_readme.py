@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,4 +20,13 @@ def test_readme_has_python_snippets() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_snippet_runs(index: int) -> None:
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
+    """Each block runs as a user would run it: on its own, in a fresh interpreter (a block that
+    creates a process group, for one, must not share the test process's state), within a
+    bounded time."""
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")),
+    )
+    assert result.returncode == 0, (
+        f"README.md python block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
+    )
