@@ -310,15 +310,15 @@ def main() -> None:
             for need_weights, dropout in configs:
                 if need_weights and N * H * L * L * 4 * 3 > 8 * 2**30:
                     continue  # nn.MultiheadAttention would need > 8 GiB for its L x L tensors
-                if dtype == "bfloat16" and (need_weights or dropout or L > 2048):
-                    continue  # keeps the bf16 rows affordable where torch's bf16 GEMMs are emulated
+                if dtype in ("bfloat16", "float16") and (need_weights or dropout or L > 2048):
+                    continue  # keeps the 16-bit rows affordable where torch's GEMMs are emulated
                 row = bench_train(N, L, E, H, dtype, need_weights, dropout, args, rates)
                 rows.append(row)
                 print(f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
                       f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
                       f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({row.gemm_pct:.0f}% of GEMM)",
                       flush=True)
-            if dtype == "bfloat16" and L > 2048:
+            if dtype in ("bfloat16", "float16") and L > 2048:
                 continue
             row = bench_inference(N, L, E, H, dtype, args, rates)
             rows.append(row)
