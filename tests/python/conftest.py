@@ -30,6 +30,14 @@ def _cpu_description() -> str:
     return f"{model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: whole-file tests that spawn processes, compile or run at scale; "
+        "`scripts/test --quick` (pytest -m 'not slow') leaves them out, `scripts/test` runs them",
+    )
+
+
 def pytest_report_header(config):
     """Says which CPU this is and which mhsa kernels run on it, at the top of the test output."""
     return [f"cpu: {_cpu_description()}", f"mhsa: {torch.ops.mhsa._backend_info()}, torch threads {torch.get_num_threads()}"]

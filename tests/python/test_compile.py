@@ -12,6 +12,9 @@ from torch import nn
 
 import mhsa
 
+# Not in `scripts/test --quick`: inductor compiles.
+pytestmark = pytest.mark.slow
+
 
 class Block(nn.Module):
     """Self-attention between two linear layers, with masks and both outputs used."""

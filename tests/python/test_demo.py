@@ -21,6 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
+# Not in `scripts/test --quick`: trains the demo and renders report.html in Chromium.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 import mhsa
 import mhsa_testutils
 
+# Not in `scripts/test --quick`: spawns 2 and 4 gloo processes.
+pytestmark = pytest.mark.slow
+
 # Bounds for one spawned test: starting the processes (imports) plus the work.
 LAUNCH_DEADLINE_S = 150.0
 PG_TIMEOUT_S = 20.0

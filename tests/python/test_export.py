@@ -17,6 +17,9 @@ from torch.export import Dim
 
 import mhsa
 
+# Not in `scripts/test --quick`: AOTInductor compiles a package.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 E, H = 16, 4
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Not in `scripts/test --quick`: runs every README block in a fresh interpreter.
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+# Not in `scripts/test --quick`: tensors past 2^31 elements and L = 16384.
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 
 
