@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import mhsa
+from mhsa._cpu_info import cpu_description
 
 FULL_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8), (1, 4096, 1024, 16), (1, 8192, 512, 8)]
 QUICK_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8)]
@@ -186,23 +187,6 @@ def peak_memory_mib(impl: str, N: int, L: int, E: int, H: int, dropout: float, n
          "1" if need_weights else "0", dtype, str(threads)],
         capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
-
-
-def cpu_description() -> str:
-    """The CPU model and the flags that decide the kernels (avx2/avx512/amx)."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16"]
-    have = [f for f in wanted if f in flags]
-    return f"{model} ({', '.join(have) if have else 'no avx2'}; no {', '.join(f for f in wanted if f not in flags) or '-'})"
 
 
 def profile_step(N: int, L: int, E: int, H: int, dtype: torch.dtype) -> None:

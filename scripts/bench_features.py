@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,22 +25,7 @@ import torch
 from torch import nn
 
 import mhsa
-
-
-def cpu_name() -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"]
-    return f"{model} ({', '.join(f for f in wanted if f in flags)})"
+from mhsa._cpu_info import cpu_description
 
 
 def timed(fns: List[Callable[[], None]], reps: int) -> List[float]:
@@ -113,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [
-        f"CPU: {cpu_name()}; torch {torch.__version__}, {args.threads} threads; float32, "
+        f"CPU: {cpu_description()}; torch {torch.__version__}, {args.threads} threads; float32, "
         "forward+backward, need_weights=False, p=0; median ms of interleaved runs.",
         "",
         "| row | (N, L, E, H) | mhsa ms | baseline ms | mhsa vs baseline | torch ms | speedup vs torch |",

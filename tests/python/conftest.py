@@ -12,22 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mhsa  # noqa: E402,F401  (registers torch.ops.mhsa)
 import mhsa_testutils  # noqa: E402
-
-
-def _cpu_description() -> str:
-    """The CPU model and the instruction-set flags that decide which kernels run."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16"]
-    return f"{model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
+from mhsa._cpu_info import cpu_description  # noqa: E402
 
 
 def pytest_configure(config):
@@ -40,7 +25,7 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     """Says which CPU this is and which mhsa kernels run on it, at the top of the test output."""
-    return [f"cpu: {_cpu_description()}", f"mhsa: {torch.ops.mhsa._backend_info()}, torch threads {torch.get_num_threads()}"]
+    return [f"cpu: {cpu_description()}", f"mhsa: {torch.ops.mhsa._backend_info()}, torch threads {torch.get_num_threads()}"]
 
 
 @pytest.fixture(autouse=True)
