@@ -15,8 +15,8 @@ void check_same_device_dtype(const char* op, const char* name, const at::Tensor&
 
 void check_shape(const char* op, const char* name, const at::Tensor& t,
                  c10::SymIntArrayRef expected) {
-  TORCH_CHECK(t.sym_sizes() == expected, op, ": expected ", name, " of shape ", expected,
-              ", got ", t.sym_sizes());
+  TORCH_CHECK(t.sym_sizes() == expected, op, ": expected ", name, " of shape ", expected, ", got ",
+              t.sym_sizes());
 }
 
 void check_mask_dtype(const char* op, const char* name, const at::Tensor& mask,
@@ -45,18 +45,17 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
               batch_first ? "(N, L, E) with batch_first" : "(L, N, E)", ", got ", x.dim(),
               "-D of shape ", x.sym_sizes());
   const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                  dtype == at::kHalf,
-              op,
-              ": expected x of dtype float32, float64, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+      op, ": expected x of dtype float32, float64, bfloat16 or float16, got ", dtype);
   TORCH_CHECK(num_heads > 0, op, ": expected num_heads > 0, got ", num_heads);
   MhaSizes s{batch_first ? x.sym_size(0) : x.sym_size(1),
              batch_first ? x.sym_size(1) : x.sym_size(0), x.sym_size(2), num_heads};
   TORCH_CHECK(s.embed > 0, op, ": expected embed_dim (the last dim of x) > 0, got ", s.embed);
   TORCH_CHECK(s.embed % num_heads == 0, op, ": embed_dim ", s.embed,
               " must be divisible by num_heads ", num_heads);
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op,
-              ": expected dropout_p in [0, 1], got ", dropout_p);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": expected dropout_p in [0, 1], got ",
+              dropout_p);
 
   const c10::SymInt E = s.embed;
   check_same_device_dtype(op, "in_proj_weight", in_proj_weight, x);
@@ -78,8 +77,9 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
     if (m.dim() == 2) {
       check_shape(op, "2-D attn_mask", m, {s.seq, s.seq});
     } else {
-      TORCH_CHECK(m.dim() == 3, op, ": expected attn_mask to be 2-D (L, L) or 3-D (N*num_heads, L, L), got ",
-                  m.dim(), "-D of shape ", m.sym_sizes());
+      TORCH_CHECK(m.dim() == 3, op,
+                  ": expected attn_mask to be 2-D (L, L) or 3-D (N*num_heads, L, L), got ", m.dim(),
+                  "-D of shape ", m.sym_sizes());
       check_shape(op, "3-D attn_mask", m, {s.batch * num_heads, s.seq, s.seq});
     }
   }

@@ -10,10 +10,10 @@
 namespace mhsa {
 
 struct MhaSizes {
-  c10::SymInt batch;    // N
-  c10::SymInt seq;      // L
-  c10::SymInt embed;    // E
-  int64_t num_heads;    // H
+  c10::SymInt batch;  // N
+  c10::SymInt seq;    // L
+  c10::SymInt embed;  // E
+  int64_t num_heads;  // H
 };
 
 // Checks the arguments of mha_forward (and the shared ones of mha_backward); `op` names the

@@ -53,7 +53,8 @@ TORCH_LIBRARY(mhsa, m) {
   });
   // With MHSA_PARALLEL_STATS=1: tasks per thread of each parallel phase since the last call
   // (JSON), to check how the work spreads over many threads (scripts/parallel_stats.py).
-  m.def("_parallel_stats() -> str", []() -> std::string { return mhsa::cpu::take_parallel_stats(); });
+  m.def("_parallel_stats() -> str",
+        []() -> std::string { return mhsa::cpu::take_parallel_stats(); });
   // What runs on this CPU, for test and benchmark reports: the kernels' instruction set, how
   // bfloat16 is computed and which GEMM library the tiles and projections call.
   m.def("_backend_info() -> str", []() -> std::string {

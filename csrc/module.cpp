@@ -5,8 +5,7 @@
 
 namespace mhsa {
 
-MultiheadSelfAttentionOptions::MultiheadSelfAttentionOptions(int64_t embed_dim,
-                                                             int64_t num_heads)
+MultiheadSelfAttentionOptions::MultiheadSelfAttentionOptions(int64_t embed_dim, int64_t num_heads)
     : embed_dim_(embed_dim), num_heads_(num_heads) {}
 
 MultiheadSelfAttentionImpl::MultiheadSelfAttentionImpl(
@@ -56,17 +55,17 @@ std::tuple<at::Tensor, at::Tensor> MultiheadSelfAttentionImpl::forward(
 }
 
 at::Tensor MultiheadSelfAttentionImpl::forward_packed(const at::Tensor& x,
-                                                     const at::Tensor& cu_seqlens,
-                                                     std::optional<int64_t> max_seqlen,
-                                                     bool is_causal,
-                                                     c10::IntArrayRef window_size) {
+                                                      const at::Tensor& cu_seqlens,
+                                                      std::optional<int64_t> max_seqlen,
+                                                      bool is_causal,
+                                                      c10::IntArrayRef window_size) {
   auto optional_of = [](const at::Tensor& t) {
     return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
   };
-  return multi_head_self_attention_packed(
-      x, cu_seqlens, in_proj_weight, optional_of(in_proj_bias), out_proj->weight,
-      optional_of(out_proj->bias), options.num_heads(), max_seqlen, options.dropout(),
-      is_training(), is_causal, window_size);
+  return multi_head_self_attention_packed(x, cu_seqlens, in_proj_weight, optional_of(in_proj_bias),
+                                          out_proj->weight, optional_of(out_proj->bias),
+                                          options.num_heads(), max_seqlen, options.dropout(),
+                                          is_training(), is_causal, window_size);
 }
 
 }  // namespace mhsa

@@ -3,8 +3,8 @@
 // The public op is CompositeImplicitAutograd: it only canonicalizes (unbatched input, eval
 // mode) and calls mha_forward, whose Autograd kernel provides the gradients. It must not do
 // arithmetic of its own, or autograd would decompose it.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <mhsa/ops.h>
@@ -37,10 +37,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::mha_backward", "")
                        .typed<decltype(mha_backward)>();
-  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv,
-                 context, logsumexp, rng_state, num_heads, batch_first, attn_mask,
-                 key_padding_mask, is_causal, dropout_p, average_attn_weights, output_mask,
-                 window_size);
+  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask,
+                 is_causal, dropout_p, average_attn_weights, output_mask, window_size);
 }
 
 namespace {
@@ -64,7 +63,8 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
   if (unbatched && kpm.has_value() && kpm->defined()) {
     TORCH_CHECK(kpm->dim() == 1,
                 "multi_head_self_attention: expected key_padding_mask of shape (L) for an "
-                "unbatched query, got shape ", kpm->sym_sizes());
+                "unbatched query, got shape ",
+                kpm->sym_sizes());
     kpm = kpm->unsqueeze(0);
   }
   // nn.MultiheadAttention accepts an in_proj_bias of any floating dtype (F.linear casts it to

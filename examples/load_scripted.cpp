@@ -15,7 +15,8 @@
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Embedding size and dtype from the model's attention parameters.
@@ -67,8 +68,8 @@ int main(int argc, char** argv) {
     c10::InferenceMode inference;  // no autograd bookkeeping
     const c10::IValue result = model.forward({input});
     // The model may return (output, attention weights) or only the output.
-    const at::Tensor output = result.isTuple() ? result.toTupleRef().elements().at(0).toTensor()
-                                               : result.toTensor();
+    const at::Tensor output =
+        result.isTuple() ? result.toTupleRef().elements().at(0).toTensor() : result.toTensor();
     std::cout << "output " << output.sizes() << "\n";
     if (!torch::isfinite(output).all().item<bool>()) {
       std::cerr << "output has NaN or inf\n";

@@ -19,15 +19,14 @@ struct TinyModelImpl : torch::nn::Module {
   TinyModelImpl()
       : token(register_module("token", torch::nn::Embedding(kVocab, kEmbed))),
         position(register_parameter("position", torch::randn({kSeqLen, kEmbed}) * 0.1)),
-        attn(register_module("attn", mhsa::MultiheadSelfAttention(
-                                         mhsa::MultiheadSelfAttentionOptions(kEmbed, kHeads)
-                                             .batch_first(true)
-                                             .dropout(0.1)))),
-        norm(register_module("norm", torch::nn::LayerNorm(
-                                         torch::nn::LayerNormOptions({kEmbed})))),
-        mlp(register_module("mlp", torch::nn::Sequential(
-                                       torch::nn::Linear(kEmbed, 4 * kEmbed), torch::nn::ReLU(),
-                                       torch::nn::Linear(4 * kEmbed, kEmbed)))),
+        attn(register_module(
+            "attn", mhsa::MultiheadSelfAttention(mhsa::MultiheadSelfAttentionOptions(kEmbed, kHeads)
+                                                     .batch_first(true)
+                                                     .dropout(0.1)))),
+        norm(register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({kEmbed})))),
+        mlp(register_module(
+            "mlp", torch::nn::Sequential(torch::nn::Linear(kEmbed, 4 * kEmbed), torch::nn::ReLU(),
+                                         torch::nn::Linear(4 * kEmbed, kEmbed)))),
         head(register_module("head", torch::nn::Linear(kEmbed, kVocab))) {}
 
   torch::Tensor forward(const torch::Tensor& tokens) {  // (N, L) int64 -> (N, L, vocab)
@@ -87,13 +86,12 @@ int main() {
 
   torch::Tensor accuracy;
   const double initial = evaluate(&accuracy);
-  std::printf("step %4d  val loss %.4f  val accuracy %.3f\n", 0, initial,
-              accuracy.item<double>());
+  std::printf("step %4d  val loss %.4f  val accuracy %.3f\n", 0, initial, accuracy.item<double>());
   for (int step = 1; step <= kSteps; ++step) {
     const auto [tokens, targets] = make_batch(kBatch);
     const torch::Tensor logits = model->forward(tokens);
-    const torch::Tensor loss = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, kVocab}), targets.reshape(-1));
+    const torch::Tensor loss =
+        torch::nn::functional::cross_entropy(logits.reshape({-1, kVocab}), targets.reshape(-1));
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();

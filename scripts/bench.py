@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,13 @@ from torch import nn
 import mhsa
 from mhsa._cpu_info import cpu_description
 
-FULL_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8), (1, 4096, 1024, 16), (1, 8192, 512, 8)]
+FULL_SHAPES = [
+    (8, 128, 512, 8),
+    (4, 512, 512, 8),
+    (1, 2048, 512, 8),
+    (1, 4096, 1024, 16),
+    (1, 8192, 512, 8),
+]
 QUICK_SHAPES = [(8, 128, 512, 8), (4, 512, 512, 8), (1, 2048, 512, 8)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,7 +68,9 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1e3
 
 
-def interleaved(fns: list[Callable[[], None]], warmup_s: float, min_reps: int, min_s: float) -> list[list[float]]:
+def interleaved(
+    fns: list[Callable[[], None]], warmup_s: float, min_reps: int, min_s: float
+) -> list[list[float]]:
     """Runs each function in turn (ABAB...), after a time-based warm-up; returns seconds per call."""
     end = time.perf_counter() + warmup_s
     while time.perf_counter() < end:
@@ -94,7 +102,9 @@ def make_pair(E: int, H: int, dropout: float, dtype: torch.dtype) -> tuple[nn.Mo
     return ours, ref
 
 
-def step_fns(module: nn.Module, x: torch.Tensor, need_weights: bool) -> tuple[Callable[[], None], Callable[[], None]]:
+def step_fns(
+    module: nn.Module, x: torch.Tensor, need_weights: bool
+) -> tuple[Callable[[], None], Callable[[], None]]:
     def forward() -> None:
         module(x, x, x, need_weights=need_weights)
 
@@ -108,8 +118,17 @@ def step_fns(module: nn.Module, x: torch.Tensor, need_weights: bool) -> tuple[Ca
     return forward, step
 
 
-def bench_train(N: int, L: int, E: int, H: int, dtype_name: str, need_weights: bool, dropout: float,
-                args: argparse.Namespace, rates: dict[str, float]) -> Row:
+def bench_train(
+    N: int,
+    L: int,
+    E: int,
+    H: int,
+    dtype_name: str,
+    need_weights: bool,
+    dropout: float,
+    args: argparse.Namespace,
+    rates: dict[str, float],
+) -> Row:
     dtype = DTYPES[dtype_name]
     ours, ref = make_pair(E, H, dropout, dtype)
     ours.train()
@@ -123,12 +142,36 @@ def bench_train(N: int, L: int, E: int, H: int, dtype_name: str, need_weights: b
     o_s, r_s = median_ms(step[0]), median_ms(step[1])
     flops = 24 * N * L * E * E + 12 * N * L * L * E
     gflops = flops / (o_s / 1e3) / 1e9
-    return Row("train", dtype_name, N, L, E, H, need_weights, dropout, o_f, r_f, o_s - o_f, r_s - r_f,
-               o_s, r_s, r_s / o_s, gflops, 100 * gflops / rates[dtype_name])
+    return Row(
+        "train",
+        dtype_name,
+        N,
+        L,
+        E,
+        H,
+        need_weights,
+        dropout,
+        o_f,
+        r_f,
+        o_s - o_f,
+        r_s - r_f,
+        o_s,
+        r_s,
+        r_s / o_s,
+        gflops,
+        100 * gflops / rates[dtype_name],
+    )
 
 
-def bench_inference(N: int, L: int, E: int, H: int, dtype_name: str, args: argparse.Namespace,
-                    rates: dict[str, float]) -> Row:
+def bench_inference(
+    N: int,
+    L: int,
+    E: int,
+    H: int,
+    dtype_name: str,
+    args: argparse.Namespace,
+    rates: dict[str, float],
+) -> Row:
     dtype = DTYPES[dtype_name]
     ours, ref = make_pair(E, H, 0.0, dtype)
     ours.eval()
@@ -148,8 +191,25 @@ def bench_inference(N: int, L: int, E: int, H: int, dtype_name: str, args: argpa
     flops = 8 * N * L * E * E + 4 * N * L * L * E
     gflops = flops / (o_f / 1e3) / 1e9
     nan = float("nan")
-    return Row("inference", dtype_name, N, L, E, H, False, 0.0, o_f, r_f, nan, nan, o_f, r_f, r_f / o_f,
-               gflops, 100 * gflops / rates[dtype_name])
+    return Row(
+        "inference",
+        dtype_name,
+        N,
+        L,
+        E,
+        H,
+        False,
+        0.0,
+        o_f,
+        r_f,
+        nan,
+        nan,
+        o_f,
+        r_f,
+        r_f / o_f,
+        gflops,
+        100 * gflops / rates[dtype_name],
+    )
 
 
 MEMORY_SNIPPET = r"""
@@ -178,14 +238,39 @@ print(rss("VmHWM:") - base)
 """
 
 
-def peak_memory_mib(impl: str, N: int, L: int, E: int, H: int, dropout: float, need_weights: bool,
-                    dtype: str, threads: int) -> float:
+def peak_memory_mib(
+    impl: str,
+    N: int,
+    L: int,
+    E: int,
+    H: int,
+    dropout: float,
+    need_weights: bool,
+    dtype: str,
+    threads: int,
+) -> float:
     """Peak RSS growth (MiB) over one forward+backward step, measured in a fresh process."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # large tensors go back to the OS
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_SNIPPET, impl, str(N), str(L), str(E), str(H), str(dropout),
-         "1" if need_weights else "0", dtype, str(threads)],
-        capture_output=True, text=True, env=env, check=True)
+        [
+            sys.executable,
+            "-c",
+            MEMORY_SNIPPET,
+            impl,
+            str(N),
+            str(L),
+            str(E),
+            str(H),
+            str(dropout),
+            "1" if need_weights else "0",
+            dtype,
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -215,7 +300,8 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         f"CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. torch {torch.__version__}.",
         "",
         f"Threads: {threads}. GEMM rate (torch.mm 2048^3): "
-        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()) + ".",
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+        + ".",
         "",
         "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | mhsa GFLOP/s | % of GEMM | peak MiB mhsa / torch |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -223,11 +309,16 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
     for r in rows:
         step = "-" if r.mode == "inference" else f"{r.mhsa_step_ms:.1f}"
         tstep = "-" if r.mode == "inference" else f"{r.torch_step_ms:.1f}"
-        mem = "" if r.mhsa_peak_mib != r.mhsa_peak_mib else f"{r.mhsa_peak_mib:.0f} / {r.torch_peak_mib:.0f}"
+        mem = (
+            ""
+            if r.mhsa_peak_mib != r.mhsa_peak_mib
+            else f"{r.mhsa_peak_mib:.0f} / {r.torch_peak_mib:.0f}"
+        )
         lines.append(
             f"| {r.mode} | {r.dtype} | {r.N}, {r.L}, {r.E}, {r.H} | {r.need_weights} | {r.dropout} | "
             f"{r.mhsa_fwd_ms:.1f} | {r.torch_fwd_ms:.1f} | {step} | {tstep} | **{r.speedup:.2f}x** | "
-            f"{r.mhsa_gflops:.0f} | {r.gemm_pct:.0f}% | {mem} |")
+            f"{r.mhsa_gflops:.0f} | {r.gemm_pct:.0f}% | {mem} |"
+        )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -263,13 +354,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
     parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per measurement")
     parser.add_argument("--reps", type=int, default=5, help="minimum repeats per measurement")
-    parser.add_argument("--min-time", type=float, default=1.0, help="minimum seconds per measurement")
+    parser.add_argument(
+        "--min-time", type=float, default=1.0, help="minimum seconds per measurement"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
     parser.add_argument("--shapes", default=None, help="override, e.g. 4x512x512x8,1x2048x512x8")
-    parser.add_argument("--profile", action="store_true",
-                        help="print the top operators (torch.profiler) of one mhsa training step "
-                        "of the first shape and dtype, then stop")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the top operators (torch.profiler) of one mhsa training step "
+        "of the first shape and dtype, then stop",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -280,7 +378,10 @@ def main() -> None:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     dtypes = args.dtypes.split(",")
     print(f"CPU: {cpu_description()}; mhsa: {torch.ops.mhsa._backend_info()}", flush=True)
-    print(f"torch {torch.__version__}, mhsa {mhsa.__version__}, threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"torch {torch.__version__}, mhsa {mhsa.__version__}, threads {torch.get_num_threads()}",
+        flush=True,
+    )
     if args.profile:
         profile_step(*shapes[0], DTYPES[dtypes[0]])
         return
@@ -288,9 +389,11 @@ def main() -> None:
     print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
 
     rows: list[Row] = []
-    configs = [(False, 0.0), (True, 0.0), (False, 0.1)] if not args.quick else [(False, 0.0), (True, 0.0)]
+    configs = (
+        [(False, 0.0), (True, 0.0), (False, 0.1)] if not args.quick else [(False, 0.0), (True, 0.0)]
+    )
     for dtype in dtypes:
-        for (N, L, E, H) in shapes:
+        for N, L, E, H in shapes:
             for need_weights, dropout in configs:
                 if need_weights and N * H * L * L * 4 * 3 > 8 * 2**30:
                     continue  # nn.MultiheadAttention would need > 8 GiB for its L x L tensors
@@ -298,24 +401,41 @@ def main() -> None:
                     continue  # keeps the 16-bit rows affordable where torch's GEMMs are emulated
                 row = bench_train(N, L, E, H, dtype, need_weights, dropout, args, rates)
                 rows.append(row)
-                print(f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
-                      f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
-                      f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({row.gemm_pct:.0f}% of GEMM)",
-                      flush=True)
+                print(
+                    f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
+                    f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
+                    f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({row.gemm_pct:.0f}% of GEMM)",
+                    flush=True,
+                )
             if dtype in ("bfloat16", "float16") and L > 2048:
                 continue
             row = bench_inference(N, L, E, H, dtype, args, rates)
             rows.append(row)
-            print(f"inference {dtype} N={N} L={L} E={E} H={H}: mhsa {row.mhsa_fwd_ms:.1f} ms, "
-                  f"torch {row.torch_fwd_ms:.1f} ms, speedup {row.speedup:.2f}x", flush=True)
+            print(
+                f"inference {dtype} N={N} L={L} E={E} H={H}: mhsa {row.mhsa_fwd_ms:.1f} ms, "
+                f"torch {row.torch_fwd_ms:.1f} ms, speedup {row.speedup:.2f}x",
+                flush=True,
+            )
     if not args.no_memory:
         N, L, E, H = (1, 8192, 512, 8) if not args.quick else (1, 2048, 512, 8)
         for row in rows:
-            if (row.N, row.L, row.E, row.H) == (N, L, E, H) and row.mode == "train" and row.dtype == "float32" and not row.need_weights:
-                row.mhsa_peak_mib = peak_memory_mib("mhsa", N, L, E, H, row.dropout, False, "float32", args.threads)
-                row.torch_peak_mib = peak_memory_mib("torch", N, L, E, H, row.dropout, False, "float32", args.threads)
-                print(f"peak memory fwd+bwd N={N} L={L} E={E} H={H} p={row.dropout}: mhsa {row.mhsa_peak_mib:.0f} MiB, "
-                      f"torch {row.torch_peak_mib:.0f} MiB ({100 * row.mhsa_peak_mib / row.torch_peak_mib:.0f}%)", flush=True)
+            if (
+                (row.N, row.L, row.E, row.H) == (N, L, E, H)
+                and row.mode == "train"
+                and row.dtype == "float32"
+                and not row.need_weights
+            ):
+                row.mhsa_peak_mib = peak_memory_mib(
+                    "mhsa", N, L, E, H, row.dropout, False, "float32", args.threads
+                )
+                row.torch_peak_mib = peak_memory_mib(
+                    "torch", N, L, E, H, row.dropout, False, "float32", args.threads
+                )
+                print(
+                    f"peak memory fwd+bwd N={N} L={L} E={E} H={H} p={row.dropout}: mhsa {row.mhsa_peak_mib:.0f} MiB, "
+                    f"torch {row.torch_peak_mib:.0f} MiB ({100 * row.mhsa_peak_mib / row.torch_peak_mib:.0f}%)",
+                    flush=True,
+                )
     write_outputs(rows, rates, args.out, args.threads)
     (args.out / "rates.json").write_text(json.dumps(rates))
     print(f"wrote {args.out}/bench.csv, bench.md, speedup.png")

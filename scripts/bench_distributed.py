@@ -52,8 +52,13 @@ def _reset_peak() -> float:
 def _rank_main(rank: int, world: int, port: int, args: Dict, outdir: str) -> None:
     """One rank: a warm-up step, then one measured forward+backward on its slice."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=1800))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=1800),
+    )
     torch.manual_seed(0)
     attn = mhsa.MultiheadSelfAttention(args["embed"], args["heads"], batch_first=True)
     cp = mhsa.distributed.ContextParallelSelfAttention(attn)
@@ -86,15 +91,23 @@ def run_ring(world: int, args: Dict) -> Dict[str, float]:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as outdir:
         port = _free_port()
-        procs = [context.Process(target=_rank_main, args=(r, world, port, args, outdir)) for r in range(world)]
+        procs = [
+            context.Process(target=_rank_main, args=(r, world, port, args, outdir))
+            for r in range(world)
+        ]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
         if any(p.exitcode != 0 for p in procs):
-            raise RuntimeError(f"ring benchmark with P={world} failed: exit codes {[p.exitcode for p in procs]}")
+            raise RuntimeError(
+                f"ring benchmark with P={world} failed: exit codes {[p.exitcode for p in procs]}"
+            )
         results = [json.loads(Path(outdir, f"rank{r}.json").read_text()) for r in range(world)]
-    return {"seconds": max(r["seconds"] for r in results), "peak_mib": max(r["peak_mib"] for r in results)}
+    return {
+        "seconds": max(r["seconds"] for r in results),
+        "peak_mib": max(r["peak_mib"] for r in results),
+    }
 
 
 ONE_PROCESS_SNIPPET = """
@@ -121,40 +134,66 @@ print(json.dumps({"seconds": seconds, "peak_mib": rss("VmHWM:") - base}))
 
 def run_one_process(threads: int, args: Dict) -> Dict[str, float]:
     """The one-process operator on the full sequence, in a fresh process."""
-    command = [sys.executable, "-c", ONE_PROCESS_SNIPPET, str(args["length"]), str(args["embed"]),
-               str(args["heads"]), str(int(args["causal"])), str(threads)]
+    command = [
+        sys.executable,
+        "-c",
+        ONE_PROCESS_SNIPPET,
+        str(args["length"]),
+        str(args["embed"]),
+        str(args["heads"]),
+        str(int(args["causal"])),
+        str(threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--length", type=int, default=32768, help="global sequence length L")
     parser.add_argument("--embed", type=int, default=64, help="embedding dimension E")
     parser.add_argument("--heads", type=int, default=1, help="number of heads H")
     parser.add_argument("--causal", action="store_true", help="causal attention")
     parser.add_argument("--worlds", default="1,2,4", help="world sizes P, comma-separated")
     options = parser.parse_args()
-    args = {"length": options.length, "embed": options.embed, "heads": options.heads, "causal": options.causal}
+    args = {
+        "length": options.length,
+        "embed": options.embed,
+        "heads": options.heads,
+        "causal": options.causal,
+    }
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # large tensors go back to the OS when freed
     worlds: List[int] = [int(w) for w in options.worlds.split(",")]
 
-    print(f"float32, N=1, L={options.length}, E={options.embed}, H={options.heads}, causal={options.causal}, "
-          f"{os.cpu_count()} CPUs, one thread per rank", flush=True)
+    print(
+        f"float32, N=1, L={options.length}, E={options.embed}, H={options.heads}, causal={options.causal}, "
+        f"{os.cpu_count()} CPUs, one thread per rank",
+        flush=True,
+    )
     rows = []
     for threads in sorted({1, 2}):
         r = run_one_process(threads, args)
-        print(f"one process, mhsa op, {threads} thread(s): {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB", flush=True)
+        print(
+            f"one process, mhsa op, {threads} thread(s): {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB",
+            flush=True,
+        )
         rows.append((f"one process (mhsa op), {threads} thread{'s' if threads > 1 else ''}", r))
     for world in worlds:
         r = run_ring(world, args)
-        print(f"ring P={world}: {r['seconds']:.2f} s, peak per rank {r['peak_mib']:.0f} MiB", flush=True)
+        print(
+            f"ring P={world}: {r['seconds']:.2f} s, peak per rank {r['peak_mib']:.0f} MiB",
+            flush=True,
+        )
         rows.append((f"ring attention, P = {world} (1 thread per rank)", r))
 
     print()
-    print(f"| L = {options.length}, E = {options.embed}, H = {options.heads}, float32, fwd+bwd | time s | peak MiB per rank |")
+    print(
+        f"| L = {options.length}, E = {options.embed}, H = {options.heads}, float32, fwd+bwd | time s | peak MiB per rank |"
+    )
     print("|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |")

@@ -70,22 +70,29 @@ def window_row(N: int, L: int, E: int, H: int, W: int, reps: int, with_torch: bo
     ms = timed(fns, reps)
     torch_ms = f"{ms[2]:.0f}" if with_torch else "not run"
     torch_ratio = f"{ms[2] / ms[0]:.2f}x" if with_torch else "-"
-    return (f"| window ({W}, 0), causal | ({N}, {L}, {E}, {H}) | {ms[0]:.0f} | dense causal mhsa "
-            f"{ms[1]:.0f} | {ms[1] / ms[0]:.2f}x | {torch_ms} | {torch_ratio} |")
+    return (
+        f"| window ({W}, 0), causal | ({N}, {L}, {E}, {H}) | {ms[0]:.0f} | dense causal mhsa "
+        f"{ms[1]:.0f} | {ms[1] / ms[0]:.2f}x | {torch_ms} | {torch_ratio} |"
+    )
 
 
 def padding_row(N: int, L: int, E: int, H: int, reps: int) -> str:
     ref, mod = modules(E, H)
     x = torch.randn(N, L, E)
     kpm = torch.zeros(N, L, dtype=torch.bool)
-    kpm[:, L // 2:] = True
-    ms = timed([
-        train_step(lambda x: mod(x, key_padding_mask=kpm, need_weights=False)[0], x),
-        train_step(lambda x: mod(x, need_weights=False)[0], x),
-        train_step(lambda x: ref(x, x, x, key_padding_mask=kpm, need_weights=False)[0], x),
-    ], reps)
-    return (f"| right padding, last half | ({N}, {L}, {E}, {H}) | {ms[0]:.0f} | no mask mhsa "
-            f"{ms[1]:.0f} | {ms[0] / ms[1]:.2f} of it | {ms[2]:.0f} | {ms[2] / ms[0]:.2f}x |")
+    kpm[:, L // 2 :] = True
+    ms = timed(
+        [
+            train_step(lambda x: mod(x, key_padding_mask=kpm, need_weights=False)[0], x),
+            train_step(lambda x: mod(x, need_weights=False)[0], x),
+            train_step(lambda x: ref(x, x, x, key_padding_mask=kpm, need_weights=False)[0], x),
+        ],
+        reps,
+    )
+    return (
+        f"| right padding, last half | ({N}, {L}, {E}, {H}) | {ms[0]:.0f} | no mask mhsa "
+        f"{ms[1]:.0f} | {ms[0] / ms[1]:.2f} of it | {ms[2]:.0f} | {ms[2] / ms[0]:.2f}x |"
+    )
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ def measure(shape: str, threads: int) -> dict:
     code = f"""
 import json, torch, mhsa
 torch.set_num_threads({threads})
-N, L, E, H = {tuple(int(v) for v in shape.split('x'))}
+N, L, E, H = {tuple(int(v) for v in shape.split("x"))}
 attn = mhsa.MultiheadSelfAttention(E, H, batch_first=True)
 x = torch.randn(N, L, E, requires_grad=True)
 torch.ops.mhsa._parallel_stats()  # reset
@@ -31,7 +31,9 @@ out.sum().backward()
 print(json.dumps(json.loads(torch.ops.mhsa._parallel_stats())))
 """
     env = dict(os.environ, MHSA_PARALLEL_STATS="1", OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -40,13 +42,17 @@ def main() -> None:
     parser.add_argument("--threads", default="16,64")
     parser.add_argument("--shapes", default="1x2048x512x8,1x8192x1024x16")
     args = parser.parse_args()
-    print("| (N, L, E, H) | threads | phase | threads with work | tasks | max/mean tasks per thread |")
+    print(
+        "| (N, L, E, H) | threads | phase | threads with work | tasks | max/mean tasks per thread |"
+    )
     print("|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         for threads in (int(t) for t in args.threads.split(",")):
             for phase, s in measure(shape, threads).items():
-                print(f"| ({shape.replace('x', ', ')}) | {threads} | {phase} | {s['threads']} | "
-                      f"{s['tasks']} | {s['max_over_mean']:.2f} |")
+                print(
+                    f"| ({shape.replace('x', ', ')}) | {threads} | {phase} | {s['threads']} | "
+                    f"{s['tasks']} | {s['max_over_mean']:.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ mha_forward_autocast_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
                          bool batch_first, const std::optional<at::Tensor>& attn_mask,
                          const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
                          double dropout_p, bool need_weights, bool average_attn_weights,
-                c10::IntArrayRef window_size) {
+                         c10::IntArrayRef window_size) {
   // Redispatch below the autocast key; without this guard the call below would come back here.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
@@ -33,10 +33,9 @@ mha_forward_autocast_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
   };
   // The masks stay as given: the kernels accept bool and every floating mask dtype, and a float
   // mask (-inf entries, large offsets) is better kept in its own precision.
-  return mhsa::mha_forward(cast(x), cast(in_proj_weight), cast(in_proj_bias),
-                           cast(out_proj_weight), cast(out_proj_bias), num_heads, batch_first,
-                           attn_mask, key_padding_mask, is_causal, dropout_p, need_weights,
-                           average_attn_weights, window_size);
+  return mhsa::mha_forward(cast(x), cast(in_proj_weight), cast(in_proj_bias), cast(out_proj_weight),
+                           cast(out_proj_bias), num_heads, batch_first, attn_mask, key_padding_mask,
+                           is_causal, dropout_p, need_weights, average_attn_weights, window_size);
 }
 
 }  // namespace

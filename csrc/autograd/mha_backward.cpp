@@ -13,20 +13,21 @@ using torch::autograd::variable_list;
 
 class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction> {
  public:
-  static variable_list forward(
-      AutogradContext* ctx, const at::Tensor& grad_output,
-      const std::optional<at::Tensor>& grad_attn_weights, const at::Tensor& x,
-      const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-      const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-      int64_t num_heads, bool batch_first, const std::optional<at::Tensor>& attn_mask,
-      const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double dropout_p,
-      bool average_attn_weights, std::array<bool, 5> output_mask,
-    c10::IntArrayRef window_size) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                               const std::optional<at::Tensor>& grad_attn_weights,
+                               const at::Tensor& x, const at::Tensor& in_proj_weight,
+                               const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                               const at::Tensor& context, const at::Tensor& logsumexp,
+                               const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
+                               const std::optional<at::Tensor>& attn_mask,
+                               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                               double dropout_p, bool average_attn_weights,
+                               std::array<bool, 5> output_mask, c10::IntArrayRef window_size) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [a, b, c, d, e] = mhsa::mha_backward(
-        grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
-        logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
-        dropout_p, average_attn_weights, output_mask, window_size);
+        grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
+        rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
+        average_attn_weights, output_mask, window_size);
     // A custom Function cannot return undefined tensors, so only the requested gradients
     // (output_mask) are returned; mha_backward_autograd puts them back in place.
     variable_list requested;
@@ -52,9 +53,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
     c10::IntArrayRef window_size) {
   const variable_list requested = MhaBackwardFunction::apply(
-      grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
-      logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
-      dropout_p, average_attn_weights, output_mask, window_size);
+      grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
+      rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
+      average_attn_weights, output_mask, window_size);
   std::array<at::Tensor, 5> grads;
   size_t next = 0;
   for (size_t i = 0; i < grads.size(); ++i) {

@@ -17,8 +17,10 @@ std::optional<at::Tensor> defined_or_null(const at::Tensor& t) {
 
 void check_not_differentiable(const std::optional<at::Tensor>& mask, const char* name) {
   TORCH_CHECK(!(mask.has_value() && mask->defined() && mask->requires_grad()),
-              "mha_forward: ", name, " requires grad, but mhsa treats masks as constants and "
-              "returns no gradient for them; pass ", name, ".detach()");
+              "mha_forward: ", name,
+              " requires grad, but mhsa treats masks as constants and "
+              "returns no gradient for them; pass ",
+              name, ".detach()");
 }
 
 class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> {
@@ -27,9 +29,8 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
                                const at::Tensor& in_proj_weight,
                                const std::optional<at::Tensor>& in_proj_bias,
                                const at::Tensor& out_proj_weight,
-                               const std::optional<at::Tensor>& out_proj_bias,
-                               int64_t num_heads, bool batch_first,
-                               const std::optional<at::Tensor>& attn_mask,
+                               const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                               bool batch_first, const std::optional<at::Tensor>& attn_mask,
                                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
                                double dropout_p, bool need_weights, bool average_attn_weights,
                                c10::IntArrayRef window_size) {
@@ -38,9 +39,10 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     // Redispatch below the Autograd key; calling the op from here again without this guard
     // would land back in this kernel and recurse forever.
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, weights, qkv, context, lse, rng_state] = mhsa::mha_forward(
-        x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
-        is_causal, dropout_p, need_weights, average_attn_weights, window_size);
+    auto [output, weights, qkv, context, lse, rng_state] =
+        mhsa::mha_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                          num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
+                          need_weights, average_attn_weights, window_size);
     // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
     ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
                             attn_mask.value_or(at::Tensor()),
@@ -80,16 +82,15 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
     const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
     auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_backward(
-        grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5],
-        saved[6], ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
-        defined_or_null(saved[7]), defined_or_null(saved[8]),
-        ctx->saved_data["is_causal"].toBool(), ctx->saved_data["dropout_p"].toDouble(),
-        ctx->saved_data["average_attn_weights"].toBool(), output_mask,
-        ctx->saved_data["window_size"].toIntVector());
+        grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+        ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
+        defined_or_null(saved[7]), defined_or_null(saved[8]), ctx->saved_data["is_causal"].toBool(),
+        ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["average_attn_weights"].toBool(),
+        output_mask, ctx->saved_data["window_size"].toIntVector());
     // One entry per forward input; the non-tensor arguments and the masks get none.
-    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {grad_x,       grad_in_w,    grad_in_b,    grad_out_w,   grad_out_b,
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -102,9 +103,10 @@ mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
                      const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
                      double dropout_p, bool need_weights, bool average_attn_weights,
                      c10::IntArrayRef window_size) {
-  auto r = MhaForwardFunction::apply(
-      x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads, batch_first, attn_mask, key_padding_mask,
-      is_causal, dropout_p, need_weights, average_attn_weights, window_size);
+  auto r =
+      MhaForwardFunction::apply(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                                num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
+                                dropout_p, need_weights, average_attn_weights, window_size);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 

@@ -89,17 +89,17 @@ struct BackwardArgs {
   using acc_t = at::opmath_type<scalar_t>;
   AttentionGeometry g;
   const scalar_t* qkv;
-  const scalar_t* context;       // O, rows like x, E columns
-  const scalar_t* grad_context;  // dO, rows like x, E columns
-  const acc_t* lse;              // (N, H, L)
-  acc_t* dsum;                   // (N, H, L) scratch
+  const scalar_t* context;                 // O, rows like x, E columns
+  const scalar_t* grad_context;            // dO, rows like x, E columns
+  const acc_t* lse;                        // (N, H, L)
+  acc_t* dsum;                             // (N, H, L) scratch
   const scalar_t* grad_weights = nullptr;  // (N, H, L, L) or (N, L, L), contiguous
   bool grad_weights_averaged = false;
-  acc_t* grad_qkv;               // rows like x, 3E columns; dQ accumulates into its Q columns
+  acc_t* grad_qkv;  // rows like x, 3E columns; dQ accumulates into its Q columns
   // The order of the dQ sums (see attention_backward_kernel.cpp): for each (n, h, aligned
   // query block) the key block whose turn it is to add its dQ share (-1: none left).
   int64_t* dq_turn;
-  int* abort;                    // set when a task failed, so no task waits for it forever
+  int* abort;  // set when a task failed, so no task waits for it forever
   MaskView<acc_t> masks;
   DropoutParams dropout;
   acc_t scale;

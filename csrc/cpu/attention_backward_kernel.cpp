@@ -29,10 +29,13 @@ struct BackwardScratch {
   Buffer<acc_t> grad_k, grad_v;
   Buffer<float> packed_k, packed_v;  // K_j^T and V_j^T of the key block, for dot_tile
   BackwardScratch(const TileSizes& t, int64_t head_dim)
-      : probs(t.backward_q * t.backward_kv), dropped(t.backward_q * t.backward_kv),
-        grad(t.backward_q * t.backward_kv), keep(t.backward_q * t.backward_kv),
+      : probs(t.backward_q * t.backward_kv),
+        dropped(t.backward_q * t.backward_kv),
+        grad(t.backward_q * t.backward_kv),
+        keep(t.backward_q * t.backward_kv),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
-        grad_k(t.backward_kv * head_dim), grad_v(t.backward_kv * head_dim),
+        grad_k(t.backward_kv * head_dim),
+        grad_v(t.backward_kv * head_dim),
         packed_k(dot_packed_size(t.backward_kv, head_dim)),
         packed_v(dot_packed_size(t.backward_kv, head_dim)) {}
 };
@@ -40,9 +43,8 @@ struct BackwardScratch {
 // Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass:
 // the scores are bitwise the forward's, see dot_tile). K_j is packed in packed_k.
 template <typename scalar_t, typename acc_t>
-void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n,
-                        int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                        const float* packed_k) {
+void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
+                        int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* packed_k) {
   const AttentionGeometry& g = a.g;
   score_tile_prepacked(S, ld, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, packed_k);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
@@ -99,8 +101,8 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
-      pack_for_dot(a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E,
-                   j1 - j0, g.D, packed_k.data());
+      pack_for_dot(a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E, j1 - j0,
+                   g.D, packed_k.data());
       probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
@@ -210,8 +212,9 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   // aligned query blocks (the units of the dQ turn order), clipped to those queries.
   const PositionRange queries = visible_query_range(g, a.masks, n, j0, j1);
   const PositionRange touched = touched_query_blocks(g, a.masks, a.tiles, n, jb);
-  const PositionRange next_touched =
-      jb + 1 < kv_blocks ? touched_query_blocks(g, a.masks, a.tiles, n, jb + 1) : PositionRange{0, 0};
+  const PositionRange next_touched = jb + 1 < kv_blocks
+                                         ? touched_query_blocks(g, a.masks, a.tiles, n, jb + 1)
+                                         : PositionRange{0, 0};
   for (int64_t qb = touched.begin; qb < touched.end; ++qb) {
     const int64_t i0 = qb * block_q > queries.begin ? qb * block_q : queries.begin;
     const int64_t i1 = (qb + 1) * block_q < queries.end ? (qb + 1) * block_q : queries.end;
@@ -257,7 +260,8 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     }
     const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
     // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j
-    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, a.scale, dS, ld, q, ld_seq, acc_t(1), grad_k, D);
+    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, a.scale, dS, ld, q, ld_seq, acc_t(1), grad_k,
+              D);
     // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
     // the turn to the next key block (if it touches this query block; none is left if not).
     if (!wait_for_turn(turns + qb, jb, a.abort)) return;

@@ -15,8 +15,11 @@ struct ForwardScratch {
   Buffer<scalar_t> cast;
   Buffer<float> packed;  // K^T of one key block, for dot_tile
   ForwardScratch(const TileSizes& t, int64_t head_dim)
-      : scores(t.forward_q * t.forward_k), out(t.forward_q * head_dim), row_max(t.forward_q),
-        row_sum(t.forward_q), dropout(t.forward_k),
+      : scores(t.forward_q * t.forward_k),
+        out(t.forward_q * head_dim),
+        row_max(t.forward_q),
+        row_sum(t.forward_q),
+        dropout(t.forward_k),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
         packed(dot_packed_size(t.forward_k, head_dim)) {}
 };
@@ -85,8 +88,8 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
 // Second sweep when the caller wants the weights: the probabilities (after dropout, as
 // nn.MultiheadAttention returns them) recomputed from the final log-sum-exp.
 template <typename scalar_t>
-void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
-                            int64_t n, int64_t h, int64_t i0, int64_t i1) {
+void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s, int64_t n,
+                            int64_t h, int64_t i0, int64_t i1) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   const int64_t rows = i1 - i0, block_k = a.tiles.forward_k;

@@ -308,8 +308,8 @@ inline void dot_micro(const scalar_t* A, int64_t lda, const float* panel, int64_
 
 // C[M, N] (row stride ldc) = alpha * A B^T from B^T packed by pack_dot_operand.
 template <typename scalar_t>
-void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
-                     int64_t lda, const float* Bt, float* C, int64_t ldc) {
+void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A, int64_t lda,
+                     const float* Bt, float* C, int64_t ldc) {
   vfloat out[4][2];
   for (int64_t r0 = 0; r0 < M; r0 += 4) {
     const int rows = static_cast<int>(M - r0 < 4 ? M - r0 : 4);
@@ -342,16 +342,14 @@ void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_
 
 // Double precision: the same chain per element, no packing (float64 is the reference dtype,
 // not a fast path).
-inline void dot_tile(int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                     int64_t lda, const double* B, int64_t ldb, double* C, int64_t ldc,
-                     float* /*packed*/) {
+inline void dot_tile(int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                     const double* B, int64_t ldb, double* C, int64_t ldc, float* /*packed*/) {
   for (int64_t r = 0; r < M; ++r)
     for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = alpha * dot_chain(A + r * lda, B + c * ldb, K);
 }
 template <typename scalar_t>
-inline void dot_tile(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
-                     int64_t lda, const scalar_t* B, int64_t ldb, float* C, int64_t ldc,
-                     float* packed) {
+inline void dot_tile(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A, int64_t lda,
+                     const scalar_t* B, int64_t ldb, float* C, int64_t ldc, float* packed) {
   pack_dot_operand(B, ldb, N, K, packed);
   dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
 }
@@ -364,14 +362,14 @@ inline void pack_for_dot(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, f
   pack_dot_operand(B, ldb, N, K, packed);
 }
 inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                               int64_t lda, const double* B, int64_t ldb, const float*,
-                               double* C, int64_t ldc) {
+                               int64_t lda, const double* B, int64_t ldb, const float*, double* C,
+                               int64_t ldc) {
   dot_tile(M, N, K, alpha, A, lda, B, ldb, C, ldc, nullptr);
 }
 template <typename scalar_t>
 inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
-                               int64_t lda, const scalar_t*, int64_t, const float* packed,
-                               float* C, int64_t ldc) {
+                               int64_t lda, const scalar_t*, int64_t, const float* packed, float* C,
+                               int64_t ldc) {
   dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
 }
 
@@ -422,8 +420,8 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 // `packed` is scratch of dot_packed_size(j1 - j0, D) floats.
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
-                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h,
-                       int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* packed) {
+                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h, int64_t i0,
+                       int64_t i1, int64_t j0, int64_t j1, float* packed) {
   const int64_t ld_seq = g.seq_rows() * 3 * g.E;
   const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
   const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
@@ -509,8 +507,8 @@ inline void philox_lanes(vu64 counter, uint64_t key, vu64 out[4]) {
 // factors[0..). The context path uses kept = 1, a 0/1 mask, and applies 1 / (1 - p) once to
 // the whole context (see DropoutParams); the returned weights use kept = 1 / (1 - p).
 template <typename acc_t>
-void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
-                     int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1, acc_t kept) {
+void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeometry& g, int64_t n,
+                     int64_t h, int64_t i, int64_t j0, int64_t j1, acc_t kept) {
   const acc_t scale = kept;
   // 24-bit uniforms u; keep iff u >= p.
   const uint64_t threshold = static_cast<uint64_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
@@ -537,7 +535,8 @@ template <typename acc_t>
 void dropout_row(acc_t* row, acc_t* factors, const DropoutParams& d, const AttentionGeometry& g,
                  int64_t n, int64_t h, int64_t i, int64_t j0, int64_t j1, acc_t kept) {
   dropout_factors(factors, d, g, n, h, i, j0, j1, kept);
-  for (int64_t c = 0; c < j1 - j0; ++c) row[c] = factors[c] == acc_t(0) ? acc_t(0) : row[c] * factors[c];
+  for (int64_t c = 0; c < j1 - j0; ++c)
+    row[c] = factors[c] == acc_t(0) ? acc_t(0) : row[c] * factors[c];
 }
 
 }  // namespace mhsa::cpu::MHSA_ISA

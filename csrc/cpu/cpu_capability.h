@@ -47,12 +47,12 @@ struct AttentionKernels {
 template <typename scalar_t>
 const AttentionKernels<scalar_t>& attention_kernels();
 
-#define MHSA_DECLARE_ISA_KERNELS(isa)                                   \
-  namespace isa {                                                       \
-  template <typename scalar_t>                                          \
-  AttentionKernels<scalar_t> make_attention_kernels();                  \
-  extern template AttentionKernels<float> make_attention_kernels<float>(); \
-  extern template AttentionKernels<double> make_attention_kernels<double>(); \
+#define MHSA_DECLARE_ISA_KERNELS(isa)                                                      \
+  namespace isa {                                                                          \
+  template <typename scalar_t>                                                             \
+  AttentionKernels<scalar_t> make_attention_kernels();                                     \
+  extern template AttentionKernels<float> make_attention_kernels<float>();                 \
+  extern template AttentionKernels<double> make_attention_kernels<double>();               \
   extern template AttentionKernels<c10::BFloat16> make_attention_kernels<c10::BFloat16>(); \
   }
 

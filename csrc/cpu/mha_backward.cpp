@@ -46,7 +46,7 @@ void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const Backwar
   }
 #if AT_PARALLEL_OPENMP
   std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast<int>(threads))
+#pragma omp parallel num_threads(static_cast <int>(threads))
   {
     try {
       const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
@@ -84,11 +84,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
       grad_w = grad_attn_weights->to(at::kFloat);
     }
-    auto grads = mha_backward_cpu(
-        grad_output.to(at::kFloat), grad_w, x.to(at::kFloat), in_proj_weight.to(at::kFloat),
-        out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
-        rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-        average_attn_weights, output_mask, window_size);
+    auto grads = mha_backward_cpu(grad_output.to(at::kFloat), grad_w, x.to(at::kFloat),
+                                  in_proj_weight.to(at::kFloat), out_proj_weight.to(at::kFloat),
+                                  qkv.to(at::kFloat), context.to(at::kFloat), logsumexp, rng_state,
+                                  num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
+                                  dropout_p, average_attn_weights, output_mask, window_size);
     auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
@@ -99,17 +99,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   const at::Tensor grad_out2d = grad_output.contiguous().view({-1, E});
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
   // The saved context is unscaled under dropout (see mha_forward_cpu): output = s C W^T + b.
-  const double context_scale = dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+  const double context_scale =
+      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
   const auto dtype = x.scalar_type();
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  if (output_mask[3]) grad_out_w = projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
+  if (output_mask[3])
+    grad_out_w =
+        projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
   if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
   if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
     return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
   }
 
   // dC = s dOut W_out, [rows, E], contiguous
-  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false, context_scale, std::nullopt, dtype);
+  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false,
+                                              context_scale, std::nullopt, dtype);
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(x.scalar_type());
@@ -165,12 +169,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     }
     // A task: one key block against the queries, five GEMMs of 2*rows*cols*D per query block.
     const double task_flops = 10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
-    run_backward_tasks(kernels, a, tasks, task_flops);  });
+    run_backward_tasks(kernels, a, tasks, task_flops);
+  });
 
   const at::Tensor x2d = x.contiguous().view({-1, E});
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
-  if (output_mask[0]) grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype).view(x.sizes());
-  if (output_mask[1]) grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
+  if (output_mask[0])
+    grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype)
+                 .view(x.sizes());
+  if (output_mask[1])
+    grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
   if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
@@ -178,6 +186,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
 }  // namespace
 }  // namespace mhsa::cpu
 
-TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
-  m.impl("mha_backward", TORCH_FN(mhsa::cpu::mha_backward_cpu));
-}
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("mha_backward", TORCH_FN(mhsa::cpu::mha_backward_cpu)); }

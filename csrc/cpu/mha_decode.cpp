@@ -163,12 +163,13 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
     key_cache.narrow(2, length, T).copy_(k);
     value_cache.narrow(2, length, T).copy_(v);
     at::Tensor context = at::empty({N * T, E}, x_new.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_new.scalar_type(), "decode_step_cpu", [&] {
-      attend_to_cache<scalar_t>(qkv.const_data_ptr<scalar_t>(),
-                                key_cache.const_data_ptr<scalar_t>(),
-                                value_cache.const_data_ptr<scalar_t>(),
-                                context.mutable_data_ptr<scalar_t>(), rows, H, D, max_len, length);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, x_new.scalar_type(), "decode_step_cpu", [&] {
+          attend_to_cache<scalar_t>(
+              qkv.const_data_ptr<scalar_t>(), key_cache.const_data_ptr<scalar_t>(),
+              value_cache.const_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), rows, H,
+              D, max_len, length);
+        });
     output = projection_gemm(context, false, out_proj_weight, true, 1.0, out_proj_bias,
                              x_new.scalar_type())
                  .view(x_new.sizes());

@@ -49,8 +49,8 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
   const at::Tensor x2d = x.contiguous().view({-1, E});
 
   // One GEMM for the packed projection; rows follow x's layout.
-  at::Tensor qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias,
-                                   x.scalar_type());
+  at::Tensor qkv =
+      projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x.scalar_type());
   if (stored_as.has_value()) qkv = qkv.to(*stored_as).to(x.scalar_type());
   at::Tensor context = at::empty({x.size(0), x.size(1), E}, x.options());
   at::Tensor lse = at::empty({N, H, L}, x.options().dtype(logsumexp_dtype(x.scalar_type())));
@@ -90,7 +90,8 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
     const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
     at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
                      [&](int64_t begin, int64_t end) {
-                       record_parallel_tasks("forward attention", at::get_thread_num(), end - begin);
+                       record_parallel_tasks("forward attention", at::get_thread_num(),
+                                             end - begin);
                        kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
                      });
   });
@@ -98,22 +99,26 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
 
   // With dropout the kernels left the context unscaled (a 0/1 mask on the probabilities, see
   // DropoutParams): 1 / (1 - p) is applied here, once.
-  const double context_scale = dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+  const double context_scale =
+      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
   const at::Tensor ctx2d = context.view({-1, E});
   at::Tensor output = projection_gemm(ctx2d, false, out_proj_weight, true, context_scale,
                                       out_proj_bias, x.scalar_type());
-  return {output.view(x.sizes()), weights, qkv.view({x.size(0), x.size(1), 3 * E}), context,
-          lse, rng_state};
+  return {output.view(x.sizes()),
+          weights,
+          qkv.view({x.size(0), x.size(1), 3 * E}),
+          context,
+          lse,
+          rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                double dropout_p, bool need_weights, bool average_attn_weights,
-                c10::IntArrayRef window_size) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_forward_cpu(
+    const at::Tensor& x, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
+    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights,
+    c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
@@ -125,11 +130,11 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
     auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
       return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
     };
-    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
-        s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
-        out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads, batch_first, attn_mask,
-        key_padding_mask, is_causal, dropout_p, need_weights, average_attn_weights, window_size,
-        dtype);
+    auto [output, weights, qkv, context, lse, rng_state] =
+        mha_forward_compute(s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
+                            out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads,
+                            batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
+                            need_weights, average_attn_weights, window_size, dtype);
     return {output.to(dtype), weights.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
   }
   return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
@@ -141,6 +146,4 @@ mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
 }  // namespace
 }  // namespace mhsa::cpu
 
-TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
-  m.impl("mha_forward", TORCH_FN(mhsa::cpu::mha_forward_cpu));
-}
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("mha_forward", TORCH_FN(mhsa::cpu::mha_forward_cpu)); }

@@ -1,8 +1,8 @@
 #include "cpu/projection_gemm.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/Dispatch.h>
 
 #include <algorithm>
 
@@ -60,7 +60,8 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
       const acc_t* pbias = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
       // A tile task is 2 * tile^2 * K flops; grain 1 unless tiles are tiny.
       const double tile_flops = 2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
-      const int64_t grain = tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
+      const int64_t grain =
+          tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
       at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
         record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
         for (int64_t t = begin; t < end; ++t) {
@@ -87,7 +88,8 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
 
 at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(m.dim() == 2);
-  if (m.scalar_type() == at::kHalf) return column_sums(m.to(at::kFloat), out_dtype.value_or(at::kFloat));
+  if (m.scalar_type() == at::kHalf)
+    return column_sums(m.to(at::kFloat), out_dtype.value_or(at::kFloat));
   const at::Tensor src = m.contiguous();
   const int64_t R = src.size(0), N = src.size(1);
   const auto acc_dtype = accumulation_dtype(src.scalar_type());

@@ -14,11 +14,11 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc);
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k,
-                            float alpha, const uint16_t* a, int lda, const uint16_t* b, int ldb,
-                            float beta, float* c, int ldc);
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                            const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                            float* c, int ldc);
 // mkl_service.h maps mkl_set_num_threads_local to this by-value entry point (the lowercase
 // symbol is the Fortran one, which takes a pointer).
 int MKL_Set_Num_Threads_Local(int nt);
@@ -30,9 +30,8 @@ namespace {
 
 // Portable fallback and reference: plain loops, accumulating in the output type.
 template <typename in_t, typename acc_t>
-void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t alpha,
-                    const in_t* A, int64_t lda, const in_t* B, int64_t ldb, acc_t beta, acc_t* C,
-                    int64_t ldc) {
+void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t alpha, const in_t* A,
+                    int64_t lda, const in_t* B, int64_t ldb, acc_t beta, acc_t* C, int64_t ldc) {
   for (int64_t i = 0; i < M; ++i) {
     acc_t* c = C + i * ldc;
     for (int64_t j = 0; j < N; ++j) c[j] = beta == acc_t(0) ? acc_t(0) : beta * c[j];
@@ -64,7 +63,8 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
   if (M == 0 || N == 0) return true;
   if (K > 0) return false;
   for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == acc_t(0) ? acc_t(0) : beta * C[i * ldc + j];
+    for (int64_t j = 0; j < N; ++j)
+      C[i * ldc + j] = beta == acc_t(0) ? acc_t(0) : beta * C[i * ldc + j];
   return true;
 }
 
@@ -96,15 +96,15 @@ void column_major_gemm(FortranGemm gemm, Trans ta, Trans tb, int64_t M, int64_t 
                        int64_t ldc) {
   const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
   const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
-  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"), lc = to_blas_int(ldc, "ldc");
+  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"),
+            lc = to_blas_int(ldc, "ldc");
   SequentialBlas sequential;
   gemm(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
 }
 #endif
 
-void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-               int64_t ldc) {
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
   column_major_gemm(sgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -113,9 +113,8 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
 #endif
 }
 
-void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha,
-               const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
-               double* C, int64_t ldc) {
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+               int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
   column_major_gemm(dgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -125,8 +124,8 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha
 }
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
-               float beta, float* C, int64_t ldc) {
+               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_HAVE_TORCH_BLAS
   constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values

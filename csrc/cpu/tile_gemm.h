@@ -12,14 +12,12 @@ namespace mhsa::cpu {
 
 enum class Trans { No, Yes };
 
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+               int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
                float* C, int64_t ldc);
-void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha,
-               const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
-               double* C, int64_t ldc);
-void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
-               float beta, float* C, int64_t ldc);
 
 }  // namespace mhsa::cpu

@@ -9,14 +9,13 @@
 namespace mhsa::meta {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_meta(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                 const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-                 const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                 bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                 const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                 double dropout_p, bool need_weights, bool average_attn_weights,
-                c10::IntArrayRef window_size) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_forward_meta(
+    const at::Tensor& x, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
+    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights,
+    c10::IntArrayRef window_size) {
   const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, num_heads, batch_first,
                                       attn_mask, key_padding_mask, dropout_p);
@@ -42,6 +41,4 @@ mha_forward_meta(const at::Tensor& x, const at::Tensor& in_proj_weight,
 }  // namespace
 }  // namespace mhsa::meta
 
-TORCH_LIBRARY_IMPL(mhsa, Meta, m) {
-  m.impl("mha_forward", TORCH_FN(mhsa::meta::mha_forward_meta));
-}
+TORCH_LIBRARY_IMPL(mhsa, Meta, m) { m.impl("mha_forward", TORCH_FN(mhsa::meta::mha_forward_meta)); }

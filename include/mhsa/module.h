@@ -47,12 +47,8 @@ class C10_EXPORT MultiheadSelfAttentionImpl
 
   // Returns (attn_output, attn_weights); attn_weights is undefined when need_weights is false.
   std::tuple<at::Tensor, at::Tensor> forward(
-      const at::Tensor& query,
-      const at::Tensor& key_padding_mask = {},
-      bool need_weights = true,
-      const at::Tensor& attn_mask = {},
-      bool average_attn_weights = true,
-      bool is_causal = false,
+      const at::Tensor& query, const at::Tensor& key_padding_mask = {}, bool need_weights = true,
+      const at::Tensor& attn_mask = {}, bool average_attn_weights = true, bool is_causal = false,
       c10::IntArrayRef window_size = kNoWindow);
 
   void reset() override;
@@ -62,8 +58,7 @@ class C10_EXPORT MultiheadSelfAttentionImpl
   // output (T, E). See multi_head_self_attention_packed in ops.h (batch_first does not apply).
   at::Tensor forward_packed(const at::Tensor& x, const at::Tensor& cu_seqlens,
                             std::optional<int64_t> max_seqlen = std::nullopt,
-                            bool is_causal = false,
-                            c10::IntArrayRef window_size = kNoWindow);
+                            bool is_causal = false, c10::IntArrayRef window_size = kNoWindow);
   // xavier_uniform_ on in_proj_weight, zero biases, out_proj.weight keeps Linear's init.
   void reset_parameters();
 
@@ -84,13 +79,10 @@ class C10_EXPORT MultiheadSelfAttentionImpl
   torch::nn::Linear out_proj{nullptr};
 
  protected:
-  FORWARD_HAS_DEFAULT_ARGS(
-      {1, torch::nn::AnyValue(at::Tensor())},
-      {2, torch::nn::AnyValue(true)},
-      {3, torch::nn::AnyValue(at::Tensor())},
-      {4, torch::nn::AnyValue(true)},
-      {5, torch::nn::AnyValue(false)},
-      {6, torch::nn::AnyValue(c10::IntArrayRef(kNoWindow))})
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(at::Tensor())}, {2, torch::nn::AnyValue(true)},
+                           {3, torch::nn::AnyValue(at::Tensor())}, {4, torch::nn::AnyValue(true)},
+                           {5, torch::nn::AnyValue(false)},
+                           {6, torch::nn::AnyValue(c10::IntArrayRef(kNoWindow))})
 };
 
 TORCH_MODULE(MultiheadSelfAttention);

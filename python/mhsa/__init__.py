@@ -22,8 +22,8 @@ LIBRARY_PATH = _library.load()
 
 from . import functional  # noqa: E402  (needs the ops registered above)
 from .convert import SkippedAttention, replace_attention  # noqa: E402
-from .modules import MultiheadSelfAttention  # noqa: E402
 from .kv_cache import KVCache  # noqa: E402
+from .modules import MultiheadSelfAttention  # noqa: E402
 
 __all__ = [
     "MultiheadSelfAttention",

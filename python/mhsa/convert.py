@@ -43,7 +43,9 @@ def _why_not_convertible(
     if type(module) is not nn.MultiheadAttention:
         return f"{type(module).__qualname__} is a subclass of nn.MultiheadAttention (its forward may differ)"
     if isinstance(parent, nn.TransformerDecoderLayer) and child_name == "multihead_attn":
-        return "cross-attention: TransformerDecoderLayer.multihead_attn attends to the encoder memory"
+        return (
+            "cross-attention: TransformerDecoderLayer.multihead_attn attends to the encoder memory"
+        )
     if not module._qkv_same_embed_dim:
         return (
             f"kdim={module.kdim}, vdim={module.vdim} differ from embed_dim={module.embed_dim} "
@@ -110,7 +112,8 @@ def _keep_attention_on_the_module_path(model: nn.Module) -> None:
         ):
             module.activation_relu_or_gelu = 0
         elif isinstance(module, nn.TransformerEncoder) and any(
-            isinstance(layer, nn.TransformerEncoderLayer) and isinstance(layer.self_attn, MultiheadSelfAttention)
+            isinstance(layer, nn.TransformerEncoderLayer)
+            and isinstance(layer.self_attn, MultiheadSelfAttention)
             for layer in module.layers
         ):
             module.use_nested_tensor = False
@@ -181,7 +184,9 @@ def replace_attention(
 
     converted: Dict[int, nn.Module] = {}  # id(old module) -> replacement (for shared modules)
 
-    def convert(parent: Optional[nn.Module], name: str, child_name: str, module: nn.MultiheadAttention) -> nn.Module:
+    def convert(
+        parent: Optional[nn.Module], name: str, child_name: str, module: nn.MultiheadAttention
+    ) -> nn.Module:
         if id(module) in converted:
             return converted[id(module)]
         reason = _why_not_convertible(parent, child_name, module)

@@ -72,7 +72,10 @@ def _segments(rank: int, world: int, global_len: int, load_balance: bool) -> Lis
         block = global_len // world
         return [_Segment(0, rank * block, block)]
     chunk = global_len // (2 * world)
-    return [_Segment(0, rank * chunk, chunk), _Segment(chunk, (2 * world - 1 - rank) * chunk, chunk)]
+    return [
+        _Segment(0, rank * chunk, chunk),
+        _Segment(chunk, (2 * world - 1 - rank) * chunk, chunk),
+    ]
 
 
 def _check_divisible(global_len: int, world: int, load_balance: bool) -> None:
@@ -122,7 +125,10 @@ def shard_sequence(
     rank, world = _group_info(group)
     global_len = x.size(seq_dim)
     _check_divisible(global_len, world, load_balance)
-    pieces = [x.narrow(seq_dim, s.start, s.length) for s in _segments(rank, world, global_len, load_balance)]
+    pieces = [
+        x.narrow(seq_dim, s.start, s.length)
+        for s in _segments(rank, world, global_len, load_balance)
+    ]
     return torch.cat(pieces, dim=seq_dim) if len(pieces) > 1 else pieces[0].contiguous()
 
 
@@ -223,10 +229,16 @@ def _dropout_factors(
     first_group = key_start // 4
     n_groups = (key_start + key_len - 1) // 4 - first_group + 1
     device = rows.device
-    head_index = torch.arange(batch * heads, dtype=torch.int64, device=device).view(batch, heads, 1, 1)
+    head_index = torch.arange(batch * heads, dtype=torch.int64, device=device).view(
+        batch, heads, 1, 1
+    )
     row_base = (head_index * global_len + rows.view(1, 1, -1, 1)) * groups_per_row
-    counter = row_base + (first_group + torch.arange(n_groups, dtype=torch.int64, device=device)).view(1, 1, 1, -1)
-    words = torch.stack(_philox(counter, drop.seed), dim=-1).flatten(-2)  # word j % 4 of group j // 4
+    counter = row_base + (
+        first_group + torch.arange(n_groups, dtype=torch.int64, device=device)
+    ).view(1, 1, 1, -1)
+    words = torch.stack(_philox(counter, drop.seed), dim=-1).flatten(
+        -2
+    )  # word j % 4 of group j // 4
     offset = key_start - 4 * first_group
     uniform = words[..., offset : offset + key_len] >> 8  # 24-bit uniforms
     threshold = int(min(drop.p, 1.0) * 16777216.0)
@@ -309,8 +321,15 @@ def _scores(q: Tensor, k: Tensor, q_start: int, k_start: int, masked: bool) -> T
 
 
 def _forward_block(
-    ring: _Ring, q: Tensor, k: Tensor, v: Tensor, k_rank: int, out: Tensor, lse: Tensor,
-    is_causal: bool, drop: Optional[_Dropout],
+    ring: _Ring,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_rank: int,
+    out: Tensor,
+    lse: Tensor,
+    is_causal: bool,
+    drop: Optional[_Dropout],
 ) -> None:
     """Merges the attention of the local (scaled) queries to ``k_rank``'s keys/values into
     (out, lse)."""
@@ -325,8 +344,14 @@ def _forward_block(
         block_lse = (row_max + row_sum.log()).squeeze(-1)  # -inf for a row that sees no key
         if drop is not None:
             positions = torch.arange(q_start, q_start + rows, device=q.device)
-            p.mul_(_dropout_factors(drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype))
-        block_out = torch.matmul(p, v[:, :, sl]).div_(torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum))
+            p.mul_(
+                _dropout_factors(
+                    drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype
+                )
+            )
+        block_out = torch.matmul(p, v[:, :, sl]).div_(
+            torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
+        )
         old_lse = lse[:, :, row : row + rows]
         new_lse = torch.logaddexp(old_lse, block_lse)
         safe = torch.where(torch.isinf(new_lse), torch.zeros_like(new_lse), new_lse)
@@ -337,9 +362,20 @@ def _forward_block(
 
 
 def _backward_block(
-    ring: _Ring, q: Tensor, k: Tensor, v: Tensor, k_rank: int, grad_out: Tensor, lse: Tensor,
-    delta: Tensor, grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, is_causal: bool,
-    drop: Optional[_Dropout], scale: float,
+    ring: _Ring,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_rank: int,
+    grad_out: Tensor,
+    lse: Tensor,
+    delta: Tensor,
+    grad_q: Tensor,
+    grad_k: Tensor,
+    grad_v: Tensor,
+    is_causal: bool,
+    drop: Optional[_Dropout],
+    scale: float,
 ) -> None:
     """Adds the gradients through the local (scaled) queries x ``k_rank``'s keys/values block;
     ``grad_q`` is with respect to the unscaled queries."""
@@ -354,7 +390,9 @@ def _backward_block(
         d_p = torch.matmul(d_out, v_s.transpose(-1, -2))
         if drop is not None:
             positions = torch.arange(q_start, q_start + rows, device=q.device)
-            factors = _dropout_factors(drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype)
+            factors = _dropout_factors(
+                drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype
+            )
             grad_v[:, :, sl] += torch.matmul((p * factors).transpose(-1, -2), d_out)
             d_p.mul_(factors)
         else:
@@ -368,7 +406,9 @@ class _RingAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(D)) v over the whole ring; q, k, v are the local (N, H, L/P, D)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, ring: _Ring, is_causal: bool, drop: Optional[_Dropout]) -> Tensor:
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, ring: _Ring, is_causal: bool, drop: Optional[_Dropout]
+    ) -> Tensor:
         scale = 1.0 / math.sqrt(q.size(-1))
         q_scaled = q * scale
         kv = torch.stack([k, v])
@@ -379,7 +419,17 @@ class _RingAttention(torch.autograd.Function):
             if step < ring.world - 1:
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
-            _forward_block(ring, q_scaled, kv[0], kv[1], (ring.rank - step) % ring.world, out, lse, is_causal, drop)
+            _forward_block(
+                ring,
+                q_scaled,
+                kv[0],
+                kv[1],
+                (ring.rank - step) % ring.world,
+                out,
+                lse,
+                is_causal,
+                drop,
+            )
             for work in works:
                 work.wait()
             if works:
@@ -411,8 +461,20 @@ class _RingAttention(torch.autograd.Function):
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
             _backward_block(
-                ring, q_scaled, kv[0], kv[1], (ring.rank - step) % ring.world, grad_out, lse, delta,
-                grad_q, grad_kv[0], grad_kv[1], ctx.is_causal, ctx.drop, ctx.scale,
+                ring,
+                q_scaled,
+                kv[0],
+                kv[1],
+                (ring.rank - step) % ring.world,
+                grad_out,
+                lse,
+                delta,
+                grad_q,
+                grad_kv[0],
+                grad_kv[1],
+                ctx.is_causal,
+                ctx.drop,
+                ctx.scale,
             )
             if grad_work is not None and received is not None:
                 grad_work.wait()
@@ -501,9 +563,13 @@ def ring_self_attention(
     """
     rank, world = _group_info(group)
     if x.dim() not in (2, 3):
-        raise ValueError(f"mhsa.distributed.ring_self_attention: expected a 2-D or 3-D x, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"mhsa.distributed.ring_self_attention: expected a 2-D or 3-D x, got shape {tuple(x.shape)}"
+        )
     if not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"mhsa.distributed.ring_self_attention: dropout_p must be in [0, 1], got {dropout_p}")
+        raise ValueError(
+            f"mhsa.distributed.ring_self_attention: dropout_p must be in [0, 1], got {dropout_p}"
+        )
     embed = in_proj_weight.size(1)
     if x.size(-1) != embed or embed % num_heads != 0:
         raise ValueError(
@@ -515,8 +581,14 @@ def ring_self_attention(
     local_len = x.size(0) if seq_first else x.size(1)
     dropping = training and dropout_p > 0.0
     ring = _Ring(group, rank, world, local_len * world, load_balance)
-    settings = (num_heads, int(is_causal), int(dropout_p * 2**40) if dropping else 0, int(batch_first),
-                int(load_balance), {torch.float64: 2, torch.float32: 1}.get(x.dtype, 0))
+    settings = (
+        num_heads,
+        int(is_causal),
+        int(dropout_p * 2**40) if dropping else 0,
+        int(batch_first),
+        int(load_balance),
+        {torch.float64: 2, torch.float32: 1}.get(x.dtype, 0),
+    )
     _check_same_everywhere(ring, x, settings)
     _check_divisible(ring.global_len, world, load_balance)
     drop = _Dropout(dropout_p, _draw_seed(group, x.device)) if dropping else None
@@ -528,7 +600,12 @@ def ring_self_attention(
         qkv = qkv.transpose(0, 1)
     batch = qkv.size(0)
     head_dim = embed // num_heads
-    q, k, v = qkv.reshape(batch, local_len, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+    q, k, v = (
+        qkv.reshape(batch, local_len, 3, num_heads, head_dim)
+        .permute(2, 0, 3, 1, 4)
+        .contiguous()
+        .unbind(0)
+    )
     context = _RingAttention.apply(q, k, v, ring, is_causal, drop)
     context = context.permute(0, 2, 1, 3).reshape(batch, local_len, embed)
     if unbatched:
@@ -553,7 +630,10 @@ class ContextParallelSelfAttention(nn.Module):
     """
 
     def __init__(
-        self, attn: MultiheadSelfAttention, group: Optional[dist.ProcessGroup] = None, load_balance: bool = False
+        self,
+        attn: MultiheadSelfAttention,
+        group: Optional[dist.ProcessGroup] = None,
+        load_balance: bool = False,
     ) -> None:
         """Wraps ``attn``; see the class."""
         super().__init__()

@@ -74,12 +74,16 @@ class MultiheadSelfAttention(nn.Module):
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **factory_kwargs))
+        self.in_proj_weight = nn.Parameter(
+            torch.empty((3 * embed_dim, embed_dim), **factory_kwargs)
+        )
         if bias:
             self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory_kwargs))
         else:
             self.register_parameter("in_proj_bias", None)
-        self.out_proj = NonDynamicallyQuantizableLinear(embed_dim, embed_dim, bias=bias, **factory_kwargs)
+        self.out_proj = NonDynamicallyQuantizableLinear(
+            embed_dim, embed_dim, bias=bias, **factory_kwargs
+        )
         # Attributes nn.MultiheadAttention has and that code inspecting it reads.
         self.bias_k = None
         self.bias_v = None
@@ -130,13 +134,13 @@ class MultiheadSelfAttention(nn.Module):
             ``need_weights`` is False.
         """
         if key is not None:
-            if not (key is query):
+            if key is not query:
                 raise ValueError(
                     "mhsa.MultiheadSelfAttention: key must be the query tensor itself "
                     "(self-attention); cross-attention is not supported"
                 )
         if value is not None:
-            if not (value is query):
+            if value is not query:
                 raise ValueError(
                     "mhsa.MultiheadSelfAttention: value must be the query tensor itself "
                     "(self-attention); cross-attention is not supported"
@@ -190,7 +194,9 @@ class MultiheadSelfAttention(nn.Module):
             if attn_mask.dim() == 3:
                 attn_mask_expanded = attn_mask.view(batch_size, -1, seq_len, seq_len)
             else:
-                attn_mask_expanded = attn_mask.view(1, 1, seq_len, seq_len).expand(batch_size, self.num_heads, -1, -1)
+                attn_mask_expanded = attn_mask.view(1, 1, seq_len, seq_len).expand(
+                    batch_size, self.num_heads, -1, -1
+                )
             merged_mask = attn_mask_expanded
             if key_padding_mask is not None:
                 key_padding_mask_expanded = key_padding_mask.view(batch_size, 1, 1, seq_len).expand(
@@ -232,7 +238,11 @@ class MultiheadSelfAttention(nn.Module):
             owner_name, _, leaf = name.rpartition(".")
             owner = converted.get_submodule(owner_name) if owner_name else converted
             if getattr(owner, leaf).dtype != source.dtype:
-                setattr(owner, leaf, nn.Parameter(source.detach().clone(), requires_grad=source.requires_grad))
+                setattr(
+                    owner,
+                    leaf,
+                    nn.Parameter(source.detach().clone(), requires_grad=source.requires_grad),
+                )
         converted.train(module.training)
         return converted
 

@@ -50,11 +50,15 @@ def plot_heads(
     if array.ndim == 4:
         array = array[0]
     if array.ndim != 3:
-        raise ValueError(f"plot_heads: expected (H, L, L) or (N, H, L, L) weights, got shape {array.shape}")
+        raise ValueError(
+            f"plot_heads: expected (H, L, L) or (N, H, L, L) weights, got shape {array.shape}"
+        )
     num_heads, length, key_length = array.shape
     if length != key_length:
         raise ValueError(f"plot_heads: expected square (L, L) maps, got {length} x {key_length}")
-    labels = [str(token) for token in tokens] if tokens is not None else [str(i) for i in range(length)]
+    labels = (
+        [str(token) for token in tokens] if tokens is not None else [str(i) for i in range(length)]
+    )
     if len(labels) != length:
         raise ValueError(f"plot_heads: {len(labels)} tokens given for {length} positions")
 

@@ -29,7 +29,7 @@ inline at::Tensor float_mask(at::IntArrayRef shape, at::ScalarType dtype) {
 // One forward + backward through mhsa::multi_head_self_attention; returns a checksum so the
 // work cannot be optimized away.
 inline double forward_backward(at::ScalarType dtype, int64_t L, int64_t N, int64_t E, int64_t H,
-                        int variant) {
+                               int variant) {
   const auto opts = at::TensorOptions().dtype(dtype);
   at::Tensor x = at::randn({L, N, E}, opts).requires_grad_();
   at::Tensor w_in = (at::randn({3 * E, E}, opts) / 8).requires_grad_();
@@ -40,19 +40,35 @@ inline double forward_backward(at::ScalarType dtype, int64_t L, int64_t N, int64
   double dropout = 0.0;
   bool need_weights = true, average = true, causal = false;
   switch (variant % 6) {
-    case 0: am = bool_mask({L, L}); kpm = bool_mask({N, L}); break;
-    case 1: am = float_mask({N * H, L, L}, dtype); average = false; break;
-    case 2: kpm = float_mask({N, L}, dtype); causal = true; need_weights = false; break;
-    case 3: dropout = 0.2; average = false; am = bool_mask({N * H, L, L}); break;
-    case 4: dropout = 0.2; causal = true; break;
+    case 0:
+      am = bool_mask({L, L});
+      kpm = bool_mask({N, L});
+      break;
+    case 1:
+      am = float_mask({N * H, L, L}, dtype);
+      average = false;
+      break;
+    case 2:
+      kpm = float_mask({N, L}, dtype);
+      causal = true;
+      need_weights = false;
+      break;
+    case 3:
+      dropout = 0.2;
+      average = false;
+      am = bool_mask({N * H, L, L});
+      break;
+    case 4:
+      dropout = 0.2;
+      causal = true;
+      break;
     default:  // a fully masked batch (zero attention rows)
       kpm = at::zeros({N, L}, at::kBool);
       kpm->select(0, 0).fill_(true);
       break;
   }
-  auto [out, w] = mhsa::multi_head_self_attention(x, w_in, b_in, w_out, b_out, H, dropout,
-                                                  true, false, kpm, need_weights, am, average,
-                                                  causal);
+  auto [out, w] = mhsa::multi_head_self_attention(x, w_in, b_in, w_out, b_out, H, dropout, true,
+                                                  false, kpm, need_weights, am, average, causal);
   at::Tensor loss = out.to(at::kFloat).square().sum();
   if (w.defined()) loss = loss + w.to(at::kFloat).sum();
   const auto grads = torch::autograd::grad({loss}, {x, w_in, b_in, w_out, b_out});
@@ -83,12 +99,12 @@ inline double run_round(int round) {
   {
     at::Tensor x = at::randn({2, 20, 16});
     at::Tensor w_in = at::randn({48, 16}), w_out = at::randn({16, 16});
-    auto [out, w, qkv, ctx, lse, rng] = mhsa::mha_forward(
-        x, w_in, std::nullopt, w_out, std::nullopt, 2, true, std::nullopt, std::nullopt, true,
-        0.1, true, true);
-    auto grads = mhsa::mha_backward(at::ones_like(out), at::ones_like(w), x, w_in, w_out, qkv,
-                                    ctx, lse, rng, 2, true, std::nullopt, std::nullopt, true, 0.1,
-                                    true, {true, false, true, true, false});
+    auto [out, w, qkv, ctx, lse, rng] =
+        mhsa::mha_forward(x, w_in, std::nullopt, w_out, std::nullopt, 2, true, std::nullopt,
+                          std::nullopt, true, 0.1, true, true);
+    auto grads = mhsa::mha_backward(at::ones_like(out), at::ones_like(w), x, w_in, w_out, qkv, ctx,
+                                    lse, rng, 2, true, std::nullopt, std::nullopt, true, 0.1, true,
+                                    {true, false, true, true, false});
     checksum += std::get<0>(grads).abs().sum().item<double>();
   }
 
@@ -103,8 +119,8 @@ inline double run_round(int round) {
     }
     at::Tensor q = x.clone().requires_grad_();
     at::Tensor w_in = at::randn({24, 8}).requires_grad_();
-    auto [out, w] = mhsa::multi_head_self_attention(q, w_in, std::nullopt, at::randn({8, 8}),
-                                                    std::nullopt, 2);
+    auto [out, w] =
+        mhsa::multi_head_self_attention(q, w_in, std::nullopt, at::randn({8, 8}), std::nullopt, 2);
     auto g = torch::autograd::grad({out.pow(2).sum()}, {q}, {}, true, true);
     try {
       torch::autograd::grad({g[0].sum()}, {q});

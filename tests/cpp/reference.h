@@ -74,7 +74,7 @@ inline Args make_args(at::IntArrayRef query_shape, int64_t num_heads, at::Scalar
 inline std::tuple<at::Tensor, at::Tensor> reference_mhsa(const Args& a) {
   const bool unbatched = a.query.dim() == 2;
   at::Tensor x = unbatched ? a.query.unsqueeze(1) : a.query;  // (L, 1, E)
-  if (a.batch_first && !unbatched) x = x.transpose(0, 1);      // -> (L, N, E)
+  if (a.batch_first && !unbatched) x = x.transpose(0, 1);     // -> (L, N, E)
   const int64_t L = x.size(0), N = x.size(1), E = x.size(2), H = a.num_heads, D = E / H;
 
   // In-projection, then heads: (L, N, E) -> (L, N*H, D) -> (N*H, L, D); row b = n * H + h.
@@ -172,12 +172,12 @@ inline std::string error_message(const std::function<void()>& f) {
 }  // namespace mhsa_test
 
 // Expects statement to throw c10::Error whose message contains every given substring.
-#define EXPECT_ERROR_WITH(statement, ...)                                                   \
-  do {                                                                                      \
-    const std::string mhsa_msg_ = ::mhsa_test::error_message([&] { (void)(statement); });   \
-    for (const char* mhsa_sub_ : {__VA_ARGS__}) {                                           \
-      EXPECT_NE(mhsa_msg_.find(mhsa_sub_), std::string::npos)                               \
-          << "expected the error of `" #statement "` to contain \"" << mhsa_sub_            \
-          << "\", got: " << mhsa_msg_;                                                      \
-    }                                                                                       \
+#define EXPECT_ERROR_WITH(statement, ...)                                                 \
+  do {                                                                                    \
+    const std::string mhsa_msg_ = ::mhsa_test::error_message([&] { (void)(statement); }); \
+    for (const char* mhsa_sub_ : {__VA_ARGS__}) {                                         \
+      EXPECT_NE(mhsa_msg_.find(mhsa_sub_), std::string::npos)                             \
+          << "expected the error of `" #statement "` to contain \"" << mhsa_sub_          \
+          << "\", got: " << mhsa_msg_;                                                    \
+    }                                                                                     \
   } while (0)

@@ -20,18 +20,18 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Expects `statement` to throw a c10::Error (a subclass is fine); anything else fails.
-#define EXPECT_C10_ERROR(statement)                                                          \
-  do {                                                                                       \
-    bool mhsa_caught_ = false;                                                               \
-    try {                                                                                    \
-      (void)(statement);                                                                     \
-    } catch (const c10::Error&) {                                                            \
-      mhsa_caught_ = true;                                                                   \
-    } catch (const std::exception& e) {                                                      \
-      ADD_FAILURE() << "`" #statement "` threw a non-c10::Error: " << e.what();              \
-      mhsa_caught_ = true;                                                                   \
-    }                                                                                        \
-    if (!mhsa_caught_) ADD_FAILURE() << "`" #statement "` did not throw";                   \
+#define EXPECT_C10_ERROR(statement)                                             \
+  do {                                                                          \
+    bool mhsa_caught_ = false;                                                  \
+    try {                                                                       \
+      (void)(statement);                                                        \
+    } catch (const c10::Error&) {                                               \
+      mhsa_caught_ = true;                                                      \
+    } catch (const std::exception& e) {                                         \
+      ADD_FAILURE() << "`" #statement "` threw a non-c10::Error: " << e.what(); \
+      mhsa_caught_ = true;                                                      \
+    }                                                                           \
+    if (!mhsa_caught_) ADD_FAILURE() << "`" #statement "` did not throw";       \
   } while (0)
 
 // Valid inputs: (L, N, E) = (5, 2, 8), 2 heads. Each test breaks one argument at a time.
@@ -189,13 +189,24 @@ TEST(BadInputs, ParametersOnAnotherDevice) {
 }
 
 TEST(BadInputs, AttnMask) {
-  for (auto shape : {std::vector<int64_t>{}, {5}, {5, 4}, {4, 5}, {6, 6}, {3, 5, 5}, {5, 5, 5},
-                     {1, 5, 5}, {4, 5, 4}, {2, 2, 5, 5}, {1, 1, 1, 5, 5}}) {
+  for (auto shape : {std::vector<int64_t>{},
+                     {5},
+                     {5, 4},
+                     {4, 5},
+                     {6, 6},
+                     {3, 5, 5},
+                     {5, 5, 5},
+                     {1, 5, 5},
+                     {4, 5, 4},
+                     {2, 2, 5, 5},
+                     {1, 1, 1, 5, 5}}) {
     expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros(shape, at::kBool); });
     expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros(shape); });
   }
   for (auto dtype : {at::kInt, at::kLong, at::kByte, at::kComplexFloat}) {
-    expect_both_throw([&](Inputs& in) { in.attn_mask = at::zeros({5, 5}, at::TensorOptions().dtype(dtype)); });
+    expect_both_throw([&](Inputs& in) {
+      in.attn_mask = at::zeros({5, 5}, at::TensorOptions().dtype(dtype));
+    });
   }
   expect_both_throw([](Inputs& in) { in.attn_mask = at::zeros({5, 5}).requires_grad_(); });
 }
@@ -206,7 +217,9 @@ TEST(BadInputs, KeyPaddingMask) {
     expect_both_throw([&](Inputs& in) { in.kpm = at::zeros(shape); });
   }
   for (auto dtype : {at::kInt, at::kLong, at::kByte, at::kComplexDouble}) {
-    expect_both_throw([&](Inputs& in) { in.kpm = at::zeros({2, 5}, at::TensorOptions().dtype(dtype)); });
+    expect_both_throw([&](Inputs& in) {
+      in.kpm = at::zeros({2, 5}, at::TensorOptions().dtype(dtype));
+    });
   }
   expect_both_throw([](Inputs& in) { in.kpm = at::zeros({2, 5}).requires_grad_(); });
   expect_both_throw([](Inputs& in) {  // batch_first does not change the (N, L) shape
@@ -290,7 +303,8 @@ TEST(BadInputs, BackwardSavedState) {
   expect_backward_throws([](BackwardInputs& b) { b.grad_output = b.grad_output.to(at::kDouble); });
   expect_backward_throws([](BackwardInputs& b) { b.grad_weights = at::randn({2, 2, 5, 5}); });
   expect_backward_throws([](BackwardInputs& b) { b.grad_weights = at::randn({2, 5, 4}); });
-  expect_backward_throws([](BackwardInputs& b) { b.grad_weights = b.grad_weights->to(at::kDouble); });
+  expect_backward_throws(
+      [](BackwardInputs& b) { b.grad_weights = b.grad_weights->to(at::kDouble); });
   expect_backward_throws([](BackwardInputs& b) { b.qkv = at::randn({5, 2, 8}); });
   expect_backward_throws([](BackwardInputs& b) { b.qkv = at::randn({10, 24}); });
   expect_backward_throws([](BackwardInputs& b) { b.qkv = b.qkv.to(at::kDouble); });
@@ -313,7 +327,8 @@ TEST(BadInputs, BackwardArguments) {
   expect_backward_throws([](BackwardInputs& b) { b.f.heads = -2; });
   expect_backward_throws([](BackwardInputs& b) { b.f.dropout_p = kNaN; });
   expect_backward_throws([](BackwardInputs& b) { b.f.dropout_p = 1.5; });
-  expect_backward_throws([](BackwardInputs& b) { b.f.average = false; });  // grad_weights is (N, L, L)
+  expect_backward_throws(
+      [](BackwardInputs& b) { b.f.average = false; });  // grad_weights is (N, L, L)
   expect_backward_throws([](BackwardInputs& b) { b.f.x = at::randn({5, 2, 16}); });
   expect_backward_throws([](BackwardInputs& b) { b.f.x = at::Tensor(); });
   expect_backward_throws([](BackwardInputs& b) { b.f.w_in = at::randn({24, 7}); });

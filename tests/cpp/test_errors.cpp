@@ -22,9 +22,9 @@ class Errors : public ::testing::Test {
                                           std::optional<at::Tensor> attn_mask = {},
                                           int64_t num_heads = 2, double dropout_p = 0.0,
                                           bool batch_first = false) {
-    return mhsa::multi_head_self_attention(query, w_in, b_in, w_out, b_out, num_heads,
-                                           dropout_p, true, batch_first, key_padding_mask, true,
-                                           attn_mask, true, false);
+    return mhsa::multi_head_self_attention(query, w_in, b_in, w_out, b_out, num_heads, dropout_p,
+                                           true, batch_first, key_padding_mask, true, attn_mask,
+                                           true, false);
   }
 };
 
@@ -139,8 +139,8 @@ TEST_F(Errors, DoubleBackwardIsRefused) {
   const at::Tensor q = x.clone().requires_grad_(true);
   for (auto* t : {&w_in, &b_in, &w_out, &b_out}) t->requires_grad_(true);
   auto [out, w] = call(q);
-  const auto grads = torch::autograd::grad({out.pow(2).sum()}, {q, w_in, b_in, w_out, b_out},
-                                           {}, /*retain_graph=*/true, /*create_graph=*/true);
+  const auto grads = torch::autograd::grad({out.pow(2).sum()}, {q, w_in, b_in, w_out, b_out}, {},
+                                           /*retain_graph=*/true, /*create_graph=*/true);
   ASSERT_TRUE(grads[0].requires_grad());
   EXPECT_ERROR_WITH(torch::autograd::grad({grads[0].sum()}, {q}), "double backward");
 }

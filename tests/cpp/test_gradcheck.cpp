@@ -20,9 +20,9 @@ struct Call {
     if (seed) at::manual_seed(*seed);
     const Args& a = args;
     return mhsa::multi_head_self_attention(
-        a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias,
-        a.num_heads, dropout_p, /*training=*/true, a.batch_first, a.key_padding_mask,
-        a.need_weights, a.attn_mask, a.average_attn_weights, a.is_causal);
+        a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, a.num_heads,
+        dropout_p, /*training=*/true, a.batch_first, a.key_padding_mask, a.need_weights,
+        a.attn_mask, a.average_attn_weights, a.is_causal);
   }
 };
 
@@ -69,9 +69,7 @@ class FiniteDifference : public ::testing::Test {
   void SetUp() override { at::manual_seed(1); }
 };
 
-TEST_F(FiniteDifference, Plain) {
-  finite_difference_check({make_args({5, 2, 8}, 2, at::kDouble)});
-}
+TEST_F(FiniteDifference, Plain) { finite_difference_check({make_args({5, 2, 8}, 2, at::kDouble)}); }
 
 TEST_F(FiniteDifference, BatchFirstCausalPerHeadWeights) {
   Call c{make_args({2, 6, 8}, 2, at::kDouble)};
@@ -121,13 +119,13 @@ TEST(FullyMaskedRow, KeyPaddingMaskMasksEveryKeyOfABatchElement) {
   for (auto dtype : {at::kDouble, at::kFloat}) {
     Args a = make_args({6, 3, 8}, 2, dtype);
     at::Tensor kpm = at::zeros({3, 6}, at::kBool);
-    kpm[1].fill_(true);   // batch element 1: every key masked
+    kpm[1].fill_(true);  // batch element 1: every key masked
     kpm[0][5].fill_(true);
     a.key_padding_mask = kpm;
     a.average_attn_weights = false;
     auto [out, w] = mhsa::multi_head_self_attention(
-        a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, 2, 0.0,
-        true, false, a.key_padding_mask, true, std::nullopt, false, false);
+        a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, 2, 0.0, true,
+        false, a.key_padding_mask, true, std::nullopt, false, false);
     expect_finite(out, "attn_output");
     expect_finite(w, "attn_weights");
     // Zero attention: the output of batch element 1 is the out_proj bias at every position.
@@ -141,8 +139,8 @@ TEST(FullyMaskedRow, KeyPaddingMaskMasksEveryKeyOfABatchElement) {
 
     const at::Tensor g = at::randn_like(out);
     const auto grads = torch::autograd::grad({(out * g).sum() + w.sum()}, a.differentiable());
-    const auto ref_grads = torch::autograd::grad({(ref * g).sum() + ref_w.sum()},
-                                                 a.differentiable());
+    const auto ref_grads =
+        torch::autograd::grad({(ref * g).sum() + ref_w.sum()}, a.differentiable());
     for (size_t i = 0; i < grads.size(); ++i) {
       expect_finite(grads[i], "gradient");
       EXPECT_TRUE(all_close(grads[i], ref_grads[i], tolerance(dtype))) << "gradient " << i;
@@ -163,8 +161,8 @@ TEST(FullyMaskedRow, AttnMaskRowAndCausal) {
   m[0][0].fill_(-std::numeric_limits<double>::infinity());
   a.attn_mask = m;
   auto [out, w] = mhsa::multi_head_self_attention(
-      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, 2, 0.0,
-      true, true, std::nullopt, true, a.attn_mask, true, true);
+      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, 2, 0.0, true,
+      true, std::nullopt, true, a.attn_mask, true, true);
   expect_finite(out, "attn_output");
   expect_finite(w, "attn_weights");
   const at::Tensor row0 = out.select(1, 0);  // (N, E): position 0 of every batch element
@@ -185,8 +183,8 @@ TEST(FullyMaskedRow, EverythingMaskedWithoutBias) {
   Args a = make_args({4, 2, 8}, 2, at::kFloat, /*bias=*/false);
   a.attn_mask = at::ones({4, 4}, at::kBool);
   auto [out, w] = mhsa::multi_head_self_attention(
-      a.query, a.in_proj_weight, std::nullopt, a.out_proj_weight, std::nullopt, 2, 0.0, true,
-      false, std::nullopt, true, a.attn_mask, true, false);
+      a.query, a.in_proj_weight, std::nullopt, a.out_proj_weight, std::nullopt, 2, 0.0, true, false,
+      std::nullopt, true, a.attn_mask, true, false);
   EXPECT_EQ(out.abs().max().item<float>(), 0.0f);
   EXPECT_EQ(w.abs().max().item<float>(), 0.0f);
   const auto grads = torch::autograd::grad({out.sum()}, a.differentiable());

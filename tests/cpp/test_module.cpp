@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> functional(const mhsa::MultiheadSelfAttention
 TEST(Module, ParameterNamesAndShapes) {
   mhsa::MultiheadSelfAttention m(16, 4);
   EXPECT_EQ(parameter_names(*m), (std::set<std::string>{"in_proj_weight", "in_proj_bias",
-                                                         "out_proj.weight", "out_proj.bias"}));
+                                                        "out_proj.weight", "out_proj.bias"}));
   const auto params = m->named_parameters();
   EXPECT_EQ(params["in_proj_weight"].sizes(), (at::IntArrayRef{48, 16}));
   EXPECT_EQ(params["in_proj_bias"].sizes(), (at::IntArrayRef{48}));
@@ -88,9 +88,9 @@ TEST(Module, ForwardMatchesFunctionalAndReference) {
   const at::Tensor mask = at::randn({7, 7}, at::kDouble);
   auto [out, w] = m(x, kpm, /*need_weights=*/true, mask, /*average_attn_weights=*/false,
                     /*is_causal=*/true);
-  auto [fout, fw] = mhsa::multi_head_self_attention(
-      x, m->in_proj_weight, m->in_proj_bias, m->out_proj->weight, m->out_proj->bias, 4, 0.0,
-      true, false, kpm, true, mask, false, true);
+  auto [fout, fw] = mhsa::multi_head_self_attention(x, m->in_proj_weight, m->in_proj_bias,
+                                                    m->out_proj->weight, m->out_proj->bias, 4, 0.0,
+                                                    true, false, kpm, true, mask, false, true);
   EXPECT_TRUE(at::equal(out, fout));
   EXPECT_TRUE(at::equal(w, fw));
 
@@ -136,9 +136,9 @@ TEST(Module, BatchFirstAndUnbatched) {
   auto [fout, fw] = functional(m, x, 0.0, true);
   EXPECT_TRUE(at::equal(out, fout));
   // Same as the (L, N, E) layout transposed.
-  auto [tout, tw] = mhsa::multi_head_self_attention(
-      x.transpose(0, 1), m->in_proj_weight, m->in_proj_bias, m->out_proj->weight,
-      m->out_proj->bias, 2, 0.0, true, false);
+  auto [tout, tw] =
+      mhsa::multi_head_self_attention(x.transpose(0, 1), m->in_proj_weight, m->in_proj_bias,
+                                      m->out_proj->weight, m->out_proj->bias, 2, 0.0, true, false);
   EXPECT_TRUE(all_close(out, tout.transpose(0, 1), tolerance(at::kFloat)));
   EXPECT_TRUE(all_close(w, tw, tolerance(at::kFloat)));
   // Unbatched (L, E) input.

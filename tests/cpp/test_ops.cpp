@@ -14,9 +14,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> run_mhsa(const Args& a, double dropout_p = 0.0,
                                             bool training = true) {
   return mhsa::multi_head_self_attention(
-      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias,
-      a.num_heads, dropout_p, training, a.batch_first, a.key_padding_mask, a.need_weights,
-      a.attn_mask, a.average_attn_weights, a.is_causal);
+      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, a.num_heads,
+      dropout_p, training, a.batch_first, a.key_padding_mask, a.need_weights, a.attn_mask,
+      a.average_attn_weights, a.is_causal);
 }
 
 // Gradients of sum(out * g_out) + sum(weights * g_weights) w.r.t. the differentiable tensors.
@@ -72,13 +72,9 @@ class MhsaReference : public ::testing::Test {
   void SetUp() override { at::manual_seed(0); }
 };
 
-TEST_F(MhsaReference, Float64) {
-  expect_matches_reference(make_args({7, 3, 16}, 4, at::kDouble));
-}
+TEST_F(MhsaReference, Float64) { expect_matches_reference(make_args({7, 3, 16}, 4, at::kDouble)); }
 
-TEST_F(MhsaReference, Float32) {
-  expect_matches_reference(make_args({7, 3, 16}, 4, at::kFloat));
-}
+TEST_F(MhsaReference, Float32) { expect_matches_reference(make_args({7, 3, 16}, 4, at::kFloat)); }
 
 TEST_F(MhsaReference, SingleHead) {
   expect_matches_reference(make_args({5, 2, 8}, 1, at::kDouble));
@@ -104,9 +100,7 @@ TEST_F(MhsaReference, BatchFirstFloat32) {
   expect_matches_reference(a);
 }
 
-TEST_F(MhsaReference, Unbatched) {
-  expect_matches_reference(make_args({6, 8}, 2, at::kDouble));
-}
+TEST_F(MhsaReference, Unbatched) { expect_matches_reference(make_args({6, 8}, 2, at::kDouble)); }
 
 TEST_F(MhsaReference, UnbatchedIgnoresBatchFirst) {
   Args a = make_args({6, 8}, 2, at::kDouble);
@@ -307,10 +301,10 @@ TEST_F(MhsaReference, GradientOfWeightsOnly) {
   auto [out, w] = run_mhsa(a);
   auto [ref_out, ref_w] = reference_mhsa(a);
   const at::Tensor g = at::randn_like(ref_w);
-  const auto grads = torch::autograd::grad({(w * g).sum()}, a.differentiable(), {}, false,
-                                           false, /*allow_unused=*/true);
-  const auto ref_grads = torch::autograd::grad({(ref_w * g).sum()}, a.differentiable(), {},
-                                               false, false, /*allow_unused=*/true);
+  const auto grads = torch::autograd::grad({(w * g).sum()}, a.differentiable(), {}, false, false,
+                                           /*allow_unused=*/true);
+  const auto ref_grads = torch::autograd::grad({(ref_w * g).sum()}, a.differentiable(), {}, false,
+                                               false, /*allow_unused=*/true);
   // query, in_proj_weight, in_proj_bias get gradients; out_proj has no effect on the weights.
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_TRUE(all_close(grads[i], ref_grads[i], tolerance(at::kDouble))) << kGradNames[i];
@@ -414,7 +408,8 @@ TEST_F(MhsaReference, DropoutGradientsUseTheForwardMask) {
   auto heads = [&](const at::Tensor& t) { return t.reshape({L, N, H, D}).permute({1, 2, 0, 3}); };
   const at::Tensor scores = at::matmul(heads(c[0]), heads(c[1]).transpose(-1, -2)) / 2.0;
   const at::Tensor ref_w = at::softmax(scores, -1) * keep / (1.0 - p);
-  const at::Tensor context = at::matmul(ref_w, heads(c[2])).permute({2, 0, 1, 3}).reshape({L, N, E});
+  const at::Tensor context =
+      at::matmul(ref_w, heads(c[2])).permute({2, 0, 1, 3}).reshape({L, N, E});
   const at::Tensor ref_out = at::linear(context, a.out_proj_weight, a.out_proj_bias);
   EXPECT_TRUE(all_close(out, ref_out, tolerance(at::kDouble)));
   EXPECT_TRUE(all_close(w, ref_w, tolerance(at::kDouble)));
@@ -488,8 +483,8 @@ TEST_F(MhsaPartialGrad, BackwardOfOutputOnlyWhileAllRequireGrad) {
 
 TEST(MhsaOps, SchemasAreRegistered) {
   auto& dispatcher = c10::Dispatcher::singleton();
-  for (const char* name : {"mhsa::multi_head_self_attention", "mhsa::mha_forward",
-                           "mhsa::mha_backward"}) {
+  for (const char* name :
+       {"mhsa::multi_head_self_attention", "mhsa::mha_forward", "mhsa::mha_backward"}) {
     EXPECT_TRUE(dispatcher.findSchema({name, ""}).has_value()) << name;
   }
 }
@@ -510,9 +505,8 @@ TEST(MhsaOps, ForwardAndBackwardOpsDirectly) {
   const at::Tensor g = at::randn_like(out);
   // Only the gradients of x and out_proj_weight requested: the others are undefined.
   auto [gx, gw_in, gb_in, gw_out, gb_out] = mhsa::mha_backward(
-      g, std::nullopt, a.query, a.in_proj_weight, a.out_proj_weight, qkv, context, lse,
-      rng_state, 2, false, std::nullopt, std::nullopt, true, 0.0, true,
-      {true, false, false, true, false});
+      g, std::nullopt, a.query, a.in_proj_weight, a.out_proj_weight, qkv, context, lse, rng_state,
+      2, false, std::nullopt, std::nullopt, true, 0.0, true, {true, false, false, true, false});
   EXPECT_FALSE(gw_in.defined());
   EXPECT_FALSE(gb_in.defined());
   EXPECT_FALSE(gb_out.defined());

@@ -60,8 +60,8 @@ Args make_config_args(const Config& c, int seed) {
 
 Results call(const Args& a, const at::Tensor& g_out, const at::Tensor& g_w) {
   auto [out, w] = mhsa::multi_head_self_attention(
-      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias,
-      a.num_heads, 0.0, true, a.batch_first, a.key_padding_mask, a.need_weights, a.attn_mask,
+      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, a.num_heads,
+      0.0, true, a.batch_first, a.key_padding_mask, a.need_weights, a.attn_mask,
       a.average_attn_weights, a.is_causal);
   at::Tensor loss = (out * g_out).sum();
   if (w.defined()) loss = loss + (w * g_w).sum();
@@ -159,8 +159,8 @@ TEST(Threads, ConcurrentDropoutCallsAreSelfConsistent) {
               /*dropout_p=*/0.3, /*training=*/true, false, std::nullopt, true, std::nullopt,
               /*average_attn_weights=*/false, false);
           const at::Tensor v = at::linear(a.query, a.in_proj_weight.slice(0, 2 * E),
-                                          a.in_proj_bias->slice(0, 2 * E));  // (L, N, E)
-          const at::Tensor vh = v.reshape({L, N, H, D}).permute({1, 2, 0, 3});   // (N, H, L, D)
+                                          a.in_proj_bias->slice(0, 2 * E));     // (L, N, E)
+          const at::Tensor vh = v.reshape({L, N, H, D}).permute({1, 2, 0, 3});  // (N, H, L, D)
           const at::Tensor ctx = at::matmul(w, vh).permute({2, 0, 1, 3}).reshape({L, N, E});
           const at::Tensor expected = at::linear(ctx, a.out_proj_weight, a.out_proj_bias);
           if (!at::allclose(out, expected, 1e-10, 1e-10)) errors[t] = "output != out_proj(W V)";
@@ -172,7 +172,8 @@ TEST(Threads, ConcurrentDropoutCallsAreSelfConsistent) {
     });
   }
   for (auto& th : threads) th.join();
-  for (int t = 0; t < kThreads; ++t) EXPECT_TRUE(errors[t].empty()) << "thread " << t << ": " << errors[t];
+  for (int t = 0; t < kThreads; ++t)
+    EXPECT_TRUE(errors[t].empty()) << "thread " << t << ": " << errors[t];
 }
 
 }  // namespace

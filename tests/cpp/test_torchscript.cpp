@@ -2,10 +2,10 @@
 // loads in C++ with torch::jit::load, reproduces the output and input gradient recorded in
 // Python, and TorchScript compiled in C++ can call the mhsa ops by name.
 #include <torch/autograd.h>
-#include <torch/jit.h>
-#include <torch/script.h>
 #include <torch/csrc/jit/frontend/resolver.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <torch/jit.h>
+#include <torch/script.h>
 
 #include <mhsa/ops.h>
 
@@ -103,9 +103,9 @@ TEST(TorchScript, ScriptedPythonModelUsesMhsaOps) {
 // Resolves `mhsa.<op>` in TorchScript source to the registered mhsa::<op> (and `torch.<op>`
 // to aten, as torch::jit::compile does): TorchScript compiled in C++, without Python.
 struct MhsaResolver : torch::jit::Resolver {
-  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name,
-                                                        torch::jit::GraphFunction& m,
-                                                        const torch::jit::SourceRange& loc) override {
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(
+      const std::string& name, torch::jit::GraphFunction& m,
+      const torch::jit::SourceRange& loc) override {
     if (name == "mhsa") return std::make_shared<torch::jit::BuiltinModule>("mhsa");
     if (name == "torch") return std::make_shared<torch::jit::BuiltinModule>("aten");
     return nullptr;
@@ -119,7 +119,8 @@ def attend(x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor):
     out, weights = mhsa.multi_head_self_attention(
         x, w_in, b_in, w_out, b_out, 2, 0.0, False, True, None, True, None, True, True)
     return out, weights
-)JIT", std::make_shared<MhsaResolver>(), nullptr);
+)JIT",
+            std::make_shared<MhsaResolver>(), nullptr);
   at::manual_seed(0);
   Args a = make_args({2, 5, 8}, 2, at::kDouble);
   a.batch_first = true;

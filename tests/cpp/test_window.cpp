@@ -26,13 +26,14 @@ Grads run(const at::Tensor& x0, const at::Tensor& w_in, const at::Tensor& b_in,
           const at::Tensor& w_out, const at::Tensor& b_out, const std::optional<at::Tensor>& mask,
           const std::optional<at::Tensor>& kpm, bool causal, std::array<int64_t, 2> window) {
   std::vector<at::Tensor> leaves;
-  for (const auto& t : {x0, w_in, b_in, w_out, b_out}) leaves.push_back(t.detach().requires_grad_());
+  for (const auto& t : {x0, w_in, b_in, w_out, b_out})
+    leaves.push_back(t.detach().requires_grad_());
   auto [out, weights] = mhsa::multi_head_self_attention(
       leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], /*num_heads=*/2, 0.0, true,
       /*batch_first=*/true, kpm, /*need_weights=*/true, mask, /*average=*/false, causal, window);
   (out.sin().sum() + weights.square().sum()).backward();
-  return {out.detach(), weights.detach(), leaves[0].grad(), leaves[1].grad(), leaves[2].grad(),
-          leaves[3].grad(), leaves[4].grad()};
+  return {out.detach(),     weights.detach(), leaves[0].grad(), leaves[1].grad(),
+          leaves[2].grad(), leaves[3].grad(), leaves[4].grad()};
 }
 
 void expect_equal(const Grads& a, const Grads& b) {
@@ -56,11 +57,15 @@ TEST(Window, FunctionMatchesDenseBandMask) {
   at::Tensor kpm = at::zeros({N, L}, at::kBool);
   kpm.index_put_({1, at::indexing::Slice(200, at::indexing::None)}, true);  // right padding
   for (auto [left, right, causal] : {std::tuple<int64_t, int64_t, bool>{16, 0, true},
-                                     {-1, 40, false}, {70, 3, false}, {0, 0, true}}) {
-    SCOPED_TRACE(testing::Message() << "window (" << left << ", " << right << ") causal " << causal);
-    const Grads windowed = run(x, w_in, b_in, w_out, b_out, std::nullopt, kpm, causal, {left, right});
-    const Grads dense = run(x, w_in, b_in, w_out, b_out, band_mask(L, left, right, causal), kpm,
-                            false, {-1, -1});
+                                     {-1, 40, false},
+                                     {70, 3, false},
+                                     {0, 0, true}}) {
+    SCOPED_TRACE(testing::Message()
+                 << "window (" << left << ", " << right << ") causal " << causal);
+    const Grads windowed =
+        run(x, w_in, b_in, w_out, b_out, std::nullopt, kpm, causal, {left, right});
+    const Grads dense =
+        run(x, w_in, b_in, w_out, b_out, band_mask(L, left, right, causal), kpm, false, {-1, -1});
     expect_equal(windowed, dense);
   }
 }

@@ -25,7 +25,10 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     """Says which CPU this is and which mhsa kernels run on it, at the top of the test output."""
-    return [f"cpu: {cpu_description()}", f"mhsa: {torch.ops.mhsa._backend_info()}, torch threads {torch.get_num_threads()}"]
+    return [
+        f"cpu: {cpu_description()}",
+        f"mhsa: {torch.ops.mhsa._backend_info()}, torch threads {torch.get_num_threads()}",
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +45,21 @@ def sample_inputs():
     """Builds (ref, mod, x) for a given shape: an nn.MultiheadAttention with random weights,
     the mhsa module with the same weights and an input that requires grad."""
 
-    def build(L=7, N=2, E=16, H=4, *, batch_first=False, bias=True, dtype=torch.float64, dropout=0.0, seed=0):
-        ref, mod = mhsa_testutils.make_pair(E, H, bias=bias, batch_first=batch_first, dtype=dtype, dropout=dropout, seed=seed)
+    def build(
+        L=7,
+        N=2,
+        E=16,
+        H=4,
+        *,
+        batch_first=False,
+        bias=True,
+        dtype=torch.float64,
+        dropout=0.0,
+        seed=0,
+    ):
+        ref, mod = mhsa_testutils.make_pair(
+            E, H, bias=bias, batch_first=batch_first, dtype=dtype, dropout=dropout, seed=seed
+        )
         x = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=seed + 1)
         return ref, mod, x
 

@@ -44,12 +44,18 @@ SEED = 20240607
 class AttentionBlock(nn.Module):
     """Pre-norm causal self-attention with a residual connection."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0,
-                 dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim, dtype=dtype)
-        self.attn = mhsa.MultiheadSelfAttention(embed_dim, num_heads, dropout=dropout,
-                                                batch_first=True, dtype=dtype)
+        self.attn = mhsa.MultiheadSelfAttention(
+            embed_dim, num_heads, dropout=dropout, batch_first=True, dtype=dtype
+        )
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.norm(x)

@@ -32,7 +32,9 @@ def tolerance(dtype: torch.dtype, kind: str, reference: Tensor) -> Dict[str, flo
     return {"rtol": rtol, "atol": atol * scale}
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, kind: str, what: str) -> None:
+def assert_close(
+    actual: Tensor, expected: Tensor, dtype: torch.dtype, kind: str, what: str
+) -> None:
     torch.testing.assert_close(
         actual, expected, **tolerance(dtype, kind, expected), msg=lambda m: f"{what}: {m}"
     )
@@ -42,9 +44,11 @@ def randomize_(module: nn.Module, seed: int) -> None:
     """Gives every parameter random values (biases too, so their gradients matter)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             fan_in = p.shape[-1] if p.dim() == 2 else 4
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) / fan_in**0.5)
+            p.copy_(
+                torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) / fan_in**0.5
+            )
 
 
 def make_pair(
@@ -58,13 +62,17 @@ def make_pair(
     seed: int = 0,
 ) -> Tuple[nn.MultiheadAttention, mhsa.MultiheadSelfAttention]:
     """An nn.MultiheadAttention with random weights and the mhsa module built from it."""
-    ref = nn.MultiheadAttention(E, H, dropout=dropout, bias=bias, batch_first=batch_first, dtype=dtype)
+    ref = nn.MultiheadAttention(
+        E, H, dropout=dropout, bias=bias, batch_first=batch_first, dtype=dtype
+    )
     randomize_(ref, seed)
     mod = mhsa.MultiheadSelfAttention.from_torch(ref)
     return ref, mod
 
 
-def make_input(L: int, N: Optional[int], E: int, *, batch_first: bool, dtype: torch.dtype, seed: int) -> Tensor:
+def make_input(
+    L: int, N: Optional[int], E: int, *, batch_first: bool, dtype: torch.dtype, seed: int
+) -> Tensor:
     """(L, N, E), (N, L, E) with batch_first, or (L, E) when N is None (unbatched)."""
     g = torch.Generator().manual_seed(seed)
     if N is None:
@@ -97,7 +105,9 @@ def bool_to_float(mask: Tensor, dtype: torch.dtype, *, seed: int) -> Tensor:
     return values.masked_fill(mask, float("-inf"))
 
 
-def make_attn_mask(kind: Optional[str], *, N: Optional[int], H: int, L: int, dtype: torch.dtype, seed: int):
+def make_attn_mask(
+    kind: Optional[str], *, N: Optional[int], H: int, L: int, dtype: torch.dtype, seed: int
+):
     """kind: None, bool2d, float2d, bool3d, float3d. 3-D masks are (N*H, L, L), or (H, L, L)
     unbatched (N is None)."""
     if kind is None:
@@ -145,7 +155,12 @@ class Case:
     seed: int = 0
 
     def id(self) -> str:
-        parts = [f"L{self.L}", "unbatched" if self.N is None else f"N{self.N}", f"E{self.E}", f"H{self.H}"]
+        parts = [
+            f"L{self.L}",
+            "unbatched" if self.N is None else f"N{self.N}",
+            f"E{self.E}",
+            f"H{self.H}",
+        ]
         parts.append("bf" if self.batch_first else "sf")
         if not self.bias:
             parts.append("nobias")
@@ -166,7 +181,14 @@ class Run:
     grads: Dict[str, Tensor]  # "input" and the four parameter names
 
 
-def _loss_and_grads(module: nn.Module, x: Tensor, output: Tensor, weights: Optional[Tensor], r1: Tensor, r2: Optional[Tensor]) -> Dict[str, Tensor]:
+def _loss_and_grads(
+    module: nn.Module,
+    x: Tensor,
+    output: Tensor,
+    weights: Optional[Tensor],
+    r1: Tensor,
+    r2: Optional[Tensor],
+) -> Dict[str, Tensor]:
     loss = (output * r1).sum()
     if weights is not None and r2 is not None:
         loss = loss + (weights * r2).sum()
@@ -174,10 +196,21 @@ def _loss_and_grads(module: nn.Module, x: Tensor, output: Tensor, weights: Optio
     names = ["input"] + [n for n in PARAM_NAMES if n in params]
     tensors = [x] + [params[n] for n in names[1:]]
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(t)) for n, t, g in zip(names, tensors, grads)}
+    return {
+        n: (g if g is not None else torch.zeros_like(t)) for n, t, g in zip(names, tensors, grads)
+    }
 
 
-def run_reference(ref: nn.MultiheadAttention, x: Tensor, case: Case, dtype: torch.dtype, r1: Tensor, r2: Optional[Tensor], *, masks) -> Run:
+def run_reference(
+    ref: nn.MultiheadAttention,
+    x: Tensor,
+    case: Case,
+    dtype: torch.dtype,
+    r1: Tensor,
+    r2: Optional[Tensor],
+    *,
+    masks,
+) -> Run:
     """nn.MultiheadAttention on the case. For is_causal it gets an explicit causal attn_mask
     (with is_causal=True when that mask is purely causal, as MHA requires; when another
     attn_mask is combined with the causal one, is_causal=False, since MHA would treat the hint
@@ -191,7 +224,9 @@ def run_reference(ref: nn.MultiheadAttention, x: Tensor, case: Case, dtype: torc
         # "Support for mismatched key_padding_mask and attn_mask is deprecated"
         warnings.simplefilter("ignore")
         out, w = ref(
-            x, x, x,
+            x,
+            x,
+            x,
             key_padding_mask=kpm,
             need_weights=case.need_weights,
             attn_mask=attn_mask,
@@ -201,7 +236,15 @@ def run_reference(ref: nn.MultiheadAttention, x: Tensor, case: Case, dtype: torc
     return Run(out, w, _loss_and_grads(ref, x, out, w, r1, r2))
 
 
-def run_mhsa(mod: mhsa.MultiheadSelfAttention, x: Tensor, case: Case, r1: Tensor, r2: Optional[Tensor], *, masks) -> Run:
+def run_mhsa(
+    mod: mhsa.MultiheadSelfAttention,
+    x: Tensor,
+    case: Case,
+    r1: Tensor,
+    r2: Optional[Tensor],
+    *,
+    masks,
+) -> Run:
     """mhsa on the case: is_causal=True with no causal mask of its own."""
     attn_mask, kpm = masks
     out, w = mod(
@@ -217,10 +260,16 @@ def run_mhsa(mod: mhsa.MultiheadSelfAttention, x: Tensor, case: Case, r1: Tensor
 
 def run_case(case: Case, dtype: torch.dtype) -> Tuple[Run, Run]:
     """Runs nn.MultiheadAttention and mhsa on the same weights, inputs, masks and loss."""
-    ref, mod = make_pair(case.E, case.H, bias=case.bias, batch_first=case.batch_first, dtype=dtype, seed=case.seed)
-    x = make_input(case.L, case.N, case.E, batch_first=case.batch_first, dtype=dtype, seed=case.seed + 1)
+    ref, mod = make_pair(
+        case.E, case.H, bias=case.bias, batch_first=case.batch_first, dtype=dtype, seed=case.seed
+    )
+    x = make_input(
+        case.L, case.N, case.E, batch_first=case.batch_first, dtype=dtype, seed=case.seed + 1
+    )
     masks = (
-        make_attn_mask(case.attn_mask, N=case.N, H=case.H, L=case.L, dtype=dtype, seed=case.seed + 2),
+        make_attn_mask(
+            case.attn_mask, N=case.N, H=case.H, L=case.L, dtype=dtype, seed=case.seed + 2
+        ),
         make_kpm(case.kpm, N=case.N, L=case.L, dtype=dtype, seed=case.seed + 4),
     )
     g = torch.Generator().manual_seed(case.seed + 6)
@@ -284,7 +333,9 @@ PARITY_CASES: List[Case] = [
     Case(L=9, N=3, E=16, H=1, batch_first=True, kpm="bool"),
     Case(L=9, N=3, E=32, H=8, kpm="float", average=False),
     Case(L=7, N=2, E=16, H=4, attn_mask="bool2d", kpm="float"),
-    Case(L=8, N=2, E=16, H=4, batch_first=True, attn_mask="float3d", kpm="bool", need_weights=False),
+    Case(
+        L=8, N=2, E=16, H=4, batch_first=True, attn_mask="float3d", kpm="bool", need_weights=False
+    ),
     Case(L=5, N=4, E=64, H=16, need_weights=False),
     Case(L=6, N=2, E=16, H=2, bias=False, attn_mask="bool2d", kpm="bool", need_weights=False),
     # causal: mhsa gets no mask, MHA gets the explicit causal mask
@@ -296,14 +347,25 @@ PARITY_CASES: List[Case] = [
     # unbatched (L, E): masks (L, L) or (H, L, L), key_padding_mask (L)
     Case(L=7, N=None, E=16, H=4),
     Case(L=9, N=None, E=16, H=4, attn_mask="bool3d", kpm="bool", average=False),
-    Case(L=9, N=None, E=16, H=2, batch_first=True, attn_mask="float2d", kpm="float", need_weights=False),
+    Case(
+        L=9,
+        N=None,
+        E=16,
+        H=2,
+        batch_first=True,
+        attn_mask="float2d",
+        kpm="float",
+        need_weights=False,
+    ),
     Case(L=11, N=None, E=16, H=4, is_causal=True),
     Case(L=70, N=None, E=16, H=4, attn_mask="float3d", is_causal=True, average=False),
     # lengths around the tiles
     Case(L=63, N=2, E=32, H=4, attn_mask="bool2d"),
     Case(L=64, N=2, E=32, H=4, batch_first=True, attn_mask="bool2d", kpm="bool"),
     Case(L=65, N=2, E=32, H=16, attn_mask="float3d", kpm="float", average=False),
-    Case(L=65, N=2, E=32, H=4, batch_first=True, attn_mask="bool3d", kpm="float", need_weights=False),
+    Case(
+        L=65, N=2, E=32, H=4, batch_first=True, attn_mask="bool3d", kpm="float", need_weights=False
+    ),
     Case(L=127, N=1, E=16, H=2, kpm="bool", is_causal=True),
     Case(L=128, N=2, E=64, H=8, batch_first=True, kpm="bool", average=False),
     Case(L=129, N=2, E=16, H=4, kpm="bool", is_causal=True),

@@ -32,11 +32,14 @@ def main() -> None:
             for name, (err, rel) in max_errors(expected, actual).items():
                 cur = worst.get(name, (0.0, 0.0, "", ""))
                 worst[name] = (
-                    max(cur[0], err), max(cur[1], rel),
+                    max(cur[0], err),
+                    max(cur[1], rel),
                     case.id() if err >= cur[0] else cur[2],
                     case.id() if rel >= cur[1] else cur[3],
                 )
-        print(f"== {dtype}: {len(PARITY_CASES) - len(failures)} of {len(PARITY_CASES)} cases measured")
+        print(
+            f"== {dtype}: {len(PARITY_CASES) - len(failures)} of {len(PARITY_CASES)} cases measured"
+        )
         for name, (err, rel, case_abs, case_rel) in worst.items():
             print(f"  {name:24s} abs {err:.3e} ({case_abs})\n  {'':24s} rel {rel:.3e} ({case_rel})")
         for case_id, message in failures:

@@ -42,7 +42,10 @@ def test_all_exports_exist():
 def test_public_callables_are_annotated_and_documented(fn):
     signature = inspect.signature(fn)
     for name, parameter in signature.parameters.items():
-        if name in ("self", "cls") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        if name in ("self", "cls") or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
             continue
         assert parameter.annotation is not inspect.Parameter.empty, f"{fn.__qualname__}: {name}"
     assert signature.return_annotation is not inspect.Signature.empty, fn.__qualname__
@@ -51,8 +54,16 @@ def test_public_callables_are_annotated_and_documented(fn):
 
 def test_help_of_the_module_reads_well():
     text = pydoc.render_doc(mhsa.MultiheadSelfAttention, renderer=pydoc.plaintext)
-    for expected in ("Multi-head self-attention", "Args:", "embed_dim", "forward(", "key_padding_mask",
-                     "is_causal", "from_torch(", "Returns"):
+    for expected in (
+        "Multi-head self-attention",
+        "Args:",
+        "embed_dim",
+        "forward(",
+        "key_padding_mask",
+        "is_causal",
+        "from_torch(",
+        "Returns",
+    ):
         assert expected in text, expected
     assert "replace_attention" in (mhsa.__doc__ or "")
 
@@ -65,4 +76,7 @@ def test_library_path_is_inside_the_package_or_overridden():
         assert path == Path(os.environ["MHSA_LIBRARY"])
     else:
         assert path.parent == Path(mhsa.__file__).resolve().parent
-        assert path.with_suffix(".torch_version").read_text().strip() == torch.__version__.split("+")[0]
+        assert (
+            path.with_suffix(".torch_version").read_text().strip()
+            == torch.__version__.split("+")[0]
+        )

@@ -15,7 +15,9 @@ def _bf16_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None
     # bfloat16 keeps 8 bits of mantissa (relative step 2**-8 = 0.4%); errors add up over the
     # three GEMMs and the softmax, so allow 3% of the tensor's scale.
     scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.float(), expected, rtol=3e-2, atol=3e-2 * scale, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.float(), expected, rtol=3e-2, atol=3e-2 * scale, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _run(module, x, autocast: bool, **kwargs):

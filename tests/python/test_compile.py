@@ -112,8 +112,15 @@ def test_compile_inference_no_grad_functional():
 
     def fn(x):
         out, _ = multi_head_self_attention(
-            x, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
-            num_heads=2, training=False, need_weights=False)
+            x,
+            attn.in_proj_weight,
+            attn.in_proj_bias,
+            attn.out_proj.weight,
+            attn.out_proj.bias,
+            num_heads=2,
+            training=False,
+            need_weights=False,
+        )
         return out
 
     x = torch.randn(6, 8)

@@ -32,7 +32,9 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _encoder(batch_first: bool = True, dtype=torch.float32, num_layers: int = 2) -> nn.TransformerEncoder:
+def _encoder(
+    batch_first: bool = True, dtype=torch.float32, num_layers: int = 2
+) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=batch_first, dtype=dtype)
     # Nested tensors (the fused path's input format) need batch_first; asking for them otherwise
     # only warns.
@@ -43,7 +45,10 @@ def _randomize(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) / p.shape[-1] ** 0.5)
+            p.copy_(
+                torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+                / p.shape[-1] ** 0.5
+            )
 
 
 def _masks(N: int, L: int):
@@ -93,7 +98,9 @@ def test_train_mode_outputs_and_gradients_match(dtype, masks, batch_first):
     if "padding" in masks:
         kwargs["src_key_padding_mask"] = padding
     g = torch.Generator().manual_seed(1)
-    x = torch.randn((N, L, E) if batch_first else (L, N, E), generator=g, dtype=torch.float64).to(dtype)
+    x = torch.randn((N, L, E) if batch_first else (L, N, E), generator=g, dtype=torch.float64).to(
+        dtype
+    )
     weights = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
 
     results = []
@@ -178,7 +185,7 @@ def test_optimizer_created_before_conversion_keeps_training_the_model():
             o.zero_grad()
             m(x).pow(2).mean().backward()
             o.step()
-    for (name, p), p_ref in zip(model.named_parameters(), original.parameters()):
+    for p, p_ref in zip(model.parameters(), original.parameters()):
         _assert_close(p, p_ref, torch.float64)
     with torch.no_grad():
         _assert_close(model(x), original(x), torch.float64)
@@ -192,10 +199,14 @@ def test_skipped_modules_are_reported_and_left_alone():
             self.kv = nn.MultiheadAttention(E, H, kdim=8, vdim=8)
             self.bias_kv = nn.MultiheadAttention(E, H, add_bias_kv=True)
             self.zero_attn = nn.MultiheadAttention(E, H, add_zero_attn=True)
-            self.fp16 = nn.MultiheadAttention(E, H, dtype=torch.float16)  # converted: mhsa has float16
+            self.fp16 = nn.MultiheadAttention(
+                E, H, dtype=torch.float16
+            )  # converted: mhsa has float16
             self.mixed = nn.MultiheadAttention(E, H)
             self.mixed.out_proj.weight = nn.Parameter(self.mixed.out_proj.weight.detach().double())
-            self.blocks = nn.Sequential(nn.Linear(E, E), nn.ModuleList([nn.MultiheadAttention(E, 2)]))
+            self.blocks = nn.Sequential(
+                nn.Linear(E, E), nn.ModuleList([nn.MultiheadAttention(E, 2)])
+            )
 
     model = Mixed()
     skipped: List[SkippedAttention] = []
@@ -216,8 +227,16 @@ def test_skipped_modules_are_reported_and_left_alone():
 
 
 def test_transformer_decoder_cross_attention_is_skipped_and_model_matches():
-    original = nn.Transformer(E, H, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=FF,
-                              dropout=0.0, batch_first=True, dtype=torch.float64)
+    original = nn.Transformer(
+        E,
+        H,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dim_feedforward=FF,
+        dropout=0.0,
+        batch_first=True,
+        dtype=torch.float64,
+    )
     _randomize(original)
     model = copy.deepcopy(original)
     skipped: List[SkippedAttention] = []
@@ -236,7 +255,7 @@ def test_transformer_decoder_cross_attention_is_skipped_and_model_matches():
     _assert_close(out, out_ref, torch.float64)
     out.sum().backward()
     out_ref.sum().backward()
-    for (name, p), p_ref in zip(model.named_parameters(), original.parameters()):
+    for p, p_ref in zip(model.parameters(), original.parameters()):
         _assert_close(p.grad, p_ref.grad, torch.float64)
 
 
@@ -283,8 +302,11 @@ def test_converted_encoder_compiles_and_exports():
     exported = torch.export.export(converted, (x,), kwargs={"src_key_padding_mask": padding})
     assert "mhsa" in exported.graph_module.code
     with torch.no_grad():
-        _assert_close(exported.module()(x, src_key_padding_mask=padding),
-                      converted(x, src_key_padding_mask=padding), torch.float32)
+        _assert_close(
+            exported.module()(x, src_key_padding_mask=padding),
+            converted(x, src_key_padding_mask=padding),
+            torch.float32,
+        )
 
 
 def test_replace_attention_rejects_non_modules():

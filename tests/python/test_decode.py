@@ -64,7 +64,9 @@ SCHEDULE = [5, 3, 1, 1, 1, 1]
 @pytest.mark.parametrize("N", [1, 3])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["sf", "bf"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str
+)
 def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
     mod = _module(dtype, batch_first, bias)
     total = sum(SCHEDULE)

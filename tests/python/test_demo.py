@@ -72,7 +72,9 @@ def test_every_image_is_a_readable_png(demo_run: Tuple[Path, Dict[str, Any], str
     out, summary, _ = demo_run
     layers = summary["model_config"]["num_layers"]
     images = summary["files"]["attention"] + [summary["files"]["loss"]]
-    assert summary["files"]["attention"] == [f"attention-layer{layer}.png" for layer in range(layers)]
+    assert summary["files"]["attention"] == [
+        f"attention-layer{layer}.png" for layer in range(layers)
+    ]
     for name in images:
         path = out / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
@@ -82,7 +84,9 @@ def test_every_image_is_a_readable_png(demo_run: Tuple[Path, Dict[str, Any], str
         assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100, name
 
 
-def test_report_places_each_head_beside_its_picture(demo_run: Tuple[Path, Dict[str, Any], str]) -> None:
+def test_report_places_each_head_beside_its_picture(
+    demo_run: Tuple[Path, Dict[str, Any], str],
+) -> None:
     out, summary, _ = demo_run
     report = (out / summary["files"]["report"]).read_text()
     config = summary["model_config"]

@@ -17,7 +17,6 @@ in a fixed order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -80,8 +79,14 @@ def run_once(shape, dtype, variant, threads: int, seed: int = 0):
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed + 100)  # the dropout seed
-        out, w = mod(x, attn_mask=am, key_padding_mask=kpm, need_weights=need_weights,
-                     average_attn_weights=average, is_causal=is_causal)
+        out, w = mod(
+            x,
+            attn_mask=am,
+            key_padding_mask=kpm,
+            need_weights=need_weights,
+            average_attn_weights=average,
+            is_causal=is_causal,
+        )
         loss = (out * r1).float().sum()
         if w is not None:
             loss = loss + (w.float() * w.float()).sum()
@@ -106,30 +111,44 @@ def _first_difference(a, b):
 
 # float32 on every shape; float64 and bfloat16 (other kernels' instantiations, bf16 GEMMs)
 # on the mid shape.
-CASES = [pytest.param(shape, variant, torch.float32, id=f"{shape}-{variant}-f32")
-         for shape in SHAPES for variant in VARIANTS]
-CASES += [pytest.param("mid", variant, dtype, id=f"mid-{variant}-{name}")
-          for dtype, name in ((torch.float64, "f64"), (torch.bfloat16, "bf16")) for variant in VARIANTS]
+CASES = [
+    pytest.param(shape, variant, torch.float32, id=f"{shape}-{variant}-f32")
+    for shape in SHAPES
+    for variant in VARIANTS
+]
+CASES += [
+    pytest.param("mid", variant, dtype, id=f"mid-{variant}-{name}")
+    for dtype, name in ((torch.float64, "f64"), (torch.bfloat16, "bf16"))
+    for variant in VARIANTS
+]
 
 
 @pytest.mark.parametrize("shape,variant,dtype", CASES)
 def test_bitwise_identical_across_runs_and_thread_counts(shape, variant, dtype):
     base = run_once(SHAPES[shape], dtype, variant, threads=1)
     again = run_once(SHAPES[shape], dtype, variant, threads=1)
-    assert _first_difference(base, again) is None, f"run to run (1 thread): {_first_difference(base, again)}"
+    assert _first_difference(base, again) is None, (
+        f"run to run (1 thread): {_first_difference(base, again)}"
+    )
     two = run_once(SHAPES[shape], dtype, variant, threads=2)
     assert _first_difference(base, two) is None, f"1 vs 2 threads: {_first_difference(base, two)}"
     two_again = run_once(SHAPES[shape], dtype, variant, threads=2)
-    assert _first_difference(two, two_again) is None, f"run to run (2 threads): {_first_difference(two, two_again)}"
+    assert _first_difference(two, two_again) is None, (
+        f"run to run (2 threads): {_first_difference(two, two_again)}"
+    )
 
 
-@pytest.mark.parametrize("shape,variant", [("mid", "dropout_head_weights"), ("long", "dropout_avg_weights")])
+@pytest.mark.parametrize(
+    "shape,variant", [("mid", "dropout_head_weights"), ("long", "dropout_avg_weights")]
+)
 def test_bitwise_identical_with_more_threads_than_cores(shape, variant):
     """3 and 4 threads (more than the 2 cores CI has): other splits of the same tasks."""
     base = run_once(SHAPES[shape], torch.float32, variant, threads=1)
     for threads in (3, 4):
         other = run_once(SHAPES[shape], torch.float32, variant, threads=threads)
-        assert _first_difference(base, other) is None, f"1 vs {threads} threads: {_first_difference(base, other)}"
+        assert _first_difference(base, other) is None, (
+            f"1 vs {threads} threads: {_first_difference(base, other)}"
+        )
 
 
 def test_dropout_seed_changes_results_but_reseeding_reproduces():
@@ -170,8 +189,13 @@ def test_bitwise_identical_across_processes():
     outputs = []
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        r = subprocess.run([sys.executable, "-c", _PROCESS_SCRIPT, str(HERE)], env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", _PROCESS_SCRIPT, str(HERE)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-4000:]
         outputs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert [o["threads"] for o in outputs] == [1, 2]

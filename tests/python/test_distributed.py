@@ -52,7 +52,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, worker: str, outdir: str, pg_timeout_s: float) -> None:
+def _rank_main(
+    rank: int, world: int, port: int, worker: str, outdir: str, pg_timeout_s: float
+) -> None:
     """Entry point of a spawned rank: joins the process group and runs ``worker``; an exception
     is written to ``rank<r>.err`` and makes the process exit with code 1."""
     torch.set_num_threads(1)
@@ -73,7 +75,9 @@ def _rank_main(rank: int, world: int, port: int, worker: str, outdir: str, pg_ti
         os._exit(1)
 
 
-def _launch(worker: str, world: int, outdir: Path, *, pg_timeout_s: float = PG_TIMEOUT_S) -> List[int]:
+def _launch(
+    worker: str, world: int, outdir: Path, *, pg_timeout_s: float = PG_TIMEOUT_S
+) -> List[int]:
     """Runs ``worker`` on ``world`` spawned ranks; returns their exit codes.
 
     Fails the test if the ranks are not all done by LAUNCH_DEADLINE_S (the survivors are
@@ -83,7 +87,9 @@ def _launch(worker: str, world: int, outdir: Path, *, pg_timeout_s: float = PG_T
     context = multiprocessing.get_context("spawn")
     port = _free_port()
     procs = [
-        context.Process(target=_rank_main, args=(r, world, port, worker, str(outdir), pg_timeout_s), daemon=True)
+        context.Process(
+            target=_rank_main, args=(r, world, port, worker, str(outdir), pg_timeout_s), daemon=True
+        )
         for r in range(world)
     ]
     for p in procs:
@@ -96,7 +102,9 @@ def _launch(worker: str, world: int, outdir: Path, *, pg_timeout_s: float = PG_T
         procs[r].kill()
         procs[r].join()
     if hung:
-        pytest.fail(f"{worker}: ranks {hung} still running after {LAUNCH_DEADLINE_S} s (hang):\n{_errors(outdir)}")
+        pytest.fail(
+            f"{worker}: ranks {hung} still running after {LAUNCH_DEADLINE_S} s (hang):\n{_errors(outdir)}"
+        )
     return [p.exitcode for p in procs]
 
 
@@ -115,7 +123,9 @@ def _record(outdir: Path, name: str, errors: Dict[str, float]) -> None:
     values = torch.tensor(list(errors.values()), dtype=torch.float64)
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
-        Path(outdir, f"errors-{name}.json").write_text(json.dumps(dict(zip(errors, values.tolist())), indent=1))
+        Path(outdir, f"errors-{name}.json").write_text(
+            json.dumps(dict(zip(errors, values.tolist())), indent=1)
+        )
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
@@ -136,17 +146,27 @@ RING_CASES: List[Tuple[torch.dtype, bool, bool, float, bool]] = [
 
 
 def _ring_case(
-    world: int, dtype: torch.dtype, causal: bool, balance: bool, p: float, batch_first: bool, case_seed: int
+    world: int,
+    dtype: torch.dtype,
+    causal: bool,
+    balance: bool,
+    p: float,
+    batch_first: bool,
+    case_seed: int,
 ) -> Dict[str, float]:
     """One configuration: ContextParallelSelfAttention on the local slices against the module on
     the full sequence; asserts outputs and all gradients; returns the largest differences."""
     E, H, N = 16, 2, 2
     L = 8 * world  # divisible by 2P for the zigzag split
     seq_dim = 1 if batch_first else 0
-    _, attn = mhsa_testutils.make_pair(E, H, dtype=dtype, dropout=p, batch_first=batch_first, seed=case_seed)
+    _, attn = mhsa_testutils.make_pair(
+        E, H, dtype=dtype, dropout=p, batch_first=batch_first, seed=case_seed
+    )
     attn.train()
     x = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 1)
-    grad_out = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 2).detach()
+    grad_out = mhsa_testutils.make_input(
+        L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 2
+    ).detach()
     params = [attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias]
 
     torch.manual_seed(100 + case_seed)
@@ -156,7 +176,9 @@ def _ring_case(
         attn.eval()
         y_eval, _ = attn(x, need_weights=False, is_causal=causal)
         attn.train()
-        assert not torch.allclose(y_eval, y_ref), "dropout had no effect: the dropout case tests nothing"
+        assert not torch.allclose(y_eval, y_ref), (
+            "dropout had no effect: the dropout case tests nothing"
+        )
 
     cp = mhsa.distributed.ContextParallelSelfAttention(attn, load_balance=balance)
 
@@ -179,7 +201,10 @@ def _ring_case(
         mhsa_testutils.assert_close(g, ref, dtype, "grad", f"{what}: grad {name}")
     return {
         "out": _max_diff(y_local, shard(y_ref)),
-        "grad": max([_max_diff(grads[0], shard(ref_grads[0]))] + [_max_diff(g, r) for g, r in zip(grads[1:], ref_grads[1:])]),
+        "grad": max(
+            [_max_diff(grads[0], shard(ref_grads[0]))]
+            + [_max_diff(g, r) for g, r in zip(grads[1:], ref_grads[1:])]
+        ),
     }
 
 
@@ -211,14 +236,32 @@ def ring_worker(rank: int, world: int, outdir: Path) -> None:
     w_in = torch.randn(3 * E, E, generator=g, dtype=torch.float64, requires_grad=True)
     w_out = torch.randn(E, E, generator=g, dtype=torch.float64, requires_grad=True)
     x = torch.randn(L, E, generator=g, dtype=torch.float64, requires_grad=True)
-    y_ref, _ = mhsa.functional.multi_head_self_attention(x, w_in, None, w_out, None, H, need_weights=False, is_causal=True)
+    y_ref, _ = mhsa.functional.multi_head_self_attention(
+        x, w_in, None, w_out, None, H, need_weights=False, is_causal=True
+    )
     grad_out = torch.randn(L, E, generator=g, dtype=torch.float64)
     ref_grads = torch.autograd.grad(y_ref, [x, w_in, w_out], grad_out)
     x_local = mhsa.distributed.shard_sequence(x.detach(), seq_dim=0).requires_grad_()
-    y_local = mhsa.distributed.ring_self_attention(x_local, w_in, None, w_out, None, H, is_causal=True)
-    grads = torch.autograd.grad(y_local, [x_local, w_in, w_out], mhsa.distributed.shard_sequence(grad_out, seq_dim=0))
-    mhsa_testutils.assert_close(y_local, mhsa.distributed.shard_sequence(y_ref, seq_dim=0), torch.float64, "out", "unbatched output")
-    mhsa_testutils.assert_close(grads[0], mhsa.distributed.shard_sequence(ref_grads[0], seq_dim=0), torch.float64, "grad", "unbatched grad x")
+    y_local = mhsa.distributed.ring_self_attention(
+        x_local, w_in, None, w_out, None, H, is_causal=True
+    )
+    grads = torch.autograd.grad(
+        y_local, [x_local, w_in, w_out], mhsa.distributed.shard_sequence(grad_out, seq_dim=0)
+    )
+    mhsa_testutils.assert_close(
+        y_local,
+        mhsa.distributed.shard_sequence(y_ref, seq_dim=0),
+        torch.float64,
+        "out",
+        "unbatched output",
+    )
+    mhsa_testutils.assert_close(
+        grads[0],
+        mhsa.distributed.shard_sequence(ref_grads[0], seq_dim=0),
+        torch.float64,
+        "grad",
+        "unbatched grad x",
+    )
     for name, g_local, ref in zip(("in_proj_weight", "out_proj.weight"), grads[1:], ref_grads[1:]):
         g_local = g_local.clone()
         dist.all_reduce(g_local)
@@ -233,7 +276,9 @@ def _check_mismatched_shapes(rank: int) -> None:
     attn = mhsa.MultiheadSelfAttention(8, 2, batch_first=True)
     cp = mhsa.distributed.ContextParallelSelfAttention(attn)
     x_local = torch.randn(1, 4 + rank, 8)
-    with pytest.raises(ValueError, match=r"same shape.*rank 0: shape \(1, 4, 8\).*rank 1: shape \(1, 5, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"same shape.*rank 0: shape \(1, 4, 8\).*rank 1: shape \(1, 5, 8\)"
+    ):
         cp(x_local)
     y = cp(torch.randn(1, 4, 8))
     assert y.shape == (1, 4, 8)
@@ -258,7 +303,9 @@ def stalled_worker(rank: int, world: int, outdir: Path) -> None:
             f"{type(error).__name__} after {time.monotonic() - start:.1f} s: {error}"
         )
         os._exit(0)
-    raise AssertionError("ring_self_attention returned although a rank of the group never called it")
+    raise AssertionError(
+        "ring_self_attention returned although a rank of the group never called it"
+    )
 
 
 def dying_worker(rank: int, world: int, outdir: Path) -> None:
@@ -308,7 +355,9 @@ class _EncoderModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         skipped: list = []
         mhsa.replace_attention(self.encoder, skipped=skipped)
-        assert skipped == [] and isinstance(self.encoder.layers[0].self_attn, mhsa.MultiheadSelfAttention)
+        assert skipped == [] and isinstance(
+            self.encoder.layers[0].self_attn, mhsa.MultiheadSelfAttention
+        )
         self.head = nn.Linear(16, 4)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -317,7 +366,10 @@ class _EncoderModel(nn.Module):
 
 def _batches(world: int, steps: int) -> List[Tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(42)
-    return [(torch.randn(2 * world, 6, 8, generator=g), torch.randn(2 * world, 6, 4, generator=g)) for _ in range(steps)]
+    return [
+        (torch.randn(2 * world, 6, 8, generator=g), torch.randn(2 * world, 6, 4, generator=g))
+        for _ in range(steps)
+    ]
 
 
 def _train(model: nn.Module, batches: List[Tuple[Tensor, Tensor]], rank: Optional[int]) -> None:
@@ -341,7 +393,13 @@ def _compare_params(
     moved = 0.0
     for name, p0 in initial.named_parameters():
         p = trained[name]
-        torch.testing.assert_close(p, ref[name].detach(), rtol=1e-4, atol=2e-5, msg=lambda m, name=name: f"{what} {name}: {m}")
+        torch.testing.assert_close(
+            p,
+            ref[name].detach(),
+            rtol=1e-4,
+            atol=2e-5,
+            msg=lambda m, name=name: f"{what} {name}: {m}",
+        )
         worst = max(worst, _max_diff(p, ref[name]))
         moved = max(moved, _max_diff(p, p0))
     assert moved > 1e-3, f"{what}: training did not change the parameters"
@@ -494,17 +552,29 @@ def test_causal_skips_invisible_blocks(load_balance: bool) -> None:
     work = []
     for rank in range(world):
         ring = _fake_ring(rank, world, global_len, load_balance)
-        work.append(sum(rows * ks.length for k_rank in range(world)
-                        for _, _, rows, ks, _ in md._pairs(ring, rank, k_rank, is_causal=True)))
+        work.append(
+            sum(
+                rows * ks.length
+                for k_rank in range(world)
+                for _, _, rows, ks, _ in md._pairs(ring, rank, k_rank, is_causal=True)
+            )
+        )
     block = global_len // world
     if load_balance:
         assert len(set(work)) == 1, work
     else:
         assert work == [block * block * (r + 1) for r in range(world)], work
     assert global_len**2 / 2 < sum(work) < 0.7 * global_len**2, work
-    full = [sum(rows * ks.length for k_rank in range(world)
-                for _, _, rows, ks, _ in md._pairs(_fake_ring(r, world, global_len, load_balance), r, k_rank, False))
-            for r in range(world)]
+    full = [
+        sum(
+            rows * ks.length
+            for k_rank in range(world)
+            for _, _, rows, ks, _ in md._pairs(
+                _fake_ring(r, world, global_len, load_balance), r, k_rank, False
+            )
+        )
+        for r in range(world)
+    ]
     assert full == [block * global_len] * world
 
 
@@ -535,12 +605,26 @@ def test_torchrun_ring_attention_example() -> None:
     """examples/ring_attention.py (the README's torchrun example) runs on 2 ranks and matches
     one process."""
     example = Path(__file__).resolve().parents[2] / "examples" / "ring_attention.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(example)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(example),
+    ]
     # The mhsa package this test imported, ahead of any other on the path.
     package_root = str(Path(mhsa.__file__).resolve().parents[1])
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
-    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=LAUNCH_DEADLINE_S)
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=env, timeout=LAUNCH_DEADLINE_S
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "step 2: loss" in result.stdout and "vs one process: max difference" in result.stdout, result.stdout
+    assert "step 2: loss" in result.stdout and "vs one process: max difference" in result.stdout, (
+        result.stdout
+    )

@@ -73,7 +73,10 @@ def test_eval_mode_matches_nn_multihead_attention(batch_first):
         results = []
         for module, args in ((ref, (x, x, x)), (mod, (x,))):
             out, w = module(*args, attn_mask=am, key_padding_mask=kpm, average_attn_weights=average)
-            grads = torch.autograd.grad((out * out).sum() + w.sum(), [x] + [dict(module.named_parameters())[n] for n in PARAM_NAMES])
+            grads = torch.autograd.grad(
+                (out * out).sum() + w.sum(),
+                [x] + [dict(module.named_parameters())[n] for n in PARAM_NAMES],
+            )
             results.append((out, w, grads))
         (eo, ew, eg), (ao, aw, ag) = results
         assert_close(ao, eo, DT, "out", "attn_output")
@@ -131,7 +134,9 @@ def test_weights_are_post_dropout(p):
     torch.testing.assert_close(out_nw, out, rtol=1e-12, atol=1e-14)
 
     # the output from the returned (dropped) weights: out_proj(W_drop @ V)
-    v = torch.nn.functional.linear(x.detach(), mod.in_proj_weight[2 * E:], mod.in_proj_bias[2 * E:])
+    v = torch.nn.functional.linear(
+        x.detach(), mod.in_proj_weight[2 * E :], mod.in_proj_bias[2 * E :]
+    )
     v = v.reshape(L, N, H, E // H).permute(1, 2, 0, 3)  # (N, H, L, D)
     context = (w @ v).permute(2, 0, 1, 3).reshape(L, N, E)
     expected = torch.nn.functional.linear(context, mod.out_proj.weight, mod.out_proj.bias)
@@ -180,14 +185,27 @@ def test_gradcheck_with_dropout_at_a_fixed_seed(need_weights):
         E, H = 8, 2
         g = torch.Generator().manual_seed(16)
         x = torch.randn(5, 2, E, generator=g, dtype=DT, requires_grad=True)
-        params = [torch.randn(s, generator=g, dtype=DT).mul(0.4).requires_grad_() for s in ((3 * E, E), (3 * E,), (E, E), (E,))]
+        params = [
+            torch.randn(s, generator=g, dtype=DT).mul(0.4).requires_grad_()
+            for s in ((3 * E, E), (3 * E,), (E, E), (E,))
+        ]
         kpm = make_kpm("bool", N=2, L=5, dtype=DT, seed=17)
 
         def fn(x, w, b, ow, ob):
             torch.manual_seed(123)
             out, weights = mhsa.functional.multi_head_self_attention(
-                x, w, b, ow, ob, H, dropout_p=0.3, training=True, key_padding_mask=kpm,
-                need_weights=need_weights, average_attn_weights=False)
+                x,
+                w,
+                b,
+                ow,
+                ob,
+                H,
+                dropout_p=0.3,
+                training=True,
+                key_padding_mask=kpm,
+                need_weights=need_weights,
+                average_attn_weights=False,
+            )
             return (out, weights) if need_weights else out
 
         assert gradcheck(fn, (x, *params))

@@ -23,39 +23,191 @@ def setup():
 
 # (id, callable(mod, x, params), exception type, regex the message must match)
 CASES = [
-    ("query_4d", lambda m, x, p: m(torch.randn(1, L, N, E)), RuntimeError, r"query.*2-D.*3-D.*got 4-D"),
+    (
+        "query_4d",
+        lambda m, x, p: m(torch.randn(1, L, N, E)),
+        RuntimeError,
+        r"query.*2-D.*3-D.*got 4-D",
+    ),
     ("query_1d", lambda m, x, p: m(torch.randn(E)), RuntimeError, r"query.*got 1-D"),
-    ("query_0d", lambda m, x, p: F.multi_head_self_attention(torch.tensor(1.0), *p, H), RuntimeError, r"query.*got 0-D"),
-    ("embed_dim_mismatch", lambda m, x, p: m(torch.randn(L, N, 8)), RuntimeError, r"in_proj_weight.*shape"),
-    ("in_proj_weight_shape", lambda m, x, p: F.multi_head_self_attention(x, p[0][:32], p[1], p[2], p[3], H), RuntimeError, r"in_proj_weight.*shape"),
-    ("in_proj_bias_shape", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1][:10], p[2], p[3], H), RuntimeError, r"in_proj_bias.*shape"),
-    ("out_proj_weight_shape", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2][:, :8], p[3], H), RuntimeError, r"out_proj_weight.*shape"),
-    ("out_proj_bias_shape", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3][:3], H), RuntimeError, r"out_proj_bias.*shape"),
-    ("num_heads_not_dividing", lambda m, x, p: F.multi_head_self_attention(x, *p, 3), RuntimeError, r"divisible by num_heads 3"),
-    ("num_heads_zero", lambda m, x, p: F.multi_head_self_attention(x, *p, 0), RuntimeError, r"num_heads"),
-    ("attn_mask_2d_shape", lambda m, x, p: m(x, attn_mask=torch.zeros(L, L - 1, dtype=torch.bool)), RuntimeError, r"attn_mask.*shape"),
-    ("attn_mask_3d_shape", lambda m, x, p: m(x, attn_mask=torch.zeros(H, L, L, dtype=torch.bool)), RuntimeError, r"attn_mask.*shape \[8, 5, 5\]"),
-    ("attn_mask_4d", lambda m, x, p: m(x, attn_mask=torch.zeros(N, H, L, L, dtype=torch.bool)), RuntimeError, r"attn_mask.*2-D.*3-D"),
-    ("attn_mask_1d", lambda m, x, p: m(x, attn_mask=torch.zeros(L, dtype=torch.bool)), RuntimeError, r"attn_mask"),
-    ("kpm_shape", lambda m, x, p: m(x, key_padding_mask=torch.zeros(L, N, dtype=torch.bool)), RuntimeError, r"key_padding_mask.*shape"),
-    ("kpm_unbatched_shape", lambda m, x, p: m(x[:, 0], key_padding_mask=torch.zeros(1, L, dtype=torch.bool)), RuntimeError, r"key_padding_mask"),
-    ("attn_mask_int", lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, dtype=torch.int64)), RuntimeError, r"attn_mask.*(bool|float)"),
-    ("attn_mask_uint8", lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, dtype=torch.uint8)), RuntimeError, r"attn_mask.*(bool|float)"),
-    ("kpm_int", lambda m, x, p: m(x, key_padding_mask=torch.zeros(N, L, dtype=torch.int32)), RuntimeError, r"key_padding_mask.*(bool|float)"),
-    ("input_double_weights_float", lambda m, x, p: m(x.double()), RuntimeError, r"in_proj_weight.*dtype"),
+    (
+        "query_0d",
+        lambda m, x, p: F.multi_head_self_attention(torch.tensor(1.0), *p, H),
+        RuntimeError,
+        r"query.*got 0-D",
+    ),
+    (
+        "embed_dim_mismatch",
+        lambda m, x, p: m(torch.randn(L, N, 8)),
+        RuntimeError,
+        r"in_proj_weight.*shape",
+    ),
+    (
+        "in_proj_weight_shape",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0][:32], p[1], p[2], p[3], H),
+        RuntimeError,
+        r"in_proj_weight.*shape",
+    ),
+    (
+        "in_proj_bias_shape",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1][:10], p[2], p[3], H),
+        RuntimeError,
+        r"in_proj_bias.*shape",
+    ),
+    (
+        "out_proj_weight_shape",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2][:, :8], p[3], H),
+        RuntimeError,
+        r"out_proj_weight.*shape",
+    ),
+    (
+        "out_proj_bias_shape",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3][:3], H),
+        RuntimeError,
+        r"out_proj_bias.*shape",
+    ),
+    (
+        "num_heads_not_dividing",
+        lambda m, x, p: F.multi_head_self_attention(x, *p, 3),
+        RuntimeError,
+        r"divisible by num_heads 3",
+    ),
+    (
+        "num_heads_zero",
+        lambda m, x, p: F.multi_head_self_attention(x, *p, 0),
+        RuntimeError,
+        r"num_heads",
+    ),
+    (
+        "attn_mask_2d_shape",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(L, L - 1, dtype=torch.bool)),
+        RuntimeError,
+        r"attn_mask.*shape",
+    ),
+    (
+        "attn_mask_3d_shape",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(H, L, L, dtype=torch.bool)),
+        RuntimeError,
+        r"attn_mask.*shape \[8, 5, 5\]",
+    ),
+    (
+        "attn_mask_4d",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(N, H, L, L, dtype=torch.bool)),
+        RuntimeError,
+        r"attn_mask.*2-D.*3-D",
+    ),
+    (
+        "attn_mask_1d",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(L, dtype=torch.bool)),
+        RuntimeError,
+        r"attn_mask",
+    ),
+    (
+        "kpm_shape",
+        lambda m, x, p: m(x, key_padding_mask=torch.zeros(L, N, dtype=torch.bool)),
+        RuntimeError,
+        r"key_padding_mask.*shape",
+    ),
+    (
+        "kpm_unbatched_shape",
+        lambda m, x, p: m(x[:, 0], key_padding_mask=torch.zeros(1, L, dtype=torch.bool)),
+        RuntimeError,
+        r"key_padding_mask",
+    ),
+    (
+        "attn_mask_int",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, dtype=torch.int64)),
+        RuntimeError,
+        r"attn_mask.*(bool|float)",
+    ),
+    (
+        "attn_mask_uint8",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, dtype=torch.uint8)),
+        RuntimeError,
+        r"attn_mask.*(bool|float)",
+    ),
+    (
+        "kpm_int",
+        lambda m, x, p: m(x, key_padding_mask=torch.zeros(N, L, dtype=torch.int32)),
+        RuntimeError,
+        r"key_padding_mask.*(bool|float)",
+    ),
+    (
+        "input_double_weights_float",
+        lambda m, x, p: m(x.double()),
+        RuntimeError,
+        r"in_proj_weight.*dtype",
+    ),
     # An in_proj_bias of another floating dtype is cast like nn does (test_mixed_dtypes.py);
     # an integer one, and an out_proj_bias of another dtype, are refused as nn refuses them.
-    ("in_proj_bias_integer", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1].long(), p[2], p[3], H), RuntimeError, r"in_proj_bias.*dtype"),
-    ("out_proj_bias_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3].double(), H), RuntimeError, r"out_proj_bias.*dtype"),
-    ("out_proj_dtype", lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2].double(), p[3], H), RuntimeError, r"out_proj_weight.*dtype"),
-    ("input_integer", lambda m, x, p: F.multi_head_self_attention(x.long(), *(t.long() for t in p), H), RuntimeError, r"dtype"),
-    ("input_int8", lambda m, x, p: F.multi_head_self_attention(x.to(torch.int8), *(t.to(torch.int8) for t in p), H), RuntimeError, r"x of dtype"),
-    ("dropout_p_range", lambda m, x, p: F.multi_head_self_attention(x, *p, H, dropout_p=1.5), RuntimeError, r"dropout_p"),
-    ("cross_attention_key", lambda m, x, p: m(x, torch.randn(L, N, E), x), ValueError, r"key.*cross-attention"),
-    ("cross_attention_value", lambda m, x, p: m(x, x, x.clone()), ValueError, r"value.*cross-attention"),
-    ("cross_attention_equal_values_not_same_tensor", lambda m, x, p: m(x, x.clone(), x.clone()), ValueError, r"cross-attention"),
-    ("attn_mask_requires_grad", lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, requires_grad=True)), RuntimeError, r"attn_mask requires grad"),
-    ("kpm_requires_grad", lambda m, x, p: m(x, key_padding_mask=torch.zeros(N, L, requires_grad=True)), RuntimeError, r"key_padding_mask requires grad"),
+    (
+        "in_proj_bias_integer",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1].long(), p[2], p[3], H),
+        RuntimeError,
+        r"in_proj_bias.*dtype",
+    ),
+    (
+        "out_proj_bias_dtype",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2], p[3].double(), H),
+        RuntimeError,
+        r"out_proj_bias.*dtype",
+    ),
+    (
+        "out_proj_dtype",
+        lambda m, x, p: F.multi_head_self_attention(x, p[0], p[1], p[2].double(), p[3], H),
+        RuntimeError,
+        r"out_proj_weight.*dtype",
+    ),
+    (
+        "input_integer",
+        lambda m, x, p: F.multi_head_self_attention(x.long(), *(t.long() for t in p), H),
+        RuntimeError,
+        r"dtype",
+    ),
+    (
+        "input_int8",
+        lambda m, x, p: F.multi_head_self_attention(
+            x.to(torch.int8), *(t.to(torch.int8) for t in p), H
+        ),
+        RuntimeError,
+        r"x of dtype",
+    ),
+    (
+        "dropout_p_range",
+        lambda m, x, p: F.multi_head_self_attention(x, *p, H, dropout_p=1.5),
+        RuntimeError,
+        r"dropout_p",
+    ),
+    (
+        "cross_attention_key",
+        lambda m, x, p: m(x, torch.randn(L, N, E), x),
+        ValueError,
+        r"key.*cross-attention",
+    ),
+    (
+        "cross_attention_value",
+        lambda m, x, p: m(x, x, x.clone()),
+        ValueError,
+        r"value.*cross-attention",
+    ),
+    (
+        "cross_attention_equal_values_not_same_tensor",
+        lambda m, x, p: m(x, x.clone(), x.clone()),
+        ValueError,
+        r"cross-attention",
+    ),
+    (
+        "attn_mask_requires_grad",
+        lambda m, x, p: m(x, attn_mask=torch.zeros(L, L, requires_grad=True)),
+        RuntimeError,
+        r"attn_mask requires grad",
+    ),
+    (
+        "kpm_requires_grad",
+        lambda m, x, p: m(x, key_padding_mask=torch.zeros(N, L, requires_grad=True)),
+        RuntimeError,
+        r"key_padding_mask requires grad",
+    ),
 ]
 
 
@@ -72,7 +224,9 @@ def test_bad_input_raises_the_same_error_through_the_c10_op(setup):
     """The checks are in the op, not only in the Python wrapper."""
     _, x, p = setup
     with pytest.raises(RuntimeError, match=r"attn_mask.*shape"):
-        torch.ops.mhsa.mha_forward(x, *p, H, False, torch.zeros(3, 3, dtype=torch.bool), None, False, 0.0, True, True)
+        torch.ops.mhsa.mha_forward(
+            x, *p, H, False, torch.zeros(3, 3, dtype=torch.bool), None, False, 0.0, True, True
+        )
     with pytest.raises(RuntimeError, match=r"x to be 3-D"):
         torch.ops.mhsa.mha_forward(x[:, 0], *p, H, False, None, None, False, 0.0, True, True)
 
@@ -97,8 +251,28 @@ def test_double_backward_is_refused(setup, create_graph_on):
 
 def test_backward_op_checks_its_saved_tensors(setup):
     _, x, p = setup
-    out, w, qkv, ctx, lse, rng = torch.ops.mhsa.mha_forward(x, *p, H, False, None, None, False, 0.0, True, True)
-    args = [out.detach(), None, x, p[0].detach(), p[2].detach(), qkv, ctx, lse, rng, H, False, None, None, False, 0.0, True, [True] * 5]
+    out, w, qkv, ctx, lse, rng = torch.ops.mhsa.mha_forward(
+        x, *p, H, False, None, None, False, 0.0, True, True
+    )
+    args = [
+        out.detach(),
+        None,
+        x,
+        p[0].detach(),
+        p[2].detach(),
+        qkv,
+        ctx,
+        lse,
+        rng,
+        H,
+        False,
+        None,
+        None,
+        False,
+        0.0,
+        True,
+        [True] * 5,
+    ]
     bad = list(args)
     bad[7] = lse[:, :, :-1]
     with pytest.raises(RuntimeError, match="logsumexp"):
@@ -149,7 +323,11 @@ def test_module_constructor_errors(kwargs, exc, pattern):
     [
         (lambda: torch.nn.MultiheadAttention(16, 4, kdim=8, vdim=8), ValueError, r"kdim"),
         (lambda: torch.nn.MultiheadAttention(16, 4, add_bias_kv=True), ValueError, r"add_bias_kv"),
-        (lambda: torch.nn.MultiheadAttention(16, 4, add_zero_attn=True), ValueError, r"add_zero_attn"),
+        (
+            lambda: torch.nn.MultiheadAttention(16, 4, add_zero_attn=True),
+            ValueError,
+            r"add_zero_attn",
+        ),
         (lambda: torch.nn.Linear(16, 16), TypeError, r"nn.MultiheadAttention"),
     ],
     ids=["kdim", "add_bias_kv", "add_zero_attn", "not_mha"],

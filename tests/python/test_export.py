@@ -124,8 +124,12 @@ def _torch_prefix() -> str:
 def _link_dir_for(library: Path, directory: Path) -> Path:
     """A directory where the loader finds ``library`` under its SONAME (libmhsa.so.0), which is
     what an executable linked against it asks for; python/mhsa/ holds it as libmhsa.so only."""
-    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
-    soname = next(line.split("[")[1].split("]")[0] for line in dynamic.splitlines() if "(SONAME)" in line)
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    soname = next(
+        line.split("[")[1].split("]")[0] for line in dynamic.splitlines() if "(SONAME)" in line
+    )
     directory.mkdir()
     for name in {soname, "libmhsa.so"}:
         (directory / name).symlink_to(library)
@@ -133,16 +137,23 @@ def _link_dir_for(library: Path, directory: Path) -> Path:
 
 
 @pytest.mark.skipif(
-    shutil.which("cmake") is None or shutil.which("readelf") is None, reason="needs cmake, binutils and a C++ compiler"
+    shutil.which("cmake") is None or shutil.which("readelf") is None,
+    reason="needs cmake, binutils and a C++ compiler",
 )
 def test_aoti_package_runs_in_cpp(model, aoti_package, tmp_path):
     """tests/aoti/run_package.cpp (LibTorch's AOTIModelPackageLoader, linked with libmhsa.so)
     runs the package on inputs saved here and writes its outputs back."""
     build = tmp_path / "build"
     library = _link_dir_for(Path(mhsa.LIBRARY_PATH).resolve(), tmp_path / "lib")
-    configure = ["cmake", "-S", str(REPO / "tests" / "aoti"), "-B", str(build),
-                 f"-DCMAKE_PREFIX_PATH={_torch_prefix()}",
-                 f"-DMHSA_LIBRARY={library}"]
+    configure = [
+        "cmake",
+        "-S",
+        str(REPO / "tests" / "aoti"),
+        "-B",
+        str(build),
+        f"-DCMAKE_PREFIX_PATH={_torch_prefix()}",
+        f"-DMHSA_LIBRARY={library}",
+    ]
     if shutil.which("ccache"):
         configure.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
     for cmd in (configure, ["cmake", "--build", str(build), "-j2"]):
@@ -155,9 +166,16 @@ def test_aoti_package_runs_in_cpp(model, aoti_package, tmp_path):
         torch.save(kpm, tmp_path / "kpm.pt")
         out_path = tmp_path / "out.pt"
         done = subprocess.run(
-            [str(build / "run_package"), str(aoti_package), str(out_path),
-             str(tmp_path / "x.pt"), str(tmp_path / "kpm.pt")],
-            capture_output=True, text=True)
+            [
+                str(build / "run_package"),
+                str(aoti_package),
+                str(out_path),
+                str(tmp_path / "x.pt"),
+                str(tmp_path / "kpm.pt"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         outputs = torch.load(out_path)
         with torch.no_grad():

@@ -68,8 +68,15 @@ def test_float16_torchscript_and_functional():
     scripted = torch.jit.script(mod)
     torch.testing.assert_close(scripted(x, need_weights=False)[0], eager, rtol=0, atol=0)
     functional = mhsa.functional.multi_head_self_attention(
-        x, mod.in_proj_weight, mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias, 2,
-        batch_first=True, need_weights=False)[0]
+        x,
+        mod.in_proj_weight,
+        mod.in_proj_bias,
+        mod.out_proj.weight,
+        mod.out_proj.bias,
+        2,
+        batch_first=True,
+        need_weights=False,
+    )[0]
     torch.testing.assert_close(functional, eager, rtol=0, atol=0)
 
 
@@ -99,7 +106,9 @@ def test_float16_saturated_softmax_is_exact_like_float32():
     nn16 = nn.MultiheadAttention(E, H, batch_first=True).half()
     nn16.load_state_dict(module.state_dict())
     baseline = run(nn16, x.half(), None, True, need_weights=False)
-    actual = run(mhsa.MultiheadSelfAttention.from_torch(nn16), x.half(), None, False, need_weights=False)
+    actual = run(
+        mhsa.MultiheadSelfAttention.from_torch(nn16), x.half(), None, False, need_weights=False
+    )
     for k, (e, b, a) in enumerate(zip(expected, baseline, actual)):
         if e is None:
             continue

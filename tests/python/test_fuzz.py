@@ -100,7 +100,10 @@ def fuzz_params(draw) -> FuzzParams:
     L = draw(st.one_of(st.sampled_from([0, 1, 1, 2]), st.integers(1, 12), st.integers(13, 70)))
     N = draw(st.sampled_from([None, None, 0, 1, 1, 2, 2, 3, 3]))
     return FuzzParams(
-        L=L, N=N, H=H, D=D,
+        L=L,
+        N=N,
+        H=H,
+        D=D,
         batch_first=draw(st.booleans()),
         bias=draw(st.booleans()),
         dtype=draw(st.sampled_from(["float64", "float32"])),
@@ -115,7 +118,11 @@ def fuzz_params(draw) -> FuzzParams:
         need_weights=draw(st.booleans()),
         average=draw(st.booleans()),
         seed=draw(st.integers(0, 2**20)),
-        window=draw(st.sampled_from([(-1, -1)] * 4 + [(0, 0), (2, 0), (0, 3), (4, 4), (-1, 2), (3, -1), (10, 1)])),
+        window=draw(
+            st.sampled_from(
+                [(-1, -1)] * 4 + [(0, 0), (2, 0), (0, 3), (4, 4), (-1, 2), (3, -1), (10, 1)]
+            )
+        ),
     )
 
 
@@ -150,7 +157,7 @@ def make_x(p: FuzzParams):
         return leaf, leaf[..., ::2]
     # "offset": a slice of a larger tensor along the first dim
     leaf = randn((shape[0] + 3,) + shape[1:])
-    return leaf, leaf[2:2 + shape[0]]
+    return leaf, leaf[2 : 2 + shape[0]]
 
 
 def _masked_entries(shape, p: FuzzParams, seed: int) -> torch.Tensor:
@@ -229,7 +236,11 @@ def band_blocked(L: int, window: Tuple[int, int]) -> torch.Tensor:
 def run_nn_mha(ref, x, p: FuzzParams, attn_mask, kpm, need_weights: bool):
     """nn.MultiheadAttention with explicit causal and band masks (it has neither of its own)."""
     if p.is_causal or p.window != (-1, -1):
-        causal = torch.ones(p.L, p.L, dtype=torch.bool).triu(1) if p.is_causal else torch.zeros(p.L, p.L, dtype=torch.bool)
+        causal = (
+            torch.ones(p.L, p.L, dtype=torch.bool).triu(1)
+            if p.is_causal
+            else torch.zeros(p.L, p.L, dtype=torch.bool)
+        )
         causal = causal | band_blocked(p.L, p.window)
         if attn_mask is None:
             attn_mask = causal
@@ -240,8 +251,15 @@ def run_nn_mha(ref, x, p: FuzzParams, attn_mask, kpm, need_weights: bool):
     with warnings.catch_warnings():
         # "Support for mismatched key_padding_mask and attn_mask is deprecated"
         warnings.simplefilter("ignore")
-        return ref(x, x, x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=need_weights,
-                   average_attn_weights=p.average)
+        return ref(
+            x,
+            x,
+            x,
+            key_padding_mask=kpm,
+            attn_mask=attn_mask,
+            need_weights=need_weights,
+            average_attn_weights=p.average,
+        )
 
 
 def reference_zero_rows(params, x, p: FuzzParams, attn_mask, kpm):
@@ -261,7 +279,11 @@ def reference_zero_rows(params, x, p: FuzzParams, attn_mask, kpm):
     q, k, v = heads(q), heads(k), heads(v)
     scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(D)
     if attn_mask is not None:
-        scores = scores.masked_fill(attn_mask, -math.inf) if attn_mask.dtype == torch.bool else scores + attn_mask
+        scores = (
+            scores.masked_fill(attn_mask, -math.inf)
+            if attn_mask.dtype == torch.bool
+            else scores + attn_mask
+        )
     if kpm is not None:
         m = kpm.reshape(N, 1, 1, L).expand(N, H, 1, L).reshape(N * H, 1, L)
         scores = scores.masked_fill(m, -math.inf) if m.dtype == torch.bool else scores + m
@@ -309,8 +331,15 @@ def check(p: FuzzParams) -> None:
     mod_tensors = [leaf] + [mod_params[n] for n in names]
     grad_names = ["input"] + names
 
-    out, w = mod(x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=p.need_weights,
-                 average_attn_weights=p.average, is_causal=p.is_causal, window_size=p.window)
+    out, w = mod(
+        x,
+        key_padding_mask=kpm,
+        attn_mask=attn_mask,
+        need_weights=p.need_weights,
+        average_attn_weights=p.average,
+        is_causal=p.is_causal,
+        window_size=p.window,
+    )
     assert out.shape == x.shape and out.dtype == dt
     assert torch.isfinite(out).all(), "mhsa output is not finite"
     if p.need_weights:
@@ -335,7 +364,9 @@ def check(p: FuzzParams) -> None:
         # Empty batch or sequence: nn.MultiheadAttention cannot take masks then (it reshapes
         # them with a -1 of zero elements), so it runs unmasked for the shapes; every
         # parameter gradient is zero (no row contributes) and so is the input's.
-        ref_out, ref_w = run_nn_mha(ref, x, dataclasses.replace(p, is_causal=False, window=(-1, -1)), None, None, True)
+        ref_out, ref_w = run_nn_mha(
+            ref, x, dataclasses.replace(p, is_causal=False, window=(-1, -1)), None, None, True
+        )
         assert out.shape == ref_out.shape
         if p.need_weights:
             assert w.shape == ref_w.shape
@@ -362,8 +393,13 @@ def check(p: FuzzParams) -> None:
     out_nl = out.unsqueeze(1) if p.N is None else (out if p.batch_first else out.transpose(0, 1))
     out_nl = out_nl.reshape(Nb, p.L, p.E)
     bias = mod.out_proj.bias.detach() if p.bias else torch.zeros(p.E, dtype=dt)
-    torch.testing.assert_close(out_nl[every_head].detach(), bias.expand(int(every_head.sum()), p.E),
-                               rtol=0, atol=0, msg=lambda m: f"output rows masked in every head: {m}")
+    torch.testing.assert_close(
+        out_nl[every_head].detach(),
+        bias.expand(int(every_head.sum()), p.E),
+        rtol=0,
+        atol=0,
+        msg=lambda m: f"output rows masked in every head: {m}",
+    )
 
     # Output and its gradients: nn.MultiheadAttention's need_weights=False path.
     sdpa_out, _ = run_nn_mha(ref, x, p, attn_mask, kpm, need_weights=False)
@@ -384,11 +420,16 @@ def check(p: FuzzParams) -> None:
         ref_nh = ref_w.unsqueeze(0) if p.N is None else ref_w
         nan_rows = torch.isnan(ref_nh).any(-1)
         expected_nan = full.any(1) if p.average else full
-        assert torch.equal(nan_rows, expected_nan), "premise: MHA is NaN exactly on the fully masked rows"
-        assert_close(w_nh[~nan_rows], ref_nh[~nan_rows], dt, "out", "attn_weights of rows that see a key")
+        assert torch.equal(nan_rows, expected_nan), (
+            "premise: MHA is NaN exactly on the fully masked rows"
+        )
+        assert_close(
+            w_nh[~nan_rows], ref_nh[~nan_rows], dt, "out", "attn_weights of rows that see a key"
+        )
         # Gradients of a loss over output and weights: mhsa's semantics in plain ops.
-        zr_out, zr_w = reference_zero_rows([mod_params[n] if n in mod_params else None for n in PARAM_NAMES],
-                                           x, p, attn_mask, kpm)
+        zr_out, zr_w = reference_zero_rows(
+            [mod_params[n] if n in mod_params else None for n in PARAM_NAMES], x, p, attn_mask, kpm
+        )
         assert_close(out, zr_out, dt, "out", "attn_output (vs reference_zero_rows)")
         assert_close(w, zr_w, dt, "out", "attn_weights (vs reference_zero_rows)")
         zr_loss = (zr_out * r1).sum() + (zr_w * r2).sum()

@@ -58,17 +58,40 @@ OP_CASES = [
 ]
 
 
-def _op_inputs(L=4, N=2, E=8, H=2, *, batch_first=False, bias=True, attn_mask=None, kpm=None,
-               is_causal=False, need_weights=True, average=True, full_row=False):
+def _op_inputs(
+    L=4,
+    N=2,
+    E=8,
+    H=2,
+    *,
+    batch_first=False,
+    bias=True,
+    attn_mask=None,
+    kpm=None,
+    is_causal=False,
+    need_weights=True,
+    average=True,
+    full_row=False,
+):
     x = _x((L, E) if N is None else ((N, L, E) if batch_first else (L, N, E)))
     am = make_attn_mask(attn_mask, N=N, H=H, L=L, dtype=DT, seed=5)
     km = make_kpm(kpm, N=N, L=L, dtype=DT, seed=6)
     if full_row:
         am = torch.zeros(L, L, dtype=torch.bool)
         am[1] = True
-    return x, _params(E, bias=bias), dict(num_heads=H, batch_first=batch_first, attn_mask=am,
-                                         key_padding_mask=km, is_causal=is_causal,
-                                         need_weights=need_weights, average_attn_weights=average)
+    return (
+        x,
+        _params(E, bias=bias),
+        dict(
+            num_heads=H,
+            batch_first=batch_first,
+            attn_mask=am,
+            key_padding_mask=km,
+            is_causal=is_causal,
+            need_weights=need_weights,
+            average_attn_weights=average,
+        ),
+    )
 
 
 @pytest.mark.parametrize("options", [c[1] for c in OP_CASES], ids=[c[0] for c in OP_CASES])
@@ -77,8 +100,21 @@ def test_gradcheck_multi_head_self_attention_op(options):
 
     def fn(x, w, b, ow, ob):
         out, weights = torch.ops.mhsa.multi_head_self_attention(
-            x, w, b, ow, ob, kw["num_heads"], 0.0, True, kw["batch_first"], kw["key_padding_mask"],
-            kw["need_weights"], kw["attn_mask"], kw["average_attn_weights"], kw["is_causal"])
+            x,
+            w,
+            b,
+            ow,
+            ob,
+            kw["num_heads"],
+            0.0,
+            True,
+            kw["batch_first"],
+            kw["key_padding_mask"],
+            kw["need_weights"],
+            kw["attn_mask"],
+            kw["average_attn_weights"],
+            kw["is_causal"],
+        )
         return (out, weights) if kw["need_weights"] else out
 
     assert gradcheck(fn, (x, w, b, ow, ob))
@@ -90,8 +126,20 @@ def test_gradcheck_mha_forward_op(options):
 
     def fn(x, w, b, ow, ob):
         out, weights, *_ = torch.ops.mhsa.mha_forward(
-            x, w, b, ow, ob, kw["num_heads"], kw["batch_first"], kw["attn_mask"], kw["key_padding_mask"],
-            kw["is_causal"], 0.0, kw["need_weights"], kw["average_attn_weights"])
+            x,
+            w,
+            b,
+            ow,
+            ob,
+            kw["num_heads"],
+            kw["batch_first"],
+            kw["attn_mask"],
+            kw["key_padding_mask"],
+            kw["is_causal"],
+            0.0,
+            kw["need_weights"],
+            kw["average_attn_weights"],
+        )
         return (out, weights) if kw["need_weights"] else out
 
     assert gradcheck(fn, (x, w, b, ow, ob))
@@ -107,8 +155,15 @@ def test_gradcheck_when_only_some_inputs_require_grad(which):
 
     def fn(x, w, b, ow, ob):
         return mhsa.functional.multi_head_self_attention(
-            x, w, b, ow, ob, kw["num_heads"], key_padding_mask=kw["key_padding_mask"],
-            attn_mask=kw["attn_mask"])
+            x,
+            w,
+            b,
+            ow,
+            ob,
+            kw["num_heads"],
+            key_padding_mask=kw["key_padding_mask"],
+            attn_mask=kw["attn_mask"],
+        )
 
     assert gradcheck(fn, (x, *params))
 
@@ -124,7 +179,8 @@ def test_gradcheck_across_tiles(L):
 
     def fn(x, w, b, ow, ob):
         return mhsa.functional.multi_head_self_attention(
-            x, w, b, ow, ob, H, batch_first=True, attn_mask=causal, average_attn_weights=False)
+            x, w, b, ow, ob, H, batch_first=True, attn_mask=causal, average_attn_weights=False
+        )
 
     assert gradcheck(fn, (x, *params), fast_mode=True)
 
@@ -142,8 +198,12 @@ def test_gradcheck_module(batch_first):
     am = torch.randn(5, 5, dtype=DT)
 
     def fn(x, *ps):
-        out, w = functional_call(mod, dict(zip(names, ps)), (x,),
-                                 dict(key_padding_mask=kpm, attn_mask=am, average_attn_weights=False))
+        out, w = functional_call(
+            mod,
+            dict(zip(names, ps)),
+            (x,),
+            dict(key_padding_mask=kpm, attn_mask=am, average_attn_weights=False),
+        )
         return out, w
 
     assert gradcheck(fn, (x, *params))

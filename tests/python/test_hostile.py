@@ -176,7 +176,9 @@ def test_float_masks_of_all_neg_inf(dtype, which):
     assert torch.isnan(ro).all() and torch.isnan(rw).all()
     for average in (True, False):
         out, w = mod(x, average_attn_weights=average, **kw)
-        torch.testing.assert_close(out.detach(), mod.out_proj.bias.detach().expand(L, N, E), rtol=0, atol=0)
+        torch.testing.assert_close(
+            out.detach(), mod.out_proj.bias.detach().expand(L, N, E), rtol=0, atol=0
+        )
         assert (w == 0).all()
         grads = _grads(mod, x, out, w)
         for name, gr in zip(("input",) + PARAM_NAMES, grads):
@@ -220,7 +222,9 @@ def test_huge_finite_mask_values(dtype):
     for module in (ref, mod):
         module.zero_grad()
     (ro, rw), (mo, mw) = _both(ref, mod, xg, attn_mask=am, key_padding_mask=kpm)
-    for name, a, e in zip(("input",) + PARAM_NAMES, _grads(mod, xg, mo, mw), _grads(ref, xg, ro, rw)):
+    for name, a, e in zip(
+        ("input",) + PARAM_NAMES, _grads(mod, xg, mo, mw), _grads(ref, xg, ro, rw)
+    ):
         assert_close(a, e, dtype, "grad", f"grad of {name}")
 
 
@@ -231,7 +235,9 @@ def test_huge_finite_mask_values(dtype):
 def _max_abs_score(module, x):
     """max |q.k / sqrt(D)| over all heads: the scale of the softmax's input."""
     with torch.no_grad():
-        q, k, _ = torch.nn.functional.linear(x, module.in_proj_weight, module.in_proj_bias).chunk(3, -1)
+        q, k, _ = torch.nn.functional.linear(x, module.in_proj_weight, module.in_proj_bias).chunk(
+            3, -1
+        )
         D = E // H
         q = q.reshape(L, N * H, D).transpose(0, 1)
         k = k.reshape(L, N * H, D).transpose(0, 1)
@@ -273,8 +279,12 @@ def test_huge_scores_are_stable(dtype, scale):
     for name, a in zip(("input",) + PARAM_NAMES, grads):
         assert torch.isfinite(a).all(), f"grad of {name}"
     # value part of in_proj, out_proj.weight, out_proj.bias
-    assert_close(grads[1][2 * E:], ref_grads[1][2 * E:], dtype, "grad", "grad of in_proj_weight (values)")
-    assert_close(grads[2][2 * E:], ref_grads[2][2 * E:], dtype, "grad", "grad of in_proj_bias (values)")
+    assert_close(
+        grads[1][2 * E :], ref_grads[1][2 * E :], dtype, "grad", "grad of in_proj_weight (values)"
+    )
+    assert_close(
+        grads[2][2 * E :], ref_grads[2][2 * E :], dtype, "grad", "grad of in_proj_bias (values)"
+    )
     assert_close(grads[3], ref_grads[3], dtype, "grad", "grad of out_proj.weight")
     assert_close(grads[4], ref_grads[4], dtype, "grad", "grad of out_proj.bias")
 

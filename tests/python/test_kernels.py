@@ -43,7 +43,9 @@ def test_parity_with_small_tiles(tiles, dtype, monkeypatch):
 
 def test_tile_override_does_not_change_results_beyond_rounding(monkeypatch):
     """The same call with default and with tiny tiles (f64: only summation order differs)."""
-    case = Case(L=70, N=2, E=16, H=4, attn_mask="float2d", kpm="bool", is_causal=True, average=False)
+    case = Case(
+        L=70, N=2, E=16, H=4, attn_mask="float2d", kpm="bool", is_causal=True, average=False
+    )
     _, default = run_case(case, torch.float64)
     monkeypatch.setenv("MHSA_TILES", "8,8,8,8")
     _, small = run_case(case, torch.float64)
@@ -89,10 +91,19 @@ def test_parity_per_instruction_set(isa):
         pytest.fail("torch.ops.mhsa._cpu_capability is missing")
     best = torch.ops.mhsa._cpu_capability() if "MHSA_CPU_CAPABILITY" not in os.environ else None
     if best is not None and ISA_ORDER.index(isa) > ISA_ORDER.index(best):
-        pytest.skip(f"this CPU lacks {isa}: its best kernels are {best} (the {isa} copy cannot run here)")
-    env = dict(os.environ, MHSA_CPU_CAPABILITY=isa, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    result = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(HERE)], env=env,
-                            capture_output=True, text=True, timeout=300)
+        pytest.skip(
+            f"this CPU lacks {isa}: its best kernels are {best} (the {isa} copy cannot run here)"
+        )
+    env = dict(
+        os.environ, MHSA_CPU_CAPABILITY=isa, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _ISA_SCRIPT, str(HERE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     chosen = json.loads(result.stdout.strip().splitlines()[-1])["capability"]
     if best is not None:
@@ -146,8 +157,13 @@ def test_bfloat16_compute_modes(mode):
     on CPUs without bf16 instructions); both match a float32 nn.MultiheadAttention to bfloat16
     precision (relative error of a few 2^-8)."""
     env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
-    result = subprocess.run([sys.executable, "-c", _BF16_SCRIPT, str(HERE)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _BF16_SCRIPT, str(HERE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     worst = json.loads(result.stdout.strip().splitlines()[-1])
     for need_weights, err in worst.items():

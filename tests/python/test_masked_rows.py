@@ -88,8 +88,16 @@ def _reference(ref, x, attn_mask, kpm, is_causal, need_weights, average):
         attn_mask = with_causal(attn_mask, L, x.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ref(x, x, x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=need_weights,
-                   average_attn_weights=average, is_causal=is_causal and kpm is None)
+        return ref(
+            x,
+            x,
+            x,
+            key_padding_mask=kpm,
+            attn_mask=attn_mask,
+            need_weights=need_weights,
+            average_attn_weights=average,
+            is_causal=is_causal and kpm is None,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -100,9 +108,18 @@ def test_fully_masked_rows(variant, average, dtype):
     x = make_input(L, N, E, batch_first=False, dtype=dtype, seed=4)
     attn_mask, kpm, is_causal, full = _masks(variant, dtype)
     assert full.any()
-    params = [x] + [dict(mod.named_parameters())[n] for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+    params = [x] + [
+        dict(mod.named_parameters())[n]
+        for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    ]
 
-    out, w = mod(x, key_padding_mask=kpm, attn_mask=attn_mask, average_attn_weights=average, is_causal=is_causal)
+    out, w = mod(
+        x,
+        key_padding_mask=kpm,
+        attn_mask=attn_mask,
+        average_attn_weights=average,
+        is_causal=is_causal,
+    )
     g = torch.Generator().manual_seed(5)
     r1 = torch.randn(out.shape, generator=g, dtype=dtype)
     r2 = torch.randn(w.shape, generator=g, dtype=dtype)
@@ -110,7 +127,9 @@ def test_fully_masked_rows(variant, average, dtype):
 
     # finite everywhere
     assert torch.isfinite(out).all() and torch.isfinite(w).all()
-    for p, gr in zip(("input", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"), grads):
+    for p, gr in zip(
+        ("input", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"), grads
+    ):
         assert torch.isfinite(gr).all(), f"non-finite gradient of {p}"
 
     # zero weights on fully masked rows; output = out_proj.bias where every head is masked
@@ -130,23 +149,54 @@ def test_fully_masked_rows(variant, average, dtype):
     ref_out, _ = _reference(ref, x, attn_mask, kpm, is_causal, need_weights=False, average=average)
     assert torch.isfinite(ref_out).all()
     assert_close(out, ref_out, dtype, "out", "attn_output (vs need_weights=False path)")
-    ref_params = [x] + [dict(ref.named_parameters())[n] for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")]
+    ref_params = [x] + [
+        dict(ref.named_parameters())[n]
+        for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    ]
     ref_grads = torch.autograd.grad((ref_out * r1).sum(), ref_params)
-    own_grads = torch.autograd.grad((mod(x, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=False, is_causal=is_causal)[0] * r1).sum(), params)
-    for name, a, e in zip(("input", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"), own_grads, ref_grads):
+    own_grads = torch.autograd.grad(
+        (
+            mod(
+                x,
+                key_padding_mask=kpm,
+                attn_mask=attn_mask,
+                need_weights=False,
+                is_causal=is_causal,
+            )[0]
+            * r1
+        ).sum(),
+        params,
+    )
+    for name, a, e in zip(
+        ("input", "in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"),
+        own_grads,
+        ref_grads,
+    ):
         assert_close(a, e, dtype, "grad", f"grad of {name} (vs need_weights=False path)")
 
     # weights of the other rows: nn.MultiheadAttention's need_weights=True path (NaN rows skipped)
     _, ref_w = _reference(ref, x, attn_mask, kpm, is_causal, need_weights=True, average=average)
     nan_rows = torch.isnan(ref_w).any(dim=-1)
     expected_nan = full if not average else full.any(dim=1)
-    assert torch.equal(nan_rows, expected_nan), "the test's premise: MHA gives NaN exactly on the fully masked rows"
-    assert_close(w[~nan_rows], ref_w[~nan_rows], dtype, "out", "attn_weights of the rows that see a key")
+    assert torch.equal(nan_rows, expected_nan), (
+        "the test's premise: MHA gives NaN exactly on the fully masked rows"
+    )
+    assert_close(
+        w[~nan_rows], ref_w[~nan_rows], dtype, "out", "attn_weights of the rows that see a key"
+    )
     if average:
         # a row masked in some heads only: the average of the other heads' weights (the masked
         # head contributes zeros)
-        per_head = mod(x, key_padding_mask=kpm, attn_mask=attn_mask, average_attn_weights=False, is_causal=is_causal)[1]
-        assert_close(w, per_head.mean(dim=1), dtype, "out", "averaged weights vs mean of per-head weights")
+        per_head = mod(
+            x,
+            key_padding_mask=kpm,
+            attn_mask=attn_mask,
+            average_attn_weights=False,
+            is_causal=is_causal,
+        )[1]
+        assert_close(
+            w, per_head.mean(dim=1), dtype, "out", "averaged weights vs mean of per-head weights"
+        )
 
 
 def test_fully_masked_rows_unbatched():
@@ -155,7 +205,9 @@ def test_fully_masked_rows_unbatched():
     kpm = torch.ones(L, dtype=torch.bool)
     out, w = mod(x, key_padding_mask=kpm)
     assert (w == 0).all()
-    torch.testing.assert_close(out.detach(), mod.out_proj.bias.detach().expand(L, E), rtol=0, atol=0)
+    torch.testing.assert_close(
+        out.detach(), mod.out_proj.bias.detach().expand(L, E), rtol=0, atol=0
+    )
     gx, gw, gb, gow, gob = torch.autograd.grad(out.sum(), [x] + [p for p in mod.parameters()])
     # the output is out_proj.bias on every row: only that bias gets a gradient
     assert (gx == 0).all() and (gw == 0).all() and (gb == 0).all() and (gow == 0).all()

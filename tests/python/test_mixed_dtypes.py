@@ -20,7 +20,9 @@ FLOATING = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
 
-def module_with_bias(dtype: torch.dtype, bias_dtype: torch.dtype, seed: int = 0) -> nn.MultiheadAttention:
+def module_with_bias(
+    dtype: torch.dtype, bias_dtype: torch.dtype, seed: int = 0
+) -> nn.MultiheadAttention:
     torch.manual_seed(seed)
     module = nn.MultiheadAttention(8, 2, batch_first=True).to(dtype)
     with torch.no_grad():
@@ -39,7 +41,11 @@ def run(module: nn.Module, x: torch.Tensor, is_nn: bool):
 
 @pytest.mark.parametrize(
     "dtype,bias_dtype",
-    [(d, b) for d, b in itertools.product([torch.float64, torch.float32, torch.bfloat16], FLOATING) if d != b],
+    [
+        (d, b)
+        for d, b in itertools.product([torch.float64, torch.float32, torch.bfloat16], FLOATING)
+        if d != b
+    ],
 )
 def test_in_proj_bias_of_another_dtype_matches_nn(dtype, bias_dtype):
     reference = module_with_bias(dtype, bias_dtype)
@@ -53,7 +59,9 @@ def test_in_proj_bias_of_another_dtype_matches_nn(dtype, bias_dtype):
     torch.testing.assert_close(out, out_ref, rtol=tol, atol=tol)
     for g, g_ref in zip(grads, grads_ref):
         assert g.dtype == g_ref.dtype
-        torch.testing.assert_close(g, g_ref, rtol=tol, atol=tol * max(1.0, g_ref.abs().max().item()))
+        torch.testing.assert_close(
+            g, g_ref, rtol=tol, atol=tol * max(1.0, g_ref.abs().max().item())
+        )
 
 
 def test_replace_attention_converts_mixed_bias_and_runs_it():

@@ -132,8 +132,19 @@ def test_module_conversions():
 def test_attributes_like_nn_multihead_attention():
     mod = mhsa.MultiheadSelfAttention(16, 4, dropout=0.1, batch_first=True)
     ref = nn.MultiheadAttention(16, 4, dropout=0.1, batch_first=True)
-    for attr in ("embed_dim", "kdim", "vdim", "_qkv_same_embed_dim", "num_heads", "dropout",
-                 "batch_first", "head_dim", "bias_k", "bias_v", "add_zero_attn"):
+    for attr in (
+        "embed_dim",
+        "kdim",
+        "vdim",
+        "_qkv_same_embed_dim",
+        "num_heads",
+        "dropout",
+        "batch_first",
+        "head_dim",
+        "bias_k",
+        "bias_v",
+        "add_zero_attn",
+    ):
         assert getattr(mod, attr) == getattr(ref, attr), attr
     assert type(mod.out_proj) is type(ref.out_proj)
     assert "embed_dim=16" in repr(mod) and "num_heads=4" in repr(mod)

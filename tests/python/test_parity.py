@@ -89,8 +89,15 @@ def test_is_causal_with_explicit_causal_mask(need_weights):
     x = make_input(70, 2, 16, batch_first=False, dtype=dtype, seed=32)
     causal = causal_bool(70)
     expected = ref(x, x, x, attn_mask=causal, is_causal=True, need_weights=need_weights)[0]
-    for kwargs in ({"is_causal": True}, {"is_causal": True, "attn_mask": causal}, {"attn_mask": causal},
-                   {"is_causal": True, "attn_mask": torch.zeros(70, 70, dtype=dtype).masked_fill(causal, float("-inf"))}):
+    for kwargs in (
+        {"is_causal": True},
+        {"is_causal": True, "attn_mask": causal},
+        {"attn_mask": causal},
+        {
+            "is_causal": True,
+            "attn_mask": torch.zeros(70, 70, dtype=dtype).masked_fill(causal, float("-inf")),
+        },
+    ):
         actual = mod(x, need_weights=need_weights, **kwargs)[0]
         assert_close(actual, expected, dtype, "out", f"attn_output with {list(kwargs)}")
 

@@ -27,7 +27,10 @@ def test_readme_python_snippet_runs(index: int) -> None:
     creates a process group, for one, must not share the test process's state), within a
     bounded time."""
     result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", BLOCKS[index]],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")),
     )
     assert result.returncode == 0, (

@@ -43,7 +43,9 @@ def cosine_module(E: int, H: int, dtype: torch.dtype) -> nn.MultiheadAttention:
     return module
 
 
-def saturating_module(E: int, H: int, dtype: torch.dtype, seed: int, gain: float) -> nn.MultiheadAttention:
+def saturating_module(
+    E: int, H: int, dtype: torch.dtype, seed: int, gain: float
+) -> nn.MultiheadAttention:
     """Random weights whose queries and keys are large: logits of order `gain`."""
     g = torch.Generator().manual_seed(seed)
     module = nn.MultiheadAttention(E, H, batch_first=True).to(dtype)
@@ -52,7 +54,9 @@ def saturating_module(E: int, H: int, dtype: torch.dtype, seed: int, gain: float
         w[: 2 * E] *= math.sqrt(gain)  # q and k grow with sqrt(gain): logits with gain
         module.in_proj_weight.copy_(w)
         module.in_proj_bias.copy_(torch.randn(3 * E, generator=g, dtype=torch.float64) * 0.1)
-        module.out_proj.weight.copy_(torch.randn(E, E, generator=g, dtype=torch.float64) / math.sqrt(E))
+        module.out_proj.weight.copy_(
+            torch.randn(E, E, generator=g, dtype=torch.float64) / math.sqrt(E)
+        )
         module.out_proj.bias.copy_(torch.randn(E, generator=g, dtype=torch.float64) * 0.1)
     return module
 
@@ -73,16 +77,27 @@ def mhsa_forward(kwargs):
     return lambda m, x: m(x, need_weights=False, **kwargs)[0]
 
 
-NAMES = ["output", "grad x", "grad in_proj_weight", "grad in_proj_bias", "grad out_proj.weight",
-         "grad out_proj.bias"]
+NAMES = [
+    "output",
+    "grad x",
+    "grad in_proj_weight",
+    "grad in_proj_bias",
+    "grad out_proj.weight",
+    "grad out_proj.bias",
+]
 
 
-def compare(reference: List[Tensor], baseline: List[Tensor], actual: List[Tensor], what: str) -> Dict[str, Tuple[float, float]]:
+def compare(
+    reference: List[Tensor], baseline: List[Tensor], actual: List[Tensor], what: str
+) -> Dict[str, Tuple[float, float]]:
     errors = {}
     for name, ref, base, act in zip(NAMES, reference, baseline, actual):
         errors[name] = (relative_error(base, ref), relative_error(act, ref))
-    failures = [f"{n}: mhsa {a:.2e} vs nn {b:.2e}" for n, (b, a) in errors.items()
-                if a > 4 * max(b, FLOAT32_FLOOR)]
+    failures = [
+        f"{n}: mhsa {a:.2e} vs nn {b:.2e}"
+        for n, (b, a) in errors.items()
+        if a > 4 * max(b, FLOAT32_FLOOR)
+    ]
     assert not failures, f"{what}: float32 error above 4x nn's own: " + "; ".join(failures)
     return errors
 
@@ -105,8 +120,12 @@ def test_issue_example_matches_nn_precision():
     r = torch.randn(2, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     reference = gradients(cosine_module(4, 2, torch.float64), x, r, nn_forward({}))
     nn32 = gradients(cosine_module(4, 2, torch.float32), x.float(), r.float(), nn_forward({}))
-    ours = gradients(mhsa.MultiheadSelfAttention.from_torch(cosine_module(4, 2, torch.float32)),
-                     x.float(), r.float(), mhsa_forward({}))
+    ours = gradients(
+        mhsa.MultiheadSelfAttention.from_torch(cosine_module(4, 2, torch.float32)),
+        x.float(),
+        r.float(),
+        mhsa_forward({}),
+    )
     compare(reference, nn32, ours, "issue example")
 
 
@@ -123,15 +142,33 @@ def test_saturated_gradients_match_nn_precision(L, is_causal, masks):
     kw = masks_for(masks, N, L, seed)
     if is_causal:
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
-        nn_kw = dict(kw, attn_mask=causal if "attn_mask" not in kw else kw["attn_mask"].masked_fill(causal, -math.inf), is_causal=True)
+        nn_kw = dict(
+            kw,
+            attn_mask=causal
+            if "attn_mask" not in kw
+            else kw["attn_mask"].masked_fill(causal, -math.inf),
+            is_causal=True,
+        )
     else:
         nn_kw = kw
-    reference = gradients(saturating_module(E, H, torch.float64, seed, gain), x, r, nn_forward(nn_kw))
-    nn32_kw = {k: (v.float() if v.is_floating_point() else v) if isinstance(v, Tensor) else v for k, v in nn_kw.items()}
-    nn32 = gradients(saturating_module(E, H, torch.float32, seed, gain), x.float(), r.float(), nn_forward(nn32_kw))
+    reference = gradients(
+        saturating_module(E, H, torch.float64, seed, gain), x, r, nn_forward(nn_kw)
+    )
+    nn32_kw = {
+        k: (v.float() if v.is_floating_point() else v) if isinstance(v, Tensor) else v
+        for k, v in nn_kw.items()
+    }
+    nn32 = gradients(
+        saturating_module(E, H, torch.float32, seed, gain),
+        x.float(),
+        r.float(),
+        nn_forward(nn32_kw),
+    )
     ours_kw = {k: (v.float() if v.is_floating_point() else v) for k, v in kw.items()}
     ours_kw["is_causal"] = is_causal
-    module = mhsa.MultiheadSelfAttention.from_torch(saturating_module(E, H, torch.float32, seed, gain))
+    module = mhsa.MultiheadSelfAttention.from_torch(
+        saturating_module(E, H, torch.float32, seed, gain)
+    )
     ours = gradients(module, x.float(), r.float(), mhsa_forward(ours_kw))
     compare(reference, nn32, ours, f"L={L} causal={is_causal} masks={masks}")
 
@@ -149,11 +186,15 @@ def keep_mask(E: int, H: int, N: int, L: int, p: float, seed: int) -> Tensor:
         for q in module.parameters():
             q.zero_()
     torch.manual_seed(seed)
-    _, w = module(torch.zeros(N, L, E, dtype=torch.float64), need_weights=True, average_attn_weights=False)
+    _, w = module(
+        torch.zeros(N, L, E, dtype=torch.float64), need_weights=True, average_attn_weights=False
+    )
     return (w != 0).detach()
 
 
-def math_path(module: nn.MultiheadAttention, x: Tensor, keep: Tensor, p: float, is_causal: bool) -> Tensor:
+def math_path(
+    module: nn.MultiheadAttention, x: Tensor, keep: Tensor, p: float, is_causal: bool
+) -> Tensor:
     """nn.MultiheadAttention's math path (F.multi_head_attention_forward without fast paths),
     with the dropout mask given."""
     N, L, E = x.shape
@@ -178,11 +219,21 @@ def test_saturated_gradients_with_dropout(L, is_causal):
     r = torch.randn(N, L, E, generator=g, dtype=torch.float64)
     keep = keep_mask(E, H, N, L, p, seed)
     assert 0 < keep.double().mean().item() < 1
-    reference = gradients(saturating_module(E, H, torch.float64, seed, 400.0), x, r,
-                          lambda m, x: math_path(m, x, keep, p, is_causal))
-    baseline = gradients(saturating_module(E, H, torch.float32, seed, 400.0), x.float(), r.float(),
-                         lambda m, x: math_path(m, x, keep, p, is_causal))
-    module = mhsa.MultiheadSelfAttention.from_torch(saturating_module(E, H, torch.float32, seed, 400.0))
+    reference = gradients(
+        saturating_module(E, H, torch.float64, seed, 400.0),
+        x,
+        r,
+        lambda m, x: math_path(m, x, keep, p, is_causal),
+    )
+    baseline = gradients(
+        saturating_module(E, H, torch.float32, seed, 400.0),
+        x.float(),
+        r.float(),
+        lambda m, x: math_path(m, x, keep, p, is_causal),
+    )
+    module = mhsa.MultiheadSelfAttention.from_torch(
+        saturating_module(E, H, torch.float32, seed, 400.0)
+    )
     module.dropout = p
     module.train()
 
@@ -218,8 +269,15 @@ def test_saturated_bfloat16_within_nn_precision(L):
     x = torch.randn(N, L, E, generator=g, dtype=torch.float64)
     r = torch.randn(N, L, E, generator=g, dtype=torch.float64)
     reference = gradients(saturating_module(E, H, torch.float64, seed, 400.0), x, r, nn_forward({}))
-    nn16 = gradients(saturating_module(E, H, torch.bfloat16, seed, 400.0), x.bfloat16(), r.bfloat16(), nn_forward({}))
-    module = mhsa.MultiheadSelfAttention.from_torch(saturating_module(E, H, torch.bfloat16, seed, 400.0))
+    nn16 = gradients(
+        saturating_module(E, H, torch.bfloat16, seed, 400.0),
+        x.bfloat16(),
+        r.bfloat16(),
+        nn_forward({}),
+    )
+    module = mhsa.MultiheadSelfAttention.from_torch(
+        saturating_module(E, H, torch.bfloat16, seed, 400.0)
+    )
     ours = gradients(module, x.bfloat16(), r.bfloat16(), mhsa_forward({}))
     failures = []
     for name, ref, base, act in zip(NAMES, reference, nn16, ours):
@@ -240,8 +298,19 @@ def test_saturated_bfloat16_in_both_compute_modes(mode):
 
     env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{__file__}::test_saturated_bfloat16_within_nn_precision"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_saturated_bfloat16_within_nn_precision",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "2 passed" in result.stdout

@@ -45,8 +45,13 @@ def _mem_available_gib() -> float:
 
 def _run(script: str, timeout: int = 300) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    r = subprocess.run([sys.executable, "-c", script, str(HERE)], env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(HERE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -92,7 +97,9 @@ def causal(L):
 """
 
 
-_PER_HEAD_WEIGHTS = _COMMON + r"""
+_PER_HEAD_WEIGHTS = (
+    _COMMON
+    + r"""
 N, H, D, L = 1, 16, 2, 12000
 E = H * D
 assert N * H * L * L > 2**31 and (H - 1) * L * L > 2**31  # the whole last head is past 2^31
@@ -126,9 +133,12 @@ print(json.dumps({"seconds": seconds, "numel": w.numel(), "worst_weights": worst
                   "last_col_nonzero": int((last_col != 0).sum()),
                   "row_sums_ok": bool(torch.allclose(w[0, H - 1, -3:].sum(-1), torch.ones(3)))}))
 """
+)
 
 
-_MASK_3D = _COMMON + r"""
+_MASK_3D = (
+    _COMMON
+    + r"""
 N, H, D, L = 1, 16, 2, 12000
 E = H * D
 g = torch.Generator().manual_seed(1)
@@ -163,9 +173,12 @@ separation = min((unmasked[i] - ref_out[i]).abs().max().item() for i in special)
 print(json.dumps({"seconds": seconds, "numel": mask.numel(), "worst_output": worst,
                   "mask_effect": separation}))
 """
+)
 
 
-_LONG_SEQUENCE = _COMMON + r"""
+_LONG_SEQUENCE = (
+    _COMMON
+    + r"""
 N, H, E, L = 1, 2, 64, 16384
 g = torch.Generator().manual_seed(2)
 mod = mhsa.MultiheadSelfAttention(E, H, batch_first=True)
@@ -191,6 +204,7 @@ with torch.no_grad():
 print(json.dumps({"seconds": seconds, "peak_increase": peak - rss0, "rss_before": rss0,
                   "worst_output": worst, "lxl_float_bytes": L * L * 4}))
 """
+)
 
 
 def test_per_head_weights_beyond_2_pow_31_elements():

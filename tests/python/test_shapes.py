@@ -16,7 +16,11 @@ def _grads(module, args, x_leaf, kwargs, r1, r2):
     out, w = module(*args, **kwargs)
     loss = (out * r1).sum() + ((w * r2).sum() if w is not None else 0)
     params = dict(module.named_parameters())
-    return out, w, torch.autograd.grad(loss, [x_leaf] + [params[n] for n in PARAM_NAMES if n in params])
+    return (
+        out,
+        w,
+        torch.autograd.grad(loss, [x_leaf] + [params[n] for n in PARAM_NAMES if n in params]),
+    )
 
 
 def _compare(ref, mod, x_leaf, x, kwargs_ref, kwargs_mod, average=True):
@@ -25,7 +29,9 @@ def _compare(ref, mod, x_leaf, x, kwargs_ref, kwargs_mod, average=True):
     g = torch.Generator().manual_seed(99)
     r1 = torch.randn(x.shape, generator=g, dtype=x.dtype)
     with torch.no_grad():
-        w_shape = ref(x, x, x, **kwargs_ref)[1].shape if kwargs_ref.get("need_weights", True) else None
+        w_shape = (
+            ref(x, x, x, **kwargs_ref)[1].shape if kwargs_ref.get("need_weights", True) else None
+        )
     r2 = torch.randn(w_shape, generator=g, dtype=x.dtype) if w_shape is not None else None
     out_ref, w_ref, g_ref = _grads(ref, (x, x, x), x_leaf, kwargs_ref, r1, r2)
     out, w, grads = _grads(mod, (x,), x_leaf, kwargs_mod, r1, r2)
@@ -37,7 +43,9 @@ def _compare(ref, mod, x_leaf, x, kwargs_ref, kwargs_mod, average=True):
 
 
 @pytest.mark.parametrize("batch_first", [False, True], ids=["sf", "bf"])
-@pytest.mark.parametrize("layout", ["transposed", "strided_last_dim", "expanded_batch", "sliced_sequence"])
+@pytest.mark.parametrize(
+    "layout", ["transposed", "strided_last_dim", "expanded_batch", "sliced_sequence"]
+)
 def test_non_contiguous_input(layout, batch_first):
     L, N, E, H = 70, 3, 16, 4
     ref, mod = make_pair(E, H, dtype=DT, batch_first=batch_first, seed=1)
@@ -57,7 +65,7 @@ def test_non_contiguous_input(layout, batch_first):
     else:
         big = (N, L + 9, E) if batch_first else (L + 9, N, E)
         leaf = torch.randn(big, generator=g, dtype=DT, requires_grad=True)
-        x = leaf[:, 4:4 + L] if batch_first else leaf[4:4 + L]
+        x = leaf[:, 4 : 4 + L] if batch_first else leaf[4 : 4 + L]
     # (sliced_sequence in the (L, N, E) layout is contiguous but starts at a storage offset)
     assert not x.is_contiguous() or x.storage_offset() > 0, layout
     _compare(ref, mod, leaf, x, {}, {})
@@ -72,7 +80,14 @@ def test_non_contiguous_masks():
     kpm = random_bool_mask((L, N + 1), seed=5).t()[1:]
     kpm[:, 0] = False
     assert not am.is_contiguous() and not kpm.is_contiguous()
-    _compare(ref, mod, x, x, dict(attn_mask=am, key_padding_mask=kpm), dict(attn_mask=am, key_padding_mask=kpm))
+    _compare(
+        ref,
+        mod,
+        x,
+        x,
+        dict(attn_mask=am, key_padding_mask=kpm),
+        dict(attn_mask=am, key_padding_mask=kpm),
+    )
     # 3-D float mask: every other plane of a larger tensor, transposed last dims
     big = torch.randn(2 * N * H, L, L, dtype=DT)
     fm = big[::2].transpose(1, 2)
@@ -95,13 +110,19 @@ def test_non_contiguous_weights_functional():
     assert_close(out, out_ref, DT, "out", "attn_output")
     assert_close(w, w_ref, DT, "out", "attn_weights")
     gx, gw, gb, gow, gob = torch.autograd.grad(out.sum(), [x, w_t, b, ow_t, ob])
-    gx_ref, gw_ref, _, gow_ref, _ = torch.autograd.grad(out_ref.sum(), [x] + [dict(ref.named_parameters())[n] for n in PARAM_NAMES])
+    gx_ref, gw_ref, _, gow_ref, _ = torch.autograd.grad(
+        out_ref.sum(), [x] + [dict(ref.named_parameters())[n] for n in PARAM_NAMES]
+    )
     assert_close(gx, gx_ref, DT, "grad", "grad of input")
     assert_close(gw, gw_ref.t(), DT, "grad", "grad of in_proj_weight")
     assert_close(gow, gow_ref.t(), DT, "grad", "grad of out_proj.weight")
 
 
-@pytest.mark.parametrize("shape", [(5, 0, 16), (0, 2, 16), (0, 16)], ids=["empty_batch", "empty_sequence", "empty_unbatched"])
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 0, 16), (0, 2, 16), (0, 16)],
+    ids=["empty_batch", "empty_sequence", "empty_unbatched"],
+)
 @pytest.mark.parametrize("average", [True, False], ids=["avg", "heads"])
 def test_empty_inputs(shape, average):
     ref, mod = make_pair(16, 4, dtype=DT, seed=7)
@@ -125,8 +146,11 @@ def test_empty_batch_with_masks():
     out.sum().backward()
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(is_causal=True), dict(key_padding_mask="kpm"), dict(attn_mask="float")],
-                         ids=["plain", "causal", "kpm", "float_mask"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(is_causal=True), dict(key_padding_mask="kpm"), dict(attn_mask="float")],
+    ids=["plain", "causal", "kpm", "float_mask"],
+)
 @pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
 def test_sequence_length_one(kwargs, unbatched):
     """One token attends to itself only: weights 1, output = out_proj(v)."""
@@ -144,7 +168,7 @@ def test_sequence_length_one(kwargs, unbatched):
     _compare(ref, mod, x, x, kw_ref, kw)
     out, w = mod(x, **kw)
     torch.testing.assert_close(w, torch.ones_like(w), rtol=0, atol=1e-15)
-    v = torch.nn.functional.linear(x, mod.in_proj_weight[2 * E:], mod.in_proj_bias[2 * E:])
+    v = torch.nn.functional.linear(x, mod.in_proj_weight[2 * E :], mod.in_proj_bias[2 * E :])
     torch.testing.assert_close(out, mod.out_proj(v), rtol=1e-12, atol=1e-12)
 
 
@@ -157,7 +181,11 @@ def test_bfloat16_close_to_float32_reference():
     mod = mhsa.MultiheadSelfAttention.from_torch(ref32).to(torch.bfloat16)
     ref = torch.nn.MultiheadAttention(E, H)
     ref.load_state_dict({k: v.float() for k, v in mod.state_dict().items()})
-    xb = torch.randn(L, N, E, generator=torch.Generator().manual_seed(11)).bfloat16().requires_grad_()
+    xb = (
+        torch.randn(L, N, E, generator=torch.Generator().manual_seed(11))
+        .bfloat16()
+        .requires_grad_()
+    )
     xr = xb.detach().float().requires_grad_()
     am = random_bool_mask((L, L), seed=12)
     out, w = mod(xb, attn_mask=am, average_attn_weights=False)

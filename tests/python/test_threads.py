@@ -79,7 +79,9 @@ def test_concurrent_python_threads_match_single_threaded_results():
         for r, got in enumerate(per_round):
             assert len(got) == len(expected[i])
             for k, (a, e) in enumerate(zip(got, expected[i])):
-                assert torch.equal(a, e), f"config {i}, round {r}, result {k}: differs from the single-threaded call"
+                assert torch.equal(a, e), (
+                    f"config {i}, round {r}, result {k}: differs from the single-threaded call"
+                )
 
 
 def test_concurrent_calls_sharing_one_module_and_input():
@@ -122,7 +124,7 @@ def test_concurrent_dropout_calls_are_self_consistent():
 
     def check_once():
         out, w = mod(x, average_attn_weights=False)  # w: (N, H, L, L) after dropout
-        v = torch.nn.functional.linear(x, mod.in_proj_weight[2 * E:], mod.in_proj_bias[2 * E:])
+        v = torch.nn.functional.linear(x, mod.in_proj_weight[2 * E :], mod.in_proj_bias[2 * E :])
         v = v.reshape(L, N, H, E // H).permute(1, 2, 0, 3)  # (N, H, L, D)
         ctx = (w @ v).permute(2, 0, 1, 3).reshape(L, N, E)
         torch.testing.assert_close(out, mod.out_proj(ctx), rtol=1e-10, atol=1e-10)
@@ -164,7 +166,9 @@ out.sum().backward()
 print(torch.ops.mhsa._parallel_stats())
 """
     env = dict(os.environ, MHSA_PARALLEL_STATS="1", OMP_NUM_THREADS="16")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     for phase in ("forward attention", "backward attention", "projection GEMM tiles"):

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 import mhsa
-from mhsa_testutils import PARAM_NAMES, assert_close, make_attn_mask, make_input, make_kpm, make_pair
+from mhsa_testutils import (
+    PARAM_NAMES,
+    assert_close,
+    make_attn_mask,
+    make_input,
+    make_kpm,
+    make_pair,
+)
 
 DT = torch.float64
 HERE = Path(__file__).resolve().parent
@@ -54,7 +61,8 @@ KWARG_CASES = {
     "masks_heads": lambda N, L: dict(
         attn_mask=make_attn_mask("bool2d", N=N, H=4, L=L, dtype=DT, seed=3),
         key_padding_mask=make_kpm("float", N=N, L=L, dtype=DT, seed=4),
-        average_attn_weights=False),
+        average_attn_weights=False,
+    ),
     "causal_no_weights": lambda N, L: dict(is_causal=True, need_weights=False),
 }
 
@@ -92,11 +100,20 @@ class FunctionalBlock(nn.Module):
         self.out_proj_weight = nn.Parameter(torch.randn(E, E, dtype=DT) / E**0.5)
         self.out_proj_bias = nn.Parameter(torch.randn(E, dtype=DT) * 0.3)
 
-    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self, x: Tensor, key_padding_mask: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         return mhsa.functional.multi_head_self_attention(
-            x, self.in_proj_weight, self.in_proj_bias, self.out_proj_weight, self.out_proj_bias,
-            self.num_heads, key_padding_mask=key_padding_mask, average_attn_weights=False,
-            batch_first=True)
+            x,
+            self.in_proj_weight,
+            self.in_proj_bias,
+            self.out_proj_weight,
+            self.out_proj_bias,
+            self.num_heads,
+            key_padding_mask=key_padding_mask,
+            average_attn_weights=False,
+            batch_first=True,
+        )
 
 
 def test_scripted_functional_module_save_load(tmp_path):
@@ -119,29 +136,39 @@ def test_scripted_functional_and_op():
     args = (x, mod.in_proj_weight, mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias, 2)
     scripted_fn = torch.jit.script(mhsa.functional.multi_head_self_attention)
     out, w = scripted_fn(*args, is_causal=True)
-    ref_out, ref_w = ref(x, x, x, attn_mask=torch.ones(6, 6, dtype=torch.bool).triu(1), is_causal=True)
+    ref_out, ref_w = ref(
+        x, x, x, attn_mask=torch.ones(6, 6, dtype=torch.bool).triu(1), is_causal=True
+    )
     assert_close(out, ref_out, DT, "out", "attn_output")
     assert_close(w, ref_w, DT, "out", "attn_weights")
     assert scripted_fn(*args, need_weights=False)[1] is None
 
     @torch.jit.script
     def op_call(x: Tensor, w: Tensor, b: Tensor, ow: Tensor, ob: Tensor) -> Tuple[Tensor, Tensor]:
-        return torch.ops.mhsa.multi_head_self_attention(x, w, b, ow, ob, 2, 0.0, False, False, None, True, None, True, False)
+        return torch.ops.mhsa.multi_head_self_attention(
+            x, w, b, ow, ob, 2, 0.0, False, False, None, True, None, True, False
+        )
 
     out2, w2 = op_call(*args[:5])
     assert_close(out2, ref(x, x, x)[0], DT, "out", "attn_output")
     assert "mhsa::multi_head_self_attention" in str(op_call.graph)
     ge = torch.autograd.grad(out2.sum() + w2.sum(), list(args[:5]))
     rout, rw = ref(x, x, x)
-    gr = torch.autograd.grad(rout.sum() + rw.sum(), [x] + [dict(ref.named_parameters())[n] for n in PARAM_NAMES])
+    gr = torch.autograd.grad(
+        rout.sum() + rw.sum(), [x] + [dict(ref.named_parameters())[n] for n in PARAM_NAMES]
+    )
     for a, e in zip(ge, gr):
         assert_close(a, e, DT, "grad", "gradient")
 
 
 def test_make_scripted_model_script(tmp_path):
     """The script that writes the files the C++ TorchScript test loads."""
-    result = subprocess.run([sys.executable, str(HERE / "make_scripted_model.py"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(HERE / "make_scripted_model.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model = torch.jit.load(str(tmp_path / "scripted_mhsa.pt"))
     io = torch.jit.load(str(tmp_path / "scripted_mhsa_io.pt"))

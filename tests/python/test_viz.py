@@ -24,7 +24,9 @@ def test_three_dimensional_input_gives_one_panel_per_head() -> None:
     assert len(figure.axes) == 3
     for head, ax in enumerate(figure.axes):
         assert ax.get_title() == f"head {head}"
-        np.testing.assert_allclose(ax.images[0].get_array(), weights[head].numpy(), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            ax.images[0].get_array(), weights[head].numpy(), rtol=0, atol=1e-7
+        )
         assert [label.get_text() for label in ax.get_xticklabels()] == [str(i) for i in range(5)]
 
 
@@ -34,7 +36,9 @@ def test_four_dimensional_input_draws_the_first_batch_element() -> None:
     figure = plot_heads(weights, tokens)
     assert len(figure.axes) == 4
     for head, ax in enumerate(figure.axes):
-        np.testing.assert_allclose(ax.images[0].get_array(), weights[0, head].numpy(), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            ax.images[0].get_array(), weights[0, head].numpy(), rtol=0, atol=1e-7
+        )
         assert [label.get_text() for label in ax.get_xticklabels()] == tokens
         assert [label.get_text() for label in ax.get_yticklabels()] == tokens
 
@@ -70,5 +74,7 @@ def test_rejects_wrong_number_of_tokens() -> None:
 
 
 def test_importing_mhsa_does_not_load_matplotlib() -> None:
-    code = "import sys, mhsa; assert 'matplotlib' not in sys.modules and 'mhsa.viz' not in sys.modules"
+    code = (
+        "import sys, mhsa; assert 'matplotlib' not in sys.modules and 'mhsa.viz' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

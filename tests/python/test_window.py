@@ -36,7 +36,9 @@ def band_mask(L: int, window: Tuple[int, int], is_causal: bool) -> torch.Tensor:
     return blocked
 
 
-def reference_attn_mask(L: int, window, is_causal: bool, attn_mask: Optional[torch.Tensor], H: int, N: int):
+def reference_attn_mask(
+    L: int, window, is_causal: bool, attn_mask: Optional[torch.Tensor], H: int, N: int
+):
     band = band_mask(L, window, is_causal)
     if attn_mask is None:
         return band
@@ -45,8 +47,22 @@ def reference_attn_mask(L: int, window, is_causal: bool, attn_mask: Optional[tor
     return attn_mask.masked_fill(band, -math.inf)
 
 
-def run_both(L, N, E, H, window, *, is_causal=False, attn_mask=None, kpm=None, dtype=torch.float64,
-             need_weights=True, average=True, batch_first=True, seed=0):
+def run_both(
+    L,
+    N,
+    E,
+    H,
+    window,
+    *,
+    is_causal=False,
+    attn_mask=None,
+    kpm=None,
+    dtype=torch.float64,
+    need_weights=True,
+    average=True,
+    batch_first=True,
+    seed=0,
+):
     ref, mod = make_pair(E, H, batch_first=batch_first, dtype=dtype, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     shape = (N, L, E) if batch_first else (L, N, E)
@@ -54,11 +70,25 @@ def run_both(L, N, E, H, window, *, is_causal=False, attn_mask=None, kpm=None, d
     r = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     xr = x.clone().requires_grad_()
     full_mask = reference_attn_mask(L, window, is_causal, attn_mask, H, N)
-    out_r, w_r = ref(xr, xr, xr, attn_mask=full_mask, key_padding_mask=kpm, need_weights=need_weights,
-                     average_attn_weights=average)
+    out_r, w_r = ref(
+        xr,
+        xr,
+        xr,
+        attn_mask=full_mask,
+        key_padding_mask=kpm,
+        need_weights=need_weights,
+        average_attn_weights=average,
+    )
     xm = x.clone().requires_grad_()
-    out_m, w_m = mod(xm, attn_mask=attn_mask, key_padding_mask=kpm, need_weights=need_weights,
-                     average_attn_weights=average, is_causal=is_causal, window_size=window)
+    out_m, w_m = mod(
+        xm,
+        attn_mask=attn_mask,
+        key_padding_mask=kpm,
+        need_weights=need_weights,
+        average_attn_weights=average,
+        is_causal=is_causal,
+        window_size=window,
+    )
     loss_r = (out_r * r).sum() + (w_r.sum() if need_weights else 0)
     loss_m = (out_m * r).sum() + (w_m.sum() if need_weights else 0)
     loss_r.backward()
@@ -101,8 +131,9 @@ def test_window_with_masks_and_float32_layout_seq_first():
     attn = torch.randn(L, L, generator=g)
     kpm = torch.rand(N, L, generator=g) < 0.25
     kpm[:, :3] = False
-    expected, actual = run_both(L, N, 16, H, (4, 4), attn_mask=attn, kpm=kpm, dtype=torch.float32,
-                                batch_first=False)
+    expected, actual = run_both(
+        L, N, 16, H, (4, 4), attn_mask=attn, kpm=kpm, dtype=torch.float32, batch_first=False
+    )
     assert_match(expected, actual, torch.float32)
 
 
@@ -145,7 +176,8 @@ def test_window_gradcheck():
 
     def f(x, w_in, b_in, w_out, b_out):
         return mhsa.functional.multi_head_self_attention(
-            x, w_in, b_in, w_out, b_out, 2, batch_first=True, is_causal=True, window_size=(3, 0))
+            x, w_in, b_in, w_out, b_out, 2, batch_first=True, is_causal=True, window_size=(3, 0)
+        )
 
     assert torch.autograd.gradcheck(f, (x, *params))
 
@@ -171,7 +203,9 @@ def test_window_in_torchscript():
 
     scripted = torch.jit.script(Local(mod))
     x = torch.randn(2, 10, 8, dtype=torch.float64)
-    torch.testing.assert_close(scripted(x), mod(x, need_weights=False, is_causal=True, window_size=(2, 0))[0])
+    torch.testing.assert_close(
+        scripted(x), mod(x, need_weights=False, is_causal=True, window_size=(2, 0))[0]
+    )
 
 
 @pytest.mark.parametrize("padded", [0, 5, 31, 32])
@@ -180,8 +214,8 @@ def test_right_padding_is_skipped_and_exact(padded):
     skipped padding tiles change nothing (bool and float -inf masks)."""
     L, N, E, H = 32, 3, 16, 2
     kpm = torch.zeros(N, L, dtype=torch.bool)
-    kpm[0, L - padded:] = True
-    kpm[1, L - padded // 2:] = True  # different lengths per sequence
+    kpm[0, L - padded :] = True
+    kpm[1, L - padded // 2 :] = True  # different lengths per sequence
     expected, actual = run_both(L, N, E, H, (-1, -1), kpm=kpm, is_causal=False)
     if padded < L:
         assert_match(expected, actual, torch.float64)
