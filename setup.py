@@ -86,7 +86,7 @@ class BuildWithCMake(build_ext):
 
         destination = Path(self.get_ext_fullpath(ext.name))
         destination.parent.mkdir(parents=True, exist_ok=True)
-        # The build tree has libmhsa.so -> libmhsa.so.0 -> libmhsa.so.0.1.0; copy the file itself.
+        # The build tree has libmhsa.so -> libmhsa.so.0 -> libmhsa.so.0.2.0; copy the file itself.
         shutil.copyfile((build_dir / LIBRARY).resolve(), destination)
         os.chmod(destination, 0o755)
         shutil.copyfile(build_dir / STAMP, destination.parent / STAMP)

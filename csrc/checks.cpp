@@ -96,7 +96,7 @@ void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
                                const at::Tensor& x, const at::Tensor& qkv,
                                const at::Tensor& context, const at::Tensor& logsumexp,
                                const at::Tensor& rng_state, bool average_attn_weights) {
-  const char* op = "mha_backward";
+  const char* op = "_mha_backward";
   const c10::SymInt& E = s.embed;
   check_same_device_dtype(op, "grad_output", grad_output, x);
   check_shape(op, "grad_output", grad_output, x.sym_sizes());
@@ -128,6 +128,18 @@ void check_window_size(const char* op, c10::IntArrayRef window_size) {
   TORCH_CHECK(window_size[0] >= -1 && window_size[1] >= -1, op,
               ": expected window_size entries >= -1 (-1: unbounded on that side), got ",
               window_size);
+}
+
+MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor& in_proj_weight,
+                          const std::optional<at::Tensor>& in_proj_bias,
+                          const at::Tensor& out_proj_weight,
+                          const std::optional<at::Tensor>& out_proj_bias,
+                          const internal::AttentionOptions& options) {
+  const MhaSizes s = check_mha_inputs(
+      op, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options.num_heads,
+      options.batch_first, options.attn_mask, options.key_padding_mask, options.dropout_p);
+  check_window_size(op, options.window_size);
+  return s;
 }
 
 }  // namespace mhsa

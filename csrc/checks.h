@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <mhsa/internal_ops.h>
+
 #include <optional>
 
 namespace mhsa {
@@ -25,9 +27,18 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
                           bool batch_first, const std::optional<at::Tensor>& attn_mask,
                           const std::optional<at::Tensor>& key_padding_mask, double dropout_p);
 
-// Checks the saved tensors and incoming gradients passed to mha_backward.
 // window_size must be {left, right} with each >= -1 (-1: unbounded on that side).
 void check_window_size(const char* op, c10::IntArrayRef window_size);
+
+// The checks above for the argument bundle of _mha_forward / _mha_backward (in_proj_bias and
+// out_proj_bias may be absent, as in backward).
+MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor& in_proj_weight,
+                          const std::optional<at::Tensor>& in_proj_bias,
+                          const at::Tensor& out_proj_weight,
+                          const std::optional<at::Tensor>& out_proj_bias,
+                          const internal::AttentionOptions& options);
+
+// Checks the saved tensors and incoming gradients passed to _mha_backward.
 
 void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
                                const std::optional<at::Tensor>& grad_attn_weights,

@@ -3,7 +3,7 @@
 // multi_head_self_attention.cpp.
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <mhsa/internal_ops.h>
 
 #include <string>
 
@@ -16,9 +16,47 @@ extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   return 1;
 }
 
+namespace {
+
+// The schemas of the internal ops, without the name: each is registered under its name and
+// under its deprecated name from before the rename (the same signature, so old models load).
+constexpr const char* kMhaForwardSignature =
+    "(Tensor x, Tensor in_proj_weight, Tensor? in_proj_bias, Tensor out_proj_weight, "
+    "Tensor? out_proj_bias, int num_heads, bool batch_first, Tensor? attn_mask, "
+    "Tensor? key_padding_mask, bool is_causal, float dropout_p, bool need_weights, "
+    "bool average_attn_weights, int[2] window_size=[-1, -1]) "
+    "-> (Tensor output, Tensor attn_weights, Tensor qkv, Tensor context, Tensor logsumexp, "
+    "Tensor rng_state)";
+constexpr const char* kMhaBackwardSignature =
+    "(Tensor grad_output, Tensor? grad_attn_weights, Tensor x, Tensor in_proj_weight, "
+    "Tensor out_proj_weight, Tensor qkv, Tensor context, Tensor logsumexp, Tensor rng_state, "
+    "int num_heads, bool batch_first, Tensor? attn_mask, Tensor? key_padding_mask, "
+    "bool is_causal, float dropout_p, bool average_attn_weights, bool[5] output_mask, "
+    "int[2] window_size=[-1, -1]) "
+    "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
+    "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)";
+constexpr const char* kMhaPackedForwardSignature =
+    "(Tensor x, Tensor cu_seqlens, Tensor in_proj_weight, Tensor? in_proj_bias, "
+    "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, int? max_seqlen, "
+    "bool is_causal, int window_left, int window_right, float dropout_p) "
+    "-> (Tensor output, Tensor qkv, Tensor context, Tensor logsumexp, Tensor rng_state)";
+constexpr const char* kMhaPackedBackwardSignature =
+    "(Tensor grad_output, Tensor x, Tensor cu_seqlens, Tensor in_proj_weight, "
+    "Tensor out_proj_weight, Tensor qkv, Tensor context, Tensor logsumexp, Tensor rng_state, "
+    "int num_heads, bool is_causal, int window_left, int window_right, float dropout_p, "
+    "bool[5] output_mask) "
+    "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
+    "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)";
+
+void define_with_signature(torch::Library& m, const char* name, const char* signature) {
+  m.def((std::string(name) + signature).c_str());
+}
+
+}  // namespace
+
 TORCH_LIBRARY(mhsa, m) {
   // Public entry point: validates and canonicalizes (unbatched input, eval-mode dropout),
-  // then calls mha_forward. Returns (attn_output, attn_weights); attn_weights has zero
+  // then calls _mha_forward. Returns (attn_output, attn_weights); attn_weights has zero
   // elements when need_weights is false.
   m.def(
       "multi_head_self_attention(Tensor query, Tensor in_proj_weight, Tensor? in_proj_bias, "
@@ -26,27 +64,15 @@ TORCH_LIBRARY(mhsa, m) {
       "bool training=True, bool batch_first=False, Tensor? key_padding_mask=None, "
       "bool need_weights=True, Tensor? attn_mask=None, bool average_attn_weights=True, "
       "bool is_causal=False, int[2] window_size=[-1, -1]) -> (Tensor, Tensor)");
-  // x is (L, N, E), or (N, L, E) with batch_first. Besides the output and the weights it
-  // returns what backward needs, all O(N*L*E): the packed projection qkv (rows of x, 3E), the
-  // per-head attention context before out_proj (rows of x, E), the per-row log-sum-exp of the
-  // scores (N, H, L) and the dropout seed.
-  m.def(
-      "mha_forward(Tensor x, Tensor in_proj_weight, Tensor? in_proj_bias, "
-      "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, bool batch_first, "
-      "Tensor? attn_mask, Tensor? key_padding_mask, bool is_causal, float dropout_p, "
-      "bool need_weights, bool average_attn_weights, int[2] window_size=[-1, -1]) "
-      "-> (Tensor output, Tensor attn_weights, Tensor qkv, Tensor context, Tensor logsumexp, "
-      "Tensor rng_state)");
-  // Gradients of x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias; an entry
-  // whose output_mask is false is returned undefined (None in Python).
-  m.def(
-      "mha_backward(Tensor grad_output, Tensor? grad_attn_weights, Tensor x, "
-      "Tensor in_proj_weight, Tensor out_proj_weight, Tensor qkv, Tensor context, "
-      "Tensor logsumexp, Tensor rng_state, int num_heads, bool batch_first, Tensor? attn_mask, "
-      "Tensor? key_padding_mask, bool is_causal, float dropout_p, bool average_attn_weights, "
-      "bool[5] output_mask, int[2] window_size=[-1, -1]) "
-      "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
-      "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
+  // The internal ops (leading underscore, as PyTorch names its own internal attention ops).
+  // _mha_forward: x is (L, N, E), or (N, L, E) with batch_first. Besides the output and the
+  // weights it returns what backward needs, all O(N*L*E): the packed projection qkv (rows of x,
+  // 3E), the per-head attention context before out_proj (rows of x, E), the per-row log-sum-exp
+  // of the scores (N, H, L) and the dropout seed.
+  define_with_signature(m, "_mha_forward", kMhaForwardSignature);
+  // _mha_backward: gradients of x, in_proj_weight, in_proj_bias, out_proj_weight,
+  // out_proj_bias; an entry whose output_mask is false is returned undefined (None in Python).
+  define_with_signature(m, "_mha_backward", kMhaBackwardSignature);
   // The instruction set of the attention kernels chosen on this CPU: default, avx2 or avx512.
   m.def("_cpu_capability() -> str", []() -> std::string {
     return mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
@@ -88,19 +114,16 @@ TORCH_LIBRARY(mhsa, m) {
       "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, *, "
       "int? max_seqlen=None, float dropout_p=0.0, bool training=True, bool is_causal=False, "
       "int[2] window_size=[-1, -1]) -> Tensor");
-  // Besides the output, what backward needs, all O(T*E): the packed projection qkv (T, 3E),
-  // the context before out_proj (T, E), the log-sum-exp (T*H,) with sequence b's (H, L_b)
-  // block at H*cu_seqlens[b], and the dropout seed.
-  m.def(
-      "mha_packed_forward(Tensor x, Tensor cu_seqlens, Tensor in_proj_weight, "
-      "Tensor? in_proj_bias, Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, "
-      "int? max_seqlen, bool is_causal, int window_left, int window_right, float dropout_p) "
-      "-> (Tensor output, Tensor qkv, Tensor context, Tensor logsumexp, Tensor rng_state)");
-  m.def(
-      "mha_packed_backward(Tensor grad_output, Tensor x, Tensor cu_seqlens, "
-      "Tensor in_proj_weight, Tensor out_proj_weight, Tensor qkv, Tensor context, "
-      "Tensor logsumexp, Tensor rng_state, int num_heads, bool is_causal, int window_left, "
-      "int window_right, float dropout_p, bool[5] output_mask) "
-      "-> (Tensor grad_x, Tensor grad_in_proj_weight, Tensor grad_in_proj_bias, "
-      "Tensor grad_out_proj_weight, Tensor grad_out_proj_bias)");
+  // _mha_packed_forward: besides the output, what backward needs, all O(T*E): the packed
+  // projection qkv (T, 3E), the context before out_proj (T, E), the log-sum-exp (T*H,) with
+  // sequence b's (H, L_b) block at H*cu_seqlens[b], and the dropout seed.
+  define_with_signature(m, "_mha_packed_forward", kMhaPackedForwardSignature);
+  define_with_signature(m, "_mha_packed_backward", kMhaPackedBackwardSignature);
+
+  // The names of the internal ops before 0.2.0, kept so that TorchScript models saved then still
+  // load and run; each warns once and forwards to its renamed op (deprecated_ops.cpp).
+  define_with_signature(m, "mha_forward", kMhaForwardSignature);
+  define_with_signature(m, "mha_backward", kMhaBackwardSignature);
+  define_with_signature(m, "mha_packed_forward", kMhaPackedForwardSignature);
+  define_with_signature(m, "mha_packed_backward", kMhaPackedBackwardSignature);
 }

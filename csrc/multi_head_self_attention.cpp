@@ -1,46 +1,42 @@
 // The public op mhsa::multi_head_self_attention and the C++ API functions.
 //
 // The public op is CompositeImplicitAutograd: it only canonicalizes (unbatched input, eval
-// mode) and calls mha_forward, whose Autograd kernel provides the gradients. It must not do
+// mode) and calls _mha_forward, whose Autograd kernel provides the gradients. It must not do
 // arithmetic of its own, or autograd would decompose it.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
+
+#include "mha_op_entry.h"
 
 namespace mhsa {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_forward(
-    const at::Tensor& x, const at::Tensor& in_proj_weight,
-    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights,
-    c10::IntArrayRef window_size) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::mha_forward", "")
-                       .typed<decltype(mha_forward)>();
-  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-                 batch_first, attn_mask, key_padding_mask, is_causal, dropout_p, need_weights,
-                 average_attn_weights, window_size);
+namespace internal {
+
+ForwardOutputs mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                           const std::optional<at::Tensor>& in_proj_bias,
+                           const at::Tensor& out_proj_weight,
+                           const std::optional<at::Tensor>& out_proj_bias,
+                           const AttentionOptions& options, bool need_weights) {
+  return call_forward_op(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options,
+                         need_weights);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward(
-    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
-    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
-    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
-    c10::IntArrayRef window_size) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::mha_backward", "")
-                       .typed<decltype(mha_backward)>();
-  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, num_heads, batch_first, attn_mask, key_padding_mask,
-                 is_causal, dropout_p, average_attn_weights, output_mask, window_size);
+BackwardOutputs mha_backward(const at::Tensor& grad_output,
+                             const std::optional<at::Tensor>& grad_attn_weights,
+                             const at::Tensor& x, const at::Tensor& in_proj_weight,
+                             const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                             const at::Tensor& context, const at::Tensor& logsumexp,
+                             const at::Tensor& rng_state, const AttentionOptions& options,
+                             std::array<bool, 5> output_mask) {
+  return call_backward_op(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv,
+                          context, logsumexp, rng_state, options, output_mask);
 }
+
+}  // namespace internal
 
 namespace {
 
@@ -69,17 +65,24 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
   }
   // nn.MultiheadAttention accepts an in_proj_bias of any floating dtype (F.linear casts it to
   // the input's); so does mhsa, through a differentiable cast, so its gradient comes back in
-  // the bias's own dtype. Every other dtype mismatch is refused by mha_forward's checks, as nn
+  // the bias's own dtype. Every other dtype mismatch is refused by _mha_forward's checks, as nn
   // refuses it. (A cast is dispatched, not arithmetic of this op: autograd sees aten::to.)
   std::optional<at::Tensor> bias = in_proj_bias;
   if (bias.has_value() && bias->defined() && bias->scalar_type() != x.scalar_type() &&
       at::isFloatingType(bias->scalar_type()) && at::isFloatingType(x.scalar_type())) {
     bias = bias->to(x.scalar_type());
   }
-  auto [output, weights, qkv, context, lse, rng_state] =
-      mha_forward(x, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads,
-                  unbatched ? false : batch_first, attn_mask, kpm, is_causal,
-                  training ? dropout_p : 0.0, need_weights, average_attn_weights, window_size);
+  internal::AttentionOptions options;
+  options.num_heads = num_heads;
+  options.batch_first = unbatched ? false : batch_first;
+  options.attn_mask = attn_mask;
+  options.key_padding_mask = kpm;
+  options.is_causal = is_causal;
+  options.dropout_p = training ? dropout_p : 0.0;
+  options.average_attn_weights = average_attn_weights;
+  options.window_size = internal::window_pair("multi_head_self_attention", window_size);
+  auto [output, weights, qkv, context, lse, rng_state] = internal::call_forward_op(
+      x, in_proj_weight, bias, out_proj_weight, out_proj_bias, options, need_weights);
   if (unbatched) {
     output = output.squeeze(1);
     if (need_weights) weights = weights.squeeze(0);

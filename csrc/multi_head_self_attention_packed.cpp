@@ -1,16 +1,19 @@
 // The public op mhsa::multi_head_self_attention_packed and the C++ API functions of the packed
 // ops. The public op is CompositeImplicitAutograd, like multi_head_self_attention: it only
 // canonicalizes (eval-mode dropout, the window pair, a bias of another floating dtype) and
-// calls mha_packed_forward, whose Autograd kernel provides the gradients.
+// calls _mha_packed_forward, whose Autograd kernel provides the gradients.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
 #include "checks.h"
 
 namespace mhsa {
+
+namespace internal {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
@@ -19,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
     double dropout_p) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::mha_packed_forward", "")
+                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
                        .typed<decltype(mha_packed_forward)>();
   return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                  num_heads, max_seqlen, is_causal, window_left, window_right, dropout_p);
@@ -32,12 +35,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
     std::array<bool, 5> output_mask) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::mha_packed_backward", "")
+                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
                        .typed<decltype(mha_packed_backward)>();
   return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
                  logsumexp, rng_state, num_heads, is_causal, window_left, window_right, dropout_p,
                  output_mask);
 }
+
+}  // namespace internal
 
 namespace {
 
@@ -55,9 +60,9 @@ at::Tensor multi_head_self_attention_packed_composite(
       at::isFloatingType(bias->scalar_type()) && at::isFloatingType(x.scalar_type())) {
     bias = bias->to(x.scalar_type());
   }
-  auto outputs = mha_packed_forward(x, cu_seqlens, in_proj_weight, bias, out_proj_weight,
-                                    out_proj_bias, num_heads, max_seqlen, is_causal, window_size[0],
-                                    window_size[1], training ? dropout_p : 0.0);
+  auto outputs = internal::mha_packed_forward(
+      x, cu_seqlens, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads, max_seqlen,
+      is_causal, window_size[0], window_size[1], training ? dropout_p : 0.0);
   return std::get<0>(outputs);
 }
 

@@ -73,7 +73,7 @@ void check_packed_backward_inputs(const PackedSizes& s, const at::Tensor& grad_o
                                   const at::Tensor& x, const at::Tensor& qkv,
                                   const at::Tensor& context, const at::Tensor& logsumexp,
                                   const at::Tensor& rng_state) {
-  const char* op = "mha_packed_backward";
+  const char* op = "_mha_packed_backward";
   check_same_device_dtype(op, "grad_output", grad_output, x);
   check_shape(op, "grad_output", grad_output, x.sym_sizes());
   check_same_device_dtype(op, "qkv", qkv, x);

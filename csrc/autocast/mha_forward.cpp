@@ -1,46 +1,59 @@
-// Mixed precision for mha_forward on the AutocastCPU key: under
+// Mixed precision for _mha_forward on the AutocastCPU key: under
 // torch.autocast("cpu", dtype=torch.bfloat16) the op runs in the autocast dtype.
 //
 // The public op multi_head_self_attention is CompositeImplicitAutograd, so it reaches this
-// kernel through mha_forward. The casts are ordinary (differentiable) copies recorded by
-// autograd, so gradients flow back to float32 parameters in float32; mha_backward needs no
-// autocast kernel, since it runs on the tensors mha_forward saved, already in the low dtype.
+// kernel through _mha_forward. The casts are ordinary (differentiable) copies recorded by
+// autograd, so gradients flow back to float32 parameters in float32; _mha_backward needs no
+// autocast kernel, since it runs on the tensors _mha_forward saved, already in the low dtype.
+//
+// The kernel is boxed: it walks the schema's arguments by name, so adding an argument to the
+// op needs no change here (only an argument that is a computation operand belongs in
+// kCastArguments).
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <array>
+#include <string_view>
 
 namespace mhsa::autocast {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_autocast_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                         const std::optional<at::Tensor>& in_proj_bias,
-                         const at::Tensor& out_proj_weight,
-                         const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                         bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                         const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                         double dropout_p, bool need_weights, bool average_attn_weights,
-                         c10::IntArrayRef window_size) {
+// The operands cast to the autocast dtype. The masks stay as given: the kernels accept bool and
+// every floating mask dtype, and a float mask (-inf entries, large offsets) is better kept in
+// its own precision.
+constexpr std::array<std::string_view, 5> kCastArguments = {"x", "in_proj_weight", "in_proj_bias",
+                                                            "out_proj_weight", "out_proj_bias"};
+
+bool is_cast_argument(std::string_view name) {
+  for (std::string_view cast : kCastArguments) {
+    if (name == cast) return true;
+  }
+  return false;
+}
+
+void mha_forward_autocast_cpu(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   // Redispatch below the autocast key; without this guard the call below would come back here.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
-  const auto cast = [dtype](const auto& t) {
+  const auto& arguments = op.schema().arguments();
+  TORCH_INTERNAL_ASSERT(stack->size() >= arguments.size());
+  const size_t first = stack->size() - arguments.size();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    c10::IValue& value = (*stack)[first + i];
+    if (!value.isTensor() || !is_cast_argument(arguments[i].name())) continue;
     // cached_cast leaves non-floating, float64 and non-CPU tensors as they are (the usual
     // autocast rule), and caches the casts of leaf parameters for the region.
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CPU);
-  };
-  // The masks stay as given: the kernels accept bool and every floating mask dtype, and a float
-  // mask (-inf entries, large offsets) is better kept in its own precision.
-  return mhsa::mha_forward(cast(x), cast(in_proj_weight), cast(in_proj_bias), cast(out_proj_weight),
-                           cast(out_proj_bias), num_heads, batch_first, attn_mask, key_padding_mask,
-                           is_causal, dropout_p, need_weights, average_attn_weights, window_size);
+    value = at::autocast::cached_cast(dtype, value.toTensor(), c10::DeviceType::CPU);
+  }
+  op.callBoxed(stack);
 }
 
 }  // namespace
 }  // namespace mhsa::autocast
 
 TORCH_LIBRARY_IMPL(mhsa, AutocastCPU, m) {
-  m.impl("mha_forward", TORCH_FN(mhsa::autocast::mha_forward_autocast_cpu));
+  m.impl("_mha_forward",
+         torch::CppFunction::makeFromBoxedFunction<&mhsa::autocast::mha_forward_autocast_cpu>());
 }

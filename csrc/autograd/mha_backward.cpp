@@ -1,13 +1,16 @@
-// Autograd kernel of mha_backward: runs the backward op, and refuses to differentiate it
+// Autograd kernel of _mha_backward: runs the backward op, and refuses to differentiate it
 // (double backward) with a clear error instead of silently returning wrong gradients.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <mhsa/internal_ops.h>
+
+#include "mha_op_entry.h"
 
 namespace mhsa::autograd {
 namespace {
 
+using internal::AttentionOptions;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -18,16 +21,12 @@ class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction
                                const at::Tensor& x, const at::Tensor& in_proj_weight,
                                const at::Tensor& out_proj_weight, const at::Tensor& qkv,
                                const at::Tensor& context, const at::Tensor& logsumexp,
-                               const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
-                               const std::optional<at::Tensor>& attn_mask,
-                               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                               double dropout_p, bool average_attn_weights,
-                               std::array<bool, 5> output_mask, c10::IntArrayRef window_size) {
+                               const at::Tensor& rng_state, const AttentionOptions& options,
+                               std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [a, b, c, d, e] = mhsa::mha_backward(
-        grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
-        rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-        average_attn_weights, output_mask, window_size);
+    auto [a, b, c, d, e] = internal::call_backward_op(grad_output, grad_attn_weights, x,
+                                                      in_proj_weight, out_proj_weight, qkv, context,
+                                                      logsumexp, rng_state, options, output_mask);
     // A custom Function cannot return undefined tensors, so only the requested gradients
     // (output_mask) are returned; mha_backward_autograd puts them back in place.
     variable_list requested;
@@ -39,32 +38,28 @@ class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     TORCH_CHECK(false,
-                "mhsa: double backward (the gradient of mha_backward) is not supported; "
+                "mhsa: double backward (the gradient of _mha_backward) is not supported; "
                 "multi-head self-attention in mhsa is differentiable once");
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward_autograd(
+internal::BackwardOutputs mha_backward_autograd(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
-    c10::IntArrayRef window_size) {
-  const variable_list requested = MhaBackwardFunction::apply(
-      grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
-      rng_state, num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-      average_attn_weights, output_mask, window_size);
+    const at::Tensor& rng_state, const AttentionOptions& options, std::array<bool, 5> output_mask) {
+  const variable_list requested =
+      MhaBackwardFunction::apply(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight,
+                                 qkv, context, logsumexp, rng_state, options, output_mask);
   std::array<at::Tensor, 5> grads;
   size_t next = 0;
   for (size_t i = 0; i < grads.size(); ++i) {
     if (output_mask[i]) {
-      TORCH_INTERNAL_ASSERT(next < requested.size(), "mha_backward returned too few gradients");
+      TORCH_INTERNAL_ASSERT(next < requested.size(), "_mha_backward returned too few gradients");
       grads[i] = requested[next++];
     }
   }
-  TORCH_INTERNAL_ASSERT(next == requested.size(), "mha_backward returned too many gradients");
+  TORCH_INTERNAL_ASSERT(next == requested.size(), "_mha_backward returned too many gradients");
   return {grads[0], grads[1], grads[2], grads[3], grads[4]};
 }
 
@@ -72,5 +67,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
 }  // namespace mhsa::autograd
 
 TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
-  m.impl("mha_backward", TORCH_FN(mhsa::autograd::mha_backward_autograd));
+  m.impl("_mha_backward",
+         TORCH_FN(mhsa::internal::backward_entry<&mhsa::autograd::mha_backward_autograd>));
 }

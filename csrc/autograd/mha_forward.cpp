@@ -1,13 +1,16 @@
-// Autograd for mha_forward, in C++ so that every front door (Python, TorchScript in Python or
+// Autograd for _mha_forward, in C++ so that every front door (Python, TorchScript in Python or
 // C++, plain LibTorch) gets gradients without a Python interpreter.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <mhsa/internal_ops.h>
+
+#include "mha_op_entry.h"
 
 namespace mhsa::autograd {
 namespace {
 
+using internal::AttentionOptions;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -17,45 +20,65 @@ std::optional<at::Tensor> defined_or_null(const at::Tensor& t) {
 
 void check_not_differentiable(const std::optional<at::Tensor>& mask, const char* name) {
   TORCH_CHECK(!(mask.has_value() && mask->defined() && mask->requires_grad()),
-              "mha_forward: ", name,
+              "_mha_forward: ", name,
               " requires grad, but mhsa treats masks as constants and "
               "returns no gradient for them; pass ",
               name, ".detach()");
 }
 
+// The non-tensor arguments and the masks (constants for autograd) of the forward, kept for
+// backward: the masks as saved tensors (after the seven MhaForwardFunction saves first), the rest
+// in saved_data.
+constexpr size_t kFirstSavedMask = 7;
+
+void save_options(AutogradContext* ctx, const AttentionOptions& o) {
+  ctx->saved_data["num_heads"] = o.num_heads;
+  ctx->saved_data["batch_first"] = o.batch_first;
+  ctx->saved_data["is_causal"] = o.is_causal;
+  ctx->saved_data["dropout_p"] = o.dropout_p;
+  ctx->saved_data["average_attn_weights"] = o.average_attn_weights;
+  ctx->saved_data["window_left"] = o.window_size[0];
+  ctx->saved_data["window_right"] = o.window_size[1];
+}
+
+AttentionOptions load_options(AutogradContext* ctx, const variable_list& saved) {
+  AttentionOptions o;
+  o.num_heads = ctx->saved_data["num_heads"].toInt();
+  o.batch_first = ctx->saved_data["batch_first"].toBool();
+  o.attn_mask = defined_or_null(saved[kFirstSavedMask]);
+  o.key_padding_mask = defined_or_null(saved[kFirstSavedMask + 1]);
+  o.is_causal = ctx->saved_data["is_causal"].toBool();
+  o.dropout_p = ctx->saved_data["dropout_p"].toDouble();
+  o.average_attn_weights = ctx->saved_data["average_attn_weights"].toBool();
+  o.window_size = {ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt()};
+  return o;
+}
+
 class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> {
  public:
+  // Edges are made for the tensor arguments only; `options` (which holds the masks) and
+  // need_weights get none.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                const at::Tensor& in_proj_weight,
                                const std::optional<at::Tensor>& in_proj_bias,
                                const at::Tensor& out_proj_weight,
-                               const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                               bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                               double dropout_p, bool need_weights, bool average_attn_weights,
-                               c10::IntArrayRef window_size) {
-    check_not_differentiable(attn_mask, "attn_mask");
-    check_not_differentiable(key_padding_mask, "key_padding_mask");
+                               const std::optional<at::Tensor>& out_proj_bias,
+                               const AttentionOptions& options, bool need_weights) {
+    check_not_differentiable(options.attn_mask, "attn_mask");
+    check_not_differentiable(options.key_padding_mask, "key_padding_mask");
     // Redispatch below the Autograd key; calling the op from here again without this guard
     // would land back in this kernel and recurse forever.
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, weights, qkv, context, lse, rng_state] =
-        mhsa::mha_forward(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                          num_heads, batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-                          need_weights, average_attn_weights, window_size);
+    auto [output, weights, qkv, context, lse, rng_state] = internal::call_forward_op(
+        x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options, need_weights);
     // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
     ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
-                            attn_mask.value_or(at::Tensor()),
-                            key_padding_mask.value_or(at::Tensor())});
+                            options.attn_mask.value_or(at::Tensor()),
+                            options.key_padding_mask.value_or(at::Tensor())});
+    save_options(ctx, options);
     ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
     ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
-    ctx->saved_data["num_heads"] = num_heads;
     ctx->saved_data["need_weights"] = need_weights;
-    ctx->saved_data["batch_first"] = batch_first;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["average_attn_weights"] = average_attn_weights;
-    ctx->saved_data["window_size"] = window_size.vec();
     ctx->mark_non_differentiable({qkv, context, lse, rng_state});
     if (!need_weights) ctx->mark_non_differentiable({weights});
     return {output, weights, qkv, context, lse, rng_state};
@@ -81,32 +104,21 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     const bool need_out_w = ctx->needs_input_grad(edge++);
     const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
     const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
-    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_backward(
+    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = internal::call_backward_op(
         grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
-        ctx->saved_data["num_heads"].toInt(), ctx->saved_data["batch_first"].toBool(),
-        defined_or_null(saved[7]), defined_or_null(saved[8]), ctx->saved_data["is_causal"].toBool(),
-        ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["average_attn_weights"].toBool(),
-        output_mask, ctx->saved_data["window_size"].toIntVector());
-    // One entry per forward input; the non-tensor arguments and the masks get none.
-    return {grad_x,       grad_in_w,    grad_in_b,    grad_out_w,   grad_out_b,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        load_options(ctx, saved), output_mask);
+    // One entry per forward argument: the five tensors, then none for options and need_weights.
+    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b, at::Tensor(), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                     const std::optional<at::Tensor>& in_proj_bias,
-                     const at::Tensor& out_proj_weight,
-                     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                     bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                     const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                     double dropout_p, bool need_weights, bool average_attn_weights,
-                     c10::IntArrayRef window_size) {
-  auto r =
-      MhaForwardFunction::apply(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                                num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
-                                dropout_p, need_weights, average_attn_weights, window_size);
+internal::ForwardOutputs mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                              const std::optional<at::Tensor>& in_proj_bias,
+                                              const at::Tensor& out_proj_weight,
+                                              const std::optional<at::Tensor>& out_proj_bias,
+                                              const AttentionOptions& options, bool need_weights) {
+  auto r = MhaForwardFunction::apply(x, in_proj_weight, in_proj_bias, out_proj_weight,
+                                     out_proj_bias, options, need_weights);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
@@ -114,5 +126,6 @@ mha_forward_autograd(const at::Tensor& x, const at::Tensor& in_proj_weight,
 }  // namespace mhsa::autograd
 
 TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
-  m.impl("mha_forward", TORCH_FN(mhsa::autograd::mha_forward_autograd));
+  m.impl("_mha_forward",
+         TORCH_FN(mhsa::internal::forward_entry<&mhsa::autograd::mha_forward_autograd>));
 }

@@ -4,7 +4,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <mhsa/internal_ops.h>
 
 namespace mhsa::autograd {
 namespace {
@@ -23,7 +23,7 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
                                int64_t window_left, int64_t window_right, double dropout_p) {
     // Redispatch below the Autograd key (calling the op again without it would recurse).
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, qkv, context, lse, rng_state] = mhsa::mha_packed_forward(
+    auto [output, qkv, context, lse, rng_state] = mhsa::internal::mha_packed_forward(
         x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
         max_seqlen, is_causal, window_left, window_right, dropout_p);
     // O(T*E) saved state, no attention matrix: backward recomputes it from qkv and lse.
@@ -56,11 +56,12 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
     const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
     const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(x);
-    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mhsa::mha_packed_backward(
-        grad_output, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7],
-        ctx->saved_data["num_heads"].toInt(), ctx->saved_data["is_causal"].toBool(),
-        ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
-        ctx->saved_data["dropout_p"].toDouble(), output_mask);
+    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] =
+        mhsa::internal::mha_packed_backward(
+            grad_output, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7],
+            ctx->saved_data["num_heads"].toInt(), ctx->saved_data["is_causal"].toBool(),
+            ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
+            ctx->saved_data["dropout_p"].toDouble(), output_mask);
     // One entry per forward argument; cu_seqlens and the non-tensor arguments get none.
     return {grad_x,       at::Tensor(), grad_in_w,    grad_in_b,    grad_out_w,   grad_out_b,
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -78,7 +79,7 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
                                int64_t window_right, double dropout_p,
                                std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [a, b, c, d, e] = mhsa::mha_packed_backward(
+    auto [a, b, c, d, e] = mhsa::internal::mha_packed_backward(
         grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
         rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
     // A custom Function cannot return undefined tensors: only the requested ones, put back in
@@ -136,6 +137,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::autograd
 
 TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
-  m.impl("mha_packed_forward", TORCH_FN(mhsa::autograd::mha_packed_forward_autograd));
-  m.impl("mha_packed_backward", TORCH_FN(mhsa::autograd::mha_packed_backward_autograd));
+  m.impl("_mha_packed_forward", TORCH_FN(mhsa::autograd::mha_packed_forward_autograd));
+  m.impl("_mha_packed_backward", TORCH_FN(mhsa::autograd::mha_packed_backward_autograd));
 }

@@ -20,6 +20,7 @@
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "mha_op_entry.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -62,20 +63,18 @@ void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const Backwar
 #endif
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward_cpu(
-    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
-    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
-    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
-    c10::IntArrayRef window_size) {
-  const MhaSizes s = check_mha_inputs("mha_backward", x, in_proj_weight, std::nullopt,
-                                      out_proj_weight, std::nullopt, num_heads, batch_first,
-                                      attn_mask, key_padding_mask, dropout_p);
-  check_window_size("mha_backward", window_size);
+internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
+                                           const std::optional<at::Tensor>& grad_attn_weights,
+                                           const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                           const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                                           const at::Tensor& context, const at::Tensor& logsumexp,
+                                           const at::Tensor& rng_state,
+                                           const internal::AttentionOptions& o,
+                                           std::array<bool, 5> output_mask) {
+  const MhaSizes s = check_mha_inputs("_mha_backward", x, in_proj_weight, std::nullopt,
+                                      out_proj_weight, std::nullopt, o);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
-                            rng_state, average_attn_weights);
+                            rng_state, o.average_attn_weights);
   const auto input_dtype = x.scalar_type();
   if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
     // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
@@ -87,20 +86,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     auto grads = mha_backward_cpu(grad_output.to(at::kFloat), grad_w, x.to(at::kFloat),
                                   in_proj_weight.to(at::kFloat), out_proj_weight.to(at::kFloat),
                                   qkv.to(at::kFloat), context.to(at::kFloat), logsumexp, rng_state,
-                                  num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
-                                  dropout_p, average_attn_weights, output_mask, window_size);
+                                  o, output_mask);
     auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
   }
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
-  const int64_t H = num_heads, D = E / H;
+  const int64_t H = o.num_heads, D = E / H;
 
   const at::Tensor grad_out2d = grad_output.contiguous().view({-1, E});
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
   // The saved context is unscaled under dropout (see mha_forward_cpu): output = s C W^T + b.
   const double context_scale =
-      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+      o.dropout_p > 0.0 ? DropoutParams{true, o.dropout_p, 0}.keep_scale() : 1.0;
   const auto dtype = x.scalar_type();
   at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
   if (output_mask[3])
@@ -127,9 +125,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto& kernels = attention_kernels<scalar_t>();
-    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal, window_size);
+    MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
     BackwardArgs<scalar_t> a;
-    a.g = AttentionGeometry{N, L, E, H, D, batch_first};
+    a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
     a.qkv = qkv_c.const_data_ptr<scalar_t>();
     a.context = ctx2d.const_data_ptr<scalar_t>();
     a.grad_context = grad_ctx.const_data_ptr<scalar_t>();
@@ -137,15 +135,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
     a.dsum = dsum.mutable_data_ptr<acc_t>();
     if (grad_w.defined()) {
       a.grad_weights = grad_w.const_data_ptr<scalar_t>();
-      a.grad_weights_averaged = average_attn_weights;
+      a.grad_weights_averaged = o.average_attn_weights;
     }
     a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>();
     a.masks = masks.view();
     a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
     a.tiles = choose_tile_sizes(L);
-    if (dropout_p > 0.0) {
+    if (o.dropout_p > 0.0) {
       a.dropout.enabled = true;
-      a.dropout.p = dropout_p;
+      a.dropout.p = o.dropout_p;
       a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
     }
     // The dQ turn order (see attention_backward_kernel.cpp): no per-chunk dQ copies, the work
@@ -186,4 +184,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backw
 }  // namespace
 }  // namespace mhsa::cpu
 
-TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("mha_backward", TORCH_FN(mhsa::cpu::mha_backward_cpu)); }
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
+  m.impl("_mha_backward", TORCH_FN(mhsa::internal::backward_entry<&mhsa::cpu::mha_backward_cpu>));
+}

@@ -15,7 +15,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include <mhsa/ops.h>
+#include <mhsa/internal_ops.h>
 
 #include <algorithm>
 #include <cmath>
@@ -143,13 +143,15 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
   at::Tensor qkv;
   if (length == 0) {
     // Nothing cached: this step is exactly a causal forward over x_new. Called through the
-    // dispatcher, it must skip mha_forward's autocast kernel: decode computes in the cache's
+    // dispatcher, it must skip _mha_forward's autocast kernel: decode computes in the cache's
     // dtype (fixed when the cache was made), with or without torch.autocast around it.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto result = mhsa::mha_forward(x_new, in_proj_weight, in_proj_bias, out_proj_weight,
-                                    out_proj_bias, num_heads, batch_first, std::nullopt,
-                                    std::nullopt, /*is_causal=*/true, /*dropout_p=*/0.0,
-                                    /*need_weights=*/false, /*average_attn_weights=*/false);
+    internal::AttentionOptions options;
+    options.num_heads = num_heads;
+    options.batch_first = batch_first;
+    options.is_causal = true;
+    auto result = internal::mha_forward(x_new, in_proj_weight, in_proj_bias, out_proj_weight,
+                                        out_proj_bias, options, /*need_weights=*/false);
     output = std::get<0>(result);
     qkv = std::get<2>(result).reshape({N * T, 3 * E});
     auto [k, v] = new_keys_values(qkv, rows, H, D);

@@ -20,6 +20,7 @@
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "mha_op_entry.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -35,17 +36,15 @@ uint64_t draw_dropout_seed() {
 // values a float32 computation stands in for (see mha_forward_cpu): qkv is rounded to it right
 // after the projection, because backward recomputes the scores from the stored (rounded) qkv,
 // and the log-sum-exp must come from those very values.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in_proj_weight,
-                    const std::optional<at::Tensor>& in_proj_bias,
-                    const at::Tensor& out_proj_weight,
-                    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                    bool batch_first, const std::optional<at::Tensor>& attn_mask,
-                    const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-                    double dropout_p, bool need_weights, bool average_attn_weights,
-                    c10::IntArrayRef window_size, std::optional<at::ScalarType> stored_as) {
+internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor& x,
+                                             const at::Tensor& in_proj_weight,
+                                             const std::optional<at::Tensor>& in_proj_bias,
+                                             const at::Tensor& out_proj_weight,
+                                             const std::optional<at::Tensor>& out_proj_bias,
+                                             const internal::AttentionOptions& o, bool need_weights,
+                                             std::optional<at::ScalarType> stored_as) {
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
-  const int64_t H = num_heads, D = E / H;
+  const int64_t H = o.num_heads, D = E / H;
   const at::Tensor x2d = x.contiguous().view({-1, E});
 
   // One GEMM for the packed projection; rows follow x's layout.
@@ -58,7 +57,7 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
   at::Tensor weights;
   if (!need_weights) {
     weights = at::empty({0}, x.options());
-  } else if (average_attn_weights) {
+  } else if (o.average_attn_weights) {
     // Accumulated over heads in fp32 (fp64 for double) and converted at the end.
     weights = at::zeros({N, L, L}, x.options().dtype(lse.scalar_type()));
   } else {
@@ -67,25 +66,25 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    MaskStorage<acc_t> masks(attn_mask, key_padding_mask, is_causal, window_size);
+    MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
     ForwardArgs<scalar_t> a;
-    a.g = AttentionGeometry{N, L, E, H, D, batch_first};
+    a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
     a.qkv = qkv.const_data_ptr<scalar_t>();
     a.context = context.mutable_data_ptr<scalar_t>();
     a.lse = lse.mutable_data_ptr<acc_t>();
-    if (need_weights && average_attn_weights) a.weights_avg = weights.mutable_data_ptr<acc_t>();
-    if (need_weights && !average_attn_weights) a.weights = weights.mutable_data_ptr<scalar_t>();
+    if (need_weights && o.average_attn_weights) a.weights_avg = weights.mutable_data_ptr<acc_t>();
+    if (need_weights && !o.average_attn_weights) a.weights = weights.mutable_data_ptr<scalar_t>();
     a.masks = masks.view();
     a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
     a.tiles = choose_tile_sizes(L);
-    if (dropout_p > 0.0) {
+    if (o.dropout_p > 0.0) {
       a.dropout.enabled = true;
-      a.dropout.p = dropout_p;
+      a.dropout.p = o.dropout_p;
       a.dropout.seed = draw_dropout_seed();
       rng_state[0] = static_cast<int64_t>(a.dropout.seed);
     }
     const auto& kernels = attention_kernels<scalar_t>();
-    const bool heads_inside = need_weights && average_attn_weights;
+    const bool heads_inside = need_weights && o.average_attn_weights;
     // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.
     const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
     at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
@@ -95,12 +94,12 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
                        kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
                      });
   });
-  if (need_weights && average_attn_weights) weights = weights.to(x.scalar_type());
+  if (need_weights && o.average_attn_weights) weights = weights.to(x.scalar_type());
 
   // With dropout the kernels left the context unscaled (a 0/1 mask on the probabilities, see
   // DropoutParams): 1 / (1 - p) is applied here, once.
   const double context_scale =
-      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
+      o.dropout_p > 0.0 ? DropoutParams{true, o.dropout_p, 0}.keep_scale() : 1.0;
   const at::Tensor ctx2d = context.view({-1, E});
   at::Tensor output = projection_gemm(ctx2d, false, out_proj_weight, true, context_scale,
                                       out_proj_bias, x.scalar_type());
@@ -112,17 +111,13 @@ mha_forward_compute(const MhaSizes& s, const at::Tensor& x, const at::Tensor& in
           rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_forward_cpu(
-    const at::Tensor& x, const at::Tensor& in_proj_weight,
-    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool need_weights, bool average_attn_weights,
-    c10::IntArrayRef window_size) {
-  const MhaSizes s = check_mha_inputs("mha_forward", x, in_proj_weight, in_proj_bias,
-                                      out_proj_weight, out_proj_bias, num_heads, batch_first,
-                                      attn_mask, key_padding_mask, dropout_p);
-  check_window_size("mha_forward", window_size);
+internal::ForwardOutputs mha_forward_cpu(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                         const std::optional<at::Tensor>& in_proj_bias,
+                                         const at::Tensor& out_proj_weight,
+                                         const std::optional<at::Tensor>& out_proj_bias,
+                                         const internal::AttentionOptions& o, bool need_weights) {
+  const MhaSizes s = check_mha_inputs("_mha_forward", x, in_proj_weight, in_proj_bias,
+                                      out_proj_weight, out_proj_bias, o);
   const auto dtype = x.scalar_type();
   if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
     // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
@@ -130,20 +125,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
       return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
     };
-    auto [output, weights, qkv, context, lse, rng_state] =
-        mha_forward_compute(s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
-                            out_proj_weight.to(at::kFloat), up(out_proj_bias), num_heads,
-                            batch_first, attn_mask, key_padding_mask, is_causal, dropout_p,
-                            need_weights, average_attn_weights, window_size, dtype);
+    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
+        s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
+        out_proj_weight.to(at::kFloat), up(out_proj_bias), o, need_weights, dtype);
     return {output.to(dtype), weights.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
   }
-  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                             num_heads, batch_first, attn_mask, key_padding_mask, is_causal,
-                             dropout_p, need_weights, average_attn_weights, window_size,
-                             std::nullopt);
+  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, o,
+                             need_weights, std::nullopt);
 }
 
 }  // namespace
 }  // namespace mhsa::cpu
 
-TORCH_LIBRARY_IMPL(mhsa, CPU, m) { m.impl("mha_forward", TORCH_FN(mhsa::cpu::mha_forward_cpu)); }
+TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
+  m.impl("_mha_forward", TORCH_FN(mhsa::internal::forward_entry<&mhsa::cpu::mha_forward_cpu>));
+}

@@ -203,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
     double dropout_p) {
-  const char* op = "mha_packed_forward";
+  const char* op = "_mha_packed_forward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
                           out_proj_bias, num_heads, window_left, window_right, dropout_p);
@@ -289,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
     int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
     std::array<bool, 5> output_mask) {
-  const char* op = "mha_packed_backward";
+  const char* op = "_mha_packed_backward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
                           std::nullopt, num_heads, window_left, window_right, dropout_p);
@@ -396,6 +396,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::cpu
 
 TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
-  m.impl("mha_packed_forward", TORCH_FN(mhsa::cpu::mha_packed_forward_cpu));
-  m.impl("mha_packed_backward", TORCH_FN(mhsa::cpu::mha_packed_backward_cpu));
+  m.impl("_mha_packed_forward", TORCH_FN(mhsa::cpu::mha_packed_forward_cpu));
+  m.impl("_mha_packed_backward", TORCH_FN(mhsa::cpu::mha_packed_backward_cpu));
 }

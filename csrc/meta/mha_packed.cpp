@@ -17,7 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
     double dropout_p) {
-  const PackedSizes s = check_packed_inputs("mha_packed_forward", x, cu_seqlens, in_proj_weight,
+  const PackedSizes s = check_packed_inputs("_mha_packed_forward", x, cu_seqlens, in_proj_weight,
                                             in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
                                             window_left, window_right, dropout_p);
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
     int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
     std::array<bool, 5> output_mask) {
-  const PackedSizes s = check_packed_inputs("mha_packed_backward", x, cu_seqlens, in_proj_weight,
+  const PackedSizes s = check_packed_inputs("_mha_packed_backward", x, cu_seqlens, in_proj_weight,
                                             std::nullopt, out_proj_weight, std::nullopt, num_heads,
                                             window_left, window_right, dropout_p);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
@@ -52,6 +52,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::meta
 
 TORCH_LIBRARY_IMPL(mhsa, Meta, m) {
-  m.impl("mha_packed_forward", TORCH_FN(mhsa::meta::mha_packed_forward_meta));
-  m.impl("mha_packed_backward", TORCH_FN(mhsa::meta::mha_packed_backward_meta));
+  m.impl("_mha_packed_forward", TORCH_FN(mhsa::meta::mha_packed_forward_meta));
+  m.impl("_mha_packed_backward", TORCH_FN(mhsa::meta::mha_packed_backward_meta));
 }

@@ -44,59 +44,12 @@ C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const std::optional<at::Tensor>& attn_mask = std::nullopt, bool average_attn_weights = true,
     bool is_causal = false, c10::IntArrayRef window_size = kNoWindow);
 
-// The two underlying operators (mhsa::mha_forward, mhsa::mha_backward). Most callers want
-// multi_head_self_attention above; these are for custom autograd or testing.
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight,
-            const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-            const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool batch_first,
-            const std::optional<at::Tensor>& attn_mask,
-            const std::optional<at::Tensor>& key_padding_mask, bool is_causal, double dropout_p,
-            bool need_weights, bool average_attn_weights, c10::IntArrayRef window_size = kNoWindow);
-
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_backward(
-    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
-    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
-    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
-    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& key_padding_mask,
-    bool is_causal, double dropout_p, bool average_attn_weights, std::array<bool, 5> output_mask,
-    c10::IntArrayRef window_size = kNoWindow);
-
-// Packed variable-length sequences (FlashAttention's varlen layout). x is (T, E): B sequences
-// back to back, sequence b at rows cu_seqlens[b] .. cu_seqlens[b+1] of x; cu_seqlens is an
-// int32 or int64 (B+1) tensor of offsets from 0 to T, never decreasing. Each sequence attends
-// only to itself, and the result equals running each alone through multi_head_self_attention
-// (outputs and gradients; the parameter gradients are summed over the sequences), for work
-// proportional to sum L_b^2. window_size = {left, right}: query i sees only keys
-// i - left .. i + right of its sequence (-1: unbounded on that side). max_seqlen, if given, is
-// checked to bound every length. Dropout draws one seed per call and a distinct stream per
-// sequence, so its masks differ from those of per-sequence calls. Returns the output (T, E).
 C10_EXPORT at::Tensor multi_head_self_attention_packed(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen = std::nullopt, double dropout_p = 0.0, bool training = true,
     bool is_causal = false, c10::IntArrayRef window_size = kNoWindow);
-
-// The underlying operators of multi_head_self_attention_packed (mhsa::mha_packed_forward,
-// mhsa::mha_packed_backward), for custom autograd or testing.
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_packed_forward(const at::Tensor& x, const at::Tensor& cu_seqlens,
-                   const at::Tensor& in_proj_weight, const std::optional<at::Tensor>& in_proj_bias,
-                   const at::Tensor& out_proj_weight,
-                   const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                   std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left,
-                   int64_t window_right, double dropout_p);
-
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_packed_backward(const at::Tensor& grad_output, const at::Tensor& x,
-                    const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
-                    const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-                    const at::Tensor& context, const at::Tensor& logsumexp,
-                    const at::Tensor& rng_state, int64_t num_heads, bool is_causal,
-                    int64_t window_left, int64_t window_right, double dropout_p,
-                    std::array<bool, 5> output_mask);
 
 }  // namespace mhsa
 

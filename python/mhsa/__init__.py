@@ -14,7 +14,7 @@ TorchScript and ``torch.autocast``.
 from __future__ import annotations
 
 # The one place the version is written: setup.py (via pyproject.toml) and CMakeLists.txt read it.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import _library  # noqa: E402
 

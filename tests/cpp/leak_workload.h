@@ -6,6 +6,7 @@
 // sanitizer build (scripts/sanitize.sh), for resident-memory growth in the release build.
 #include <torch/autograd.h>
 
+#include <mhsa/internal_ops.h>
 #include <mhsa/mhsa.h>
 #include <mhsa/module.h>
 
@@ -99,12 +100,16 @@ inline double run_round(int round) {
   {
     at::Tensor x = at::randn({2, 20, 16});
     at::Tensor w_in = at::randn({48, 16}), w_out = at::randn({16, 16});
-    auto [out, w, qkv, ctx, lse, rng] =
-        mhsa::mha_forward(x, w_in, std::nullopt, w_out, std::nullopt, 2, true, std::nullopt,
-                          std::nullopt, true, 0.1, true, true);
-    auto grads = mhsa::mha_backward(at::ones_like(out), at::ones_like(w), x, w_in, w_out, qkv, ctx,
-                                    lse, rng, 2, true, std::nullopt, std::nullopt, true, 0.1, true,
-                                    {true, false, true, true, false});
+    mhsa::internal::AttentionOptions options;
+    options.num_heads = 2;
+    options.batch_first = true;
+    options.is_causal = true;
+    options.dropout_p = 0.1;
+    auto [out, w, qkv, ctx, lse, rng] = mhsa::internal::mha_forward(
+        x, w_in, std::nullopt, w_out, std::nullopt, options, /*need_weights=*/true);
+    auto grads =
+        mhsa::internal::mha_backward(at::ones_like(out), at::ones_like(w), x, w_in, w_out, qkv, ctx,
+                                     lse, rng, options, {true, false, true, true, false});
     checksum += std::get<0>(grads).abs().sum().item<double>();
   }
 

@@ -4,6 +4,7 @@
 // of the common mistakes; this file goes through the inputs one by one, including the absurd.
 #include <torch/autograd.h>
 
+#include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
 #include <cstdint>
@@ -55,9 +56,19 @@ struct Inputs {
                                            batch_first, kpm, need_weights, attn_mask, average,
                                            is_causal);
   }
+  mhsa::internal::AttentionOptions options() const {
+    mhsa::internal::AttentionOptions o;
+    o.num_heads = heads;
+    o.batch_first = batch_first;
+    o.attn_mask = attn_mask;
+    o.key_padding_mask = kpm;
+    o.is_causal = is_causal;
+    o.dropout_p = dropout_p;
+    o.average_attn_weights = average;
+    return o;
+  }
   auto forward() const {
-    return mhsa::mha_forward(x, w_in, b_in, w_out, b_out, heads, batch_first, attn_mask, kpm,
-                             is_causal, dropout_p, need_weights, average);
+    return mhsa::internal::mha_forward(x, w_in, b_in, w_out, b_out, options(), need_weights);
   }
 };
 
@@ -276,9 +287,8 @@ struct BackwardInputs {
     rng_state = rng;
   }
   auto call() const {
-    return mhsa::mha_backward(grad_output, grad_weights, f.x, f.w_in, f.w_out, qkv, context, lse,
-                              rng_state, f.heads, f.batch_first, f.attn_mask, f.kpm, f.is_causal,
-                              f.dropout_p, f.average, output_mask);
+    return mhsa::internal::mha_backward(grad_output, grad_weights, f.x, f.w_in, f.w_out, qkv,
+                                        context, lse, rng_state, f.options(), output_mask);
   }
 };
 

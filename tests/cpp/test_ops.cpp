@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
+#include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
 #include "reference.h"
@@ -484,7 +485,7 @@ TEST_F(MhsaPartialGrad, BackwardOfOutputOnlyWhileAllRequireGrad) {
 TEST(MhsaOps, SchemasAreRegistered) {
   auto& dispatcher = c10::Dispatcher::singleton();
   for (const char* name :
-       {"mhsa::multi_head_self_attention", "mhsa::mha_forward", "mhsa::mha_backward"}) {
+       {"mhsa::multi_head_self_attention", "mhsa::_mha_forward", "mhsa::_mha_backward"}) {
     EXPECT_TRUE(dispatcher.findSchema({name, ""}).has_value()) << name;
   }
 }
@@ -492,10 +493,12 @@ TEST(MhsaOps, SchemasAreRegistered) {
 TEST(MhsaOps, ForwardAndBackwardOpsDirectly) {
   at::manual_seed(0);
   Args a = make_args({6, 2, 8}, 2, at::kDouble, true, false);
-  auto [out, weights, qkv, context, lse, rng_state] = mhsa::mha_forward(
-      a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight, a.out_proj_bias, 2,
-      /*batch_first=*/false, std::nullopt, std::nullopt, /*is_causal=*/true, 0.0,
-      /*need_weights=*/false, true);
+  mhsa::internal::AttentionOptions options;
+  options.num_heads = 2;
+  options.is_causal = true;
+  auto [out, weights, qkv, context, lse, rng_state] =
+      mhsa::internal::mha_forward(a.query, a.in_proj_weight, a.in_proj_bias, a.out_proj_weight,
+                                  a.out_proj_bias, options, /*need_weights=*/false);
   EXPECT_EQ(qkv.sizes(), (at::IntArrayRef{6, 2, 24}));
   EXPECT_EQ(context.sizes(), (at::IntArrayRef{6, 2, 8}));
   EXPECT_EQ(lse.sizes(), (at::IntArrayRef{2, 2, 6}));
@@ -504,9 +507,9 @@ TEST(MhsaOps, ForwardAndBackwardOpsDirectly) {
 
   const at::Tensor g = at::randn_like(out);
   // Only the gradients of x and out_proj_weight requested: the others are undefined.
-  auto [gx, gw_in, gb_in, gw_out, gb_out] = mhsa::mha_backward(
+  auto [gx, gw_in, gb_in, gw_out, gb_out] = mhsa::internal::mha_backward(
       g, std::nullopt, a.query, a.in_proj_weight, a.out_proj_weight, qkv, context, lse, rng_state,
-      2, false, std::nullopt, std::nullopt, true, 0.0, true, {true, false, false, true, false});
+      options, {true, false, false, true, false});
   EXPECT_FALSE(gw_in.defined());
   EXPECT_FALSE(gb_in.defined());
   EXPECT_FALSE(gb_out.defined());

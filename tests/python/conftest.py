@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
-import pytest
-import torch
+# torch.compile caches compiled graphs across processes (TORCHINDUCTOR_CACHE_DIR, /tmp by
+# default), keyed by the traced Python graph: after a rebuild of libmhsa.so that renames an op, a
+# cached graph would still call the old name. Each test session compiles into its own directory.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="mhsa-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

@@ -69,7 +69,7 @@ def test_autocast_goes_through_the_op_in_bf16():
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.mhsa.mha_forward.default:
+            if func is torch.ops.mhsa._mha_forward.default:
                 calls.append([a.dtype for a in args[:5] if isinstance(a, torch.Tensor)])
             return func(*args, **(kwargs or {}))
 

@@ -100,8 +100,8 @@ def test_compile_aot_graph_calls_forward_and_backward_ops():
     x, kpm = _inputs(2, 5)
     compiled(x, kpm).backward()
     assert len(seen) == 2
-    assert "torch.ops.mhsa.mha_forward.default" in seen[0]
-    assert "torch.ops.mhsa.mha_backward.default" in seen[1]
+    assert "torch.ops.mhsa._mha_forward.default" in seen[0]
+    assert "torch.ops.mhsa._mha_backward.default" in seen[1]
 
 
 def test_compile_inference_no_grad_functional():

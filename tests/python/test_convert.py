@@ -146,9 +146,11 @@ def test_eval_no_grad_runs_mhsa_not_the_fused_path(masks):
 
     # The control: the original really takes the fused path (so this test can see a bypass).
     assert fused & set(seen_original.counts), seen_original.counts
-    assert seen_original.counts["mhsa.mha_forward"] == 0
+    assert seen_original.counts["mhsa._mha_forward"] == 0
     # The converted model: mhsa once per layer, no fused kernel, no nested tensor.
-    assert seen_converted.counts["mhsa.mha_forward"] == len(converted.layers), seen_converted.counts
+    assert seen_converted.counts["mhsa._mha_forward"] == len(converted.layers), (
+        seen_converted.counts
+    )
     assert not fused & set(seen_converted.counts), seen_converted.counts
     assert not any("nested" in op for op in seen_converted.counts), seen_converted.counts
 
@@ -166,7 +168,7 @@ def test_single_layer_eval_no_grad_runs_mhsa():
     x = torch.randn(2, 5, E)
     with torch.no_grad(), CountOps() as seen:
         actual = layer(x)
-    assert seen.counts["mhsa.mha_forward"] == 1
+    assert seen.counts["mhsa._mha_forward"] == 1
     assert "aten._transformer_encoder_layer_fwd" not in seen.counts
     with torch.no_grad():
         _assert_close(actual, original(x), torch.float32)
@@ -325,7 +327,7 @@ def test_converted_encoder_scripts_and_runs_mhsa():
     x = torch.randn(N, L, E)
     with torch.no_grad(), CountOps() as seen:
         actual = scripted(x, mask=causal)
-    assert seen.counts["mhsa.mha_forward"] == len(converted.layers), seen.counts
+    assert seen.counts["mhsa._mha_forward"] == len(converted.layers), seen.counts
     assert "aten._transformer_encoder_layer_fwd" not in seen.counts
     with torch.no_grad():
         _assert_close(actual, original(x, mask=causal), torch.float32)

@@ -224,11 +224,11 @@ def test_bad_input_raises_the_same_error_through_the_c10_op(setup):
     """The checks are in the op, not only in the Python wrapper."""
     _, x, p = setup
     with pytest.raises(RuntimeError, match=r"attn_mask.*shape"):
-        torch.ops.mhsa.mha_forward(
+        torch.ops.mhsa._mha_forward(
             x, *p, H, False, torch.zeros(3, 3, dtype=torch.bool), None, False, 0.0, True, True
         )
     with pytest.raises(RuntimeError, match=r"x to be 3-D"):
-        torch.ops.mhsa.mha_forward(x[:, 0], *p, H, False, None, None, False, 0.0, True, True)
+        torch.ops.mhsa._mha_forward(x[:, 0], *p, H, False, None, None, False, 0.0, True, True)
 
 
 def test_float_mask_requires_grad_is_refused_without_grad_mode(setup):
@@ -251,7 +251,7 @@ def test_double_backward_is_refused(setup, create_graph_on):
 
 def test_backward_op_checks_its_saved_tensors(setup):
     _, x, p = setup
-    out, w, qkv, ctx, lse, rng = torch.ops.mhsa.mha_forward(
+    out, w, qkv, ctx, lse, rng = torch.ops.mhsa._mha_forward(
         x, *p, H, False, None, None, False, 0.0, True, True
     )
     args = [
@@ -276,15 +276,15 @@ def test_backward_op_checks_its_saved_tensors(setup):
     bad = list(args)
     bad[7] = lse[:, :, :-1]
     with pytest.raises(RuntimeError, match="logsumexp"):
-        torch.ops.mhsa.mha_backward(*bad)
+        torch.ops.mhsa._mha_backward(*bad)
     bad = list(args)
     bad[5] = qkv[..., :-1]
     with pytest.raises(RuntimeError, match="qkv"):
-        torch.ops.mhsa.mha_backward(*bad)
+        torch.ops.mhsa._mha_backward(*bad)
     bad = list(args)
     bad[1] = torch.zeros(N, L, L + 1)
     with pytest.raises(RuntimeError, match="grad_attn_weights"):
-        torch.ops.mhsa.mha_backward(*bad)
+        torch.ops.mhsa._mha_backward(*bad)
 
 
 def test_float_mask_of_another_float_dtype(setup):

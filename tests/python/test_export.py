@@ -85,7 +85,7 @@ def test_export_dynamic_batch_and_seq(model, exported):
 
 def test_export_run_decompositions_keeps_mha_forward(model, exported):
     decomposed = exported.run_decompositions()
-    assert "torch.ops.mhsa.mha_forward.default" in decomposed.graph_module.code
+    assert "torch.ops.mhsa._mha_forward.default" in decomposed.graph_module.code
     with torch.no_grad():
         _assert_matches(decomposed.module(), model)
 

@@ -125,7 +125,7 @@ def test_gradcheck_mha_forward_op(options):
     x, (w, b, ow, ob), kw = _op_inputs(**options)
 
     def fn(x, w, b, ow, ob):
-        out, weights, *_ = torch.ops.mhsa.mha_forward(
+        out, weights, *_ = torch.ops.mhsa._mha_forward(
             x,
             w,
             b,

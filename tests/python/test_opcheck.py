@@ -73,7 +73,7 @@ def _forward_args(
 @pytest.mark.parametrize("sample", list(SAMPLES))
 def test_opcheck_mha_forward(sample, requires_grad):
     args = _forward_args(requires_grad=requires_grad, **SAMPLES[sample])
-    opcheck(torch.ops.mhsa.mha_forward.default, args, test_utils=ALL_TESTS)
+    opcheck(torch.ops.mhsa._mha_forward.default, args, test_utils=ALL_TESTS)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
@@ -94,7 +94,7 @@ def _backward_args(sample, output_mask=(True,) * 5, requires_grad=False):
     fwd = _forward_args(**opts)
     x, w, b, ow, ob, H, batch_first, am, km, is_causal, p, nw, avg = fwd[:13]
     window = list(fwd[13:]) or [[-1, -1]]
-    out, weights, qkv, context, lse, rng_state = torch.ops.mhsa.mha_forward(*fwd)
+    out, weights, qkv, context, lse, rng_state = torch.ops.mhsa._mha_forward(*fwd)
     grad_out = _tensor(out.shape, out.dtype, 8)
     grad_w = _tensor(weights.shape, weights.dtype, 9) if nw else None
     grads = [grad_out, grad_w]
@@ -125,7 +125,7 @@ def _backward_args(sample, output_mask=(True,) * 5, requires_grad=False):
 
 @pytest.mark.parametrize("sample", list(SAMPLES))
 def test_opcheck_mha_backward(sample):
-    opcheck(torch.ops.mhsa.mha_backward.default, _backward_args(sample), test_utils=ALL_TESTS)
+    opcheck(torch.ops.mhsa._mha_backward.default, _backward_args(sample), test_utils=ALL_TESTS)
 
 
 @pytest.mark.parametrize("sample", ["masks_bool_f64", "causal_no_weights_f32"])
@@ -133,7 +133,7 @@ def test_opcheck_mha_backward_inputs_require_grad(sample):
     """With inputs that require grad. test_aot_dispatch_dynamic is left out: it differentiates
     mha_backward, i.e. double backward, which mhsa refuses by design (see test_errors.py)."""
     opcheck(
-        torch.ops.mhsa.mha_backward.default,
+        torch.ops.mhsa._mha_backward.default,
         _backward_args(sample, requires_grad=True),
         test_utils=ALL_TESTS[:3],
     )
@@ -145,11 +145,11 @@ def test_opcheck_mha_backward_partial_output_mask(requires_grad):
     args = _backward_args(
         "masks_bool_f64", output_mask=(False, True, False, True, True), requires_grad=requires_grad
     )
-    grads = torch.ops.mhsa.mha_backward(*args)
+    grads = torch.ops.mhsa._mha_backward(*args)
     assert grads[0] is None and grads[2] is None
     assert all(g is not None for g in (grads[1], grads[3], grads[4]))
     opcheck(
-        torch.ops.mhsa.mha_backward.default,
+        torch.ops.mhsa._mha_backward.default,
         args,
         test_utils=ALL_TESTS if not requires_grad else ALL_TESTS[:3],
     )

@@ -384,7 +384,7 @@ ALL_TESTS = (
 @pytest.mark.parametrize("dropout_p", [0.0, 0.25], ids=["plain", "dropout"])
 def test_opcheck_mha_packed_forward(requires_grad, dropout_p):
     opcheck(
-        torch.ops.mhsa.mha_packed_forward.default,
+        torch.ops.mhsa._mha_packed_forward.default,
         _op_args(requires_grad, dropout_p),
         test_utils=ALL_TESTS,
     )
@@ -392,11 +392,11 @@ def test_opcheck_mha_packed_forward(requires_grad, dropout_p):
 
 def test_opcheck_mha_packed_backward():
     args = _op_args(False)
-    out, qkv, context, lse, rng_state = torch.ops.mhsa.mha_packed_forward(*args)
+    out, qkv, context, lse, rng_state = torch.ops.mhsa._mha_packed_forward(*args)
     x, cu, w, b, ow, ob, h, _, is_causal, wl, wr, p = args
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(24), dtype=out.dtype)
     bargs = (grad, x, cu, w, ow, qkv, context, lse, rng_state, h, is_causal, wl, wr, p, [True] * 5)
-    opcheck(torch.ops.mhsa.mha_packed_backward.default, bargs, test_utils=ALL_TESTS)
+    opcheck(torch.ops.mhsa._mha_packed_backward.default, bargs, test_utils=ALL_TESTS)
 
 
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])

@@ -1,0 +1,116 @@
+#pragma once
+// The dispatcher boundary of _mha_forward and _mha_backward: the one place (besides the
+// schemas in mhsa.cpp) where their arguments are spelled out one by one.
+//
+// An unboxed kernel must take exactly the schema's parameters, so every dispatch key would
+// otherwise repeat the list (CPU, Meta, Autograd, and the C++ wrapper that calls the op). Instead
+// each key writes its kernel against the AttentionOptions bundle and registers it through
+// forward_entry<&kernel> / backward_entry<&kernel>, which gather the schema's parameters into
+// the bundle; call_forward_op / call_backward_op do the reverse for callers of the op.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <mhsa/internal_ops.h>
+
+#include "checks.h"
+
+namespace mhsa::internal {
+
+// What a kernel of each op implements, given the bundle.
+using ForwardKernel = ForwardOutputs (*)(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                         const std::optional<at::Tensor>& in_proj_bias,
+                                         const at::Tensor& out_proj_weight,
+                                         const std::optional<at::Tensor>& out_proj_bias,
+                                         const AttentionOptions& options, bool need_weights);
+using BackwardKernel = BackwardOutputs (*)(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, const AttentionOptions& options, std::array<bool, 5> output_mask);
+
+// window_size arrives as int[2]; the schema does not fix the length for every caller, so it is
+// checked (with its values) by check_window_size before it becomes a pair.
+inline std::array<int64_t, 2> window_pair(const char* op, c10::IntArrayRef window_size) {
+  check_window_size(op, window_size);
+  return {window_size[0], window_size[1]};
+}
+
+// The registered kernel of _mha_forward for one dispatch key: the schema's parameters, in the
+// schema's order, gathered into AttentionOptions for Kernel.
+template <ForwardKernel Kernel>
+ForwardOutputs forward_entry(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                             const std::optional<at::Tensor>& in_proj_bias,
+                             const at::Tensor& out_proj_weight,
+                             const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                             bool batch_first, const std::optional<at::Tensor>& attn_mask,
+                             const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                             double dropout_p, bool need_weights, bool average_attn_weights,
+                             c10::IntArrayRef window_size) {
+  const AttentionOptions options{num_heads,
+                                 batch_first,
+                                 attn_mask,
+                                 key_padding_mask,
+                                 is_causal,
+                                 dropout_p,
+                                 average_attn_weights,
+                                 window_pair("_mha_forward", window_size)};
+  return Kernel(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options,
+                need_weights);
+}
+
+// The same for _mha_backward.
+template <BackwardKernel Kernel>
+BackwardOutputs backward_entry(const at::Tensor& grad_output,
+                               const std::optional<at::Tensor>& grad_attn_weights,
+                               const at::Tensor& x, const at::Tensor& in_proj_weight,
+                               const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                               const at::Tensor& context, const at::Tensor& logsumexp,
+                               const at::Tensor& rng_state, int64_t num_heads, bool batch_first,
+                               const std::optional<at::Tensor>& attn_mask,
+                               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
+                               double dropout_p, bool average_attn_weights,
+                               std::array<bool, 5> output_mask, c10::IntArrayRef window_size) {
+  const AttentionOptions options{num_heads,
+                                 batch_first,
+                                 attn_mask,
+                                 key_padding_mask,
+                                 is_causal,
+                                 dropout_p,
+                                 average_attn_weights,
+                                 window_pair("_mha_backward", window_size)};
+  return Kernel(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+                logsumexp, rng_state, options, output_mask);
+}
+
+// Calls the registered ops (through the dispatcher, so autograd, autocast and tracing apply):
+// the bundle taken apart in the schema's order.
+inline ForwardOutputs call_forward_op(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                      const std::optional<at::Tensor>& in_proj_bias,
+                                      const at::Tensor& out_proj_weight,
+                                      const std::optional<at::Tensor>& out_proj_bias,
+                                      const AttentionOptions& o, bool need_weights) {
+  // The kernel type of the schema is that of any forward_entry instance.
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_forward", "")
+                       .typed<decltype(forward_entry<nullptr>)>();
+  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, o.num_heads,
+                 o.batch_first, o.attn_mask, o.key_padding_mask, o.is_causal, o.dropout_p,
+                 need_weights, o.average_attn_weights, o.window_size);
+}
+
+inline BackwardOutputs call_backward_op(const at::Tensor& grad_output,
+                                        const std::optional<at::Tensor>& grad_attn_weights,
+                                        const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                        const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                                        const at::Tensor& context, const at::Tensor& logsumexp,
+                                        const at::Tensor& rng_state, const AttentionOptions& o,
+                                        std::array<bool, 5> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_backward", "")
+                       .typed<decltype(backward_entry<nullptr>)>();
+  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, o.num_heads, o.batch_first, o.attn_mask, o.key_padding_mask,
+                 o.is_causal, o.dropout_p, o.average_attn_weights, output_mask, o.window_size);
+}
+
+}  // namespace mhsa::internal

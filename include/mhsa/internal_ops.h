@@ -1,0 +1,84 @@
+#pragma once
+// The internal operators behind the public ones, for custom autograd, tests and tools. They are
+// not a stable API: their arguments and outputs follow what the kernels need and may change
+// with any release. Most callers want multi_head_self_attention (<mhsa/ops.h>).
+//
+//   mhsa::_mha_forward          what mhsa::multi_head_self_attention calls after canonicalizing
+//   mhsa::_mha_backward         its gradients (the Autograd kernel of _mha_forward calls it)
+//   mhsa::_mha_packed_forward   the same pair for multi_head_self_attention_packed
+//   mhsa::_mha_packed_backward
+//
+// The leading underscore follows PyTorch's naming of its own internal attention ops
+// (aten::_scaled_dot_product_flash_attention). TorchScript models saved before the rename
+// (when these were mhsa::mha_forward, ...) keep loading: the old names stay registered as
+// deprecated aliases that warn once and forward to the new ops (csrc/deprecated_ops.cpp).
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Export.h>
+
+#include <mhsa/ops.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+namespace mhsa::internal {
+
+// The arguments _mha_forward and _mha_backward share: how the heads are laid out, which keys
+// each query may see, and dropout. The CPU, Meta and Autograd kernels take this one bundle (the
+// schema-shaped parameter lists exist only at the dispatcher boundary, csrc/mha_op_entry.h), so
+// adding an argument touches the schema, this struct, that boundary and the code that uses it.
+struct AttentionOptions {
+  int64_t num_heads = 1;
+  bool batch_first = false;
+  std::optional<at::Tensor> attn_mask;         // bool or float, (L, L) or (N*H, L, L)
+  std::optional<at::Tensor> key_padding_mask;  // bool or float, (N, L)
+  bool is_causal = false;
+  double dropout_p = 0.0;
+  // need_weights with average_attn_weights: weights averaged over heads, (N, L, L); without it
+  // per head, (N, H, L, L). Backward needs it to read grad_attn_weights.
+  bool average_attn_weights = true;
+  std::array<int64_t, 2> window_size = kNoWindow;  // {left, right}, -1: unbounded
+};
+
+// (output, attn_weights, qkv, context, logsumexp, rng_state); see csrc/mhsa.cpp.
+using ForwardOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_x, grad_in_proj_weight, grad_in_proj_bias, grad_out_proj_weight, grad_out_proj_bias);
+// an entry whose output_mask is false is undefined.
+using BackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// mhsa::_mha_forward. x is (L, N, E), or (N, L, E) with batch_first.
+C10_EXPORT ForwardOutputs mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                      const std::optional<at::Tensor>& in_proj_bias,
+                                      const at::Tensor& out_proj_weight,
+                                      const std::optional<at::Tensor>& out_proj_bias,
+                                      const AttentionOptions& options, bool need_weights);
+
+// mhsa::_mha_backward, from what mha_forward returned.
+C10_EXPORT BackwardOutputs mha_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, const AttentionOptions& options, std::array<bool, 5> output_mask);
+
+// mhsa::_mha_packed_forward: (output, qkv, context, logsumexp, rng_state).
+C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mha_packed_forward(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                   const at::Tensor& in_proj_weight, const std::optional<at::Tensor>& in_proj_bias,
+                   const at::Tensor& out_proj_weight,
+                   const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                   std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left,
+                   int64_t window_right, double dropout_p);
+
+// mhsa::_mha_packed_backward.
+C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+mha_packed_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                    const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+                    const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                    const at::Tensor& context, const at::Tensor& logsumexp,
+                    const at::Tensor& rng_state, int64_t num_heads, bool is_causal,
+                    int64_t window_left, int64_t window_right, double dropout_p,
+                    std::array<bool, 5> output_mask);
+
+}  // namespace mhsa::internal
