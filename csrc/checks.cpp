@@ -5,6 +5,18 @@
 namespace mhsa {
 namespace {
 
+void check_mask_dtype(const char* op, const char* name, const at::Tensor& mask,
+                      const at::Tensor& x) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()), op,
+              ": only bool and floating types of ", name,
+              " are supported (bool: true = may not attend; float: added to the scores), got ",
+              mask.scalar_type());
+  TORCH_CHECK(mask.device() == x.device(), op, ": expected ", name, " on device ", x.device(),
+              ", got ", mask.device());
+}
+
+}  // namespace
+
 void check_same_device_dtype(const char* op, const char* name, const at::Tensor& t,
                              const at::Tensor& x) {
   TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on device ", x.device(),
@@ -18,18 +30,6 @@ void check_shape(const char* op, const char* name, const at::Tensor& t,
   TORCH_CHECK(t.sym_sizes() == expected, op, ": expected ", name, " of shape ", expected, ", got ",
               t.sym_sizes());
 }
-
-void check_mask_dtype(const char* op, const char* name, const at::Tensor& mask,
-                      const at::Tensor& x) {
-  TORCH_CHECK(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()), op,
-              ": only bool and floating types of ", name,
-              " are supported (bool: true = may not attend; float: added to the scores), got ",
-              mask.scalar_type());
-  TORCH_CHECK(mask.device() == x.device(), op, ": expected ", name, " on device ", x.device(),
-              ", got ", mask.device());
-}
-
-}  // namespace
 
 at::ScalarType logsumexp_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;

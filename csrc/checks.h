@@ -46,6 +46,13 @@ void check_mha_backward_inputs(const MhaSizes& s, const at::Tensor& grad_output,
                                const at::Tensor& context, const at::Tensor& logsumexp,
                                const at::Tensor& rng_state, bool average_attn_weights);
 
+// Shared by every op's checks (checks.cpp, packed_checks.cpp, decode_checks.cpp): `name` must be
+// on x's device with x's dtype; `name` must have exactly the `expected` shape.
+void check_same_device_dtype(const char* op, const char* name, const at::Tensor& t,
+                             const at::Tensor& x);
+void check_shape(const char* op, const char* name, const at::Tensor& t,
+                 c10::SymIntArrayRef expected);
+
 // dtype of the per-row log-sum-exp: float for float/bfloat16 inputs, double for double.
 at::ScalarType logsumexp_dtype(at::ScalarType input);
 

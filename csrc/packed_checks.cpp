@@ -6,24 +6,6 @@
 #include "checks.h"
 
 namespace mhsa {
-namespace {
-
-void check_same_device_dtype(const char* op, const char* name, const at::Tensor& t,
-                             const at::Tensor& x) {
-  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on device ", x.device(),
-              " (the device of x), got ", t.device());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " of dtype ",
-              x.scalar_type(), " (the dtype of x), got ", t.scalar_type());
-}
-
-void check_shape(const char* op, const char* name, const at::Tensor& t,
-                 c10::SymIntArrayRef expected) {
-  TORCH_CHECK(t.sym_sizes() == expected, op, ": expected ", name, " of shape ", expected, ", got ",
-              t.sym_sizes());
-}
-
-}  // namespace
-
 PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::Tensor& cu_seqlens,
                                 const at::Tensor& in_proj_weight,
                                 const std::optional<at::Tensor>& in_proj_bias,

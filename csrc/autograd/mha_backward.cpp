@@ -5,6 +5,7 @@
 
 #include <mhsa/internal_ops.h>
 
+#include "autograd/requested_gradients.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::autograd {
@@ -27,19 +28,11 @@ class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction
     auto [a, b, c, d, e] = internal::call_backward_op(grad_output, grad_attn_weights, x,
                                                       in_proj_weight, out_proj_weight, qkv, context,
                                                       logsumexp, rng_state, options, output_mask);
-    // A custom Function cannot return undefined tensors, so only the requested gradients
-    // (output_mask) are returned; mha_backward_autograd puts them back in place.
-    variable_list requested;
-    for (const at::Tensor& t : {a, b, c, d, e}) {
-      if (t.defined()) requested.push_back(t);
-    }
-    return requested;
+    return defined_gradients({a, b, c, d, e});  // put back in place by mha_backward_autograd
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(false,
-                "mhsa: double backward (the gradient of _mha_backward) is not supported; "
-                "multi-head self-attention in mhsa is differentiable once");
+    refuse_double_backward("_mha_backward");
   }
 };
 
@@ -51,16 +44,7 @@ internal::BackwardOutputs mha_backward_autograd(
   const variable_list requested =
       MhaBackwardFunction::apply(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight,
                                  qkv, context, logsumexp, rng_state, options, output_mask);
-  std::array<at::Tensor, 5> grads;
-  size_t next = 0;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    if (output_mask[i]) {
-      TORCH_INTERNAL_ASSERT(next < requested.size(), "_mha_backward returned too few gradients");
-      grads[i] = requested[next++];
-    }
-  }
-  TORCH_INTERNAL_ASSERT(next == requested.size(), "_mha_backward returned too many gradients");
-  return {grads[0], grads[1], grads[2], grads[3], grads[4]};
+  return place_gradients(requested, output_mask, "_mha_backward");
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 
 #include <mhsa/internal_ops.h>
 
+#include "autograd/requested_gradients.h"
+
 namespace mhsa::autograd {
 namespace {
 
@@ -82,19 +84,11 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
     auto [a, b, c, d, e] = mhsa::internal::mha_packed_backward(
         grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
         rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
-    // A custom Function cannot return undefined tensors: only the requested ones, put back in
-    // place by mha_packed_backward_autograd.
-    variable_list requested;
-    for (const at::Tensor& t : {a, b, c, d, e}) {
-      if (t.defined()) requested.push_back(t);
-    }
-    return requested;
+    return defined_gradients({a, b, c, d, e});  // put back by mha_packed_backward_autograd
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(false,
-                "mhsa: double backward (the gradient of mha_packed_backward) is not supported; "
-                "multi-head self-attention in mhsa is differentiable once");
+    refuse_double_backward("_mha_packed_backward");
   }
 };
 
@@ -119,18 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const variable_list requested = MhaPackedBackwardFunction::apply(
       grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
       rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
-  std::array<at::Tensor, 5> grads;
-  size_t next = 0;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    if (output_mask[i]) {
-      TORCH_INTERNAL_ASSERT(next < requested.size(),
-                            "mha_packed_backward returned too few gradients");
-      grads[i] = requested[next++];
-    }
-  }
-  TORCH_INTERNAL_ASSERT(next == requested.size(),
-                        "mha_packed_backward returned too many gradients");
-  return {grads[0], grads[1], grads[2], grads[3], grads[4]};
+  return place_gradients(requested, output_mask, "_mha_packed_backward");
 }
 
 }  // namespace

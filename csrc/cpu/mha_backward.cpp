@@ -18,6 +18,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/mask_storage.h"
+#include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 #include "mha_op_entry.h"
@@ -96,22 +97,17 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
 
   const at::Tensor grad_out2d = grad_output.contiguous().view({-1, E});
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
-  // The saved context is unscaled under dropout (see mha_forward_cpu): output = s C W^T + b.
-  const double context_scale =
-      o.dropout_p > 0.0 ? DropoutParams{true, o.dropout_p, 0}.keep_scale() : 1.0;
   const auto dtype = x.scalar_type();
-  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  if (output_mask[3])
-    grad_out_w =
-        projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
-  if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
-  if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
-    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
-  }
+  // The saved context is unscaled under dropout (see mha_forward_cpu).
+  // Named copies, not a structured binding: the dispatch lambda below captures them.
+  const OutputProjectionGrads out_grads = output_projection_backward(
+      grad_out2d, ctx2d, out_proj_weight, o.dropout_p, output_mask, dtype);
+  const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
+  const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
+  const at::Tensor grad_ctx = out_grads.grad_context;
+  at::Tensor grad_x, grad_in_w, grad_in_b;
+  if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 
-  // dC = s dOut W_out, [rows, E], contiguous
-  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false,
-                                              context_scale, std::nullopt, dtype);
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(x.scalar_type());

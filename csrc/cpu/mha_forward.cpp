@@ -17,6 +17,7 @@
 #include "checks.h"
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
+#include "cpu/dropout_seed.h"
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
@@ -24,13 +25,6 @@
 
 namespace mhsa::cpu {
 namespace {
-
-uint64_t draw_dropout_seed() {
-  // Seeded from torch's default CPU generator, so torch.manual_seed reproduces a run.
-  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  return gen->random64();
-}
 
 // The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype whose
 // values a float32 computation stands in for (see mha_forward_cpu): qkv is rounded to it right

@@ -26,19 +26,14 @@
 #include "checks.h"
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
+#include "cpu/dropout_seed.h"
+#include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 #include "packed_checks.h"
 
 namespace mhsa::cpu {
 namespace {
-
-uint64_t draw_dropout_seed() {
-  // Seeded from torch's default CPU generator, so torch.manual_seed reproduces a run.
-  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  return gen->random64();
-}
 
 // The Philox key of sequence b: the kernels number dropout elements (n, h, i, j) within one
 // call, and every sequence here is batch entry n = 0 of its own call, so each sequence gets its
@@ -313,21 +308,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const auto dtype = x.scalar_type();
   const at::Tensor grad_out2d = grad_output.contiguous();
   const at::Tensor ctx2d = context.contiguous();
-  // The saved context is unscaled under dropout: output = s C W^T + b.
-  const double context_scale =
-      dropout_p > 0.0 ? DropoutParams{true, dropout_p, 0}.keep_scale() : 1.0;
-  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  // The parameter gradients are sums over sequences: one GEMM over all T rows each.
-  if (output_mask[3])
-    grad_out_w =
-        projection_gemm(grad_out2d, true, ctx2d, false, context_scale, std::nullopt, dtype);
-  if (output_mask[4]) grad_out_b = column_sums(grad_out2d, dtype);
-  if (!(output_mask[0] || output_mask[1] || output_mask[2])) {
-    return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
-  }
+  // The parameter gradients are sums over sequences: one GEMM over all T rows each. The saved
+  // context is unscaled under dropout.
+  // Named copies, not a structured binding: the dispatch lambda below captures them.
+  const OutputProjectionGrads out_grads =
+      output_projection_backward(grad_out2d, ctx2d, out_proj_weight, dropout_p, output_mask, dtype);
+  const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
+  const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
+  const at::Tensor grad_ctx = out_grads.grad_context;
+  at::Tensor grad_x, grad_in_w, grad_in_b;
+  if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 
-  const at::Tensor grad_ctx = projection_gemm(grad_out2d, false, out_proj_weight, false,
-                                              context_scale, std::nullopt, dtype);
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
   const auto acc_type = logsumexp_dtype(dtype);
