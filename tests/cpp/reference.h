@@ -169,15 +169,24 @@ inline std::string error_message(const std::function<void()>& f) {
   return "<no exception>";
 }
 
+inline void expect_error(const std::function<void()>& f,
+                         std::initializer_list<const char*> mentions, const char* statement) {
+  const std::string message = error_message(f);
+  const bool threw_c10_error =
+      message != "<no exception>" && message.rfind("<not a c10::Error", 0) == std::string::npos;
+  EXPECT_TRUE(threw_c10_error) << "expected `" << statement << "` to throw a c10::Error, got "
+                               << message;
+  for (const char* mention : mentions) {
+    EXPECT_NE(message.find(mention), std::string::npos)
+        << "expected the error of `" << statement << "` to contain \"" << mention
+        << "\", got: " << message;
+  }
+}
+
 }  // namespace mhsa_test
 
-// Expects statement to throw c10::Error whose message contains every given substring.
-#define EXPECT_ERROR_WITH(statement, ...)                                                 \
-  do {                                                                                    \
-    const std::string mhsa_msg_ = ::mhsa_test::error_message([&] { (void)(statement); }); \
-    for (const char* mhsa_sub_ : {__VA_ARGS__}) {                                         \
-      EXPECT_NE(mhsa_msg_.find(mhsa_sub_), std::string::npos)                             \
-          << "expected the error of `" #statement "` to contain \"" << mhsa_sub_          \
-          << "\", got: " << mhsa_msg_;                                                    \
-    }                                                                                     \
-  } while (0)
+// Expects statement to throw a c10::Error (never no exception, nor another exception type, nor
+// a crash) whose message contains every given substring (none: any c10::Error). The one
+// assertion of the bad-input suite (test_bad_inputs.cpp).
+#define EXPECT_ERROR_WITH(statement, ...) \
+  ::mhsa_test::expect_error([&] { (void)(statement); }, {__VA_ARGS__}, #statement)

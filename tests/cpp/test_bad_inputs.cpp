@@ -1,7 +1,8 @@
-// Errors are exceptions: every bad input to each of the three ops (the public
-// multi_head_self_attention, mha_forward and mha_backward) throws c10::Error, never aborts,
-// asserts or crashes, in release and in sanitizer builds. test_errors.cpp checks the messages
-// of the common mistakes; this file goes through the inputs one by one, including the absurd.
+// The C++ bad-input suite. Errors are exceptions: every bad input to each of the three ops (the
+// public multi_head_self_attention, _mha_forward and _mha_backward) throws c10::Error, never
+// aborts, asserts or crashes, in release and in sanitizer builds, and for the common mistakes
+// the message names the argument and what was expected. One assertion throughout:
+// EXPECT_ERROR_WITH / expect_error (reference.h). The inputs go one by one, including the absurd.
 #include <torch/autograd.h>
 
 #include <mhsa/internal_ops.h>
@@ -19,21 +20,6 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// Expects `statement` to throw a c10::Error (a subclass is fine); anything else fails.
-#define EXPECT_C10_ERROR(statement)                                             \
-  do {                                                                          \
-    bool mhsa_caught_ = false;                                                  \
-    try {                                                                       \
-      (void)(statement);                                                        \
-    } catch (const c10::Error&) {                                               \
-      mhsa_caught_ = true;                                                      \
-    } catch (const std::exception& e) {                                         \
-      ADD_FAILURE() << "`" #statement "` threw a non-c10::Error: " << e.what(); \
-      mhsa_caught_ = true;                                                      \
-    }                                                                           \
-    if (!mhsa_caught_) ADD_FAILURE() << "`" #statement "` did not throw";       \
-  } while (0)
 
 // Valid inputs: (L, N, E) = (5, 2, 8), 2 heads. Each test breaks one argument at a time.
 struct Inputs {
@@ -72,14 +58,15 @@ struct Inputs {
   }
 };
 
-// Each bad variant goes through the public op and through mha_forward.
+// Each bad variant goes through the public op and through _mha_forward; both errors must
+// mention each of `mentions` (the argument's name, what was expected).
 template <typename Break>
-void expect_both_throw(Break breaker) {
+void expect_both_throw(Break breaker, std::initializer_list<const char*> mentions = {}) {
   Inputs in;
   breaker(in);
-  EXPECT_C10_ERROR(in.call());
+  ::mhsa_test::expect_error([&] { in.call(); }, mentions, "multi_head_self_attention");
   if (in.x.defined() && in.x.dim() == 2) return;  // 2-D is valid for the public op only
-  EXPECT_C10_ERROR(in.forward());
+  ::mhsa_test::expect_error([&] { in.forward(); }, mentions, "_mha_forward");
 }
 
 TEST(BadInputs, ValidInputsWork) {
@@ -106,7 +93,7 @@ TEST(BadInputs, QueryRank) {
   // 2-D is unbatched for the public op, but mha_forward takes 3-D only.
   Inputs in;
   in.x = at::randn({5, 8});
-  EXPECT_C10_ERROR(in.forward());
+  EXPECT_ERROR_WITH(in.forward());
 }
 
 TEST(BadInputs, QueryDtype) {
@@ -183,7 +170,7 @@ TEST(BadInputs, InProjBiasOfAnotherFloatingDtypeIsCastLikeNn) {
     ASSERT_NO_THROW(out = std::get<0>(in.call()));
     EXPECT_EQ(out.scalar_type(), at::kFloat);
     EXPECT_TRUE(at::equal(out, std::get<0>(same.call())));
-    EXPECT_C10_ERROR(in.forward());
+    EXPECT_ERROR_WITH(in.forward());
   }
 }
 
@@ -245,13 +232,13 @@ TEST(BadInputs, UnbatchedMasks) {
     Inputs in;
     in.x = at::randn({5, 8});
     in.kpm = at::zeros(shape, at::kBool);
-    EXPECT_C10_ERROR(in.call());
+    EXPECT_ERROR_WITH(in.call());
   }
   for (auto shape : {std::vector<int64_t>{1, 5, 5}, {4, 5, 5}, {5}, {2, 1, 5, 5}}) {
     Inputs in;
     in.x = at::randn({5, 8});
     in.attn_mask = at::zeros(shape, at::kBool);
-    EXPECT_C10_ERROR(in.call());
+    EXPECT_ERROR_WITH(in.call());
   }
 }
 
@@ -266,7 +253,7 @@ TEST(BadInputs, AllocationTooLargeIsAnError) {
   in.x = at::zeros({1 << 20, 1, 8});
   in.need_weights = true;
   in.average = true;
-  EXPECT_C10_ERROR(in.call());
+  EXPECT_ERROR_WITH(in.call());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -296,7 +283,7 @@ template <typename Break>
 void expect_backward_throws(Break breaker) {
   BackwardInputs in;
   breaker(in);
-  EXPECT_C10_ERROR(in.call());
+  EXPECT_ERROR_WITH(in.call());
 }
 
 TEST(BadInputs, BackwardValidInputsWork) {
@@ -355,7 +342,7 @@ TEST(BadInputs, ErrorsLeaveTheLibraryUsable) {
   // After all the errors above (and more here), a valid call still gives the right answer.
   Inputs bad;
   bad.heads = 3;
-  for (int i = 0; i < 10; ++i) EXPECT_C10_ERROR(bad.call());
+  for (int i = 0; i < 10; ++i) EXPECT_ERROR_WITH(bad.call());
   at::manual_seed(3);
   Args a = make_args({6, 2, 8}, 2, at::kDouble, true, false);
   auto [out, w] = mhsa::multi_head_self_attention(a.query, a.in_proj_weight, a.in_proj_bias,
@@ -363,6 +350,122 @@ TEST(BadInputs, ErrorsLeaveTheLibraryUsable) {
   auto [ref_out, ref_w] = reference_mhsa(a);
   EXPECT_TRUE(all_close(out, ref_out, tolerance(at::kDouble)));
   EXPECT_TRUE(all_close(w, ref_w, tolerance(at::kDouble)));
+}
+
+// The common mistakes: the message names the argument and says what was expected.
+
+TEST(BadInputs, MessagesNameTheQuery) {
+  Inputs in;
+  in.x = at::randn({1, 5, 2, 8});
+  EXPECT_ERROR_WITH(in.call(), "query", "4-D");
+  in.x = at::randn({8});
+  EXPECT_ERROR_WITH(in.call(), "query", "1-D");
+  expect_both_throw([](Inputs& in) { in.x = at::ones({5, 2, 8}, at::kLong); }, {"dtype"});
+}
+
+TEST(BadInputs, MessagesNameTheParameter) {
+  // The query's E (6) does not match the parameters (E = 8).
+  expect_both_throw([](Inputs& in) { in.x = at::randn({5, 2, 6}); }, {"in_proj_weight", "shape"});
+  expect_both_throw([](Inputs& in) { in.w_in = at::randn({24, 9}); }, {"in_proj_weight", "shape"});
+  expect_both_throw([](Inputs& in) { in.b_in = at::randn({8}); }, {"in_proj_bias", "shape"});
+  expect_both_throw([](Inputs& in) { in.w_out = at::randn({8, 7}); }, {"out_proj_weight", "shape"});
+  expect_both_throw([](Inputs& in) { in.b_out = at::randn({24}); }, {"out_proj_bias", "shape"});
+  expect_both_throw([](Inputs& in) { in.w_in = in.w_in.to(at::kDouble); },
+                    {"in_proj_weight", "dtype", "Double"});
+  expect_both_throw([](Inputs& in) { in.b_out = in.b_out->to(at::kDouble); },
+                    {"out_proj_bias", "dtype"});
+}
+
+TEST(BadInputs, MessagesNameTheScalarArgument) {
+  expect_both_throw([](Inputs& in) { in.heads = 3; }, {"num_heads", "divisible", "8"});
+  expect_both_throw([](Inputs& in) { in.heads = 0; }, {"num_heads"});
+  expect_both_throw([](Inputs& in) { in.heads = -2; }, {"num_heads"});
+  expect_both_throw([](Inputs& in) { in.dropout_p = 1.5; }, {"dropout_p"});
+  expect_both_throw([](Inputs& in) { in.dropout_p = -0.1; }, {"dropout_p"});
+}
+
+TEST(BadInputs, MessagesNameTheMask) {
+  expect_both_throw(
+      [](Inputs& in) {
+        in.attn_mask = at::zeros({5, 4}, at::kBool);
+      },
+      {"attn_mask", "shape"});
+  // 3-D masks are (N * num_heads, L, L) = (4, 5, 5).
+  expect_both_throw(
+      [](Inputs& in) {
+        in.attn_mask = at::zeros({2, 5, 5});
+      },
+      {"attn_mask", "shape"});
+  expect_both_throw(
+      [](Inputs& in) {
+        in.attn_mask = at::zeros({2, 2, 5, 5});
+      },
+      {"attn_mask", "4-D"});
+  expect_both_throw([](Inputs& in) { in.attn_mask = at::zeros({5}); }, {"attn_mask"});
+  expect_both_throw(
+      [](Inputs& in) {
+        in.attn_mask = at::zeros({5, 5}, at::kInt);
+      },
+      {"attn_mask", "Int"});
+  expect_both_throw(
+      [](Inputs& in) {
+        in.attn_mask = at::zeros({5, 5}).requires_grad_(true);
+      },
+      {"attn_mask", "detach"});
+  expect_both_throw(
+      [](Inputs& in) {
+        in.kpm = at::zeros({5, 2}, at::kBool);
+      },
+      {"key_padding_mask", "shape"});
+  // batch_first does not change the (N, L) shape of key_padding_mask.
+  expect_both_throw(
+      [](Inputs& in) {
+        in.x = in.x.transpose(0, 1);
+        in.batch_first = true;
+        in.kpm = at::zeros({5, 2}, at::kBool);
+      },
+      {"key_padding_mask", "shape"});
+  expect_both_throw(
+      [](Inputs& in) {
+        in.kpm = at::zeros({2, 5}, at::kLong);
+      },
+      {"key_padding_mask", "Long"});
+}
+
+TEST(BadInputs, MessagesOfUnbatchedMasks) {
+  Inputs in;
+  in.x = in.x.select(1, 0);
+  in.kpm = at::zeros({1, 5}, at::kBool);
+  EXPECT_ERROR_WITH(in.call(), "key_padding_mask");
+  // Unbatched: a 3-D mask is (num_heads, L, L).
+  in.kpm.reset();
+  in.attn_mask = at::zeros({2, 5, 5});
+  EXPECT_NO_THROW(in.call());
+  in.attn_mask = at::zeros({4, 5, 5});
+  EXPECT_ERROR_WITH(in.call(), "attn_mask");
+}
+
+TEST(BadInputs, DoubleBackwardIsRefused) {
+  Inputs in;
+  const at::Tensor q = in.x.clone().requires_grad_(true);
+  in.x = q;
+  for (auto* t : {&in.w_in, &in.w_out}) t->requires_grad_(true);
+  in.b_in->requires_grad_(true);
+  in.b_out->requires_grad_(true);
+  auto [out, w] = in.call();
+  const auto grads =
+      torch::autograd::grad({out.pow(2).sum()}, {q, in.w_in, *in.b_in, in.w_out, *in.b_out}, {},
+                            /*retain_graph=*/true, /*create_graph=*/true);
+  ASSERT_TRUE(grads[0].requires_grad());
+  EXPECT_ERROR_WITH(torch::autograd::grad({grads[0].sum()}, {q}), "double backward");
+}
+
+TEST(BadInputs, ErrorsAreStandardExceptions) {
+  // c10::Error derives from std::exception, for callers that only know the standard library.
+  Inputs in;
+  in.heads = 3;
+  EXPECT_THROW(in.call(), c10::Error);
+  EXPECT_THROW(in.call(), std::exception);
 }
 
 }  // namespace

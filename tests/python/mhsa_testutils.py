@@ -1,16 +1,26 @@
 """Shared helpers of the mhsa pytest suite (imported by conftest.py and the test files).
 
-Everything here builds inputs and runs the reference, torch.nn.MultiheadAttention, side by side
-with mhsa; the assertions live in the test files.
+Everything here builds inputs and runs the references side by side with mhsa; the assertions
+live in the test files. There are two references, one idea each:
+
+- torch.nn.MultiheadAttention (`make_pair`, `run_case`): the definition of correct wherever it
+  can express the case;
+- `reference_attention`: mhsa's documented semantics as an explicit formula in plain autograd
+  ops, for what nn.MultiheadAttention cannot express (a query that sees no key gets zero
+  weights and a zero attention output instead of NaN, sliding windows, a subset of query rows of
+  a sequence too long for an L x L matrix). Run it in float64. tests/cpp/reference.h is the
+  same formula for the C++ suite.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mhsa
@@ -383,3 +393,79 @@ PARITY_CASES: List[Case] = [
     Case(L=800, N=1, E=8, H=2, batch_first=True, is_causal=True, average=False),
     Case(L=1030, N=1, E=8, H=1, kpm="float", is_causal=True, need_weights=False),
 ]
+
+
+def band_blocked(L: int, window: Tuple[int, int]) -> Tensor:
+    """(L, L) bool, True where the sliding window (left, right) hides key j from query i."""
+    i = torch.arange(L).unsqueeze(1)
+    j = torch.arange(L).unsqueeze(0)
+    blocked = torch.zeros(L, L, dtype=torch.bool)
+    if window[0] >= 0:
+        blocked |= j < i - window[0]
+    if window[1] >= 0:
+        blocked |= j > i + window[1]
+    return blocked
+
+
+def reference_attention(
+    x: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Optional[Tensor],
+    out_proj_weight: Tensor,
+    out_proj_bias: Optional[Tensor],
+    num_heads: int,
+    *,
+    batch_first: bool = False,
+    attn_mask: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    is_causal: bool = False,
+    window: Tuple[int, int] = (-1, -1),
+    average_attn_weights: bool = True,
+    rows: Optional[List[int]] = None,
+) -> Tuple[Tensor, Tensor]:
+    """mhsa's semantics in plain autograd ops, in x's dtype (give it float64).
+
+    x is (L, N, E), (N, L, E) with batch_first, or (L, E) unbatched; masks as in
+    nn.MultiheadAttention (bool: True = may not attend; float: added to the scores), combined
+    with is_causal and the sliding window. A query row that sees no key gets zero weights and a
+    zero attention output. `rows` restricts the queries to those positions (all keys are still
+    seen): the output is then (R, N, E) whatever batch_first ((R, E) unbatched) and the weights
+    (N, [H,] R, L), so a few rows of a very long sequence can be checked without an L x L matrix.
+    Returns (output, weights), the weights averaged over heads if average_attn_weights.
+    """
+    unbatched = x.dim() == 2
+    xx = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if batch_first else x)
+    L, N, E = xx.shape
+    H = num_heads
+    D = E // H
+    query_rows = torch.arange(L) if rows is None else torch.tensor(rows, dtype=torch.long)
+    R = len(query_rows)
+    qkv = F.linear(xx, in_proj_weight, in_proj_bias)
+    q, k, v = qkv[query_rows, :, :E], qkv[..., E : 2 * E], qkv[..., 2 * E :]
+
+    def heads(t: Tensor) -> Tensor:  # (rows, N, E) -> (N * H, rows, D)
+        return t.reshape(t.shape[0], N * H, D).transpose(0, 1)
+
+    scores = torch.bmm(heads(q), heads(k).transpose(1, 2)) / math.sqrt(D)  # (N*H, R, L)
+    if attn_mask is not None:
+        m = attn_mask[..., query_rows, :]
+        scores = scores.masked_fill(m, -math.inf) if m.dtype == torch.bool else scores + m
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.reshape(N, 1, 1, L).expand(N, H, 1, L).reshape(N * H, 1, L)
+        scores = scores.masked_fill(kpm, -math.inf) if kpm.dtype == torch.bool else scores + kpm
+    blocked = band_blocked(L, window)[query_rows]
+    if is_causal:
+        blocked |= torch.arange(L).unsqueeze(0) > query_rows.unsqueeze(1)
+    scores = scores.masked_fill(blocked, -math.inf)
+    empty = torch.isneginf(scores).all(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+    ctx = torch.bmm(probs, heads(v)).transpose(0, 1).reshape(R, N, E)
+    out = F.linear(ctx, out_proj_weight, out_proj_bias)
+    weights = probs.view(N, H, R, L)
+    if average_attn_weights:
+        weights = weights.mean(1)
+    if unbatched:
+        return out.squeeze(1), weights.squeeze(0)
+    if batch_first and rows is None:
+        out = out.transpose(0, 1)
+    return out, weights

@@ -61,6 +61,7 @@ import json, math, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 import mhsa
+from mhsa_testutils import reference_attention
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -73,27 +74,15 @@ def reset_peak():
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
         f.write("5")
 
-def reference_rows(x2d, w_in, b_in, w_out, b_out, H, rows, mask_fn):
-    # Weights (per head) and output of the given query rows, in float64, from the same
-    # float32 qkv the op computes (one addmm, the same call as the op's).
-    E = x2d.shape[1]; D = E // H
-    qkv = torch.addmm(b_in, x2d, w_in.t()).double()
-    q, k, v = qkv[:, :E], qkv[:, E:2 * E], qkv[:, 2 * E:]
-    weights, outputs = {}, {}
-    for i in rows:
-        ctx = []
-        for h in range(H):
-            s = (k[:, h * D:(h + 1) * D] @ q[i, h * D:(h + 1) * D]) / math.sqrt(D)
-            s = s.masked_fill(mask_fn(h, i), -math.inf)
-            p = torch.softmax(s, 0)
-            weights[(h, i)] = p
-            ctx.append(p @ v[:, h * D:(h + 1) * D])
-        outputs[i] = torch.cat(ctx) @ w_out.double().t() + b_out.double()
-    return weights, outputs
+def reference_rows(x2d, w_in, b_in, w_out, b_out, H, rows, attn_mask=None):
+    # Per-head weights {(h, i): row} and outputs {i: row} of the given causal query rows, in
+    # float64, from the suite's one formula reference (mhsa_testutils.reference_attention).
+    out, w = reference_attention(
+        x2d.double(), w_in.double(), b_in.double(), w_out.double(), b_out.double(), H,
+        attn_mask=attn_mask, is_causal=True, average_attn_weights=False, rows=rows)
+    weights = {(h, i): w[h, r] for r, i in enumerate(rows) for h in range(H)}
+    return weights, {i: out[r] for r, i in enumerate(rows)}
 
-def causal(L):
-    j = torch.arange(L)
-    return lambda h, i: j > i
 """
 
 
@@ -116,7 +105,7 @@ with torch.no_grad():
 seconds = time.time() - t0
 assert w.shape == (N, H, L, L) and w.numel() > 2**31
 rows = [0, 1, 4097, L // 2, L - 2, L - 1]
-ref_w, ref_out = reference_rows(x[0], w_in, b_in, w_out, b_out, H, rows, causal(L))
+ref_w, ref_out = reference_rows(x[0], w_in, b_in, w_out, b_out, H, rows)
 worst_w = worst_out = 0.0
 for (h, i), p in ref_w.items():
     if h not in (0, H - 1) and i != L - 1:
@@ -160,14 +149,10 @@ with torch.no_grad():
     out, _ = torch.ops.mhsa.multi_head_self_attention(
         x, w_in, b_in, w_out, b_out, H, 0.0, False, True, None, False, mask, True, True)
 seconds = time.time() - t0
-c = causal(L)
-def mask_fn(h, i):
-    m = c(h, i)
-    return m | special[i] if (h == H - 1 and i in special) else m
 rows = list(special) + [L - 3, 100]
-_, ref_out = reference_rows(x[0], w_in, b_in, w_out, b_out, H, rows, mask_fn)
+_, ref_out = reference_rows(x[0], w_in, b_in, w_out, b_out, H, rows, attn_mask=mask)
 # and the same rows if the mask were ignored: the test must be able to tell
-_, unmasked = reference_rows(x[0], w_in, b_in, w_out, b_out, H, list(special), c)
+_, unmasked = reference_rows(x[0], w_in, b_in, w_out, b_out, H, list(special))
 worst = max((out[0, i].double() - o).abs().max().item() for i, o in ref_out.items())
 separation = min((unmasked[i] - ref_out[i]).abs().max().item() for i in special)
 print(json.dumps({"seconds": seconds, "numel": mask.numel(), "worst_output": worst,
@@ -199,7 +184,7 @@ assert w is None and torch.isfinite(x.grad).all() and torch.isfinite(mod.in_proj
 # spot check: the last query row against the reference for that row (forward)
 with torch.no_grad():
     _, ref_out = reference_rows(x[0].detach(), mod.in_proj_weight, mod.in_proj_bias,
-                                mod.out_proj.weight, mod.out_proj.bias, H, [L - 1, 5000], causal(L))
+                                mod.out_proj.weight, mod.out_proj.bias, H, [L - 1, 5000])
     worst = max((out[0, i].double() - o).abs().max().item() for i, o in ref_out.items())
 print(json.dumps({"seconds": seconds, "peak_increase": peak - rss0, "rss_before": rss0,
                   "worst_output": worst, "lxl_float_bytes": L * L * 4}))
@@ -232,7 +217,7 @@ def test_long_sequence_memory_is_linear_in_length():
     r = _run(_LONG_SEQUENCE)
     print(r)
     # O(L * E) state: x, qkv, context and the gradients are 4-12 MB each at L = 16384, E = 64,
-    # the backward's dQ partial sums (8 chunks) 32 MB: about 100 MB in all. One L x L float
+    # about 100 MB in all. One L x L float
     # matrix would be 1 GiB, and nn.MultiheadAttention keeps one per head for backward.
     assert r["peak_increase"] < r["lxl_float_bytes"] / 4, r
     assert r["worst_output"] < 1e-4, r
