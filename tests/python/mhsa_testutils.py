@@ -14,6 +14,7 @@ live in the test files. There are two references, one idea each:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -27,26 +28,59 @@ import mhsa
 
 PARAM_NAMES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
 
-# Tolerances against nn.MultiheadAttention. atol is scaled by max(1, max|reference|) of the
-# compared tensor, because gradients of the shared weights are sums over N*L rows and grow with
-# them; rtol is not scaled.
+# The tolerance table: (rtol, atol) per dtype for comparing mhsa with a reference computed in the
+# same dtype, for outputs/weights ("out") and gradients ("grad"). Neither grows with the tensor:
+# atol is an absolute bound, whatever the largest entry.
+# - float64: both sides round at 1e-16; the gradients of the shared weights sum N*L rows of
+#   products, so a few hundred rows of entries up to ~50 stay below 1e-12 absolute. 1e-10 / 1e-7
+#   leave two orders of margin and still catch any float32 rounding inside the kernels.
+# - float32 (unit roundoff 6e-8): an output entry of magnitude ~1 carries ~1e-6 of rounding from
+#   the projections (sums over E) and the softmax (sums over L); gradients another order (sums
+#   over N*L rows in the weight gradients). These fit the fuzz test's small shapes; for larger
+#   shapes, where the weight gradients' cancellation exceeds a fixed atol, compare against
+#   float64 with `assert_as_exact_as_nn` instead.
 TOLERANCES = {
     torch.float64: {"out": (1e-7, 1e-10), "grad": (1e-7, 1e-10)},
     torch.float32: {"out": (1e-5, 1e-5), "grad": (1e-4, 2e-5)},
 }
 
+# The float32 rule against float64 (the rule of PyTorch's own attention tests, which derive
+# atol from the low-precision reference's deviation): mhsa's largest error against
+# nn.MultiheadAttention in float64 may be at most NN_ERROR_FACTOR times nn's own largest
+# float32 error on the same tensor; entries nn gets more exactly than that must still be within
+# FLOAT32_RTOL of the float64 value. So mhsa is never allowed to be much less exact than the
+# module it replaces, at any scale. Measured over the parity grid on AMD Zen 4 (2026-12): worst
+# ratio 4.2, for the out_proj.bias gradient (mhsa sums the N*L rows in a fixed blocked order so
+# that the bits do not depend on the thread count; nn's at::sum adds pairwise); 1.9-3.5 for the
+# rest. 8 leaves room for another CPU's BLAS on nn's side.
+NN_ERROR_FACTOR = 8.0
+FLOAT32_RTOL = 1e-5
 
-def tolerance(dtype: torch.dtype, kind: str, reference: Tensor) -> Dict[str, float]:
+
+def tolerance(dtype: torch.dtype, kind: str) -> Dict[str, float]:
     rtol, atol = TOLERANCES[dtype][kind]
-    scale = max(1.0, reference.detach().abs().max().item()) if reference.numel() else 1.0
-    return {"rtol": rtol, "atol": atol * scale}
+    return {"rtol": rtol, "atol": atol}
 
 
 def assert_close(
     actual: Tensor, expected: Tensor, dtype: torch.dtype, kind: str, what: str
 ) -> None:
+    """mhsa against a reference in the same dtype, with the table's tolerances."""
     torch.testing.assert_close(
-        actual, expected, **tolerance(dtype, kind, expected), msg=lambda m: f"{what}: {m}"
+        actual, expected, **tolerance(dtype, kind), msg=lambda m: f"{what}: {m}"
+    )
+
+
+def assert_as_exact_as_nn(actual: Tensor, nn_same_dtype: Tensor, nn_float64: Tensor, what: str):
+    """mhsa (float32) against nn in float64, within NN_ERROR_FACTOR x nn's own float32 error."""
+    reference = nn_float64.detach().double()
+    nn_error = (nn_same_dtype.detach().double() - reference).abs().max().item()
+    torch.testing.assert_close(
+        actual.detach().double(),
+        reference,
+        rtol=FLOAT32_RTOL,
+        atol=NN_ERROR_FACTOR * nn_error,
+        msg=lambda m: f"{what}: {m} (nn.MultiheadAttention's own float32 error: {nn_error:.2e})",
     )
 
 
@@ -189,6 +223,8 @@ class Run:
     output: Tensor
     weights: Optional[Tensor]
     grads: Dict[str, Tensor]  # "input" and the four parameter names
+    # For a float32 run of nn.MultiheadAttention: the same run in float64 (run_case).
+    float64: Optional["Run"] = None
 
 
 def _loss_and_grads(
@@ -293,6 +329,21 @@ def run_case(case: Case, dtype: torch.dtype) -> Tuple[Run, Run]:
         r2 = torch.randn(wshape, generator=g, dtype=torch.float64).to(dtype)
     expected = run_reference(ref, x, case, dtype, r1, r2, masks=masks)
     actual = run_mhsa(mod, x, case, r1, r2, masks=masks)
+    if dtype != torch.float64:
+        # nn.MultiheadAttention in float64 on the same (exactly converted) weights, input, masks
+        # and loss: the reference assert_parity measures both float32 runs against.
+        ref64 = copy.deepcopy(ref).double()
+        masks64 = tuple(m.double() if m is not None and m.is_floating_point() else m for m in masks)
+        x64 = x.detach().double().requires_grad_(x.requires_grad)
+        expected.float64 = run_reference(
+            ref64,
+            x64,
+            case,
+            torch.float64,
+            r1.double(),
+            None if r2 is None else r2.double(),
+            masks=masks64,
+        )
     return expected, actual
 
 
@@ -313,18 +364,28 @@ def max_errors(expected: Run, actual: Run) -> Dict[str, Tuple[float, float]]:
 
 
 def assert_parity(expected: Run, actual: Run, dtype: torch.dtype) -> None:
+    """mhsa's run against nn.MultiheadAttention's: float64 with the tolerance table, float32
+    against nn in float64 with the as-exact-as-nn rule (see NN_ERROR_FACTOR)."""
     assert actual.output.shape == expected.output.shape
     assert actual.output.dtype == expected.output.dtype
-    assert_close(actual.output, expected.output, dtype, "out", "attn_output")
+    pairs = [("attn_output", "out", actual.output, expected.output, "output")]
     if expected.weights is None:
         assert actual.weights is None
     else:
         assert actual.weights is not None
         assert actual.weights.shape == expected.weights.shape
-        assert_close(actual.weights, expected.weights, dtype, "out", "attn_weights")
+        pairs.append(("attn_weights", "out", actual.weights, expected.weights, "weights"))
     assert set(actual.grads) == set(expected.grads)
-    for name in expected.grads:
-        assert_close(actual.grads[name], expected.grads[name], dtype, "grad", f"grad of {name}")
+    pairs += [
+        (f"grad of {n}", "grad", actual.grads[n], expected.grads[n], n) for n in expected.grads
+    ]
+    exact = expected.float64
+    for what, kind, a, e, key in pairs:
+        if exact is None:
+            assert_close(a, e, dtype, kind, what)
+            continue
+        e64 = {"output": exact.output, "weights": exact.weights}.get(key)
+        assert_as_exact_as_nn(a, e, exact.grads[key] if e64 is None else e64, what)
 
 
 # The parity grid: representative rather than a Cartesian product. Lengths cross the kernels'
