@@ -21,6 +21,13 @@ def test_readme_has_python_snippets() -> None:
     assert len(BLOCKS) >= 2
 
 
+def test_readme_python_snippets_check_their_claims() -> None:
+    """Every block asserts (assert, torch.testing.assert_close) what its comments promise, so
+    running it tests it."""
+    silent = [i for i, block in enumerate(BLOCKS) if "assert" not in block]  # or assert_close
+    assert not silent, f"README python blocks without an assert: {silent}"
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_snippet_runs(index: int) -> None:
     """Each block runs as a user would run it: on its own, in a fresh interpreter (a block that
