@@ -95,16 +95,19 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
   const int64_t H = o.num_heads, D = E / H;
 
-  const at::Tensor grad_out2d = grad_output.contiguous().view({-1, E});
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
   const auto dtype = x.scalar_type();
-  // The saved context is unscaled under dropout (see mha_forward_cpu).
-  // Named copies, not a structured binding: the dispatch lambda below captures them.
-  const OutputProjectionGrads out_grads = output_projection_backward(
-      grad_out2d, ctx2d, out_proj_weight, o.dropout_p, output_mask, dtype);
+  // The saved context is unscaled under dropout (see mha_forward_cpu). Named tensors, not a
+  // structured binding: the dispatch lambda below captures them. The peak memory of backward
+  // is reached in the input projection below, so what is done with before then is released:
+  // grad_output's contiguous copy (when autograd hands over an expanded gradient) here, and
+  // grad_ctx after the attention kernels.
+  OutputProjectionGrads out_grads =
+      output_projection_backward(grad_output.contiguous().view({-1, E}), ctx2d, out_proj_weight,
+                                 o.dropout_p, output_mask, dtype);
   const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
   const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
-  const at::Tensor grad_ctx = out_grads.grad_context;
+  at::Tensor grad_ctx = std::move(out_grads.grad_context);
   at::Tensor grad_x, grad_in_w, grad_in_b;
   if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 
@@ -165,6 +168,8 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
     const double task_flops = 10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
     run_backward_tasks(kernels, a, tasks, task_flops);
   });
+  grad_ctx.reset();
+  dsum.reset();
 
   const at::Tensor x2d = x.contiguous().view({-1, E});
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);

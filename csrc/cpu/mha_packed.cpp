@@ -306,16 +306,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const int64_t H = num_heads, D = E / H;
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
   const auto dtype = x.scalar_type();
-  const at::Tensor grad_out2d = grad_output.contiguous();
   const at::Tensor ctx2d = context.contiguous();
   // The parameter gradients are sums over sequences: one GEMM over all T rows each. The saved
-  // context is unscaled under dropout.
-  // Named copies, not a structured binding: the dispatch lambda below captures them.
-  const OutputProjectionGrads out_grads =
-      output_projection_backward(grad_out2d, ctx2d, out_proj_weight, dropout_p, output_mask, dtype);
+  // context is unscaled under dropout. As in mha_backward_cpu, what is done with before the
+  // input projection (grad_output's contiguous copy, grad_ctx) is released before it.
+  OutputProjectionGrads out_grads = output_projection_backward(
+      grad_output.contiguous(), ctx2d, out_proj_weight, dropout_p, output_mask, dtype);
   const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
   const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
-  const at::Tensor grad_ctx = out_grads.grad_context;
+  at::Tensor grad_ctx = std::move(out_grads.grad_context);
   at::Tensor grad_x, grad_in_w, grad_in_b;
   if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 
@@ -373,6 +372,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     run_packed_backward_tasks(kernels, args, tasks, total_tasks > 0 ? flops / total_tasks : 0.0,
                               &abort);
   });
+  grad_ctx.reset();
+  dsum.reset();
 
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
   if (output_mask[0])
