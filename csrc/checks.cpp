@@ -31,6 +31,25 @@ void check_shape(const char* op, const char* name, const at::Tensor& t,
               t.sym_sizes());
 }
 
+void check_projection_parameters(const char* op, const at::Tensor& x, const c10::SymInt& E,
+                                 const at::Tensor& in_proj_weight,
+                                 const std::optional<at::Tensor>& in_proj_bias,
+                                 const at::Tensor& out_proj_weight,
+                                 const std::optional<at::Tensor>& out_proj_bias) {
+  check_same_device_dtype(op, "in_proj_weight", in_proj_weight, x);
+  check_shape(op, "in_proj_weight", in_proj_weight, {E * 3, E});
+  if (in_proj_bias.has_value() && in_proj_bias->defined()) {
+    check_same_device_dtype(op, "in_proj_bias", *in_proj_bias, x);
+    check_shape(op, "in_proj_bias", *in_proj_bias, {E * 3});
+  }
+  check_same_device_dtype(op, "out_proj_weight", out_proj_weight, x);
+  check_shape(op, "out_proj_weight", out_proj_weight, {E, E});
+  if (out_proj_bias.has_value() && out_proj_bias->defined()) {
+    check_same_device_dtype(op, "out_proj_bias", *out_proj_bias, x);
+    check_shape(op, "out_proj_bias", *out_proj_bias, {E});
+  }
+}
+
 at::ScalarType logsumexp_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -58,18 +77,8 @@ MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor&
               dropout_p);
 
   const c10::SymInt E = s.embed;
-  check_same_device_dtype(op, "in_proj_weight", in_proj_weight, x);
-  check_shape(op, "in_proj_weight", in_proj_weight, {E * 3, E});
-  if (in_proj_bias.has_value() && in_proj_bias->defined()) {
-    check_same_device_dtype(op, "in_proj_bias", *in_proj_bias, x);
-    check_shape(op, "in_proj_bias", *in_proj_bias, {E * 3});
-  }
-  check_same_device_dtype(op, "out_proj_weight", out_proj_weight, x);
-  check_shape(op, "out_proj_weight", out_proj_weight, {E, E});
-  if (out_proj_bias.has_value() && out_proj_bias->defined()) {
-    check_same_device_dtype(op, "out_proj_bias", *out_proj_bias, x);
-    check_shape(op, "out_proj_bias", *out_proj_bias, {E});
-  }
+  check_projection_parameters(op, x, E, in_proj_weight, in_proj_bias, out_proj_weight,
+                              out_proj_bias);
 
   if (attn_mask.has_value() && attn_mask->defined()) {
     const at::Tensor& m = *attn_mask;

@@ -53,6 +53,14 @@ void check_same_device_dtype(const char* op, const char* name, const at::Tensor&
 void check_shape(const char* op, const char* name, const at::Tensor& t,
                  c10::SymIntArrayRef expected);
 
+// The four projection parameters for embed_dim E: x's device and dtype, (3E, E), (3E), (E, E),
+// (E); an absent bias is fine.
+void check_projection_parameters(const char* op, const at::Tensor& x, const c10::SymInt& E,
+                                 const at::Tensor& in_proj_weight,
+                                 const std::optional<at::Tensor>& in_proj_bias,
+                                 const at::Tensor& out_proj_weight,
+                                 const std::optional<at::Tensor>& out_proj_bias);
+
 // dtype of the per-row log-sum-exp: float for float/bfloat16 inputs, double for double.
 at::ScalarType logsumexp_dtype(at::ScalarType input);
 

@@ -36,18 +36,8 @@ PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::T
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": expected dropout_p in [0, 1], got ",
               dropout_p);
   const c10::SymInt E = s.embed;
-  check_same_device_dtype(op, "in_proj_weight", in_proj_weight, x);
-  check_shape(op, "in_proj_weight", in_proj_weight, {E * 3, E});
-  if (in_proj_bias.has_value() && in_proj_bias->defined()) {
-    check_same_device_dtype(op, "in_proj_bias", *in_proj_bias, x);
-    check_shape(op, "in_proj_bias", *in_proj_bias, {E * 3});
-  }
-  check_same_device_dtype(op, "out_proj_weight", out_proj_weight, x);
-  check_shape(op, "out_proj_weight", out_proj_weight, {E, E});
-  if (out_proj_bias.has_value() && out_proj_bias->defined()) {
-    check_same_device_dtype(op, "out_proj_bias", *out_proj_bias, x);
-    check_shape(op, "out_proj_bias", *out_proj_bias, {E});
-  }
+  check_projection_parameters(op, x, E, in_proj_weight, in_proj_bias, out_proj_weight,
+                              out_proj_bias);
   return s;
 }
 

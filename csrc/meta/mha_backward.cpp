@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "meta/backward_result.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::meta {
@@ -18,13 +19,7 @@ internal::BackwardOutputs mha_backward_meta(
                                       out_proj_weight, std::nullopt, o);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, o.average_attn_weights);
-  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  if (output_mask[0]) grad_x = at::empty_symint(x.sym_sizes(), x.options());
-  if (output_mask[1]) grad_in_w = at::empty_symint(in_proj_weight.sym_sizes(), x.options());
-  if (output_mask[2]) grad_in_b = at::empty_symint({s.embed * 3}, x.options());
-  if (output_mask[3]) grad_out_w = at::empty_symint(out_proj_weight.sym_sizes(), x.options());
-  if (output_mask[4]) grad_out_b = at::empty_symint({s.embed}, x.options());
-  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+  return backward_result(x, in_proj_weight, out_proj_weight, s.embed, output_mask);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "meta/backward_result.h"
 #include "packed_checks.h"
 
 namespace mhsa::meta {
@@ -39,13 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
                                             std::nullopt, out_proj_weight, std::nullopt, num_heads,
                                             window_left, window_right, dropout_p);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
-  at::Tensor grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b;
-  if (output_mask[0]) grad_x = at::empty_symint(x.sym_sizes(), x.options());
-  if (output_mask[1]) grad_in_w = at::empty_symint(in_proj_weight.sym_sizes(), x.options());
-  if (output_mask[2]) grad_in_b = at::empty_symint({s.embed * 3}, x.options());
-  if (output_mask[3]) grad_out_w = at::empty_symint(out_proj_weight.sym_sizes(), x.options());
-  if (output_mask[4]) grad_out_b = at::empty_symint({s.embed}, x.options());
-  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+  return backward_result(x, in_proj_weight, out_proj_weight, s.embed, output_mask);
 }
 
 }  // namespace
