@@ -295,8 +295,9 @@ void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t thr
   for (int64_t t = thread; t < tasks; t += threads) {
     const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
     attention_backward_block(a, scratch, n, h, jb);
-    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) return;
+    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) break;
   }
+  tile_gemm_release();
 }
 
 }  // namespace

@@ -79,6 +79,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
           tile_gemm(transpose_a ? Trans::Yes : Trans::No, transpose_b ? Trans::Yes : Trans::No,
                     rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
         }
+        tile_gemm_release();
       });
     });
   }
