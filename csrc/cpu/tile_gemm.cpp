@@ -381,9 +381,68 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
   }
   finish_target(t, M, N, alpha, beta, C, ldc);
 }
+
+// B^T in the bfloat16 micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
+// (even), nb <= kBlockN columns.
+void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
+                          bool use_pack, c10::BFloat16* out, Scratch& s) {
+  if (use_pack) {
+    c10::BFloat16* plain = sized(s.plain16, K * nb);
+    for (int64_t c = 0; c < nb; ++c)
+      for (int64_t d = 0; d < K; ++d) plain[d * nb + c] = rows[c * ld + d];
+    cpublas::pack(K, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, out);
+  } else {
+    for (int64_t c = 0; c < nb; ++c) {
+      const c10::BFloat16* r = rows + c * ld;
+      for (int64_t d = 0; d < K; ++d) out[(d / 2) * 2 * nb + 2 * c + d % 2] = r[d];
+    }
+  }
+}
 #endif  // MHSA_USE_BRGEMM
 
 }  // namespace
+
+bool bf16_score_blocks_available(int64_t K) {
+#ifdef MHSA_USE_BRGEMM
+  // An even head dimension: Q is read in place, in VNNI pairs.
+  return support().bf16 && K > 0 && K % 2 == 0 && K <= kChunkK;
+#else
+  (void)K;
+  return false;
+#endif
+}
+
+void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L,
+                       int64_t K, float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                       float* S, int64_t lds) {
+#ifdef MHSA_USE_BRGEMM
+  TORCH_CHECK(bf16_score_blocks_available(K), "mhsa: bfloat16 score blocks are not available");
+  static_assert(kScoreBlock == kBlockN, "a score block's keys are one packed B block");
+  if (i1 <= i0 || j1 <= j0) return;
+  const bool use_pack = support().bf16_pack;
+  Scratch& s = scratch();
+  c10::BFloat16* packed = sized(s.b16, K * kScoreBlock);
+  float* block = sized(s.c, kScoreBlock * kScoreBlock);
+  for (int64_t kb = j0 / kScoreBlock * kScoreBlock; kb < j1; kb += kScoreBlock) {
+    const int64_t nb = L - kb < kScoreBlock ? L - kb : kScoreBlock;
+    pack_rows_as_columns(k + kb * ld, ld, nb, K, use_pack, packed, s);
+    const int64_t c0 = j0 > kb ? j0 : kb, c1 = j1 < kb + nb ? j1 : kb + nb;
+    for (int64_t qb = i0 / kScoreBlock * kScoreBlock; qb < i1; qb += kScoreBlock) {
+      const int64_t mb = L - qb < kScoreBlock ? L - qb : kScoreBlock;
+      // The one call that computes these scores, whichever tile asked for them.
+      cpublas::brgemm(mb, nb, K, ld, nb, kScoreBlock, false, q + qb * ld, packed, block, true);
+      const int64_t r0 = i0 > qb ? i0 : qb, r1 = i1 < qb + mb ? i1 : qb + mb;
+      for (int64_t i = r0; i < r1; ++i) {
+        const float* b = block + (i - qb) * kScoreBlock;
+        float* out = S + (i - i0) * lds;
+        for (int64_t j = c0; j < c1; ++j) out[j - j0] = scale * b[j - kb];
+      }
+    }
+  }
+#else
+  TORCH_CHECK(false, "mhsa: bfloat16 score blocks are not available in this build");
+#endif
+}
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
