@@ -115,6 +115,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
       }
     }
   }
+  tile_gemm_release();  // the scores may have come from the bfloat16 micro-kernel
 }
 
 // dK and dV of key rows j0..j1 of head (n, h), and this key block's share of dQ, added to

@@ -93,6 +93,10 @@ constexpr int64_t kChunkK = 512;
 // of oneDNN refused wider blocks on a Sapphire Rapids machine).
 constexpr int64_t kBlockN = 64;
 
+// Room for one packed B block of K rows: cpublas::pack's AMX layout may pad the rows to AMX's
+// 32-element K tiles and the columns to the full block, so each block gets that much space.
+inline int64_t packed_block_size(int64_t K) { return (K + 31) / 32 * 32 * kBlockN; }
+
 struct Support {
   bool f32 = false;        // float32 micro-kernel
   bool bf16 = false;       // bfloat16 micro-kernel with a VNNI B
@@ -109,7 +113,7 @@ bool isa_capped() {
 // tells whether this torch has the oneDNN micro-kernels at all (brgemm throws without them).
 bool bf16_vnni_works(bool use_pack) {
   constexpr int64_t M = 2, N = 16, K = 4;
-  c10::BFloat16 a[M * K], b[K * N], packed[K * N];
+  c10::BFloat16 a[M * K], b[K * N], packed[32 * kBlockN];  // packed_block_size(K)
   float c[M * N];
   for (int64_t i = 0; i < M * K; ++i) a[i] = c10::BFloat16(static_cast<float>(i % 5) - 2.0f);
   for (int64_t i = 0; i < K * N; ++i) b[i] = c10::BFloat16(static_cast<float>(i % 7) - 3.0f);
@@ -353,11 +357,11 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
       a = buf;
       ld_a = kp;
     }
-    c10::BFloat16* packed = sized(s.b16, kp * ((N + kBlockN - 1) / kBlockN) * kBlockN);
+    c10::BFloat16* packed = sized(s.b16, packed_block_size(kp) * ((N + kBlockN - 1) / kBlockN));
     const bool add_C = k0 > 0 || t.add_first;
     for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
       const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
-      c10::BFloat16* pb = packed + j0 * kp;
+      c10::BFloat16* pb = packed + (j0 / kBlockN) * packed_block_size(kp);
       auto b_at = [&](int64_t k, int64_t j) -> c10::BFloat16 {
         if (k >= kc) return zero;
         return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
@@ -421,7 +425,7 @@ void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t l
   if (i1 <= i0 || j1 <= j0) return;
   const bool use_pack = support().bf16_pack;
   Scratch& s = scratch();
-  c10::BFloat16* packed = sized(s.b16, K * kScoreBlock);
+  c10::BFloat16* packed = sized(s.b16, packed_block_size(K));
   float* block = sized(s.c, kScoreBlock * kScoreBlock);
   for (int64_t kb = j0 / kScoreBlock * kScoreBlock; kb < j1; kb += kScoreBlock) {
     const int64_t nb = L - kb < kScoreBlock ? L - kb : kScoreBlock;
