@@ -34,6 +34,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -97,97 +98,6 @@ constexpr int64_t kBlockN = 64;
 // Room for one packed B block of K rows: cpublas::pack's AMX layout may pad the rows to AMX's
 // 32-element K tiles and the columns to the full block, so each block gets that much space.
 inline int64_t packed_block_size(int64_t K) { return (K + 31) / 32 * 32 * kBlockN; }
-
-struct Support {
-  bool f32 = false;        // float32 micro-kernel
-  bool bf16 = false;       // bfloat16 micro-kernel with a VNNI B
-  bool bf16_pack = false;  // ... whose B must come from cpublas::pack (AMX)
-};
-
-bool isa_capped() {
-  // oneDNN can be told to use less than the CPU has; what it then does for a shape is not
-  // knowable from here (brgemm would quietly fall back to cpublas::gemm).
-  return std::getenv("ONEDNN_MAX_CPU_ISA") != nullptr || std::getenv("DNNL_MAX_CPU_ISA") != nullptr;
-}
-
-// One small bfloat16 product through the VNNI micro-kernel, compared with the exact result:
-// tells whether this torch has the oneDNN micro-kernels at all (brgemm throws without them).
-bool bf16_vnni_works(bool use_pack) {
-  constexpr int64_t M = 2, N = 16, K = 4;
-  c10::BFloat16 a[M * K], b[K * N], packed[32 * kBlockN];  // packed_block_size(K)
-  float c[M * N];
-  for (int64_t i = 0; i < M * K; ++i) a[i] = c10::BFloat16(static_cast<float>(i % 5) - 2.0f);
-  for (int64_t i = 0; i < K * N; ++i) b[i] = c10::BFloat16(static_cast<float>(i % 7) - 3.0f);
-  try {
-    if (use_pack) {
-      cpublas::pack(K, N, N, N, at::kBFloat16, at::kBFloat16, b, packed);
-    } else {
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t n = 0; n < N; ++n) packed[(k / 2) * 2 * N + n * 2 + k % 2] = b[k * N + n];
-    }
-    cpublas::brgemm(M, N, K, K, N, N, false, a, packed, c, true);
-    cpublas::brgemm_release(true);
-  } catch (const std::exception&) {
-    return false;
-  }
-  for (int64_t i = 0; i < M; ++i) {
-    for (int64_t j = 0; j < N; ++j) {
-      float want = 0;
-      for (int64_t k = 0; k < K; ++k)
-        want += static_cast<float>(a[i * K + k]) * static_cast<float>(b[k * N + j]);
-      if (c[i * N + j] != want) return false;  // small integers: exact in any order
-    }
-  }
-  return true;
-}
-
-Support detect_support() {
-  Support s;
-  if (isa_capped()) return s;
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  // oneDNN's avx512_core: what its bfloat16 micro-kernel needs (AVX512-BF16 and AMX are used
-  // on top where present).
-  const bool avx512_core = __builtin_cpu_supports("avx512f") &&
-                           __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (avx512_core) {
-    bool pack = false;
-    try {
-      pack = cpublas::could_pack(at::kBFloat16);
-    } catch (const std::exception&) {
-      pack = false;
-    }
-    s.bf16 = bf16_vnni_works(pack);
-    s.bf16_pack = s.bf16 && pack;
-    // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
-    // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
-    s.f32 = s.bf16;
-  } else {
-    s.f32 = avx2;
-  }
-  return s;
-}
-
-// What the micro-kernels can do now: nothing while torch.backends.mkldnn is disabled (checked
-// on every call: brgemm checks it too) or when the environment variable MHSA_PORTABLE_GEMM=1
-// asks for the portable loops (scripts/sanitize.sh runs the GoogleTest suite both ways: the
-// loops let ASan see every tile operand access, the micro-kernel path checks the scratch
-// copies and packing here), else what was detected the first time.
-bool portable_requested() {
-  static const bool requested = [] {
-    const char* env = std::getenv("MHSA_PORTABLE_GEMM");
-    return env != nullptr && env[0] != '\0' && env[0] != '0';
-  }();
-  return requested;
-}
-
-const Support& support() {
-  static const Support none;
-  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return none;
-  static const Support detected = detect_support();
-  return detected;
-}
 
 struct Scratch {
   std::vector<float> a, b, c;
@@ -465,6 +375,114 @@ void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int
     }
   }
 }
+struct Support {
+  bool f32 = false;        // float32 micro-kernel
+  bool bf16 = false;       // bfloat16 micro-kernel with a VNNI B
+  bool bf16_pack = false;  // ... whose B must come from cpublas::pack (AMX)
+};
+
+bool isa_capped() {
+  // oneDNN can be told to use less than the CPU has; what it then does for a shape is not
+  // knowable from here (brgemm would quietly fall back to cpublas::gemm).
+  return std::getenv("ONEDNN_MAX_CPU_ISA") != nullptr || std::getenv("DNNL_MAX_CPU_ISA") != nullptr;
+}
+
+// A few bfloat16 products through the VNNI micro-kernel path of this file (odd shapes, tails,
+// both packings), compared with exact results (small integers: exact in any order). Tells
+// whether this torch has the oneDNN micro-kernels at all (brgemm throws without them) and
+// guards the layouts on a matrix unit this code could not be tried on: any mismatch, and
+// bfloat16 tiles are computed on the float32 micro-kernel instead.
+bool bf16_vnni_works(bool use_pack) {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{2, 16, 4}, {5, 17, 38}, {3, 64, 64}, {64, 130, 33}};
+  try {
+    for (const Shape& sh : shapes) {
+      std::vector<c10::BFloat16> a(sh.M * sh.K), b(sh.K * sh.N), bt(sh.N * sh.K);
+      for (int64_t i = 0; i < sh.M * sh.K; ++i)
+        a[i] = c10::BFloat16(static_cast<float>(i % 5) - 2.0f);
+      for (int64_t k = 0; k < sh.K; ++k) {
+        for (int64_t n = 0; n < sh.N; ++n) {
+          b[k * sh.N + n] = c10::BFloat16(static_cast<float>((k * 3 + n) % 7) - 3.0f);
+          bt[n * sh.K + k] = b[k * sh.N + n];
+        }
+      }
+      std::vector<float> c(sh.M * sh.N, 1.0f), want(sh.M * sh.N, 0.0f);
+      for (int64_t i = 0; i < sh.M; ++i)
+        for (int64_t n = 0; n < sh.N; ++n)
+          for (int64_t k = 0; k < sh.K; ++k)
+            want[i * sh.N + n] +=
+                static_cast<float>(a[i * sh.K + k]) * static_cast<float>(b[k * sh.N + n]);
+      brgemm_bf16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N,
+                  0.0f, c.data(), sh.N, use_pack);
+      if (c != want) return false;
+      // The score-block path: B given as rows (K^T), even K, at most one block of columns.
+      if (sh.K % 2 == 0 && sh.N <= kBlockN) {
+        std::vector<c10::BFloat16> packed(packed_block_size(sh.K));
+        Scratch& s = scratch();
+        pack_rows_as_columns(bt.data(), sh.K, sh.N, sh.K, use_pack, packed.data(), s);
+        std::fill(c.begin(), c.end(), 1.0f);
+        cpublas::brgemm(sh.M, sh.N, sh.K, sh.K, sh.N, sh.N, false, a.data(), packed.data(),
+                        c.data(), true);
+        if (c != want) return false;
+      }
+    }
+    cpublas::brgemm_release(true);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+Support detect_support() {
+  Support s;
+  if (isa_capped()) return s;
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // oneDNN's avx512_core: what its bfloat16 micro-kernel needs (AVX512-BF16 and AMX are used
+  // on top where present).
+  const bool avx512_core = __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512_core) {
+    bool pack = false;
+    try {
+      pack = cpublas::could_pack(at::kBFloat16);
+    } catch (const std::exception&) {
+      pack = false;
+    }
+    s.bf16 = bf16_vnni_works(pack);
+    s.bf16_pack = s.bf16 && pack;
+    // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
+    // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
+    s.f32 = s.bf16;
+  } else {
+    s.f32 = avx2;
+  }
+  return s;
+}
+
+// What the micro-kernels can do now: nothing while torch.backends.mkldnn is disabled (checked
+// on every call: brgemm checks it too) or when the environment variable MHSA_PORTABLE_GEMM=1
+// asks for the portable loops (scripts/sanitize.sh runs the GoogleTest suite both ways: the
+// loops let ASan see every tile operand access, the micro-kernel path checks the scratch
+// copies and packing here), else what was detected the first time.
+bool portable_requested() {
+  static const bool requested = [] {
+    const char* env = std::getenv("MHSA_PORTABLE_GEMM");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  return requested;
+}
+
+const Support& support() {
+  static const Support none;
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return none;
+  static const Support detected = detect_support();
+  return detected;
+}
+
 #endif  // MHSA_USE_BRGEMM
 
 }  // namespace
