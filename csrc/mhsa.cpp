@@ -9,6 +9,7 @@
 
 #include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
+#include "cpu/tile_gemm.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped
@@ -87,11 +88,8 @@ TORCH_LIBRARY(mhsa, m) {
     std::string info = "kernels=";
     info += mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
     info += mhsa::cpu::bf16_native_compute() ? " bfloat16=native" : " bfloat16=fp32-compute";
-#ifdef MHSA_HAVE_TORCH_BLAS
-    info += " gemm=mkl-from-libtorch_cpu";
-#else
-    info += " gemm=portable-loops";
-#endif
+    info += " gemm=";
+    info += mhsa::cpu::tile_gemm_backend();
     return info;
   });
   // KV-cache decoding (inference): projects the next T >= 1 tokens x_new ((T, N, E), or

@@ -60,8 +60,8 @@ struct DropoutParams {
 
 // Tile sizes. Forward: query blocks of forward_q rows against key blocks of forward_k columns.
 // Backward: key blocks of backward_kv rows are the unit of work, each sweeping query blocks of
-// backward_q rows. Larger tiles amortize the BLAS call and packing overhead per tile; the
-// fp32 score tile (q x k) should stay in L2 beside the accumulators. See choose_tile_sizes.
+// backward_q rows. Larger tiles amortize the per-call GEMM overhead (operand copies and packing);
+// the fp32 score tile (q x k) should stay in L2 beside the accumulators. See choose_tile_sizes.
 struct TileSizes {
   int64_t forward_q = 64, forward_k = 256, backward_q = 64, backward_kv = 128;
 };

@@ -101,8 +101,8 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
-      pack_for_dot(a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E, j1 - j0,
-                   g.D, packed_k.data());
+      pack_keys_for_scores(g, a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D,
+                           g.seq_rows() * 3 * g.E, j1 - j0, packed_k.data());
       probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
@@ -115,6 +115,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
       }
     }
   }
+  tile_gemm_release();  // the scores may have come from the bfloat16 micro-kernel
 }
 
 // dK and dV of key rows j0..j1 of head (n, h), and this key block's share of dQ, added to
@@ -204,7 +205,7 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   acc_t* P = s.probs.data();
   acc_t* dP = s.grad.data();
   // K_j^T and V_j^T are packed once and serve every query block.
-  pack_for_dot(k, ld_seq, cols, D, s.packed_k.data());
+  pack_keys_for_scores(g, k, ld_seq, cols, s.packed_k.data());
   pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
 
@@ -254,18 +255,20 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
         const acc_t* f = keep + r * ld;
         for (int64_t c = 0; c < cols; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c];
       }
-      // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows).
+      // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows). Stored
+      // times the softmax scale, which both of its GEMMs below apply (a GEMM with alpha != 1
+      // costs the tile GEMMs an extra pass over their output).
       const acc_t row_dsum = dsum[r];
-      for (int64_t c = 0; c < cols; ++c) dprow[c] = prow[c] * (dprow[c] - row_dsum);
+      for (int64_t c = 0; c < cols; ++c) dprow[c] = a.scale * (prow[c] * (dprow[c] - row_dsum));
     }
     const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
-    // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j
-    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, a.scale, dS, ld, q, ld_seq, acc_t(1), grad_k,
+    // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j (the scale is inside dS)
+    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1), dS, ld, q, ld_seq, acc_t(1), grad_k,
               D);
     // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
     // the turn to the next key block (if it touches this query block; none is left if not).
     if (!wait_for_turn(turns + qb, jb, a.abort)) return;
-    tile_gemm(Trans::No, Trans::No, rows, D, cols, a.scale, dS, ld, k, ld_seq, acc_t(1),
+    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), dS, ld, k, ld_seq, acc_t(1),
               a.grad_qkv + g.row(n, i0) * 3 * g.E + h * D, ld_seq);
     const bool next_adds = qb >= next_touched.begin && qb < next_touched.end;
     __atomic_store_n(turns + qb, next_adds ? jb + 1 : int64_t(-1), __ATOMIC_RELEASE);
@@ -295,8 +298,9 @@ void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t thr
   for (int64_t t = thread; t < tasks; t += threads) {
     const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
     attention_backward_block(a, scratch, n, h, jb);
-    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) return;
+    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) break;
   }
+  tile_gemm_release();
 }
 
 }  // namespace

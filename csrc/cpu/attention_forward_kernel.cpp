@@ -145,6 +145,7 @@ void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads
       if (need_weights) attention_weights_rows(a, scratch, n, h, i0, i1);
     }
   }
+  tile_gemm_release();
 }
 
 }  // namespace

@@ -206,8 +206,9 @@ inline const scalar_t* as_gemm_input(const acc_t* tile, int64_t count, scalar_t*
 
 // ---------------------------------------------------------------------------------------
 // Dot-product tiles: C[r][c] = alpha * sum_d A[r][d] * B[c][d] (A and B row-major with row
-// strides lda, ldb; K = the head dimension). Used for the scores S = scale * Q K^T and for
-// dP = dO V^T, in forward and backward alike.
+// strides lda, ldb; K = the head dimension). Used for dP = dO V^T and for the scores
+// S = scale * Q K^T, in forward and backward alike (but bfloat16 scores where the bfloat16
+// micro-kernel runs: see scores_on_grid below).
 //
 // Why not the BLAS: every element here is one multiply-add chain over d = 0, 1, ..., K-1 in
 // order, starting from zero (dot_chain below), whatever the tile shape, its position or the
@@ -416,30 +417,73 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
   }
 }
 
+// Whether the scores of this call come from the bfloat16 micro-kernel on the fixed block grid
+// (bf16_score_blocks, tile_gemm.h) instead of dot_tile: bfloat16 inputs where that kernel runs.
+// Either way every score is the same bits in forward and backward (the grid's blocks are
+// identical calls; dot_tile's chain does not depend on the tile). dP = dO V^T stays on dot_tile
+// for every dtype: Dsum = dO . O (dsum_rows) is the same chain, which is what makes dP == Dsum
+// exact on a one-hot row.
+template <typename scalar_t>
+inline bool scores_on_grid(const AttentionGeometry& g) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return bf16_score_blocks_available(g.D);
+  } else {
+    return false;
+  }
+}
+
+// S = scale * Q_i K_j^T on the grid (see scores_on_grid).
+template <typename scalar_t, typename acc_t>
+inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
+                        acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0,
+                        int64_t j1) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const scalar_t* q0 = qkv + g.row(n, 0) * 3 * g.E + h * g.D;
+    bf16_score_blocks(q0, q0 + g.E, g.seq_rows() * 3 * g.E, g.L, g.D, scale, i0, i1, j0, j1, S, ld);
+  }
+}
+
 // Scores of a (query block, key block) tile: S = scale * Q_i K_j^T + masks, row stride ld.
 // `packed` is scratch of dot_packed_size(j1 - j0, D) floats.
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
                        const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h, int64_t i0,
                        int64_t i1, int64_t j0, int64_t j1, float* packed) {
-  const int64_t ld_seq = g.seq_rows() * 3 * g.E;
-  const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
-  const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
-  dot_tile(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, S, ld, packed);
+  if (scores_on_grid<scalar_t>(g)) {
+    grid_scores(S, ld, qkv, g, scale, n, h, i0, i1, j0, j1);
+  } else {
+    const int64_t ld_seq = g.seq_rows() * 3 * g.E;
+    const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
+    const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
+    dot_tile(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, S, ld, packed);
+  }
   if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
 }
 
-// The same with K_j already packed by pack_for_dot (bitwise the same scores).
+// The same with K_j already packed by pack_for_dot (bitwise the same scores; on the grid the
+// packed copy is not used, see pack_keys_for_scores).
 template <typename scalar_t, typename acc_t>
 inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* qkv,
                                  const AttentionGeometry& g, const MaskView<acc_t>& masks,
                                  acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1,
                                  int64_t j0, int64_t j1, const float* packed_k) {
-  const int64_t ld_seq = g.seq_rows() * 3 * g.E;
-  const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
-  const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
-  dot_tile_prepacked(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, packed_k, S, ld);
+  if (scores_on_grid<scalar_t>(g)) {
+    grid_scores(S, ld, qkv, g, scale, n, h, i0, i1, j0, j1);
+  } else {
+    const int64_t ld_seq = g.seq_rows() * 3 * g.E;
+    const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
+    const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
+    dot_tile_prepacked(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, packed_k, S, ld);
+  }
   if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
+}
+
+// pack_for_dot for the keys of score_tile_prepacked: nothing to do when the scores come from
+// the grid.
+template <typename scalar_t>
+inline void pack_keys_for_scores(const AttentionGeometry& g, const scalar_t* k, int64_t ldk,
+                                 int64_t N, float* packed) {
+  if (!scores_on_grid<scalar_t>(g)) pack_for_dot(k, ldk, N, g.D, packed);
 }
 
 // A half-open range of sequence positions.

@@ -78,7 +78,7 @@ TileSizes choose_tile_sizes(int64_t L) {
     TORCH_WARN("mhsa: ignoring malformed MHSA_TILES=", env, " (expected fq,fk,bq,bkv)");
   }
   // Small sequences: small tiles keep enough tasks for every thread. Long ones: larger tiles
-  // amortize the per-call BLAS overhead (operand packing) over more work.
+  // amortize the per-call GEMM overhead (operand copies and packing) over more work.
   t.forward_q = L < 768 ? 64 : 128;
   t.forward_k = 512;
   t.backward_q = 64;

@@ -16,10 +16,11 @@ enum class CpuCapability { Default, Avx2, Avx512 };
 CpuCapability cpu_capability();
 const char* cpu_capability_name(CpuCapability capability);
 
-// Whether bfloat16 inputs use bfloat16 GEMMs (BLAS with AVX512-BF16 or AMX instructions) or
-// are computed in fp32 from their bfloat16 values. Without bf16 instructions BLAS emulates
-// bf16 GEMMs an order of magnitude slower than fp32 ones, so fp32 compute is both faster and
-// more accurate there. MHSA_BF16_COMPUTE=native|fp32 overrides the choice.
+// Whether bfloat16 inputs use bfloat16 tile GEMMs (oneDNN's brgemm micro-kernels with
+// AVX512-BF16 or AMX instructions, see tile_gemm.cpp) or are computed in fp32 from their
+// bfloat16 values. Without bf16 instructions bf16 GEMMs are emulated, slower than fp32 ones, so
+// fp32 compute is both faster and more accurate there. MHSA_BF16_COMPUTE=native|fp32 overrides
+// the choice.
 bool bf16_native_compute();
 
 // The entry points of one ISA copy; each processes a range of independent tasks so that the

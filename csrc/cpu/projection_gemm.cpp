@@ -36,11 +36,16 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
     return projection_gemm(a.to(at::kFloat), transpose_a, b.to(at::kFloat), transpose_b, alpha,
                            bias, out_dtype.value_or(at::kFloat));
   }
-  const at::Tensor A = a.contiguous(), B = b.contiguous();
+  const at::Tensor A = a.contiguous();
+  // A transposed B (a weight matrix, x W^T) is materialized once here: the tile GEMMs would
+  // otherwise copy the same transposed block again for every row tile. A transposed A (the
+  // activations of a weight gradient, N*L rows) is left to the tiles, which copy it in chunks,
+  // rather than doubling its memory. (Transposing is exact.)
+  const at::Tensor B = transpose_b ? b.t().contiguous() : b.contiguous();
   const int64_t M = transpose_a ? A.size(1) : A.size(0);
   const int64_t K = transpose_a ? A.size(0) : A.size(1);
-  const int64_t N = transpose_b ? B.size(0) : B.size(1);
-  TORCH_INTERNAL_ASSERT((transpose_b ? B.size(1) : B.size(0)) == K);
+  const int64_t N = B.size(1);
+  TORCH_INTERNAL_ASSERT(B.size(0) == K);
   const auto acc_dtype = accumulation_dtype(A.scalar_type());
   at::Tensor C = at::empty({M, N}, A.options().dtype(acc_dtype));
   at::Tensor bias_acc;
@@ -75,10 +80,11 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
             beta = 1;
           }
           const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
-          const scalar_t* tb = transpose_b ? pb + j0 * ldb : pb + j0;
-          tile_gemm(transpose_a ? Trans::Yes : Trans::No, transpose_b ? Trans::Yes : Trans::No,
-                    rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
+          const scalar_t* tb = pb + j0;
+          tile_gemm(transpose_a ? Trans::Yes : Trans::No, Trans::No, rows, cols, K,
+                    static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
         }
+        tile_gemm_release();
       });
     });
   }

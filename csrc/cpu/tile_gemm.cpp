@@ -1,28 +1,51 @@
+// Tile GEMMs on oneDNN's batch-reduce micro-kernels, through the API PyTorch exports for them:
+// at::native::cpublas::brgemm (C[M, N] (+)= A[M, K] B[K, N], row-major, fp32 accumulation),
+// cpublas::pack and cpublas::could_pack (the matrix unit's B layout, AMX), brgemm_release.
+//
+// Why these: they are PyTorch's own JIT micro-kernels (AVX2/AVX-512 for float32, AVX512-BF16
+// and AMX for bfloat16), single-threaded by construction (they never split a call over
+// threads), cached per shape on each thread, and exported by libtorch_cpu on purpose, unlike the
+// MKL symbols that this file used to look up inside it. A kernel is chosen by (M, N, K, strides,
+// add_C) only, so a tile gives the same bits on whatever thread runs it; the tile shapes below
+// (N blocks, K chunks) are constants, so results are bitwise the same for any thread count.
+//
+// brgemm has no transposes, alpha or beta, hence the per-thread scratch here: a transposed
+// operand is copied into row-major order first (its cost is one pass over the operand against
+// 2 * (other dimension) flops per element), the product goes through a scratch C when alpha != 1,
+// and C is scaled first when beta is neither 0 nor 1.
+//
+// bfloat16 runs on the micro-kernel only with B in VNNI layout (pairs of consecutive k
+// interleaved: B_vnni[k / 2][n][k % 2] = B[k][n]); oneDNN has it from AVX-512 (the AVX512-BF16
+// dot product where the CPU has it) and uses AMX where the CPU has that, with B packed by
+// cpublas::pack (could_pack tells). Where the bfloat16 micro-kernel is missing (AVX2-only CPUs),
+// bfloat16 tiles are computed by the float32 micro-kernel from their bfloat16 values (exact
+// conversions).
+//
+// The portable loops below are the engine where the micro-kernels are not available: non-x86
+// builds (PyTorch has the oneDNN micro-kernels on x86-64 only), CPUs without AVX2+FMA,
+// torch.backends.mkldnn disabled, a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA) or a torch built without
+// them, and -DMHSA_PORTABLE_GEMM=ON at build time or MHSA_PORTABLE_GEMM=1 at run time (loops
+// whose every operand access ASan sees). They are deterministic and single-threaded, like the
+// micro-kernels. brgemm itself would fall back to cpublas::gemm in those cases, i.e. to a BLAS that
+// may split a tile over its own threads (and round differently for another thread count) when
+// called outside an OpenMP region, which is why it is not called then. float64 (the gradcheck and
+// reference dtype, not a fast path) always uses the loops: brgemm has no float64 kernel.
 #include "cpu/tile_gemm.h"
 
 #include <c10/util/Exception.h>
 
-#include <climits>
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
 
-#ifdef MHSA_HAVE_TORCH_BLAS
-// The official torch wheels link MKL into libtorch_cpu.so and export these symbols; CMake
-// checked that they are there (ATen's typed cpublas::gemm overloads are not exported). Called
-// inside our parallel regions, MKL runs single-threaded, which is what we want per tile.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc);
-void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
-                            const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
-                            float* c, int ldc);
-// mkl_service.h maps mkl_set_num_threads_local to this by-value entry point (the lowercase
-// symbol is the Fortran one, which takes a pointer).
-int MKL_Set_Num_Threads_Local(int nt);
-}
+#if !defined(MHSA_PORTABLE_GEMM) && (defined(__x86_64__) || defined(_M_X64))
+#define MHSA_USE_BRGEMM 1
+#include <ATen/Context.h>
+#include <ATen/native/CPUBlas.h>
+#include <immintrin.h>
 #endif
 
 namespace mhsa::cpu {
@@ -36,8 +59,9 @@ void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t a
     acc_t* c = C + i * ldc;
     for (int64_t j = 0; j < N; ++j) c[j] = beta == acc_t(0) ? acc_t(0) : beta * c[j];
     for (int64_t k = 0; k < K; ++k) {
+      // No shortcut for a == 0: 0 * NaN must stay NaN, as in the micro-kernels (a NaN value row
+      // behind a zero probability gives NaN outputs, as in nn.MultiheadAttention).
       const acc_t a = static_cast<acc_t>(ta == Trans::No ? A[i * lda + k] : A[k * lda + i]);
-      if (a == acc_t(0)) continue;
       const acc_t alpha_a = alpha * a;
       if (tb == Trans::No) {
         const in_t* b = B + k * ldb;
@@ -49,15 +73,7 @@ void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t a
   }
 }
 
-// Sizes beyond 32-bit BLAS integers never reach a tile (tiles are at most a few hundred rows,
-// strides at most 3E), but check rather than truncate.
-inline int to_blas_int(int64_t v, const char* what) {
-  TORCH_CHECK(v <= INT_MAX, "mhsa: tile ", what, " = ", v, " exceeds the BLAS integer range");
-  return static_cast<int>(v);
-}
-
-// Degenerate shapes are handled here so BLAS never sees M, N or K of 0 (some
-// implementations reject the leading dimensions then).
+// Degenerate shapes are handled here so that no engine sees M, N or K of 0.
 template <typename acc_t>
 bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, int64_t ldc) {
   if (M == 0 || N == 0) return true;
@@ -68,77 +84,501 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
   return true;
 }
 
-#ifdef MHSA_HAVE_TORCH_BLAS
-// Every tile GEMM runs on the calling thread. Inside an OpenMP parallel region MKL already
-// does, but at::parallel_for runs a range smaller than its grain inline on the calling thread,
-// outside any parallel region, where MKL would otherwise split the tile over its own threads
-// and round differently for a different thread count.
-class SequentialBlas {
- public:
-  SequentialBlas() : previous_(MKL_Set_Num_Threads_Local(1)) {}
-  ~SequentialBlas() { MKL_Set_Num_Threads_Local(previous_); }
-  SequentialBlas(const SequentialBlas&) = delete;
-  SequentialBlas& operator=(const SequentialBlas&) = delete;
+#ifdef MHSA_USE_BRGEMM
+namespace cpublas = at::native::cpublas;
 
- private:
-  int previous_;
+// The reduction is cut into chunks of at most kChunkK (accumulated into C in order), so that the
+// scratch copies of a projection's operands stay a few hundred KiB whatever N*L is. Attention
+// tiles never reach it (K is the head dimension or a tile side).
+constexpr int64_t kChunkK = 512;
+// bfloat16 B operands are packed and multiplied in blocks of at most 64 columns (the AMX packing
+// of oneDNN refused wider blocks on a Sapphire Rapids machine).
+constexpr int64_t kBlockN = 64;
+
+// Room for one packed B block of K rows: cpublas::pack's AMX layout may pad the rows to AMX's
+// 32-element K tiles and the columns to the full block, so each block gets that much space.
+inline int64_t packed_block_size(int64_t K) { return (K + 31) / 32 * 32 * kBlockN; }
+
+struct Scratch {
+  std::vector<float> a, b, c;
+  std::vector<c10::BFloat16> a16, b16, plain16;
 };
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+template <typename T>
+T* sized(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// Where the product goes: C itself (alpha == 1; beta applied to C first), or a scratch tile that
+// is then combined with C as beta * C + alpha * product.
+struct Target {
+  float* c;
+  int64_t ldc;
+  bool add_first;  // the first K chunk adds to the target (else it overwrites it)
+};
+
+Target prepare_target(int64_t M, int64_t N, float alpha, float beta, float* C, int64_t ldc,
+                      Scratch& s) {
+  if (alpha == 1.0f) {
+    if (beta != 0.0f && beta != 1.0f) {
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * ldc + j] *= beta;
+    }
+    return {C, ldc, beta != 0.0f};
+  }
+  return {sized(s.c, M * N), N, false};
+}
+
+void finish_target(const Target& t, int64_t M, int64_t N, float alpha, float beta, float* C,
+                   int64_t ldc) {
+  if (t.c == C) return;
+  for (int64_t i = 0; i < M; ++i) {
+    const float* p = t.c + i * t.ldc;
+    float* c = C + i * ldc;
+    if (beta == 0.0f) {
+      for (int64_t j = 0; j < N; ++j) c[j] = alpha * p[j];
+    } else if (beta == 1.0f) {
+      for (int64_t j = 0; j < N; ++j) c[j] += alpha * p[j];
+    } else {
+      for (int64_t j = 0; j < N; ++j) c[j] = beta * c[j] + alpha * p[j];
+    }
+  }
+}
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// Rows k0..k0+kc of op(B) (K x N) as a row-major kc x N float block.
+template <typename in_t>
+void copy_b_block(Trans tb, const in_t* B, int64_t ldb, int64_t k0, int64_t kc, int64_t N,
+                  float* out) {
+  for (int64_t k = 0; k < kc; ++k) {
+    float* o = out + k * N;
+    if (tb == Trans::No) {
+      const in_t* b = B + (k0 + k) * ldb;
+      for (int64_t j = 0; j < N; ++j) o[j] = to_float(b[j]);
+    } else {
+      for (int64_t j = 0; j < N; ++j) o[j] = to_float(B[j * ldb + k0 + k]);
+    }
+  }
+}
+
+// out[i][k] (row stride ld_out) = in[k][i] (row stride ld_in) for k < rows, i < cols, by
+// 16 x 16 blocks so that both sides stay in L1 (a plain loop over the rows of `in` writes a
+// column of `out` at a time, one cache line per element: it ran the transposed-A tile GEMMs at
+// 60% of the untransposed ones).
+template <typename in_t, typename out_t>
+void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, out_t* out,
+                     int64_t ld_out) {
+  constexpr int64_t kB = 16;
+  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
+    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
+    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
+      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
+      for (int64_t i = i0; i < i1; ++i) {
+        out_t* o = out + i * ld_out;
+        for (int64_t k = k0; k < k1; ++k) o[k] = static_cast<out_t>(to_float(in[k * ld_in + i]));
+      }
+    }
+  }
+}
+#if defined(__SSE2__)
+// float to float (the float32 GEMMs): 4 x 4 SSE transposes inside the blocks (SSE is in every
+// x86-64 CPU).
+template <>
+void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows, int64_t cols,
+                                   float* out, int64_t ld_out) {
+  constexpr int64_t kB = 16;
+  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
+    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
+    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
+      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
+      int64_t i = i0;
+      for (; i + 4 <= i1; i += 4) {
+        int64_t k = k0;
+        for (; k + 4 <= k1; k += 4) {
+          __m128 r0 = _mm_loadu_ps(in + k * ld_in + i), r1 = _mm_loadu_ps(in + (k + 1) * ld_in + i),
+                 r2 = _mm_loadu_ps(in + (k + 2) * ld_in + i),
+                 r3 = _mm_loadu_ps(in + (k + 3) * ld_in + i);
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          _mm_storeu_ps(out + i * ld_out + k, r0);
+          _mm_storeu_ps(out + (i + 1) * ld_out + k, r1);
+          _mm_storeu_ps(out + (i + 2) * ld_out + k, r2);
+          _mm_storeu_ps(out + (i + 3) * ld_out + k, r3);
+        }
+        for (; k < k1; ++k)
+          for (int64_t ii = i; ii < i + 4; ++ii) out[ii * ld_out + k] = in[k * ld_in + ii];
+      }
+      for (; i < i1; ++i)
+        for (int64_t k = k0; k < k1; ++k) out[i * ld_out + k] = in[k * ld_in + i];
+    }
+  }
+}
 #endif
+template <>
+void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int64_t ld_in,
+                                                   int64_t rows, int64_t cols, c10::BFloat16* out,
+                                                   int64_t ld_out) {
+  constexpr int64_t kB = 16;
+  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
+    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
+    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
+      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
+      for (int64_t i = i0; i < i1; ++i) {
+        c10::BFloat16* o = out + i * ld_out;
+        for (int64_t k = k0; k < k1; ++k) o[k] = in[k * ld_in + i];
+      }
+    }
+  }
+}
+
+// Columns k0..k0+kc of op(A) (M x K) as a row-major M x kc block (ld kc).
+template <typename in_t, typename out_t>
+void copy_a_block(Trans ta, const in_t* A, int64_t lda, int64_t k0, int64_t kc, int64_t M,
+                  int64_t ld_out, out_t* out) {
+  if (ta == Trans::No) {
+    for (int64_t i = 0; i < M; ++i) {
+      const in_t* a = A + i * lda + k0;
+      out_t* o = out + i * ld_out;
+      for (int64_t k = 0; k < kc; ++k) o[k] = static_cast<out_t>(to_float(a[k]));
+    }
+  } else {
+    transpose_block(A + k0 * lda, lda, kc, M, out, ld_out);
+  }
+}
+template <>
+void copy_a_block<c10::BFloat16, c10::BFloat16>(Trans ta, const c10::BFloat16* A, int64_t lda,
+                                                int64_t k0, int64_t kc, int64_t M, int64_t ld_out,
+                                                c10::BFloat16* out) {
+  if (ta == Trans::No) {
+    for (int64_t i = 0; i < M; ++i) {
+      const c10::BFloat16* a = A + i * lda + k0;
+      c10::BFloat16* o = out + i * ld_out;
+      for (int64_t k = 0; k < kc; ++k) o[k] = a[k];
+    }
+  } else {
+    transpose_block(A + k0 * lda, lda, kc, M, out, ld_out);
+  }
+}
+
+// float32 (or bfloat16 values computed in float32) on the float32 micro-kernel.
+template <typename in_t>
+void brgemm_f32(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const in_t* A,
+                int64_t lda, const in_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  constexpr bool kFloat = std::is_same_v<in_t, float>;
+  Scratch& s = scratch();
+  const Target t = prepare_target(M, N, alpha, beta, C, ldc, s);
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
+    const float* a = nullptr;
+    int64_t ld_a = 0;
+    if constexpr (kFloat) {
+      if (ta == Trans::No) {
+        a = A + k0;
+        ld_a = lda;
+      }
+    }
+    if (a == nullptr) {
+      float* buf = sized(s.a, M * kc);
+      copy_a_block(ta, A, lda, k0, kc, M, kc, buf);
+      a = buf;
+      ld_a = kc;
+    }
+    const float* b = nullptr;
+    int64_t ld_b = 0;
+    if constexpr (kFloat) {
+      if (tb == Trans::No) {
+        b = B + k0 * ldb;
+        ld_b = ldb;
+      }
+    }
+    if (b == nullptr) {
+      float* buf = sized(s.b, kc * N);
+      copy_b_block(tb, B, ldb, k0, kc, N, buf);
+      b = buf;
+      ld_b = N;
+    }
+    const bool add_C = k0 > 0 || t.add_first;
+    cpublas::brgemm(M, N, kc, ld_a, ld_b, t.ldc, add_C, a, b, t.c, false);
+  }
+  finish_target(t, M, N, alpha, beta, C, ldc);
+}
+
+// bfloat16 on the bfloat16 micro-kernel: B packed into VNNI pairs (or by cpublas::pack on AMX)
+// per block of kBlockN columns, the reduction padded to an even length with zeros.
+void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                 const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
+                 float beta, float* C, int64_t ldc, bool use_pack) {
+  Scratch& s = scratch();
+  const Target t = prepare_target(M, N, alpha, beta, C, ldc, s);
+  const c10::BFloat16 zero(0.0f);
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
+    const int64_t kp = (kc + 1) / 2 * 2;  // VNNI pairs: an odd reduction gets a zero pair half
+    const c10::BFloat16* a = A + k0;
+    int64_t ld_a = lda;
+    if (ta == Trans::Yes || kp != kc) {
+      c10::BFloat16* buf = sized(s.a16, M * kp);
+      copy_a_block(ta, A, lda, k0, kc, M, kp, buf);
+      if (kp != kc)
+        for (int64_t i = 0; i < M; ++i) buf[i * kp + kc] = zero;
+      a = buf;
+      ld_a = kp;
+    }
+    c10::BFloat16* packed = sized(s.b16, packed_block_size(kp) * ((N + kBlockN - 1) / kBlockN));
+    const bool add_C = k0 > 0 || t.add_first;
+    for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
+      const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
+      c10::BFloat16* pb = packed + (j0 / kBlockN) * packed_block_size(kp);
+      auto b_at = [&](int64_t k, int64_t j) -> c10::BFloat16 {
+        if (k >= kc) return zero;
+        return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
+      };
+      if (use_pack) {
+        c10::BFloat16* plain = sized(s.plain16, kp * nb);
+        for (int64_t k = 0; k < kp; ++k)
+          for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
+        cpublas::pack(kp, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, pb);
+      } else {
+        for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+          c10::BFloat16* row = pb + k2 * 2 * nb;
+          for (int64_t j = 0; j < nb; ++j) {
+            row[2 * j] = b_at(2 * k2, j);
+            row[2 * j + 1] = b_at(2 * k2 + 1, j);
+          }
+        }
+      }
+      cpublas::brgemm(M, nb, kp, ld_a, nb, t.ldc, add_C, a, pb, t.c + j0, true);
+    }
+  }
+  finish_target(t, M, N, alpha, beta, C, ldc);
+}
+
+// B^T in the bfloat16 micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
+// (even), nb <= kBlockN columns.
+void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
+                          bool use_pack, c10::BFloat16* out, Scratch& s) {
+  if (use_pack) {
+    c10::BFloat16* plain = sized(s.plain16, K * nb);
+    for (int64_t c = 0; c < nb; ++c)
+      for (int64_t d = 0; d < K; ++d) plain[d * nb + c] = rows[c * ld + d];
+    cpublas::pack(K, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, out);
+  } else {
+    for (int64_t c = 0; c < nb; ++c) {
+      const c10::BFloat16* r = rows + c * ld;
+      for (int64_t d = 0; d < K; ++d) out[(d / 2) * 2 * nb + 2 * c + d % 2] = r[d];
+    }
+  }
+}
+struct Support {
+  bool f32 = false;        // float32 micro-kernel
+  bool bf16 = false;       // bfloat16 micro-kernel with a VNNI B
+  bool bf16_pack = false;  // ... whose B must come from cpublas::pack (AMX)
+};
+
+bool isa_capped() {
+  // oneDNN can be told to use less than the CPU has; what it then does for a shape is not
+  // knowable from here (brgemm would quietly fall back to cpublas::gemm).
+  return std::getenv("ONEDNN_MAX_CPU_ISA") != nullptr || std::getenv("DNNL_MAX_CPU_ISA") != nullptr;
+}
+
+// A few bfloat16 products through the VNNI micro-kernel path of this file (odd shapes, tails,
+// both packings), compared with exact results (small integers: exact in any order). Tells
+// whether this torch has the oneDNN micro-kernels at all (brgemm throws without them) and
+// guards the layouts on a matrix unit this code could not be tried on: any mismatch, and
+// bfloat16 tiles are computed on the float32 micro-kernel instead.
+bool bf16_vnni_works(bool use_pack) {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{2, 16, 4}, {5, 17, 38}, {3, 64, 64}, {64, 130, 33}};
+  try {
+    for (const Shape& sh : shapes) {
+      std::vector<c10::BFloat16> a(sh.M * sh.K), b(sh.K * sh.N), bt(sh.N * sh.K);
+      for (int64_t i = 0; i < sh.M * sh.K; ++i)
+        a[i] = c10::BFloat16(static_cast<float>(i % 5) - 2.0f);
+      for (int64_t k = 0; k < sh.K; ++k) {
+        for (int64_t n = 0; n < sh.N; ++n) {
+          b[k * sh.N + n] = c10::BFloat16(static_cast<float>((k * 3 + n) % 7) - 3.0f);
+          bt[n * sh.K + k] = b[k * sh.N + n];
+        }
+      }
+      std::vector<float> c(sh.M * sh.N, 1.0f), want(sh.M * sh.N, 0.0f);
+      for (int64_t i = 0; i < sh.M; ++i)
+        for (int64_t n = 0; n < sh.N; ++n)
+          for (int64_t k = 0; k < sh.K; ++k)
+            want[i * sh.N + n] +=
+                static_cast<float>(a[i * sh.K + k]) * static_cast<float>(b[k * sh.N + n]);
+      brgemm_bf16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N,
+                  0.0f, c.data(), sh.N, use_pack);
+      if (c != want) return false;
+      // The score-block path: B given as rows (K^T), even K, at most one block of columns.
+      if (sh.K % 2 == 0 && sh.N <= kBlockN) {
+        std::vector<c10::BFloat16> packed(packed_block_size(sh.K));
+        Scratch& s = scratch();
+        pack_rows_as_columns(bt.data(), sh.K, sh.N, sh.K, use_pack, packed.data(), s);
+        std::fill(c.begin(), c.end(), 1.0f);
+        cpublas::brgemm(sh.M, sh.N, sh.K, sh.K, sh.N, sh.N, false, a.data(), packed.data(),
+                        c.data(), true);
+        if (c != want) return false;
+      }
+    }
+    cpublas::brgemm_release(true);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+Support detect_support() {
+  Support s;
+  if (isa_capped()) return s;
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // oneDNN's avx512_core: what its bfloat16 micro-kernel needs (AVX512-BF16 and AMX are used
+  // on top where present).
+  const bool avx512_core = __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512_core) {
+    bool pack = false;
+    try {
+      pack = cpublas::could_pack(at::kBFloat16);
+    } catch (const std::exception&) {
+      pack = false;
+    }
+    s.bf16 = bf16_vnni_works(pack);
+    s.bf16_pack = s.bf16 && pack;
+    // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
+    // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
+    s.f32 = s.bf16;
+  } else {
+    s.f32 = avx2;
+  }
+  return s;
+}
+
+// What the micro-kernels can do now: nothing while torch.backends.mkldnn is disabled (checked
+// on every call: brgemm checks it too) or when the environment variable MHSA_PORTABLE_GEMM=1
+// asks for the portable loops (scripts/sanitize.sh runs the GoogleTest suite both ways: the
+// loops let ASan see every tile operand access, the micro-kernel path checks the scratch
+// copies and packing here), else what was detected the first time.
+bool portable_requested() {
+  static const bool requested = [] {
+    const char* env = std::getenv("MHSA_PORTABLE_GEMM");
+    return env != nullptr && env[0] != '\0' && env[0] != '0';
+  }();
+  return requested;
+}
+
+const Support& support() {
+  static const Support none;
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return none;
+  static const Support detected = detect_support();
+  return detected;
+}
+
+#endif  // MHSA_USE_BRGEMM
 
 }  // namespace
 
-#ifdef MHSA_HAVE_TORCH_BLAS
-// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the same transpose flags
-// with the operands and M, N swapped.
-template <typename T, typename FortranGemm>
-void column_major_gemm(FortranGemm gemm, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K,
-                       T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
-                       int64_t ldc) {
-  const char tra = ta == Trans::No ? 'N' : 'T', trb = tb == Trans::No ? 'N' : 'T';
-  const int m = to_blas_int(N, "N"), n = to_blas_int(M, "M"), k = to_blas_int(K, "K");
-  const int la = to_blas_int(ldb, "ldb"), lb = to_blas_int(lda, "lda"),
-            lc = to_blas_int(ldc, "ldc");
-  SequentialBlas sequential;
-  gemm(&trb, &tra, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-}
+bool bf16_score_blocks_available(int64_t K) {
+#ifdef MHSA_USE_BRGEMM
+  // An even head dimension: Q is read in place, in VNNI pairs.
+  return support().bf16 && K > 0 && K % 2 == 0 && K <= kChunkK;
+#else
+  (void)K;
+  return false;
 #endif
+}
+
+void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L,
+                       int64_t K, float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                       float* S, int64_t lds) {
+#ifdef MHSA_USE_BRGEMM
+  TORCH_CHECK(bf16_score_blocks_available(K), "mhsa: bfloat16 score blocks are not available");
+  static_assert(kScoreBlock == kBlockN, "a score block's keys are one packed B block");
+  if (i1 <= i0 || j1 <= j0) return;
+  const bool use_pack = support().bf16_pack;
+  Scratch& s = scratch();
+  c10::BFloat16* packed = sized(s.b16, packed_block_size(K));
+  float* block = sized(s.c, kScoreBlock * kScoreBlock);
+  for (int64_t kb = j0 / kScoreBlock * kScoreBlock; kb < j1; kb += kScoreBlock) {
+    const int64_t nb = L - kb < kScoreBlock ? L - kb : kScoreBlock;
+    pack_rows_as_columns(k + kb * ld, ld, nb, K, use_pack, packed, s);
+    const int64_t c0 = j0 > kb ? j0 : kb, c1 = j1 < kb + nb ? j1 : kb + nb;
+    for (int64_t qb = i0 / kScoreBlock * kScoreBlock; qb < i1; qb += kScoreBlock) {
+      const int64_t mb = L - qb < kScoreBlock ? L - qb : kScoreBlock;
+      // The one call that computes these scores, whichever tile asked for them.
+      cpublas::brgemm(mb, nb, K, ld, nb, kScoreBlock, false, q + qb * ld, packed, block, true);
+      const int64_t r0 = i0 > qb ? i0 : qb, r1 = i1 < qb + mb ? i1 : qb + mb;
+      for (int64_t i = r0; i < r1; ++i) {
+        const float* b = block + (i - qb) * kScoreBlock;
+        float* out = S + (i - i0) * lds;
+        for (int64_t j = c0; j < c1; ++j) out[j - j0] = scale * b[j - kb];
+      }
+    }
+  }
+#else
+  TORCH_CHECK(false, "mhsa: bfloat16 score blocks are not available in this build");
+#endif
+}
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
-#ifdef MHSA_HAVE_TORCH_BLAS
-  column_major_gemm(sgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef MHSA_USE_BRGEMM
+  if (support().f32) {
+    brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
 #endif
+  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
                int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
-#ifdef MHSA_HAVE_TORCH_BLAS
-  column_major_gemm(dgemm_, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#else
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-#endif
 }
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
                float* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
-#ifdef MHSA_HAVE_TORCH_BLAS
-  constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enum values
-  SequentialBlas sequential;
-  cblas_gemm_bf16bf16f32(kRowMajor, ta == Trans::No ? kNoTrans : kTrans,
-                         tb == Trans::No ? kNoTrans : kTrans, to_blas_int(M, "M"),
-                         to_blas_int(N, "N"), to_blas_int(K, "K"), alpha,
-                         reinterpret_cast<const uint16_t*>(A), to_blas_int(lda, "lda"),
-                         reinterpret_cast<const uint16_t*>(B), to_blas_int(ldb, "ldb"), beta, C,
-                         to_blas_int(ldc, "ldc"));
-#else
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef MHSA_USE_BRGEMM
+  const Support& s = support();
+  if (s.bf16) {
+    brgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.bf16_pack);
+    return;
+  }
+  if (s.f32) {  // AVX2-only: the float32 micro-kernel from the bfloat16 values
+    brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
 #endif
+  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tile_gemm_release() {
+#ifdef MHSA_USE_BRGEMM
+  if (support().bf16_pack) cpublas::brgemm_release(true);
+#endif
+}
+
+const char* tile_gemm_backend() {
+#ifdef MHSA_USE_BRGEMM
+  const Support& s = support();
+  if (s.bf16_pack) return "onednn-brgemm(float32,bfloat16-amx)";
+  if (s.bf16) return "onednn-brgemm(float32,bfloat16-vnni)";
+  if (s.f32) return "onednn-brgemm(float32;bfloat16-as-float32)";
+#endif
+  return "portable-loops";
 }
 
 }  // namespace mhsa::cpu

@@ -1,9 +1,15 @@
 #pragma once
-// Row-major GEMM on raw tiles for the attention kernels:
+// Row-major GEMM on raw tiles for the attention kernels and the projection GEMMs:
 //   C[M, N] = alpha * op(A) * op(B) + beta * C
 // with op(X) = X or X^T and leading dimensions given as row strides, so Q, K and V are read in
 // place from the packed QKV buffer. Inputs are float, double or bfloat16; C is float for
 // float/bfloat16 inputs and double for double inputs (fp32 accumulation for bfloat16).
+//
+// Every call runs single-threaded on the calling thread, and the result depends only on the
+// shapes, strides and values passed (not on the thread, nor on how many threads exist), which
+// is what makes mhsa's results bitwise identical for any thread count. See tile_gemm.cpp for
+// the engines (oneDNN's batch-reduce micro-kernels through at::native::cpublas::brgemm, or
+// portable loops).
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -19,5 +25,31 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
                float* C, int64_t ldc);
+
+// Attention scores of bfloat16 inputs on the bfloat16 micro-kernel, computed so that every score
+// is the same bits whichever tile asks for it (forward, the weights sweep and backward's
+// recompute use tiles of different shapes and positions, and backward's probabilities must be
+// bitwise the forward's): the (query, key) plane is cut into a fixed grid of kScoreBlock x
+// kScoreBlock blocks, each computed by one identical micro-kernel call (same shape, strides and
+// operands) into a scratch block, and a tile copies the part it needs.
+//
+// S[i - i0][j - j0] (row stride lds) = scale * q_i . k_j for i0 <= i < i1, j0 <= j < j1, where
+// position p's query is q + p * ld and its key k + p * ld (K = head dimension elements each),
+// L positions in all.
+constexpr int64_t kScoreBlock = 64;
+bool bf16_score_blocks_available(int64_t K);
+void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L,
+                       int64_t K, float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                       float* S, int64_t lds);
+
+// Ends a run of tile GEMMs on this thread: releases the matrix-unit state (AMX tile
+// configuration) that the bfloat16 micro-kernels may hold, so that code running afterwards on
+// this thread does not pay for it. Call it at the end of each parallel task range that called
+// tile_gemm; a later tile_gemm takes the state again by itself. Cheap when nothing is held.
+void tile_gemm_release();
+
+// The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
+// "onednn-brgemm(float32,bfloat16-vnni)" or "portable-loops".
+const char* tile_gemm_backend();
 
 }  // namespace mhsa::cpu
