@@ -4,9 +4,10 @@
 #   1. Debian's aarch64 cross compiler (g++-aarch64-linux-gnu),
 #   2. the aarch64 torch==2.13.0 wheel from PyPI (pip download; ~430 MB) for its headers, CMake
 #      package and libtorch_cpu.so,
-#   3. CMake with a toolchain file and the default options (the tile GEMMs are the portable
-#      loops there by themselves: PyTorch's oneDNN brgemm micro-kernels exist on x86-64 only),
-#      tests off (GoogleTest's x86 package cannot link for aarch64).
+#   3. CMake with a toolchain file and -DMHSA_PORTABLE_GEMM=ON (PyTorch's oneDNN brgemm
+#      micro-kernels exist on x86-64 only, and without the option configuring for another
+#      architecture stops with an error that says so), tests off (GoogleTest's x86 package
+#      cannot link for aarch64).
 # PyPI's aarch64 torch 2.13 wheel is a CUDA build: its CMake package insists on finding CUDA,
 # which a CPU-only cross build has no use for; the copy extracted here is patched to skip that
 # block and to stub the torch::cudart target (only the extracted copy, nothing installed).
@@ -54,6 +55,6 @@ echo 'add_library(torch::cudart INTERFACE IMPORTED)' >"$WORK/cuda_stubs.cmake"
 cmake -S "$REPO" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_TOOLCHAIN_FILE="$WORK/toolchain.cmake" -DCMAKE_PROJECT_INCLUDE="$WORK/cuda_stubs.cmake" \
   -DCMAKE_PREFIX_PATH="$TORCH/torch/share/cmake" \
-  -DMHSA_BUILD_TESTS=OFF -DMHSA_COPY_TO_PYTHON=OFF >"$WORK/configure.log"
+  -DMHSA_BUILD_TESTS=OFF -DMHSA_COPY_TO_PYTHON=OFF -DMHSA_PORTABLE_GEMM=ON >"$WORK/configure.log"
 cmake --build "$WORK/build" -j"${MHSA_JOBS:-$(nproc)}" >"$WORK/build.log"
 file -L "$WORK/build/libmhsa.so"
