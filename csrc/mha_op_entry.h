@@ -1,6 +1,7 @@
 #pragma once
-// The dispatcher boundary of _mha_forward and _mha_backward: the one place (besides the
-// schemas in mhsa.cpp) where their arguments are spelled out one by one.
+// The dispatcher boundary of the internal ops (_mha_forward, _mha_backward and the packed pair):
+// the one place (besides the schemas in mhsa.cpp) where their arguments are spelled out one by
+// one.
 //
 // An unboxed kernel must take exactly the schema's parameters, so every dispatch key would
 // otherwise repeat the list (CPU, Meta, Autograd, and the C++ wrapper that calls the op). Instead
@@ -111,6 +112,74 @@ inline BackwardOutputs call_backward_op(const at::Tensor& grad_output,
   return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
                  logsumexp, rng_state, o.num_heads, o.batch_first, o.attn_mask, o.key_padding_mask,
                  o.is_causal, o.dropout_p, o.average_attn_weights, output_mask, o.window_size);
+}
+
+// The same boundary for _mha_packed_forward and _mha_packed_backward.
+using PackedForwardKernel = PackedForwardOutputs (*)(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& options,
+    std::optional<int64_t> max_seqlen);
+using PackedBackwardKernel = BackwardOutputs (*)(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const PackedAttentionOptions& options, std::array<bool, 5> output_mask);
+
+template <PackedForwardKernel Kernel>
+PackedForwardOutputs packed_forward_entry(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                                          const at::Tensor& in_proj_weight,
+                                          const std::optional<at::Tensor>& in_proj_bias,
+                                          const at::Tensor& out_proj_weight,
+                                          const std::optional<at::Tensor>& out_proj_bias,
+                                          int64_t num_heads, std::optional<int64_t> max_seqlen,
+                                          bool is_causal, int64_t window_left, int64_t window_right,
+                                          double dropout_p) {
+  const PackedAttentionOptions options{
+      num_heads, is_causal, {window_left, window_right}, dropout_p};
+  return Kernel(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                options, max_seqlen);
+}
+
+template <PackedBackwardKernel Kernel>
+BackwardOutputs packed_backward_entry(const at::Tensor& grad_output, const at::Tensor& x,
+                                      const at::Tensor& cu_seqlens,
+                                      const at::Tensor& in_proj_weight,
+                                      const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                                      const at::Tensor& context, const at::Tensor& logsumexp,
+                                      const at::Tensor& rng_state, int64_t num_heads,
+                                      bool is_causal, int64_t window_left, int64_t window_right,
+                                      double dropout_p, std::array<bool, 5> output_mask) {
+  const PackedAttentionOptions options{
+      num_heads, is_causal, {window_left, window_right}, dropout_p};
+  return Kernel(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
+                logsumexp, rng_state, options, output_mask);
+}
+
+inline PackedForwardOutputs call_packed_forward_op(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& o,
+    std::optional<int64_t> max_seqlen) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
+                       .typed<decltype(packed_forward_entry<nullptr>)>();
+  return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                 o.num_heads, max_seqlen, o.is_causal, o.window_size[0], o.window_size[1],
+                 o.dropout_p);
+}
+
+inline BackwardOutputs call_packed_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const PackedAttentionOptions& o, std::array<bool, 5> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
+                       .typed<decltype(packed_backward_entry<nullptr>)>();
+  return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, o.num_heads, o.is_causal, o.window_size[0], o.window_size[1],
+                 o.dropout_p, output_mask);
 }
 
 }  // namespace mhsa::internal

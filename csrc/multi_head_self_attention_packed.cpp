@@ -10,36 +10,32 @@
 #include <mhsa/ops.h>
 
 #include "checks.h"
+#include "mha_op_entry.h"
 
 namespace mhsa {
 
 namespace internal {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward(
-    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
-    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
-                       .typed<decltype(mha_packed_forward)>();
-  return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                 num_heads, max_seqlen, is_causal, window_left, window_right, dropout_p);
+PackedForwardOutputs mha_packed_forward(const at::Tensor& x, const at::Tensor& cu_seqlens,
+                                        const at::Tensor& in_proj_weight,
+                                        const std::optional<at::Tensor>& in_proj_bias,
+                                        const at::Tensor& out_proj_weight,
+                                        const std::optional<at::Tensor>& out_proj_bias,
+                                        const PackedAttentionOptions& options,
+                                        std::optional<int64_t> max_seqlen) {
+  return call_packed_forward_op(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
+                                out_proj_bias, options, max_seqlen);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward(
-    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
-    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
-    std::array<bool, 5> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
-                       .typed<decltype(mha_packed_backward)>();
-  return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, num_heads, is_causal, window_left, window_right, dropout_p,
-                 output_mask);
+BackwardOutputs mha_packed_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                                    const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+                                    const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                                    const at::Tensor& context, const at::Tensor& logsumexp,
+                                    const at::Tensor& rng_state,
+                                    const PackedAttentionOptions& options,
+                                    std::array<bool, 5> output_mask) {
+  return call_packed_backward_op(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv,
+                                 context, logsumexp, rng_state, options, output_mask);
 }
 
 }  // namespace internal
@@ -52,7 +48,11 @@ at::Tensor multi_head_self_attention_packed_composite(
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
     std::optional<int64_t> max_seqlen, double dropout_p, bool training, bool is_causal,
     at::IntArrayRef window_size) {
-  check_window_size("multi_head_self_attention_packed", window_size);
+  internal::PackedAttentionOptions options;
+  options.num_heads = num_heads;
+  options.is_causal = is_causal;
+  options.window_size = internal::window_pair("multi_head_self_attention_packed", window_size);
+  options.dropout_p = training ? dropout_p : 0.0;
   // As multi_head_self_attention: an in_proj_bias of another floating dtype is cast like
   // F.linear would, through a dispatched (differentiable) cast.
   std::optional<at::Tensor> bias = in_proj_bias;
@@ -60,9 +60,8 @@ at::Tensor multi_head_self_attention_packed_composite(
       at::isFloatingType(bias->scalar_type()) && at::isFloatingType(x.scalar_type())) {
     bias = bias->to(x.scalar_type());
   }
-  auto outputs = internal::mha_packed_forward(
-      x, cu_seqlens, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads, max_seqlen,
-      is_causal, window_size[0], window_size[1], training ? dropout_p : 0.0);
+  auto outputs = internal::call_packed_forward_op(
+      x, cu_seqlens, in_proj_weight, bias, out_proj_weight, out_proj_bias, options, max_seqlen);
   return std::get<0>(outputs);
 }
 

@@ -1,5 +1,5 @@
-// Autograd kernels of mha_packed_forward (gradients through mha_packed_backward) and of
-// mha_packed_backward (refuses double backward), in C++ like autograd/mha_forward.cpp so
+// Autograd kernels of _mha_packed_forward (gradients through _mha_packed_backward) and of
+// _mha_packed_backward (refuses double backward), in C++ like autograd/mha_forward.cpp so
 // Python, TorchScript and LibTorch callers all get gradients.
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -7,10 +7,12 @@
 #include <mhsa/internal_ops.h>
 
 #include "autograd/requested_gradients.h"
+#include "mha_op_entry.h"
 
 namespace mhsa::autograd {
 namespace {
 
+using internal::PackedAttentionOptions;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -20,24 +22,24 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
                                const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
                                const std::optional<at::Tensor>& in_proj_bias,
                                const at::Tensor& out_proj_weight,
-                               const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                               std::optional<int64_t> max_seqlen, bool is_causal,
-                               int64_t window_left, int64_t window_right, double dropout_p) {
+                               const std::optional<at::Tensor>& out_proj_bias,
+                               const PackedAttentionOptions& options,
+                               std::optional<int64_t> max_seqlen) {
     // Redispatch below the Autograd key (calling the op again without it would recurse).
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, qkv, context, lse, rng_state] = mhsa::internal::mha_packed_forward(
-        x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-        max_seqlen, is_causal, window_left, window_right, dropout_p);
+    auto [output, qkv, context, lse, rng_state] =
+        internal::call_packed_forward_op(x, cu_seqlens, in_proj_weight, in_proj_bias,
+                                         out_proj_weight, out_proj_bias, options, max_seqlen);
     // O(T*E) saved state, no attention matrix: backward recomputes it from qkv and lse.
     ctx->save_for_backward(
         {x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state});
     ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
     ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
-    ctx->saved_data["num_heads"] = num_heads;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["window_left"] = window_left;
-    ctx->saved_data["window_right"] = window_right;
-    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["num_heads"] = options.num_heads;
+    ctx->saved_data["is_causal"] = options.is_causal;
+    ctx->saved_data["window_left"] = options.window_size[0];
+    ctx->saved_data["window_right"] = options.window_size[1];
+    ctx->saved_data["dropout_p"] = options.dropout_p;
     ctx->mark_non_differentiable({qkv, context, lse, rng_state});
     // Without this, autograd would hand backward a zero-filled gradient for every output that
     // got none (qkv and context: 4*E floats per row, allocated and zeroed each step, 64 MiB at
@@ -62,15 +64,18 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
     const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
     const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
     const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(x);
+    PackedAttentionOptions options;
+    options.num_heads = ctx->saved_data["num_heads"].toInt();
+    options.is_causal = ctx->saved_data["is_causal"].toBool();
+    options.window_size = {ctx->saved_data["window_left"].toInt(),
+                           ctx->saved_data["window_right"].toInt()};
+    options.dropout_p = ctx->saved_data["dropout_p"].toDouble();
     auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] =
-        mhsa::internal::mha_packed_backward(
-            grad_output, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7],
-            ctx->saved_data["num_heads"].toInt(), ctx->saved_data["is_causal"].toBool(),
-            ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt(),
-            ctx->saved_data["dropout_p"].toDouble(), output_mask);
-    // One entry per forward argument; cu_seqlens and the non-tensor arguments get none.
-    return {grad_x,       at::Tensor(), grad_in_w,    grad_in_b,    grad_out_w,   grad_out_b,
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+        internal::call_packed_backward_op(grad_output, x, saved[1], saved[2], saved[3], saved[4],
+                                          saved[5], saved[6], saved[7], options, output_mask);
+    // One entry per forward argument: cu_seqlens, options and max_seqlen get none.
+    return {grad_x,     at::Tensor(), grad_in_w,    grad_in_b,
+            grad_out_w, grad_out_b,   at::Tensor(), at::Tensor()};
   }
 };
 
@@ -81,13 +86,12 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
                                const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
                                const at::Tensor& qkv, const at::Tensor& context,
                                const at::Tensor& logsumexp, const at::Tensor& rng_state,
-                               int64_t num_heads, bool is_causal, int64_t window_left,
-                               int64_t window_right, double dropout_p,
+                               const PackedAttentionOptions& options,
                                std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [a, b, c, d, e] = mhsa::internal::mha_packed_backward(
+    auto [a, b, c, d, e] = internal::call_packed_backward_op(
         grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
-        rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+        rng_state, options, output_mask);
     return defined_gradients({a, b, c, d, e});  // put back by mha_packed_backward_autograd
   }
 
@@ -96,27 +100,24 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_autograd(
+internal::PackedForwardOutputs mha_packed_forward_autograd(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p) {
+    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& options,
+    std::optional<int64_t> max_seqlen) {
   auto r = MhaPackedForwardFunction::apply(x, cu_seqlens, in_proj_weight, in_proj_bias,
-                                           out_proj_weight, out_proj_bias, num_heads, max_seqlen,
-                                           is_causal, window_left, window_right, dropout_p);
+                                           out_proj_weight, out_proj_bias, options, max_seqlen);
   return {r[0], r[1], r[2], r[3], r[4]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_autograd(
+internal::BackwardOutputs mha_packed_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
-    std::array<bool, 5> output_mask) {
-  const variable_list requested = MhaPackedBackwardFunction::apply(
-      grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
-      rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+    const PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
+  const variable_list requested =
+      MhaPackedBackwardFunction::apply(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight,
+                                       qkv, context, logsumexp, rng_state, options, output_mask);
   return place_gradients(requested, output_mask, "_mha_packed_backward");
 }
 
@@ -124,6 +125,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::autograd
 
 TORCH_LIBRARY_IMPL(mhsa, Autograd, m) {
-  m.impl("_mha_packed_forward", TORCH_FN(mhsa::autograd::mha_packed_forward_autograd));
-  m.impl("_mha_packed_backward", TORCH_FN(mhsa::autograd::mha_packed_backward_autograd));
+  m.impl(
+      "_mha_packed_forward",
+      TORCH_FN(mhsa::internal::packed_forward_entry<&mhsa::autograd::mha_packed_forward_autograd>));
+  m.impl("_mha_packed_backward",
+         TORCH_FN(
+             mhsa::internal::packed_backward_entry<&mhsa::autograd::mha_packed_backward_autograd>));
 }

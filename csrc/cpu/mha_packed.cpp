@@ -30,6 +30,7 @@
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "mha_op_entry.h"
 #include "packed_checks.h"
 
 namespace mhsa::cpu {
@@ -192,12 +193,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   return {output, qkv, context, lse, rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_cpu(
+internal::PackedForwardOutputs mha_packed_forward_cpu(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p) {
+    const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& o,
+    std::optional<int64_t> max_seqlen) {
+  const int64_t num_heads = o.num_heads, window_left = o.window_size[0],
+                window_right = o.window_size[1];
+  const bool is_causal = o.is_causal;
+  const double dropout_p = o.dropout_p;
   const char* op = "_mha_packed_forward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
@@ -278,12 +282,15 @@ void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
 #endif
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_cpu(
+internal::BackwardOutputs mha_packed_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
-    std::array<bool, 5> output_mask) {
+    const internal::PackedAttentionOptions& o, std::array<bool, 5> output_mask) {
+  const int64_t num_heads = o.num_heads, window_left = o.window_size[0],
+                window_right = o.window_size[1];
+  const bool is_causal = o.is_causal;
+  const double dropout_p = o.dropout_p;
   const char* op = "_mha_packed_backward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
@@ -298,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
     auto grads = mha_packed_backward_cpu(
         grad_output.to(at::kFloat), x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat),
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
-        rng_state, num_heads, is_causal, window_left, window_right, dropout_p, output_mask);
+        rng_state, o, output_mask);
     auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
@@ -388,6 +395,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::cpu
 
 TORCH_LIBRARY_IMPL(mhsa, CPU, m) {
-  m.impl("_mha_packed_forward", TORCH_FN(mhsa::cpu::mha_packed_forward_cpu));
-  m.impl("_mha_packed_backward", TORCH_FN(mhsa::cpu::mha_packed_backward_cpu));
+  m.impl("_mha_packed_forward",
+         TORCH_FN(mhsa::internal::packed_forward_entry<&mhsa::cpu::mha_packed_forward_cpu>));
+  m.impl("_mha_packed_backward",
+         TORCH_FN(mhsa::internal::packed_backward_entry<&mhsa::cpu::mha_packed_backward_cpu>));
 }

@@ -7,20 +7,21 @@
 
 #include "checks.h"
 #include "meta/backward_result.h"
+#include "mha_op_entry.h"
 #include "packed_checks.h"
 
 namespace mhsa::meta {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_meta(
+internal::PackedForwardOutputs mha_packed_forward_meta(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-    std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left, int64_t window_right,
-    double dropout_p) {
+    const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& o,
+    std::optional<int64_t> max_seqlen) {
+  const int64_t num_heads = o.num_heads;
   const PackedSizes s = check_packed_inputs("_mha_packed_forward", x, cu_seqlens, in_proj_weight,
                                             in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-                                            window_left, window_right, dropout_p);
+                                            o.window_size[0], o.window_size[1], o.dropout_p);
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
   at::Tensor qkv = at::empty_symint({s.tokens, s.embed * 3}, x.options());
   at::Tensor context = at::empty_symint(x.sym_sizes(), x.options());
@@ -30,15 +31,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   return {output, qkv, context, lse, rng_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_backward_meta(
+internal::BackwardOutputs mha_packed_backward_meta(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    int64_t num_heads, bool is_causal, int64_t window_left, int64_t window_right, double dropout_p,
-    std::array<bool, 5> output_mask) {
-  const PackedSizes s = check_packed_inputs("_mha_packed_backward", x, cu_seqlens, in_proj_weight,
-                                            std::nullopt, out_proj_weight, std::nullopt, num_heads,
-                                            window_left, window_right, dropout_p);
+    const internal::PackedAttentionOptions& o, std::array<bool, 5> output_mask) {
+  const PackedSizes s = check_packed_inputs(
+      "_mha_packed_backward", x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
+      std::nullopt, o.num_heads, o.window_size[0], o.window_size[1], o.dropout_p);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
   return backward_result(x, in_proj_weight, out_proj_weight, s.embed, output_mask);
 }
@@ -47,6 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 }  // namespace mhsa::meta
 
 TORCH_LIBRARY_IMPL(mhsa, Meta, m) {
-  m.impl("_mha_packed_forward", TORCH_FN(mhsa::meta::mha_packed_forward_meta));
-  m.impl("_mha_packed_backward", TORCH_FN(mhsa::meta::mha_packed_backward_meta));
+  m.impl("_mha_packed_forward",
+         TORCH_FN(mhsa::internal::packed_forward_entry<&mhsa::meta::mha_packed_forward_meta>));
+  m.impl("_mha_packed_backward",
+         TORCH_FN(mhsa::internal::packed_backward_entry<&mhsa::meta::mha_packed_backward_meta>));
 }

@@ -28,6 +28,7 @@ namespace mhsa::internal {
 // each query may see, and dropout. The CPU, Meta and Autograd kernels take this one bundle (the
 // schema-shaped parameter lists exist only at the dispatcher boundary, csrc/mha_op_entry.h), so
 // adding an argument touches the schema, this struct, that boundary and the code that uses it.
+// PackedAttentionOptions below is the same for the packed pair.
 struct AttentionOptions {
   int64_t num_heads = 1;
   bool batch_first = false;
@@ -62,23 +63,31 @@ C10_EXPORT BackwardOutputs mha_backward(
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
     const at::Tensor& rng_state, const AttentionOptions& options, std::array<bool, 5> output_mask);
 
-// mhsa::_mha_packed_forward: (output, qkv, context, logsumexp, rng_state).
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_packed_forward(const at::Tensor& x, const at::Tensor& cu_seqlens,
-                   const at::Tensor& in_proj_weight, const std::optional<at::Tensor>& in_proj_bias,
-                   const at::Tensor& out_proj_weight,
-                   const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                   std::optional<int64_t> max_seqlen, bool is_causal, int64_t window_left,
-                   int64_t window_right, double dropout_p);
+// The arguments _mha_packed_forward and _mha_packed_backward share (the packed ops take no
+// masks: causal and the sliding window are the only restrictions, per sequence).
+struct PackedAttentionOptions {
+  int64_t num_heads = 1;
+  bool is_causal = false;
+  std::array<int64_t, 2> window_size = kNoWindow;  // {left, right}, -1: unbounded
+  double dropout_p = 0.0;
+};
+
+// (output, qkv, context, logsumexp, rng_state) of _mha_packed_forward, and the five gradients
+// of _mha_packed_backward (undefined where output_mask is false).
+using PackedForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// mhsa::_mha_packed_forward; max_seqlen, if given, must bound every sequence's length.
+C10_EXPORT PackedForwardOutputs mha_packed_forward(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& options,
+    std::optional<int64_t> max_seqlen = std::nullopt);
 
 // mhsa::_mha_packed_backward.
-C10_EXPORT std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-mha_packed_backward(const at::Tensor& grad_output, const at::Tensor& x,
-                    const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
-                    const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-                    const at::Tensor& context, const at::Tensor& logsumexp,
-                    const at::Tensor& rng_state, int64_t num_heads, bool is_causal,
-                    int64_t window_left, int64_t window_right, double dropout_p,
-                    std::array<bool, 5> output_mask);
+C10_EXPORT BackwardOutputs mha_packed_backward(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const PackedAttentionOptions& options, std::array<bool, 5> output_mask);
 
 }  // namespace mhsa::internal
