@@ -7,7 +7,8 @@
 // otherwise repeat the list (CPU, Meta, Autograd, and the C++ wrapper that calls the op). Instead
 // each key writes its kernel against the AttentionOptions bundle and registers it through
 // forward_entry<&kernel> / backward_entry<&kernel>, which gather the schema's parameters into
-// the bundle; call_forward_op / call_backward_op do the reverse for callers of the op.
+// the bundle; mhsa::internal::mha_forward and friends (multi_head_self_attention*.cpp) do the
+// reverse for callers of the op, through the dispatcher.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -83,37 +84,6 @@ BackwardOutputs backward_entry(const at::Tensor& grad_output,
                 logsumexp, rng_state, options, output_mask);
 }
 
-// Calls the registered ops (through the dispatcher, so autograd, autocast and tracing apply):
-// the bundle taken apart in the schema's order.
-inline ForwardOutputs call_forward_op(const at::Tensor& x, const at::Tensor& in_proj_weight,
-                                      const std::optional<at::Tensor>& in_proj_bias,
-                                      const at::Tensor& out_proj_weight,
-                                      const std::optional<at::Tensor>& out_proj_bias,
-                                      const AttentionOptions& o, bool need_weights) {
-  // The kernel type of the schema is that of any forward_entry instance.
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_forward", "")
-                       .typed<decltype(forward_entry<nullptr>)>();
-  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, o.num_heads,
-                 o.batch_first, o.attn_mask, o.key_padding_mask, o.is_causal, o.dropout_p,
-                 need_weights, o.average_attn_weights, o.window_size);
-}
-
-inline BackwardOutputs call_backward_op(const at::Tensor& grad_output,
-                                        const std::optional<at::Tensor>& grad_attn_weights,
-                                        const at::Tensor& x, const at::Tensor& in_proj_weight,
-                                        const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-                                        const at::Tensor& context, const at::Tensor& logsumexp,
-                                        const at::Tensor& rng_state, const AttentionOptions& o,
-                                        std::array<bool, 5> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_backward", "")
-                       .typed<decltype(backward_entry<nullptr>)>();
-  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, o.num_heads, o.batch_first, o.attn_mask, o.key_padding_mask,
-                 o.is_causal, o.dropout_p, o.average_attn_weights, output_mask, o.window_size);
-}
-
 // The same boundary for _mha_packed_forward and _mha_packed_backward.
 using PackedForwardKernel = PackedForwardOutputs (*)(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
@@ -154,32 +124,6 @@ BackwardOutputs packed_backward_entry(const at::Tensor& grad_output, const at::T
       num_heads, is_causal, {window_left, window_right}, dropout_p};
   return Kernel(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
                 logsumexp, rng_state, options, output_mask);
-}
-
-inline PackedForwardOutputs call_packed_forward_op(
-    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
-    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& o,
-    std::optional<int64_t> max_seqlen) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
-                       .typed<decltype(packed_forward_entry<nullptr>)>();
-  return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                 o.num_heads, max_seqlen, o.is_causal, o.window_size[0], o.window_size[1],
-                 o.dropout_p);
-}
-
-inline BackwardOutputs call_packed_backward_op(
-    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
-    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const PackedAttentionOptions& o, std::array<bool, 5> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
-                       .typed<decltype(packed_backward_entry<nullptr>)>();
-  return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, o.num_heads, o.is_causal, o.window_size[0], o.window_size[1],
-                 o.dropout_p, output_mask);
 }
 
 }  // namespace mhsa::internal

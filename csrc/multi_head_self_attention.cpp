@@ -21,8 +21,14 @@ ForwardOutputs mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight
                            const at::Tensor& out_proj_weight,
                            const std::optional<at::Tensor>& out_proj_bias,
                            const AttentionOptions& options, bool need_weights) {
-  return call_forward_op(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options,
-                         need_weights);
+  // The kernel type of the schema is that of any forward_entry instance.
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_forward", "")
+                       .typed<decltype(forward_entry<nullptr>)>();
+  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options.num_heads,
+                 options.batch_first, options.attn_mask, options.key_padding_mask,
+                 options.is_causal, options.dropout_p, need_weights, options.average_attn_weights,
+                 options.window_size);
 }
 
 BackwardOutputs mha_backward(const at::Tensor& grad_output,
@@ -32,8 +38,13 @@ BackwardOutputs mha_backward(const at::Tensor& grad_output,
                              const at::Tensor& context, const at::Tensor& logsumexp,
                              const at::Tensor& rng_state, const AttentionOptions& options,
                              std::array<bool, 5> output_mask) {
-  return call_backward_op(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv,
-                          context, logsumexp, rng_state, options, output_mask);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_backward", "")
+                       .typed<decltype(backward_entry<nullptr>)>();
+  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, options.num_heads, options.batch_first, options.attn_mask,
+                 options.key_padding_mask, options.is_causal, options.dropout_p,
+                 options.average_attn_weights, output_mask, options.window_size);
 }
 
 }  // namespace internal
@@ -81,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
   options.dropout_p = training ? dropout_p : 0.0;
   options.average_attn_weights = average_attn_weights;
   options.window_size = internal::window_pair("multi_head_self_attention", window_size);
-  auto [output, weights, qkv, context, lse, rng_state] = internal::call_forward_op(
+  auto [output, weights, qkv, context, lse, rng_state] = internal::mha_forward(
       x, in_proj_weight, bias, out_proj_weight, out_proj_bias, options, need_weights);
   if (unbatched) {
     output = output.squeeze(1);

@@ -25,9 +25,9 @@ class MhaBackwardFunction : public torch::autograd::Function<MhaBackwardFunction
                                const at::Tensor& rng_state, const AttentionOptions& options,
                                std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [a, b, c, d, e] = internal::call_backward_op(grad_output, grad_attn_weights, x,
-                                                      in_proj_weight, out_proj_weight, qkv, context,
-                                                      logsumexp, rng_state, options, output_mask);
+    auto [a, b, c, d, e] =
+        internal::mha_backward(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight,
+                               qkv, context, logsumexp, rng_state, options, output_mask);
     return defined_gradients({a, b, c, d, e});  // put back in place by mha_backward_autograd
   }
 

@@ -69,7 +69,7 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     // Redispatch below the Autograd key; calling the op from here again without this guard
     // would land back in this kernel and recurse forever.
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, weights, qkv, context, lse, rng_state] = internal::call_forward_op(
+    auto [output, weights, qkv, context, lse, rng_state] = internal::mha_forward(
         x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options, need_weights);
     // O(N*L*E) saved state: no attention matrix (backward recomputes it from qkv and lse).
     ctx->save_for_backward({x, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state,
@@ -108,9 +108,9 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     const bool need_out_w = ctx->needs_input_grad(edge++);
     const bool need_out_b = has_out_bias && ctx->needs_input_grad(edge++);
     const std::array<bool, 5> output_mask = {need_x, need_in_w, need_in_b, need_out_w, need_out_b};
-    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = internal::call_backward_op(
-        grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
-        load_options(ctx, saved), output_mask);
+    auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] =
+        internal::mha_backward(grad_output, grad_weights, x, saved[1], saved[2], saved[3], saved[4],
+                               saved[5], saved[6], load_options(ctx, saved), output_mask);
     // One entry per forward argument: the five tensors, then none for options and need_weights.
     return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b, at::Tensor(), at::Tensor()};
   }

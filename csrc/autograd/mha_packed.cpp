@@ -28,8 +28,8 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
     // Redispatch below the Autograd key (calling the op again without it would recurse).
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, qkv, context, lse, rng_state] =
-        internal::call_packed_forward_op(x, cu_seqlens, in_proj_weight, in_proj_bias,
-                                         out_proj_weight, out_proj_bias, options, max_seqlen);
+        internal::mha_packed_forward(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
+                                     out_proj_bias, options, max_seqlen);
     // O(T*E) saved state, no attention matrix: backward recomputes it from qkv and lse.
     ctx->save_for_backward(
         {x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, lse, rng_state});
@@ -71,8 +71,8 @@ class MhaPackedForwardFunction : public torch::autograd::Function<MhaPackedForwa
                            ctx->saved_data["window_right"].toInt()};
     options.dropout_p = ctx->saved_data["dropout_p"].toDouble();
     auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] =
-        internal::call_packed_backward_op(grad_output, x, saved[1], saved[2], saved[3], saved[4],
-                                          saved[5], saved[6], saved[7], options, output_mask);
+        internal::mha_packed_backward(grad_output, x, saved[1], saved[2], saved[3], saved[4],
+                                      saved[5], saved[6], saved[7], options, output_mask);
     // One entry per forward argument: cu_seqlens, options and max_seqlen get none.
     return {grad_x,     at::Tensor(), grad_in_w,    grad_in_b,
             grad_out_w, grad_out_b,   at::Tensor(), at::Tensor()};
@@ -89,9 +89,9 @@ class MhaPackedBackwardFunction : public torch::autograd::Function<MhaPackedBack
                                const PackedAttentionOptions& options,
                                std::array<bool, 5> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [a, b, c, d, e] = internal::call_packed_backward_op(
-        grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context, logsumexp,
-        rng_state, options, output_mask);
+    auto [a, b, c, d, e] =
+        internal::mha_packed_backward(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight,
+                                      qkv, context, logsumexp, rng_state, options, output_mask);
     return defined_gradients({a, b, c, d, e});  // put back by mha_packed_backward_autograd
   }
 

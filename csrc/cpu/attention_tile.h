@@ -443,25 +443,9 @@ inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* qkv, const Attenti
   }
 }
 
-// Scores of a (query block, key block) tile: S = scale * Q_i K_j^T + masks, row stride ld.
-// `packed` is scratch of dot_packed_size(j1 - j0, D) floats.
-template <typename scalar_t, typename acc_t>
-inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
-                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h, int64_t i0,
-                       int64_t i1, int64_t j0, int64_t j1, float* packed) {
-  if (scores_on_grid<scalar_t>(g)) {
-    grid_scores(S, ld, qkv, g, scale, n, h, i0, i1, j0, j1);
-  } else {
-    const int64_t ld_seq = g.seq_rows() * 3 * g.E;
-    const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
-    const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
-    dot_tile(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, S, ld, packed);
-  }
-  if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
-}
-
-// The same with K_j already packed by pack_for_dot (bitwise the same scores; on the grid the
-// packed copy is not used, see pack_keys_for_scores).
+// Scores of a (query block, key block) tile, S = scale * Q_i K_j^T + masks (row stride ld), with
+// K_j already packed by pack_for_dot (on the grid the packed copy is not used, see
+// pack_keys_for_scores).
 template <typename scalar_t, typename acc_t>
 inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* qkv,
                                  const AttentionGeometry& g, const MaskView<acc_t>& masks,
@@ -484,6 +468,17 @@ template <typename scalar_t>
 inline void pack_keys_for_scores(const AttentionGeometry& g, const scalar_t* k, int64_t ldk,
                                  int64_t N, float* packed) {
   if (!scores_on_grid<scalar_t>(g)) pack_for_dot(k, ldk, N, g.D, packed);
+}
+
+// score_tile_prepacked, packing K_j into `packed` (scratch of dot_packed_size(j1 - j0, D)
+// floats) first: bitwise the same scores.
+template <typename scalar_t, typename acc_t>
+inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
+                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h, int64_t i0,
+                       int64_t i1, int64_t j0, int64_t j1, float* packed) {
+  pack_keys_for_scores(g, qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E,
+                       j1 - j0, packed);
+  score_tile_prepacked(S, ld, qkv, g, masks, scale, n, h, i0, i1, j0, j1, packed);
 }
 
 // A half-open range of sequence positions.

@@ -21,48 +21,11 @@
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "cpu/thread_team.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::cpu {
 namespace {
-
-// Runs the backward tasks on a team of threads that all run at once (a task may wait for
-// another's dQ turn, see attention_backward_kernel.cpp): an OpenMP team whose actual size the
-// tasks are dealt to round-robin. Without OpenMP (another ATen parallel backend gives no such
-// guarantee) or inside a parallel region, one thread runs them in order.
-template <typename scalar_t>
-void run_backward_tasks(const AttentionKernels<scalar_t>& kernels, const BackwardArgs<scalar_t>& a,
-                        int64_t tasks, double task_flops) {
-  int64_t threads = 1;
-#if AT_PARALLEL_OPENMP
-  if (!at::in_parallel_region()) {
-    threads = std::min<int64_t>(at::get_num_threads(), tasks);
-    // Small problems stay on the calling thread (see parallel_grain).
-    threads = std::min<int64_t>(threads, std::max<int64_t>(1, tasks / parallel_grain(task_flops)));
-  }
-#endif
-  if (threads <= 1) {
-    record_parallel_tasks("backward attention", 0, tasks);
-    kernels.backward_tasks(a, 0, 1);
-    return;
-  }
-#if AT_PARALLEL_OPENMP
-  std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast <int>(threads))
-  {
-    try {
-      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
-      record_parallel_tasks("backward attention", thread, (tasks - thread + team - 1) / team);
-      kernels.backward_tasks(a, thread, team);
-    } catch (...) {
-      __atomic_store_n(a.abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
-#pragma omp critical(mhsa_backward_error)
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
-#endif
-}
 
 internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
                                            const std::optional<at::Tensor>& grad_attn_weights,
@@ -166,7 +129,8 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
     }
     // A task: one key block against the queries, five GEMMs of 2*rows*cols*D per query block.
     const double task_flops = 10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
-    run_backward_tasks(kernels, a, tasks, task_flops);
+    run_on_team("backward attention", tasks, task_flops, a.abort,
+                [&](int64_t thread, int64_t team) { kernels.backward_tasks(a, thread, team); });
   });
   grad_ctx.reset();
   dsum.reset();

@@ -30,6 +30,7 @@
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "cpu/thread_team.h"
 #include "mha_op_entry.h"
 #include "packed_checks.h"
 
@@ -240,46 +241,16 @@ void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
   for (size_t b = 0; b < tasks.size(); ++b) start[b + 1] = start[b] + tasks[b];
   const int64_t total = start.back();
   if (total == 0) return;
-  int64_t threads = 1;
-#if AT_PARALLEL_OPENMP
-  if (!at::in_parallel_region()) {
-    threads = std::min<int64_t>(at::get_num_threads(), total);
-    // Small problems stay on the calling thread (see parallel_grain).
-    threads =
-        std::min<int64_t>(threads, std::max<int64_t>(1, total / parallel_grain(mean_task_flops)));
-  }
-#endif
-  auto run_thread = [&](int64_t thread, int64_t team) {
-    for (size_t b = 0; b < args.size(); ++b) {
-      if (tasks[b] == 0) continue;
-      const int64_t first = ((thread - start[b]) % team + team) % team;
-      if (first >= tasks[b]) continue;  // none of this sequence's tasks is this thread's
-      kernels.backward_tasks(args[b], first, team);
-      if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return;
-    }
-  };
-  if (threads <= 1) {
-    record_parallel_tasks("packed backward attention", 0, total);
-    run_thread(0, 1);
-    return;
-  }
-#if AT_PARALLEL_OPENMP
-  std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast <int>(threads))
-  {
-    try {
-      const int64_t thread = omp_get_thread_num(), team = omp_get_num_threads();
-      record_parallel_tasks("packed backward attention", thread,
-                            (total - thread + team - 1) / team);
-      run_thread(thread, team);
-    } catch (...) {
-      __atomic_store_n(abort, 1, __ATOMIC_RELAXED);  // release the tasks waiting for this one
-#pragma omp critical(mhsa_packed_backward_error)
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
-#endif
+  run_on_team("packed backward attention", total, mean_task_flops, abort,
+              [&](int64_t thread, int64_t team) {
+                for (size_t b = 0; b < args.size(); ++b) {
+                  if (tasks[b] == 0) continue;
+                  const int64_t first = ((thread - start[b]) % team + team) % team;
+                  if (first >= tasks[b]) continue;  // none of this sequence's tasks is ours
+                  kernels.backward_tasks(args[b], first, team);
+                  if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return;
+                }
+              });
 }
 
 internal::BackwardOutputs mha_packed_backward_cpu(

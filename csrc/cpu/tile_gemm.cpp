@@ -182,7 +182,13 @@ void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, 
       const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
       for (int64_t i = i0; i < i1; ++i) {
         out_t* o = out + i * ld_out;
-        for (int64_t k = k0; k < k1; ++k) o[k] = static_cast<out_t>(to_float(in[k * ld_in + i]));
+        for (int64_t k = k0; k < k1; ++k) {
+          if constexpr (std::is_same_v<in_t, out_t>) {
+            o[k] = in[k * ld_in + i];  // bfloat16 to bfloat16: a copy, no round trip
+          } else {
+            o[k] = static_cast<out_t>(to_float(in[k * ld_in + i]));
+          }
+        }
       }
     }
   }
@@ -220,23 +226,6 @@ void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows,
   }
 }
 #endif
-template <>
-void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int64_t ld_in,
-                                                   int64_t rows, int64_t cols, c10::BFloat16* out,
-                                                   int64_t ld_out) {
-  constexpr int64_t kB = 16;
-  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
-    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
-    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
-      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
-      for (int64_t i = i0; i < i1; ++i) {
-        c10::BFloat16* o = out + i * ld_out;
-        for (int64_t k = k0; k < k1; ++k) o[k] = in[k * ld_in + i];
-      }
-    }
-  }
-}
-
 // Columns k0..k0+kc of op(A) (M x K) as a row-major M x kc block (ld kc).
 template <typename in_t, typename out_t>
 void copy_a_block(Trans ta, const in_t* A, int64_t lda, int64_t k0, int64_t kc, int64_t M,
