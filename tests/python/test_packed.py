@@ -14,7 +14,7 @@ from torch.autograd import gradcheck
 from torch.library import opcheck
 
 import mhsa
-from mhsa_testutils import PARAM_NAMES, assert_close, causal_bool, make_pair
+from mhsa_testutils import PARAM_NAMES, assert_close, band_blocked, causal_bool, make_pair
 
 # Lengths cross the kernels' tile edges (64-row forward query blocks, 128-row backward key
 # blocks) and include a sequence of one token.
@@ -39,17 +39,10 @@ def _packed_input(lengths: Sequence[int], dtype: torch.dtype, seed: int, *, E: i
 
 def _band_mask(L: int, is_causal: bool, window: Tuple[int, int]) -> Optional[Tensor]:
     """Bool (L, L) mask, True = may not attend: the causal mask and/or the sliding window."""
-    i = torch.arange(L).unsqueeze(1)
-    j = torch.arange(L).unsqueeze(0)
-    masked = torch.zeros(L, L, dtype=torch.bool)
-    if is_causal:
-        masked |= causal_bool(L)
-    left, right = window
-    if left >= 0:
-        masked |= j < i - left
-    if right >= 0:
-        masked |= j > i + right
-    return masked if (is_causal or left >= 0 or right >= 0) else None
+    if not is_causal and window[0] < 0 and window[1] < 0:
+        return None
+    masked = band_blocked(L, window)
+    return masked | causal_bool(L) if is_causal else masked
 
 
 def _per_sequence(

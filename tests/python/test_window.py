@@ -16,24 +16,15 @@ import pytest
 import torch
 
 import mhsa
-from mhsa_testutils import TOLERANCES, make_pair
+from mhsa_testutils import TOLERANCES, band_blocked, causal_bool, make_pair
 
 WINDOWS = [(0, 0), (3, 0), (0, 2), (5, 7), (-1, 4), (6, -1), (200, 200), (-1, -1)]
 
 
 def band_mask(L: int, window: Tuple[int, int], is_causal: bool) -> torch.Tensor:
     """True where query i may NOT see key j."""
-    i = torch.arange(L).unsqueeze(1)
-    j = torch.arange(L).unsqueeze(0)
-    blocked = torch.zeros(L, L, dtype=torch.bool)
-    left, right = window
-    if left >= 0:
-        blocked |= j < i - left
-    if right >= 0:
-        blocked |= j > i + right
-    if is_causal:
-        blocked |= j > i
-    return blocked
+    blocked = band_blocked(L, window)
+    return blocked | causal_bool(L) if is_causal else blocked
 
 
 def reference_attn_mask(
