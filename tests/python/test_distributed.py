@@ -73,6 +73,16 @@ def _rank_main(
     except BaseException:  # noqa: BLE001  (reported to the parent, whatever it is)
         Path(outdir, f"rank{rank}.err").write_text(traceback.format_exc())
         os._exit(1)
+    # The rank's work is done and checked. Leave without Python's interpreter finalization: in
+    # torch 2.13 a gloo worker thread can still be destroying a finished AsyncWork (FSDP2's
+    # collectives) whose tensors own Python objects while the main thread finalizes; its GIL
+    # acquire then ends the thread with a forced unwind through a noexcept destructor, and
+    # std::terminate aborts the rank ("terminate called without an active exception"; a core
+    # dump shows ProcessGroupGloo::AsyncWork::~AsyncWork -> decref_pyobject -> take_gil ->
+    # pthread_exit). About 1 launch in 10 hit it; it is torch's teardown, not mhsa's.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _launch(
