@@ -51,16 +51,35 @@ void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, i
   for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
 }
 
-// Incoming gradient of the returned weights: the per-head entry, or the averaged one divided
-// by H (the weights returned were the mean over heads).
-template <typename scalar_t, typename acc_t>
-inline acc_t grad_weight(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h, int64_t i,
-                         int64_t j) {
+// Row i of the incoming gradient of the returned weights for head (n, h): the per-head row, or
+// the averaged row, which reaches every head divided by H (see grad_weights_scale).
+template <typename scalar_t>
+inline const scalar_t* grad_weights_row(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
+                                        int64_t i) {
   const AttentionGeometry& g = a.g;
-  if (a.grad_weights_averaged) {
-    return to_acc(a.grad_weights[(n * g.L + i) * g.L + j]) / static_cast<acc_t>(g.H);
+  if (a.grad_weights_averaged) return a.grad_weights + (n * g.L + i) * g.L;
+  return a.grad_weights + ((n * g.H + h) * g.L + i) * g.L;
+}
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t grad_weights_scale(const BackwardArgs<scalar_t>& a) {
+  return a.grad_weights_averaged ? acc_t(1) / static_cast<acc_t>(a.g.H) : acc_t(1);
+}
+
+// sum_c p[c] * dw[c] in kSumLanes running partial sums (independent chains the compiler
+// vectorizes, where one running sum would wait on each add), combined in a fixed order: the
+// same bits for any thread count.
+template <typename scalar_t, typename acc_t>
+inline acc_t weighted_row_sum(const acc_t* p, const scalar_t* dw, int64_t n) {
+  constexpr int kSumLanes = 16;
+  acc_t part[kSumLanes] = {};
+  int64_t c = 0;
+  for (; c + kSumLanes <= n; c += kSumLanes) {
+    for (int k = 0; k < kSumLanes; ++k) part[k] += p[c + k] * to_acc(dw[c + k]);
   }
-  return to_acc(a.grad_weights[((n * g.H + h) * g.L + i) * g.L + j]);
+  for (int k = 0; c < n; ++c, ++k) part[k] += p[c] * to_acc(dw[c]);
+  acc_t sum = 0;
+  for (int k = 0; k < kSumLanes; ++k) sum += part[k];
+  return sum;
 }
 
 template <typename scalar_t>
@@ -95,6 +114,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   Buffer<acc_t> S(block_q * block_kv), factors(block_kv);
   Buffer<float> packed_k(dot_packed_size(block_kv, g.D));
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
+  const acc_t dw_scale = grad_weights_scale(a);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks, h = (t / q_blocks) % g.H, n = t / (q_blocks * g.H);
     const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
@@ -108,10 +128,8 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
         acc_t* srow = S.data() + r * block_kv;
         if (a.dropout.enabled)
           dropout_row(srow, factors.data(), a.dropout, g, n, h, i0 + r, j0, j1, keep_scale);
-        acc_t sum = 0;
-        for (int64_t c = 0; c < j1 - j0; ++c)
-          sum += srow[c] * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
-        a.dsum[(n * g.H + h) * g.L + i0 + r] += sum;
+        const scalar_t* dw = grad_weights_row(a, n, h, i0 + r) + j0;
+        a.dsum[(n * g.H + h) * g.L + i0 + r] += dw_scale * weighted_row_sum(srow, dw, j1 - j0);
       }
     }
   }
@@ -247,9 +265,10 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
       acc_t* dprow = dP + r * ld;
       const acc_t* prow = P + r * ld;
       if (a.grad_weights != nullptr) {
-        const acc_t weight_scale = a.dropout.enabled ? keep_scale : acc_t(1);
-        for (int64_t c = 0; c < cols; ++c)
-          dprow[c] += weight_scale * grad_weight<scalar_t, acc_t>(a, n, h, i0 + r, j0 + c);
+        const acc_t weight_scale =
+            (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
+        const scalar_t* dw = grad_weights_row(a, n, h, i0 + r) + j0;
+        for (int64_t c = 0; c < cols; ++c) dprow[c] += weight_scale * to_acc(dw[c]);
       }
       if (a.dropout.enabled) {
         const acc_t* f = keep + r * ld;

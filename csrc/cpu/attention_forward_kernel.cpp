@@ -14,22 +14,33 @@ struct ForwardScratch {
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
   Buffer<float> packed;  // K^T of one key block, for dot_tile
-  ForwardScratch(const TileSizes& t, int64_t head_dim)
+  // Only when the weights are returned: the first sweep's exp(score - running max), after the
+  // dropout mask, for all keys of the task's rows (rows x L), and the running max each key
+  // block was shifted by (rows x key blocks). See attention_weights_rows.
+  Buffer<acc_t> kept, kept_shift;
+  ForwardScratch(const TileSizes& t, int64_t head_dim, int64_t L, bool need_weights)
       : scores(t.forward_q * t.forward_k),
         out(t.forward_q * head_dim),
         row_max(t.forward_q),
         row_sum(t.forward_q),
         dropout(t.forward_k),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
-        packed(dot_packed_size(t.forward_k, head_dim)) {}
+        packed(dot_packed_size(t.forward_k, head_dim)),
+        kept(need_weights ? t.forward_q * L : 0),
+        kept_shift(need_weights ? t.forward_q * key_blocks(t, L) : 0) {}
+
+  static int64_t key_blocks(const TileSizes& t, int64_t L) {
+    return (L + t.forward_k - 1) / t.forward_k;
+  }
 };
 
 // Online softmax over the key blocks for queries i0..i1 of head (n, h): writes the context
 // rows and the log-sum-exp. A row that can see no key (all masked) gets a zero output and
 // lse = +inf, so every probability recomputed from it is exp(-inf) = 0, never NaN.
+// With keep_for_weights, each block's exp(score - running max) is also kept in s.kept.
 template <typename scalar_t>
 void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s, int64_t n,
-                    int64_t h, int64_t i0, int64_t i1) {
+                    int64_t h, int64_t i0, int64_t i1, bool keep_for_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const AttentionGeometry& g = a.g;
@@ -43,6 +54,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   fill(m, rows, neg_inf);
   fill(l, rows, acc_t(0));
 
+  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.L);
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
   for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
@@ -53,19 +65,23 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
       const acc_t m_new = (m[r] > tile_max || m[r] != m[r]) ? m[r] : tile_max;  // NaN sticks
       if (m_new == neg_inf) {  // nothing visible yet in this row
         fill(srow, cols, acc_t(0));
-        continue;
+      } else {
+        const acc_t alpha = std::exp(m[r] - m_new);
+        l[r] = l[r] * alpha + exp_shift_sum(srow, cols, m_new);
+        m[r] = m_new;
+        if (alpha != acc_t(1)) {
+          acc_t* o = O + r * D;
+          for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+        }
+        // The normalizer l uses the probabilities before dropout, the output after it (kept
+        // entries times 1: the op kernel applies 1 / (1 - p) to the whole context).
+        if (a.dropout.enabled)
+          dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
       }
-      const acc_t alpha = std::exp(m[r] - m_new);
-      l[r] = l[r] * alpha + exp_shift_sum(srow, cols, m_new);
-      m[r] = m_new;
-      if (alpha != acc_t(1)) {
-        acc_t* o = O + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+      if (keep_for_weights) {
+        std::copy(srow, srow + cols, s.kept.data() + r * g.L + j0);
+        s.kept_shift[r * key_blocks + j0 / block_k] = m_new;
       }
-      // The normalizer l uses the probabilities before dropout, the output after it (kept
-      // entries times 1: the op kernel applies 1 / (1 - p) to the whole context).
-      if (a.dropout.enabled)
-        dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
     }
     const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
     const scalar_t* v = a.qkv + g.row(n, j0) * 3 * g.E + 2 * g.E + h * D;
@@ -85,41 +101,39 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   }
 }
 
-// Second sweep when the caller wants the weights: the probabilities (after dropout, as
-// nn.MultiheadAttention returns them) recomputed from the final log-sum-exp.
+// The weights (after dropout, as nn.MultiheadAttention returns them) from what the first sweep
+// kept, instead of computing the scores a second time: a block shifted by its running max m_b
+// becomes exp(s - lse) = exp(s - m_b) * exp(m_b - lse). The factor is at most 1 (m_b <= max
+// <= lse), 0 for a block that saw nothing yet (m_b = -inf) and for an empty row (lse = +inf).
 template <typename scalar_t>
 void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s, int64_t n,
                             int64_t h, int64_t i0, int64_t i1) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
-  const int64_t rows = i1 - i0, block_k = a.tiles.forward_k;
-  acc_t* S = s.scores.data();
+  const int64_t block_k = a.tiles.forward_k;
+  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.L);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
-  const acc_t inv_heads = acc_t(1) / static_cast<acc_t>(g.H);
+  const acc_t keep_scale = a.dropout.enabled ? static_cast<acc_t>(a.dropout.keep_scale()) : 1;
+  // Averaged weights are accumulated over the heads, each scaled by 1 / H.
+  const acc_t weight_scale = a.weights != nullptr ? keep_scale : keep_scale / g.H;
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
-  for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
-    const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
-    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
-    for (int64_t r = 0; r < rows; ++r) {
-      acc_t* srow = S + r * block_k;
-      exp_shift_sum(srow, cols, lse[r]);
-      if (a.dropout.enabled)
-        dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1,
-                    static_cast<acc_t>(a.dropout.keep_scale()));
-      const int64_t i = i0 + r;
-      if (a.weights != nullptr) {
-        scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) w[c] = from_acc<scalar_t>(srow[c]);
+  for (int64_t r = 0; r < i1 - i0; ++r) {
+    const int64_t i = i0 + r;
+    const acc_t* kept = s.kept.data() + r * g.L;
+    const acc_t* shift = s.kept_shift.data() + r * key_blocks;
+    scalar_t* w = a.weights != nullptr ? a.weights + ((n * g.H + h) * g.L + i) * g.L : nullptr;
+    acc_t* w_avg = a.weights != nullptr ? nullptr : a.weights_avg + (n * g.L + i) * g.L;
+    for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
+      const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end;
+      const acc_t factor = std::exp(shift[j0 / block_k] - lse[r]) * weight_scale;
+      if (w != nullptr) {
+        for (int64_t j = j0; j < j1; ++j) w[j] = from_acc<scalar_t>(kept[j] * factor);
       } else {
-        acc_t* w = a.weights_avg + (n * g.L + i) * g.L + j0;
-        for (int64_t c = 0; c < cols; ++c) w[c] += srow[c] * inv_heads;
+        for (int64_t j = j0; j < j1; ++j) w_avg[j] += kept[j] * factor;
       }
     }
-  }
-  if (a.weights != nullptr && (keys.begin > 0 || keys.end < g.L)) {  // skipped keys: zero
-    const scalar_t zero = from_acc<scalar_t>(acc_t(0));
-    for (int64_t i = i0; i < i1; ++i) {
-      scalar_t* w = a.weights + ((n * g.H + h) * g.L + i) * g.L;
+    if (w != nullptr) {  // keys no query of the block can see: zero
+      const scalar_t zero = from_acc<scalar_t>(acc_t(0));
       fill(w, keys.begin, zero);
       fill(w + keys.end, g.L - keys.end, zero);
     }
@@ -133,7 +147,7 @@ void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads
   const int64_t block_q = a.tiles.forward_q;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   const int64_t head_tasks = heads_inside ? 1 : g.H;
-  ForwardScratch<scalar_t> scratch(a.tiles, g.D);
+  ForwardScratch<scalar_t> scratch(a.tiles, g.D, g.L, need_weights);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks;
     const int64_t ht = (t / q_blocks) % head_tasks;
@@ -141,7 +155,7 @@ void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads
     const int64_t i0 = qb * block_q, i1 = i0 + block_q < g.L ? i0 + block_q : g.L;
     const int64_t h_begin = heads_inside ? 0 : ht, h_end = heads_inside ? g.H : ht + 1;
     for (int64_t h = h_begin; h < h_end; ++h) {
-      attention_rows(a, scratch, n, h, i0, i1);
+      attention_rows(a, scratch, n, h, i0, i1, need_weights);
       if (need_weights) attention_weights_rows(a, scratch, n, h, i0, i1);
     }
   }
