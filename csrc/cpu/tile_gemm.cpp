@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -226,6 +227,68 @@ void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows,
   }
 }
 #endif
+// out[i][k] = in[k][i] for 32-bit words (strides in words), bit copies: a pair of bfloat16
+// moves as one word. 4 x 4 SSE transposes (shuffles only, no arithmetic, so every bit pattern
+// survives), by 16 x 16 blocks as transpose_block.
+void transpose_words(const void* in_ptr, int64_t ld_in, int64_t rows, int64_t cols, void* out_ptr,
+                     int64_t ld_out) {
+  const char* in = static_cast<const char*>(in_ptr);
+  char* out = static_cast<char*>(out_ptr);
+  constexpr int64_t kW = 4, kB = 16;
+  auto copy_word = [&](int64_t k, int64_t i) {
+    std::memcpy(out + (i * ld_out + k) * kW, in + (k * ld_in + i) * kW, kW);
+  };
+  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
+    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
+    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
+      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
+      int64_t i = i0;
+#if defined(__SSE2__)
+      for (; i + 4 <= i1; i += 4) {
+        int64_t k = k0;
+        for (; k + 4 <= k1; k += 4) {
+          auto load = [&](int64_t r) {
+            return _mm_castsi128_ps(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + (r * ld_in + i) * kW)));
+          };
+          __m128 r0 = load(k), r1 = load(k + 1), r2 = load(k + 2), r3 = load(k + 3);
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          const __m128 t[4] = {r0, r1, r2, r3};
+          for (int64_t c = 0; c < 4; ++c) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + ((i + c) * ld_out + k) * kW),
+                             _mm_castps_si128(t[c]));
+          }
+        }
+        for (; k < k1; ++k)
+          for (int64_t ii = i; ii < i + 4; ++ii) copy_word(k, ii);
+      }
+#endif
+      for (; i < i1; ++i)
+        for (int64_t k = k0; k < k1; ++k) copy_word(k, i);
+    }
+  }
+}
+
+// out[2j] = r0[j], out[2j + 1] = r1[j] (0 where r1 is null) for j < n: two rows of a row-major
+// B as one row of VNNI pairs.
+void interleave_rows(const c10::BFloat16* r0, const c10::BFloat16* r1, int64_t n,
+                     c10::BFloat16* out) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 8 <= n; j += 8) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + j));
+    const __m128i b = r1 != nullptr ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + j))
+                                    : _mm_setzero_si128();
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * j), _mm_unpacklo_epi16(a, b));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * j + 8), _mm_unpackhi_epi16(a, b));
+  }
+#endif
+  const c10::BFloat16 zero(0.0f);
+  for (; j < n; ++j) {
+    out[2 * j] = r0[j];
+    out[2 * j + 1] = r1 != nullptr ? r1[j] : zero;
+  }
+}
 // Columns k0..k0+kc of op(A) (M x K) as a row-major M x kc block (ld kc).
 template <typename in_t, typename out_t>
 void copy_a_block(Trans ta, const in_t* A, int64_t lda, int64_t k0, int64_t kc, int64_t M,
@@ -333,6 +396,11 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
         for (int64_t k = 0; k < kp; ++k)
           for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
         cpublas::pack(kp, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, pb);
+      } else if (tb == Trans::No) {
+        for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+          const c10::BFloat16* r0 = B + (k0 + 2 * k2) * ldb + j0;
+          interleave_rows(r0, 2 * k2 + 1 < kc ? r0 + ldb : nullptr, nb, pb + k2 * 2 * nb);
+        }
       } else {
         for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
           c10::BFloat16* row = pb + k2 * 2 * nb;
@@ -349,14 +417,17 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
 }
 
 // B^T in the bfloat16 micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
-// (even), nb <= kBlockN columns.
+// (even), nb <= kBlockN columns. Without cpublas::pack the VNNI layout is a transpose of 32-bit
+// words: packed row d/2 holds the pairs (rows[c][d], rows[c][d+1]) for c = 0..nb, so each pair
+// moves as one word (it was a per-element scatter that cost as much as the GEMM it fed).
 void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
                           bool use_pack, c10::BFloat16* out, Scratch& s) {
   if (use_pack) {
     c10::BFloat16* plain = sized(s.plain16, K * nb);
-    for (int64_t c = 0; c < nb; ++c)
-      for (int64_t d = 0; d < K; ++d) plain[d * nb + c] = rows[c * ld + d];
+    transpose_block(rows, ld, nb, K, plain, nb);
     cpublas::pack(K, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, out);
+  } else if (K % 2 == 0 && ld % 2 == 0) {
+    transpose_words(rows, ld / 2, nb, K / 2, out, nb);
   } else {
     for (int64_t c = 0; c < nb; ++c) {
       const c10::BFloat16* r = rows + c * ld;
