@@ -86,6 +86,15 @@ def interleaved(
     return samples
 
 
+def gemm_pct_text(row: Row, rates: dict[str, float]) -> str:
+    """The row's GFLOP/s as a percentage of its dtype's GEMM rate, or "-" where that rate is
+    below a tenth of the fastest dtype's: torch.mm then runs emulated kernels (float16 on CPUs
+    without AVX512-FP16/AMX-FP16), and a percentage of it says nothing about the machine."""
+    if rates.get(row.dtype, 0.0) < 0.1 * max(rates.values()):
+        return "- (no native GEMM)"
+    return f"{row.gemm_pct:.0f}%"
+
+
 def gemm_rate(dtype: torch.dtype, size: int = 2048) -> float:
     """GFLOP/s of torch.mm at size^3 in dtype, median of repeats."""
     a = torch.randn(size, size, dtype=dtype)
@@ -317,7 +326,7 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         lines.append(
             f"| {r.mode} | {r.dtype} | {r.N}, {r.L}, {r.E}, {r.H} | {r.need_weights} | {r.dropout} | "
             f"{r.mhsa_fwd_ms:.1f} | {r.torch_fwd_ms:.1f} | {step} | {tstep} | **{r.speedup:.2f}x** | "
-            f"{r.mhsa_gflops:.0f} | {r.gemm_pct:.0f}% | {mem} |"
+            f"{r.mhsa_gflops:.0f} | {gemm_pct_text(r, rates)} | {mem} |"
         )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     try:
@@ -404,7 +413,7 @@ def main() -> None:
                 print(
                     f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
                     f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
-                    f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({row.gemm_pct:.0f}% of GEMM)",
+                    f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({gemm_pct_text(row, rates)} of GEMM)",
                     flush=True,
                 )
             if dtype in ("bfloat16", "float16") and L > 2048:
