@@ -37,15 +37,18 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
                            bias, out_dtype.value_or(at::kFloat));
   }
   const at::Tensor A = a.contiguous();
-  // A transposed B (a weight matrix, x W^T) is materialized once here: the tile GEMMs would
-  // otherwise copy the same transposed block again for every row tile. A transposed A (the
-  // activations of a weight gradient, N*L rows) is left to the tiles, which copy it in chunks,
-  // rather than doubling its memory. (Transposing is exact.)
-  const at::Tensor B = transpose_b ? b.t().contiguous() : b.contiguous();
+  // A transposed B (a weight matrix, x W^T) is materialized once here: the float tile GEMMs
+  // would otherwise copy the same transposed block again for every row tile. The bfloat16 ones
+  // pack every B block anyway, a transposed one as cheaply, so they take the weight as it is.
+  // A transposed A (the activations of a weight gradient, N*L rows) is left to the tiles, which
+  // copy it in chunks, rather than doubling its memory. (Transposing is exact.)
+  const bool b_transposed_in_tiles =
+      transpose_b && A.scalar_type() == at::kBFloat16 && tile_gemm_bf16_packs_b();
+  const at::Tensor B = transpose_b && !b_transposed_in_tiles ? b.t().contiguous() : b.contiguous();
   const int64_t M = transpose_a ? A.size(1) : A.size(0);
   const int64_t K = transpose_a ? A.size(0) : A.size(1);
-  const int64_t N = B.size(1);
-  TORCH_INTERNAL_ASSERT(B.size(0) == K);
+  const int64_t N = b_transposed_in_tiles ? B.size(0) : B.size(1);
+  TORCH_INTERNAL_ASSERT((b_transposed_in_tiles ? B.size(1) : B.size(0)) == K);
   const auto acc_dtype = accumulation_dtype(A.scalar_type());
   at::Tensor C = at::empty({M, N}, A.options().dtype(acc_dtype));
   at::Tensor bias_acc;
@@ -80,8 +83,9 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
             beta = 1;
           }
           const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
-          const scalar_t* tb = pb + j0;
-          tile_gemm(transpose_a ? Trans::Yes : Trans::No, Trans::No, rows, cols, K,
+          const scalar_t* tb = b_transposed_in_tiles ? pb + j0 * ldb : pb + j0;
+          tile_gemm(transpose_a ? Trans::Yes : Trans::No,
+                    b_transposed_in_tiles ? Trans::Yes : Trans::No, rows, cols, K,
                     static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
         }
         tile_gemm_release();

@@ -407,8 +407,12 @@ void brgemm_f32(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha
   finish_target(t, M, N, alpha, beta, C, ldc);
 }
 
+void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
+                          bool use_pack, c10::BFloat16* out, Scratch& s);
+
 // bfloat16 on the bfloat16 micro-kernel: B packed into VNNI pairs (or by cpublas::pack on AMX)
-// per block of kBlockN columns, the reduction padded to an even length with zeros.
+// per block of kBlockN columns, the reduction padded to an even length with zeros. A transposed
+// B (rows of B^T, e.g. a weight matrix for x W^T) packs as cheaply as a plain one.
 void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                  const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
                  float beta, float* C, int64_t ldc, bool use_pack) {
@@ -437,7 +441,9 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
         if (k >= kc) return zero;
         return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
       };
-      if (use_pack) {
+      if (tb == Trans::Yes && kp == kc) {
+        pack_rows_as_columns(B + j0 * ldb + k0, ldb, nb, kc, use_pack, pb, s);
+      } else if (use_pack) {
         c10::BFloat16* plain = sized(s.plain16, kp * nb);
         for (int64_t k = 0; k < kp; ++k)
           for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
@@ -521,6 +527,10 @@ bool bf16_vnni_works(bool use_pack) {
             want[i * sh.N + n] +=
                 static_cast<float>(a[i * sh.K + k]) * static_cast<float>(b[k * sh.N + n]);
       brgemm_bf16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N,
+                  0.0f, c.data(), sh.N, use_pack);
+      if (c != want) return false;
+      std::fill(c.begin(), c.end(), 1.0f);  // B given transposed (a weight matrix)
+      brgemm_bf16(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, bt.data(), sh.K,
                   0.0f, c.data(), sh.N, use_pack);
       if (c != want) return false;
       // The score-block path: B given as rows (K^T), even K, at most one block of columns.
@@ -674,6 +684,14 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
 void tile_gemm_release() {
 #ifdef MHSA_USE_BRGEMM
   if (support().bf16_pack) cpublas::brgemm_release(true);
+#endif
+}
+
+bool tile_gemm_bf16_packs_b() {
+#ifdef MHSA_USE_BRGEMM
+  return support().bf16;
+#else
+  return false;
 #endif
 }
 

@@ -48,6 +48,11 @@ void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t l
 // tile_gemm; a later tile_gemm takes the state again by itself. Cheap when nothing is held.
 void tile_gemm_release();
 
+// Whether the bfloat16 tile GEMMs re-lay every B operand out themselves (the VNNI packing of
+// the bfloat16 micro-kernel), so that a transposed B costs them nothing extra: the projections
+// then pass a weight matrix as it is instead of materializing its transpose on every call.
+bool tile_gemm_bf16_packs_b();
+
 // The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
 // "onednn-brgemm(float32,bfloat16-vnni)" or "portable-loops".
 const char* tile_gemm_backend();
