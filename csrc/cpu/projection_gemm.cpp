@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "cpu/parallel_stats.h"
 #include "cpu/tile_gemm.h"
@@ -50,7 +51,12 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
   const int64_t N = b_transposed_in_tiles ? B.size(0) : B.size(1);
   TORCH_INTERNAL_ASSERT((b_transposed_in_tiles ? B.size(1) : B.size(0)) == K);
   const auto acc_dtype = accumulation_dtype(A.scalar_type());
-  at::Tensor C = at::empty({M, N}, A.options().dtype(acc_dtype));
+  // A bfloat16 result is written tile by tile from an fp32 scratch tile that stays in cache,
+  // rather than as an M x N fp32 matrix converted in a second pass (the same rounding:
+  // round to nearest even, as Tensor.to).
+  const bool bf16_out =
+      out_dtype.has_value() && *out_dtype == at::kBFloat16 && A.scalar_type() == at::kBFloat16;
+  at::Tensor C = at::empty({M, N}, A.options().dtype(bf16_out ? at::kBFloat16 : acc_dtype));
   at::Tensor bias_acc;
   if (bias.has_value() && bias->defined()) {
     TORCH_INTERNAL_ASSERT(bias->numel() == N);
@@ -64,7 +70,8 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* pa = A.const_data_ptr<scalar_t>();
       const scalar_t* pb = B.const_data_ptr<scalar_t>();
-      acc_t* pc = C.mutable_data_ptr<acc_t>();
+      acc_t* pc = bf16_out ? nullptr : C.mutable_data_ptr<acc_t>();
+      c10::BFloat16* pc16 = bf16_out ? C.mutable_data_ptr<c10::BFloat16>() : nullptr;
       const acc_t* pbias = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
       // A tile task is 2 * tile^2 * K flops; grain 1 unless tiles are tiny.
       const double tile_flops = 2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
@@ -72,27 +79,36 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
           tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
       at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
         record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
+        std::vector<acc_t> scratch(bf16_out ? static_cast<size_t>(tile * tile) : 0);
         for (int64_t t = begin; t < end; ++t) {
           const int64_t i0 = (t / col_tiles) * tile, j0 = (t % col_tiles) * tile;
           const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
-          acc_t* c = pc + i0 * N + j0;
+          acc_t* c = bf16_out ? scratch.data() : pc + i0 * N + j0;
+          const int64_t ldc = bf16_out ? cols : N;
           acc_t beta = 0;
           if (pbias != nullptr) {
             for (int64_t r = 0; r < rows; ++r)
-              for (int64_t j = 0; j < cols; ++j) c[r * N + j] = pbias[j0 + j];
+              std::copy(pbias + j0, pbias + j0 + cols, c + r * ldc);
             beta = 1;
           }
           const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
           const scalar_t* tb = b_transposed_in_tiles ? pb + j0 * ldb : pb + j0;
           tile_gemm(transpose_a ? Trans::Yes : Trans::No,
                     b_transposed_in_tiles ? Trans::Yes : Trans::No, rows, cols, K,
-                    static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, N);
+                    static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, ldc);
+          if (bf16_out) {
+            for (int64_t r = 0; r < rows; ++r) {
+              c10::BFloat16* out = pc16 + (i0 + r) * N + j0;
+              const acc_t* row = c + r * ldc;
+              for (int64_t j = 0; j < cols; ++j) out[j] = c10::BFloat16(static_cast<float>(row[j]));
+            }
+          }
         }
         tile_gemm_release();
       });
     });
   }
-  if (out_dtype.has_value() && *out_dtype != acc_dtype) return C.to(*out_dtype);
+  if (out_dtype.has_value() && *out_dtype != C.scalar_type()) return C.to(*out_dtype);
   return C;
 }
 
