@@ -23,6 +23,41 @@ int64_t output_tile(int64_t M, int64_t N) {
   return tile;
 }
 
+// The B column tile that a thread's run of projection tiles shares, packed once for the run
+// (bfloat16): the row tiles of one column tile multiply the same block of B, which a plain tile
+// GEMM would pack again for each. Packing per thread keeps the block in that core's cache (a
+// whole-B prepacking shared by all threads measured slower in training).
+struct PackedColumn {
+  PackedB16 b;
+  int64_t col_tile = -1;
+};
+// One per thread, so the packed storage (128 KiB and more: glibc would mmap and unmap a fresh
+// one on every call) is allocated once; col_tile is reset at the start of each task run.
+PackedColumn& thread_packed_column() {
+  thread_local PackedColumn packed;
+  return packed;
+}
+
+// A projection tile from the packed column tile; false where the plain tile GEMM runs instead
+// (other dtypes, or no packing micro-kernel). The same bits either way.
+template <typename scalar_t, typename acc_t>
+bool packed_tile(PackedColumn&, bool, int64_t, Trans, Trans, int64_t, int64_t, int64_t, acc_t,
+                 const scalar_t*, int64_t, const scalar_t*, int64_t, acc_t, acc_t*, int64_t) {
+  return false;
+}
+bool packed_tile(PackedColumn& packed, bool enabled, int64_t col_tile, Trans ta, Trans tb,
+                 int64_t rows, int64_t cols, int64_t K, float alpha, const c10::BFloat16* A,
+                 int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc) {
+  if (!enabled) return false;
+  if (packed.col_tile != col_tile) {
+    packed.b.pack(tb, B, ldb, K, cols);
+    packed.col_tile = col_tile;
+  }
+  tile_gemm(ta, rows, K, alpha, A, lda, packed.b, beta, C, ldc);
+  return true;
+}
+
 at::ScalarType accumulation_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -66,6 +101,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
     const int64_t tile = output_tile(M, N);
     const int64_t row_tiles = ceil_div(M, tile), col_tiles = ceil_div(N, tile);
     const int64_t lda = A.size(1), ldb = B.size(1);
+    const bool pack_columns = A.scalar_type() == at::kBFloat16 && tile_gemm_bf16_packs_b();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, A.scalar_type(), "projection_gemm", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* pa = A.const_data_ptr<scalar_t>();
@@ -80,8 +116,14 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
       at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
         record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
         std::vector<acc_t> scratch(bf16_out ? static_cast<size_t>(tile * tile) : 0);
+        PackedColumn& packed = thread_packed_column();
+        packed.col_tile = -1;  // B of this call is not packed yet
         for (int64_t t = begin; t < end; ++t) {
-          const int64_t i0 = (t / col_tiles) * tile, j0 = (t % col_tiles) * tile;
+          // bfloat16 with a packing micro-kernel: column-major task order, so that a thread's
+          // run of tasks shares one column tile of B, packed once (see PackedColumn).
+          const int64_t row_tile = pack_columns ? t % row_tiles : t / col_tiles;
+          const int64_t col_tile = pack_columns ? t / row_tiles : t % col_tiles;
+          const int64_t i0 = row_tile * tile, j0 = col_tile * tile;
           const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
           acc_t* c = bf16_out ? scratch.data() : pc + i0 * N + j0;
           const int64_t ldc = bf16_out ? cols : N;
@@ -93,9 +135,13 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
           }
           const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
           const scalar_t* tb = b_transposed_in_tiles ? pb + j0 * ldb : pb + j0;
-          tile_gemm(transpose_a ? Trans::Yes : Trans::No,
-                    b_transposed_in_tiles ? Trans::Yes : Trans::No, rows, cols, K,
-                    static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, ldc);
+          const Trans op_a = transpose_a ? Trans::Yes : Trans::No;
+          const Trans op_b = b_transposed_in_tiles ? Trans::Yes : Trans::No;
+          if (!packed_tile(packed, pack_columns, col_tile, op_a, op_b, rows, cols, K,
+                           static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, ldc)) {
+            tile_gemm(op_a, op_b, rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta,
+                      c, ldc);
+          }
           if (bf16_out) {
             for (int64_t r = 0; r < rows; ++r) {
               c10::BFloat16* out = pc16 + (i0 + r) * N + j0;

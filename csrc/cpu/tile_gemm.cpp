@@ -410,13 +410,48 @@ void brgemm_f32(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha
 void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
                           bool use_pack, c10::BFloat16* out, Scratch& s);
 
-// bfloat16 on the bfloat16 micro-kernel: B packed into VNNI pairs (or by cpublas::pack on AMX)
-// per block of kBlockN columns, the reduction padded to an even length with zeros. A transposed
-// B (rows of B^T, e.g. a weight matrix for x W^T) packs as cheaply as a plain one.
-void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-                 const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
-                 float beta, float* C, int64_t ldc, bool use_pack) {
-  Scratch& s = scratch();
+// Rows k0..k0+kc of op(B) (K x N), columns j0..j0+nb (nb <= kBlockN), as one block of the
+// bfloat16 micro-kernel's B: VNNI pairs (or cpublas::pack's layout on AMX), kc rounded up to an
+// even number of rows with zeros. A transposed B (rows of B^T, e.g. a weight matrix for x W^T)
+// packs as cheaply as a plain one.
+void pack_b_block(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0,
+                  int64_t nb, bool use_pack, c10::BFloat16* pb, Scratch& s) {
+  const c10::BFloat16 zero(0.0f);
+  const int64_t kp = (kc + 1) / 2 * 2;
+  auto b_at = [&](int64_t k, int64_t j) -> c10::BFloat16 {
+    if (k >= kc) return zero;
+    return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
+  };
+  if (tb == Trans::Yes && kp == kc) {
+    pack_rows_as_columns(B + j0 * ldb + k0, ldb, nb, kc, use_pack, pb, s);
+  } else if (use_pack) {
+    c10::BFloat16* plain = sized(s.plain16, kp * nb);
+    for (int64_t k = 0; k < kp; ++k)
+      for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
+    cpublas::pack(kp, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, pb);
+  } else if (tb == Trans::No) {
+    for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+      const c10::BFloat16* r0 = B + (k0 + 2 * k2) * ldb + j0;
+      interleave_rows(r0, 2 * k2 + 1 < kc ? r0 + ldb : nullptr, nb, pb + k2 * 2 * nb);
+    }
+  } else {
+    for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+      c10::BFloat16* row = pb + k2 * 2 * nb;
+      for (int64_t j = 0; j < nb; ++j) {
+        row[2 * j] = b_at(2 * k2, j);
+        row[2 * j + 1] = b_at(2 * k2 + 1, j);
+      }
+    }
+  }
+}
+
+// bfloat16 on the bfloat16 micro-kernel, K in chunks of kChunkK, N in blocks of kBlockN:
+// block_at(k0, kc, j0, nb) gives the packed B block of those rows and columns (packed on the
+// spot for a plain call, taken from a PackedB16 for a prepacked one: the same bits either way).
+template <typename BlockAt>
+void brgemm_bf16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha,
+                        const c10::BFloat16* A, int64_t lda, float beta, float* C, int64_t ldc,
+                        Scratch& s, BlockAt block_at) {
   const Target t = prepare_target(M, N, alpha, beta, C, ldc, s);
   const c10::BFloat16 zero(0.0f);
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
@@ -432,40 +467,26 @@ void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
       a = buf;
       ld_a = kp;
     }
-    c10::BFloat16* packed = sized(s.b16, packed_block_size(kp) * ((N + kBlockN - 1) / kBlockN));
     const bool add_C = k0 > 0 || t.add_first;
     for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
       const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
-      c10::BFloat16* pb = packed + (j0 / kBlockN) * packed_block_size(kp);
-      auto b_at = [&](int64_t k, int64_t j) -> c10::BFloat16 {
-        if (k >= kc) return zero;
-        return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
-      };
-      if (tb == Trans::Yes && kp == kc) {
-        pack_rows_as_columns(B + j0 * ldb + k0, ldb, nb, kc, use_pack, pb, s);
-      } else if (use_pack) {
-        c10::BFloat16* plain = sized(s.plain16, kp * nb);
-        for (int64_t k = 0; k < kp; ++k)
-          for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
-        cpublas::pack(kp, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, pb);
-      } else if (tb == Trans::No) {
-        for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
-          const c10::BFloat16* r0 = B + (k0 + 2 * k2) * ldb + j0;
-          interleave_rows(r0, 2 * k2 + 1 < kc ? r0 + ldb : nullptr, nb, pb + k2 * 2 * nb);
-        }
-      } else {
-        for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
-          c10::BFloat16* row = pb + k2 * 2 * nb;
-          for (int64_t j = 0; j < nb; ++j) {
-            row[2 * j] = b_at(2 * k2, j);
-            row[2 * j + 1] = b_at(2 * k2 + 1, j);
-          }
-        }
-      }
+      const c10::BFloat16* pb = block_at(k0, kc, j0, nb);
       cpublas::brgemm(M, nb, kp, ld_a, nb, t.ldc, add_C, a, pb, t.c + j0, true);
     }
   }
   finish_target(t, M, N, alpha, beta, C, ldc);
+}
+
+void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                 const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
+                 float beta, float* C, int64_t ldc, bool use_pack) {
+  Scratch& s = scratch();
+  brgemm_bf16_blocks(ta, M, N, K, alpha, A, lda, beta, C, ldc, s,
+                     [&](int64_t k0, int64_t kc, int64_t j0, int64_t nb) {
+                       c10::BFloat16* pb = sized(s.b16, packed_block_size((kc + 1) / 2 * 2));
+                       pack_b_block(tb, B, ldb, k0, kc, j0, nb, use_pack, pb, s);
+                       return static_cast<const c10::BFloat16*>(pb);
+                     });
 }
 
 // B^T in the bfloat16 micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
@@ -679,6 +700,46 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
   }
 #endif
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void PackedB16::pack(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t K, int64_t N) {
+  K_ = K;
+  N_ = N;
+#ifdef MHSA_USE_BRGEMM
+  TORCH_CHECK(tile_gemm_bf16_packs_b(), "mhsa: prepacked bfloat16 B needs the bf16 micro-kernel");
+  const int64_t first_chunk = K < kChunkK ? K : kChunkK;
+  block_stride_ = packed_block_size((first_chunk + 1) / 2 * 2);
+  col_blocks_ = (N + kBlockN - 1) / kBlockN;
+  const int64_t chunks = (K + kChunkK - 1) / kChunkK;
+  data_.resize(static_cast<size_t>(chunks * col_blocks_ * block_stride_));  // keeps capacity
+  Scratch& s = scratch();
+  const bool use_pack = support().bf16_pack;
+  for (int64_t b = 0; b < chunks * col_blocks_; ++b) {
+    const int64_t k0 = (b / col_blocks_) * kChunkK, j0 = (b % col_blocks_) * kBlockN;
+    const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
+    const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
+    pack_b_block(tb, B, ldb, k0, kc, j0, nb, use_pack, data_.data() + b * block_stride_, s);
+  }
+#else
+  (void)tb, (void)B, (void)ldb;
+  TORCH_CHECK(false, "mhsa: prepacked bfloat16 B is not available in this build");
+#endif
+}
+
+void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16* A, int64_t lda,
+               const PackedB16& B, float beta, float* C, int64_t ldc) {
+  TORCH_INTERNAL_ASSERT(K == B.K_, "tile_gemm: K differs from the packed B's");
+  if (handle_degenerate(M, B.N_, K, beta, C, ldc)) return;
+#ifdef MHSA_USE_BRGEMM
+  brgemm_bf16_blocks(ta, M, B.N_, K, alpha, A, lda, beta, C, ldc, scratch(),
+                     [&](int64_t k0, int64_t, int64_t j0, int64_t) {
+                       const int64_t b = (k0 / kChunkK) * B.col_blocks_ + j0 / kBlockN;
+                       return B.data_.data() + b * B.block_stride_;
+                     });
+#else
+  (void)ta, (void)alpha, (void)A, (void)lda;
+  TORCH_CHECK(false, "mhsa: prepacked bfloat16 B is not available in this build");
+#endif
 }
 
 void tile_gemm_release() {

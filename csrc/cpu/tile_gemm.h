@@ -13,6 +13,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace mhsa::cpu {
 
@@ -52,6 +53,25 @@ void tile_gemm_release();
 // the bfloat16 micro-kernel), so that a transposed B costs them nothing extra: the projections
 // then pass a weight matrix as it is instead of materializing its transpose on every call.
 bool tile_gemm_bf16_packs_b();
+
+// A bfloat16 B operand (op(B) is K x N) packed once, on the calling thread, into the bfloat16
+// micro-kernel's layout, for several tile GEMMs that share it: the row tiles of one column tile
+// of a projection all multiply the same block of the weight, which the plain call would pack
+// again for each. Only where tile_gemm_bf16_packs_b(). The same bits as the plain call. pack()
+// may be called again for another B and reuses the storage.
+class PackedB16 {
+ public:
+  void pack(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t K, int64_t N);
+
+ private:
+  friend void tile_gemm(Trans, int64_t, int64_t, float, const c10::BFloat16*, int64_t,
+                        const PackedB16&, float, float*, int64_t);
+  int64_t K_ = 0, N_ = 0, block_stride_ = 0, col_blocks_ = 0;
+  std::vector<c10::BFloat16> data_;
+};
+// C[M, N] = alpha * op(A) * op(B) + beta * C with op(B) (K x N) packed in B.
+void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16* A, int64_t lda,
+               const PackedB16& B, float beta, float* C, int64_t ldc);
 
 // The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
 // "onednn-brgemm(float32,bfloat16-vnni)" or "portable-loops".

@@ -111,5 +111,37 @@ TEST(TileGemm, SameCallSameBits) {
   EXPECT_EQ(first, again);
 }
 
+TEST(TileGemm, PackedBGivesThePlainCallsBits) {
+  // A projection packs one column tile of B once and runs its row tiles against it: each
+  // result must be bitwise the plain call's, over transposes, K chunks, odd K and ragged
+  // column blocks, and after the same PackedB16 was packed again for another B.
+  if (!mhsa::cpu::tile_gemm_bf16_packs_b()) {
+    GTEST_SKIP() << "no bfloat16 micro-kernel with B packing on this CPU/build ("
+                 << mhsa::cpu::tile_gemm_backend() << "); projections use the plain call";
+  }
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  mhsa::cpu::PackedB16 packed;  // reused across the cases
+  for (int64_t K : {2, 33, 64, 513, 1100}) {
+    for (int64_t N : {17, 64, 130}) {
+      for (bool ta : {false, true}) {
+        for (bool tb : {false, true}) {
+          const int64_t M = 37, lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 2, ldc = N + 3;
+          std::vector<c10::BFloat16> A((ta ? K : M) * lda), B((tb ? N : K) * ldb);
+          for (auto& v : A) v = static_cast<c10::BFloat16>(normal(rng));
+          for (auto& v : B) v = static_cast<c10::BFloat16>(normal(rng));
+          std::vector<float> plain(M * ldc, 0.25f), from_packed(M * ldc, 0.25f);
+          const Trans op_a = ta ? Trans::Yes : Trans::No, op_b = tb ? Trans::Yes : Trans::No;
+          tile_gemm(op_a, op_b, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.f, plain.data(),
+                    ldc);
+          packed.pack(op_b, B.data(), ldb, K, N);
+          tile_gemm(op_a, M, K, 0.5f, A.data(), lda, packed, 1.f, from_packed.data(), ldc);
+          EXPECT_EQ(plain, from_packed) << "K=" << K << " N=" << N << " ta=" << ta << " tb=" << tb;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mhsa_test
