@@ -226,6 +226,9 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   pack_keys_for_scores(g, k, ld_seq, cols, s.packed_k.data());
   pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
+  // What the incoming gradient of the returned weights is multiplied by on its way into dP.
+  const acc_t weights_grad_scale =
+      (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
 
   // Only the queries that can see this key block (causal mask, sliding window, padding), by
   // aligned query blocks (the units of the dQ turn order), clipped to those queries.
@@ -265,10 +268,8 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
       acc_t* dprow = dP + r * ld;
       const acc_t* prow = P + r * ld;
       if (a.grad_weights != nullptr) {
-        const acc_t weight_scale =
-            (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
         const scalar_t* dw = grad_weights_row(a, n, h, i0 + r) + j0;
-        for (int64_t c = 0; c < cols; ++c) dprow[c] += weight_scale * to_acc(dw[c]);
+        for (int64_t c = 0; c < cols; ++c) dprow[c] += weights_grad_scale * to_acc(dw[c]);
       }
       if (a.dropout.enabled) {
         const acc_t* f = keep + r * ld;

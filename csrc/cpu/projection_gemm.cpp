@@ -38,6 +38,15 @@ PackedColumn& thread_packed_column() {
   return packed;
 }
 
+// The fp32 tile a bfloat16 result is computed in before its conversion, one per thread and
+// kept between calls (a fresh 64-256 KiB vector per call and thread is an mmap and page faults).
+template <typename acc_t>
+acc_t* result_tile_scratch(int64_t size) {
+  thread_local std::vector<acc_t> tile;
+  if (static_cast<int64_t>(tile.size()) < size) tile.resize(static_cast<size_t>(size));
+  return tile.data();
+}
+
 // A projection tile from the packed column tile; false where the plain tile GEMM runs instead
 // (other dtypes, or no packing micro-kernel). The same bits either way.
 template <typename scalar_t, typename acc_t>
@@ -115,7 +124,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
           tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
       at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
         record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
-        std::vector<acc_t> scratch(bf16_out ? static_cast<size_t>(tile * tile) : 0);
+        acc_t* scratch = bf16_out ? result_tile_scratch<acc_t>(tile * tile) : nullptr;
         PackedColumn& packed = thread_packed_column();
         packed.col_tile = -1;  // B of this call is not packed yet
         for (int64_t t = begin; t < end; ++t) {
@@ -125,7 +134,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
           const int64_t col_tile = pack_columns ? t / row_tiles : t % col_tiles;
           const int64_t i0 = row_tile * tile, j0 = col_tile * tile;
           const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
-          acc_t* c = bf16_out ? scratch.data() : pc + i0 * N + j0;
+          acc_t* c = bf16_out ? scratch : pc + i0 * N + j0;
           const int64_t ldc = bf16_out ? cols : N;
           acc_t beta = 0;
           if (pbias != nullptr) {

@@ -194,125 +194,92 @@ void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, 
     }
   }
 }
-#if defined(__SSE2__)
-// float to float (the float32 GEMMs): 4 x 4 SSE transposes inside the blocks (SSE is in every
-// x86-64 CPU).
-template <>
-void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows, int64_t cols,
-                                   float* out, int64_t ld_out) {
+// The same transpose for same-type elements of kBytes bytes, as bit copies: full kV x kV
+// squares inside the 16 x 16 blocks go through square(in_at, ld_in, out_at, ld_out), an SSE2
+// shuffle kernel (no arithmetic, so every bit pattern survives; SSE2 is in every x86-64 CPU,
+// the only target of the brgemm build), and the ragged edges are copied element by element.
+template <int64_t kBytes, int64_t kV, typename Square>
+void blocked_transpose(const void* in_ptr, int64_t ld_in, int64_t rows, int64_t cols, void* out_ptr,
+                       int64_t ld_out, Square square) {
+  const char* in = static_cast<const char*>(in_ptr);
+  char* out = static_cast<char*>(out_ptr);
+  auto copy = [&](int64_t k, int64_t i) {
+    std::memcpy(out + (i * ld_out + k) * kBytes, in + (k * ld_in + i) * kBytes, kBytes);
+  };
   constexpr int64_t kB = 16;
   for (int64_t i0 = 0; i0 < cols; i0 += kB) {
     const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
     for (int64_t k0 = 0; k0 < rows; k0 += kB) {
       const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
       int64_t i = i0;
-      for (; i + 4 <= i1; i += 4) {
+      for (; i + kV <= i1; i += kV) {
         int64_t k = k0;
-        for (; k + 4 <= k1; k += 4) {
-          __m128 r0 = _mm_loadu_ps(in + k * ld_in + i), r1 = _mm_loadu_ps(in + (k + 1) * ld_in + i),
-                 r2 = _mm_loadu_ps(in + (k + 2) * ld_in + i),
-                 r3 = _mm_loadu_ps(in + (k + 3) * ld_in + i);
-          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-          _mm_storeu_ps(out + i * ld_out + k, r0);
-          _mm_storeu_ps(out + (i + 1) * ld_out + k, r1);
-          _mm_storeu_ps(out + (i + 2) * ld_out + k, r2);
-          _mm_storeu_ps(out + (i + 3) * ld_out + k, r3);
-        }
+        for (; k + kV <= k1; k += kV)
+          square(in + (k * ld_in + i) * kBytes, ld_in * kBytes, out + (i * ld_out + k) * kBytes,
+                 ld_out * kBytes);
         for (; k < k1; ++k)
-          for (int64_t ii = i; ii < i + 4; ++ii) out[ii * ld_out + k] = in[k * ld_in + ii];
+          for (int64_t ii = i; ii < i + kV; ++ii) copy(k, ii);
       }
       for (; i < i1; ++i)
-        for (int64_t k = k0; k < k1; ++k) out[i * ld_out + k] = in[k * ld_in + i];
+        for (int64_t k = k0; k < k1; ++k) copy(k, i);
     }
   }
 }
+
+inline __m128i load128(const char* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+inline void store128(char* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+
+// out[i][k] = in[k][i] for 32-bit words (strides in words): floats, or pairs of bfloat16 moved
+// as one word (the VNNI packing).
+void transpose_words(const void* in, int64_t ld_in, int64_t rows, int64_t cols, void* out,
+                     int64_t ld_out) {
+  blocked_transpose<4, 4>(
+      in, ld_in, rows, cols, out, ld_out, [](const char* a, int64_t lda, char* b, int64_t ldb) {
+        __m128 r0 = _mm_castsi128_ps(load128(a)), r1 = _mm_castsi128_ps(load128(a + lda)),
+               r2 = _mm_castsi128_ps(load128(a + 2 * lda)),
+               r3 = _mm_castsi128_ps(load128(a + 3 * lda));
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        store128(b, _mm_castps_si128(r0));
+        store128(b + ldb, _mm_castps_si128(r1));
+        store128(b + 2 * ldb, _mm_castps_si128(r2));
+        store128(b + 3 * ldb, _mm_castps_si128(r3));
+      });
+}
+
+// float to float (the float32 GEMMs): 4 x 4 word transposes.
+template <>
+void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows, int64_t cols,
+                                   float* out, int64_t ld_out) {
+  transpose_words(in, ld_in, rows, cols, out, ld_out);
+}
+
 // bfloat16 to bfloat16 (the transposed operands of the bfloat16 tile GEMMs: P^T dO, dS^T Q and
-// the weight gradients): 8 x 8 SSE2 transposes of 16-bit words (unpacks only, bit copies); the
-// element-by-element loop above was an eighth of a bfloat16 training step.
+// the weight gradients): 8 x 8 transposes of 16-bit words; the element-by-element loop was an
+// eighth of a bfloat16 training step.
 template <>
 void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int64_t ld_in,
                                                    int64_t rows, int64_t cols, c10::BFloat16* out,
                                                    int64_t ld_out) {
-  constexpr int64_t kB = 16;
-  auto load = [&](int64_t k, int64_t i) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + k * ld_in + i));
-  };
-  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
-    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
-    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
-      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
-      int64_t i = i0;
-      for (; i + 8 <= i1; i += 8) {
-        int64_t k = k0;
-        for (; k + 8 <= k1; k += 8) {
-          const __m128i t0 = _mm_unpacklo_epi16(load(k, i), load(k + 1, i));
-          const __m128i t1 = _mm_unpackhi_epi16(load(k, i), load(k + 1, i));
-          const __m128i t2 = _mm_unpacklo_epi16(load(k + 2, i), load(k + 3, i));
-          const __m128i t3 = _mm_unpackhi_epi16(load(k + 2, i), load(k + 3, i));
-          const __m128i t4 = _mm_unpacklo_epi16(load(k + 4, i), load(k + 5, i));
-          const __m128i t5 = _mm_unpackhi_epi16(load(k + 4, i), load(k + 5, i));
-          const __m128i t6 = _mm_unpacklo_epi16(load(k + 6, i), load(k + 7, i));
-          const __m128i t7 = _mm_unpackhi_epi16(load(k + 6, i), load(k + 7, i));
-          const __m128i u[8] = {_mm_unpacklo_epi32(t0, t2), _mm_unpackhi_epi32(t0, t2),
-                                _mm_unpacklo_epi32(t1, t3), _mm_unpackhi_epi32(t1, t3),
-                                _mm_unpacklo_epi32(t4, t6), _mm_unpackhi_epi32(t4, t6),
-                                _mm_unpacklo_epi32(t5, t7), _mm_unpackhi_epi32(t5, t7)};
-          for (int64_t c = 0; c < 4; ++c) {  // u[c] holds columns 2c, 2c+1 of rows k..k+3
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (i + 2 * c) * ld_out + k),
-                             _mm_unpacklo_epi64(u[c], u[c + 4]));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (i + 2 * c + 1) * ld_out + k),
-                             _mm_unpackhi_epi64(u[c], u[c + 4]));
-          }
+  blocked_transpose<2, 8>(
+      in, ld_in, rows, cols, out, ld_out, [](const char* a, int64_t lda, char* b, int64_t ldb) {
+        __m128i t[8];  // rows 2r and 2r + 1 interleaved: t[2r] columns 0..3, t[2r + 1] 4..7
+        for (int r = 0; r < 4; ++r) {
+          const __m128i even = load128(a + 2 * r * lda), odd = load128(a + (2 * r + 1) * lda);
+          t[2 * r] = _mm_unpacklo_epi16(even, odd);
+          t[2 * r + 1] = _mm_unpackhi_epi16(even, odd);
         }
-        for (; k < k1; ++k)
-          for (int64_t ii = i; ii < i + 8; ++ii) out[ii * ld_out + k] = in[k * ld_in + ii];
-      }
-      for (; i < i1; ++i)
-        for (int64_t k = k0; k < k1; ++k) out[i * ld_out + k] = in[k * ld_in + i];
-    }
-  }
-}
-#endif
-// out[i][k] = in[k][i] for 32-bit words (strides in words), bit copies: a pair of bfloat16
-// moves as one word. 4 x 4 SSE transposes (shuffles only, no arithmetic, so every bit pattern
-// survives), by 16 x 16 blocks as transpose_block.
-void transpose_words(const void* in_ptr, int64_t ld_in, int64_t rows, int64_t cols, void* out_ptr,
-                     int64_t ld_out) {
-  const char* in = static_cast<const char*>(in_ptr);
-  char* out = static_cast<char*>(out_ptr);
-  constexpr int64_t kW = 4, kB = 16;
-  auto copy_word = [&](int64_t k, int64_t i) {
-    std::memcpy(out + (i * ld_out + k) * kW, in + (k * ld_in + i) * kW, kW);
-  };
-  for (int64_t i0 = 0; i0 < cols; i0 += kB) {
-    const int64_t i1 = i0 + kB < cols ? i0 + kB : cols;
-    for (int64_t k0 = 0; k0 < rows; k0 += kB) {
-      const int64_t k1 = k0 + kB < rows ? k0 + kB : rows;
-      int64_t i = i0;
-#if defined(__SSE2__)
-      for (; i + 4 <= i1; i += 4) {
-        int64_t k = k0;
-        for (; k + 4 <= k1; k += 4) {
-          auto load = [&](int64_t r) {
-            return _mm_castsi128_ps(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + (r * ld_in + i) * kW)));
-          };
-          __m128 r0 = load(k), r1 = load(k + 1), r2 = load(k + 2), r3 = load(k + 3);
-          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-          const __m128 t[4] = {r0, r1, r2, r3};
-          for (int64_t c = 0; c < 4; ++c) {
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + ((i + c) * ld_out + k) * kW),
-                             _mm_castps_si128(t[c]));
-          }
+        // u[c] holds columns 2c, 2c + 1 of rows 0..3, u[c + 4] those of rows 4..7.
+        const __m128i u[8] = {_mm_unpacklo_epi32(t[0], t[2]), _mm_unpackhi_epi32(t[0], t[2]),
+                              _mm_unpacklo_epi32(t[1], t[3]), _mm_unpackhi_epi32(t[1], t[3]),
+                              _mm_unpacklo_epi32(t[4], t[6]), _mm_unpackhi_epi32(t[4], t[6]),
+                              _mm_unpacklo_epi32(t[5], t[7]), _mm_unpackhi_epi32(t[5], t[7])};
+        for (int c = 0; c < 4; ++c) {
+          store128(b + 2 * c * ldb, _mm_unpacklo_epi64(u[c], u[c + 4]));
+          store128(b + (2 * c + 1) * ldb, _mm_unpackhi_epi64(u[c], u[c + 4]));
         }
-        for (; k < k1; ++k)
-          for (int64_t ii = i; ii < i + 4; ++ii) copy_word(k, ii);
-      }
-#endif
-      for (; i < i1; ++i)
-        for (int64_t k = k0; k < k1; ++k) copy_word(k, i);
-    }
-  }
+      });
 }
 
 // out[2j] = r0[j], out[2j + 1] = r1[j] (0 where r1 is null) for j < n: two rows of a row-major
