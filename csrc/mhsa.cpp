@@ -88,6 +88,7 @@ TORCH_LIBRARY(mhsa, m) {
     std::string info = "kernels=";
     info += mhsa::cpu::cpu_capability_name(mhsa::cpu::cpu_capability());
     info += mhsa::cpu::bf16_native_compute() ? " bfloat16=native" : " bfloat16=fp32-compute";
+    info += mhsa::cpu::half_native_compute() ? " float16=native" : " float16=fp32-compute";
     info += " gemm=";
     info += mhsa::cpu::tile_gemm_backend();
     return info;

@@ -4,6 +4,7 @@
 // struct layouts are shared by every ISA variant without ODR hazards.
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 

@@ -339,5 +339,6 @@ void add_backward_kernels(AttentionKernels<scalar_t>& kernels) {
 template void add_backward_kernels<float>(AttentionKernels<float>&);
 template void add_backward_kernels<double>(AttentionKernels<double>&);
 template void add_backward_kernels<c10::BFloat16>(AttentionKernels<c10::BFloat16>&);
+template void add_backward_kernels<c10::Half>(AttentionKernels<c10::Half>&);
 
 }  // namespace mhsa::cpu::MHSA_ISA

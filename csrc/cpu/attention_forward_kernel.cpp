@@ -179,5 +179,6 @@ AttentionKernels<scalar_t> make_attention_kernels() {
 template AttentionKernels<float> make_attention_kernels<float>();
 template AttentionKernels<double> make_attention_kernels<double>();
 template AttentionKernels<c10::BFloat16> make_attention_kernels<c10::BFloat16>();
+template AttentionKernels<c10::Half> make_attention_kernels<c10::Half>();
 
 }  // namespace mhsa::cpu::MHSA_ISA

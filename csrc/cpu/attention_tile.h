@@ -143,8 +143,50 @@ inline double exp_shift_sum(double* x, int64_t n, double shift) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Element conversions. bfloat16 is converted with explicit bit operations (round to nearest
-// even) rather than c10's inline operators, for the reason given at the top of this file.
+// Element conversions. bfloat16 and float16 are converted with explicit bit operations (round
+// to nearest even) rather than c10's inline operators, for the reason given at the top of this
+// file.
+// float16 bits to float: exact (subnormals scaled by 2^-24, which is exact in fp32).
+inline float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1fu) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN (payload kept)
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);  // rebias 15 -> 127
+  } else {
+    float f = static_cast<float>(mantissa) * 5.9604644775390625e-8f;  // 2^-24
+    std::memcpy(&bits, &f, sizeof(bits));
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+// float to float16 bits, rounding to nearest even as Tensor.to does (overflow to inf, NaN stays
+// a quiet NaN).
+inline uint16_t float_to_half_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((x >> 13) & 0x3ffu));
+  if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520: inf
+  if (x >= 0x38800000u) {  // a normal float16 (>= 2^-14): rebias, round 23 -> 10 mantissa bits
+    const uint32_t r = x - 0x38000000u;
+    return static_cast<uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+  }
+  // A subnormal float16 (or zero): adding 0.5 leaves units of 2^-24 in the low mantissa bits,
+  // rounded to nearest even by the addition itself.
+  float a;
+  std::memcpy(&a, &x, sizeof(a));
+  const float t = a + 0.5f;
+  uint32_t tb;
+  std::memcpy(&tb, &t, sizeof(tb));
+  return static_cast<uint16_t>(sign | (tb - 0x3f000000u));
+}
+
 template <typename scalar_t>
 inline auto to_acc(scalar_t v) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
@@ -152,6 +194,8 @@ inline auto to_acc(scalar_t v) {
     float f;
     std::memcpy(&f, &bits, sizeof(f));
     return f;
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return half_bits_to_float(v.x);
   } else {
     return v;
   }
@@ -168,6 +212,8 @@ inline scalar_t from_acc(acc_t v) {
       out = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
     }
     return c10::BFloat16(out, c10::BFloat16::from_bits());
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return c10::Half(float_to_half_bits(v), c10::Half::from_bits());
   } else {
     return static_cast<scalar_t>(v);
   }
@@ -418,7 +464,7 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 }
 
 // Whether the scores of this call come from the bfloat16 micro-kernel on the fixed block grid
-// (bf16_score_blocks, tile_gemm.h) instead of dot_tile: bfloat16 inputs where that kernel runs.
+// (score_blocks, tile_gemm.h) instead of dot_tile: 16-bit inputs where their kernel runs.
 // Either way every score is the same bits in forward and backward (the grid's blocks are
 // identical calls; dot_tile's chain does not depend on the tile). dP = dO V^T stays on dot_tile
 // for every dtype: Dsum = dO . O (dsum_rows) is the same chain, which is what makes dP == Dsum
@@ -426,7 +472,9 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 template <typename scalar_t>
 inline bool scores_on_grid(const AttentionGeometry& g) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    return bf16_score_blocks_available(g.D);
+    return score_blocks_available(c10::ScalarType::BFloat16, g.D);
+  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return score_blocks_available(c10::ScalarType::Half, g.D);
   } else {
     return false;
   }
@@ -437,9 +485,9 @@ template <typename scalar_t, typename acc_t>
 inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
                         acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0,
                         int64_t j1) {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
     const scalar_t* q0 = qkv + g.row(n, 0) * 3 * g.E + h * g.D;
-    bf16_score_blocks(q0, q0 + g.E, g.seq_rows() * 3 * g.E, g.L, g.D, scale, i0, i1, j0, j1, S, ld);
+    score_blocks(q0, q0 + g.E, g.seq_rows() * 3 * g.E, g.L, g.D, scale, i0, i1, j0, j1, S, ld);
   }
 }
 

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/tile_gemm.h"
+
 namespace mhsa::cpu {
 namespace {
 
@@ -59,6 +61,23 @@ bool bf16_native_compute() {
   return native;
 }
 
+bool half_native_compute() {
+  static const bool native = [] {
+    if (const char* env = std::getenv("MHSA_HALF_COMPUTE")) {
+      if (std::strcmp(env, "native") == 0) return true;
+      if (std::strcmp(env, "fp32") == 0) return false;
+      TORCH_WARN("mhsa: ignoring unknown MHSA_HALF_COMPUTE=", env, " (native|fp32)");
+    }
+    return tile_gemm_f16_native();
+  }();
+  return native;
+}
+
+bool computes_in_fp32(c10::ScalarType dtype) {
+  return (dtype == c10::ScalarType::Half && !half_native_compute()) ||
+         (dtype == c10::ScalarType::BFloat16 && !bf16_native_compute());
+}
+
 const char* cpu_capability_name(CpuCapability capability) {
   switch (capability) {
     case CpuCapability::Avx512: return "avx512";
@@ -103,5 +122,6 @@ const AttentionKernels<scalar_t>& attention_kernels() {
 template const AttentionKernels<float>& attention_kernels<float>();
 template const AttentionKernels<double>& attention_kernels<double>();
 template const AttentionKernels<c10::BFloat16>& attention_kernels<c10::BFloat16>();
+template const AttentionKernels<c10::Half>& attention_kernels<c10::Half>();
 
 }  // namespace mhsa::cpu

@@ -5,6 +5,8 @@
 // best one the CPU supports is picked at run time, so one libmhsa.so runs on any x86-64 and
 // uses AVX-512 where present. MHSA_CPU_CAPABILITY=default|avx2|avx512 lowers the choice (tests
 // use it to exercise every copy the machine can run).
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 
 #include "cpu/attention_args.h"
@@ -22,6 +24,18 @@ const char* cpu_capability_name(CpuCapability capability);
 // fp32 compute is both faster and more accurate there. MHSA_BF16_COMPUTE=native|fp32 overrides
 // the choice.
 bool bf16_native_compute();
+
+// The same choice for float16: native (float16 tile GEMMs and storage, with fp32 accumulation)
+// where the CPU has a float16 micro-kernel (AVX512-FP16 or AMX-FP16, found at start-up by
+// tile_gemm.cpp's probe), else fp32 compute from the float16 values. MHSA_HALF_COMPUTE=
+// native|fp32 overrides it (native without the micro-kernel runs the float16 kernels on the fp32
+// micro-kernel: how the float16 path is tested on CPUs without AVX512-FP16).
+bool half_native_compute();
+
+// Whether inputs of this dtype are computed in fp32 from their 16-bit values (by the op
+// entry points) rather than by kernels of their own type: float16 and bfloat16 without native
+// compute (above).
+bool computes_in_fp32(c10::ScalarType dtype);
 
 // The entry points of one ISA copy; each processes a range of independent tasks so that the
 // op kernels (compiled once) own the threading.
@@ -55,6 +69,7 @@ const AttentionKernels<scalar_t>& attention_kernels();
   extern template AttentionKernels<float> make_attention_kernels<float>();                 \
   extern template AttentionKernels<double> make_attention_kernels<double>();               \
   extern template AttentionKernels<c10::BFloat16> make_attention_kernels<c10::BFloat16>(); \
+  extern template AttentionKernels<c10::Half> make_attention_kernels<c10::Half>();         \
   }
 
 MHSA_DECLARE_ISA_KERNELS(isa_default)

@@ -40,7 +40,7 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
                             rng_state, o.average_attn_weights);
   const auto input_dtype = x.scalar_type();
-  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+  if (computes_in_fp32(input_dtype)) {
     // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
     // forward's log-sum-exp came from), gradients in the input's dtype.
     std::optional<at::Tensor> grad_w;
@@ -84,54 +84,56 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
     grad_w = grad_attn_weights->contiguous();
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto& kernels = attention_kernels<scalar_t>();
-    MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
-    BackwardArgs<scalar_t> a;
-    a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
-    a.qkv = qkv_c.const_data_ptr<scalar_t>();
-    a.context = ctx2d.const_data_ptr<scalar_t>();
-    a.grad_context = grad_ctx.const_data_ptr<scalar_t>();
-    a.lse = lse_c.const_data_ptr<acc_t>();
-    a.dsum = dsum.mutable_data_ptr<acc_t>();
-    if (grad_w.defined()) {
-      a.grad_weights = grad_w.const_data_ptr<scalar_t>();
-      a.grad_weights_averaged = o.average_attn_weights;
-    }
-    a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>();
-    a.masks = masks.view();
-    a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
-    a.tiles = choose_tile_sizes(L);
-    if (o.dropout_p > 0.0) {
-      a.dropout.enabled = true;
-      a.dropout.p = o.dropout_p;
-      a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
-    }
-    // The dQ turn order (see attention_backward_kernel.cpp): no per-chunk dQ copies, the work
-    // on offer grows with N*H*key blocks, the bits do not depend on the thread count.
-    const int64_t tasks = kernels.backward_task_count(a.g, a.tiles);
-    std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
-    int abort = 0;
-    a.dq_turn = dq_turn.data();
-    a.abort = &abort;
-    kernels.prepare_dq_order(a);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "mha_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto& kernels = attention_kernels<scalar_t>();
+        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
+        BackwardArgs<scalar_t> a;
+        a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
+        a.qkv = qkv_c.const_data_ptr<scalar_t>();
+        a.context = ctx2d.const_data_ptr<scalar_t>();
+        a.grad_context = grad_ctx.const_data_ptr<scalar_t>();
+        a.lse = lse_c.const_data_ptr<acc_t>();
+        a.dsum = dsum.mutable_data_ptr<acc_t>();
+        if (grad_w.defined()) {
+          a.grad_weights = grad_w.const_data_ptr<scalar_t>();
+          a.grad_weights_averaged = o.average_attn_weights;
+        }
+        a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>();
+        a.masks = masks.view();
+        a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+        a.tiles = choose_tile_sizes(L);
+        if (o.dropout_p > 0.0) {
+          a.dropout.enabled = true;
+          a.dropout.p = o.dropout_p;
+          a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
+        }
+        // The dQ turn order (see attention_backward_kernel.cpp): no per-chunk dQ copies, the work
+        // on offer grows with N*H*key blocks, the bits do not depend on the thread count.
+        const int64_t tasks = kernels.backward_task_count(a.g, a.tiles);
+        std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
+        int abort = 0;
+        a.dq_turn = dq_turn.data();
+        a.abort = &abort;
+        kernels.prepare_dq_order(a);
 
-    const int64_t row_grain = parallel_grain(4.0 * E);
-    at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) {
-      record_parallel_tasks("backward dsum rows", at::get_thread_num(), e - b);
-      kernels.dsum_rows(a, b, e);
-    });
-    if (grad_w.defined()) {
-      const double flops = 2.0 * std::min(a.tiles.backward_q, L) * L * D;
-      at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), parallel_grain(flops),
-                       [&](int64_t b, int64_t e) { kernels.weights_term_tasks(a, b, e); });
-    }
-    // A task: one key block against the queries, five GEMMs of 2*rows*cols*D per query block.
-    const double task_flops = 10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
-    run_on_team("backward attention", tasks, task_flops, a.abort,
-                [&](int64_t thread, int64_t team) { kernels.backward_tasks(a, thread, team); });
-  });
+        const int64_t row_grain = parallel_grain(4.0 * E);
+        at::parallel_for(0, N * L, row_grain, [&](int64_t b, int64_t e) {
+          record_parallel_tasks("backward dsum rows", at::get_thread_num(), e - b);
+          kernels.dsum_rows(a, b, e);
+        });
+        if (grad_w.defined()) {
+          const double flops = 2.0 * std::min(a.tiles.backward_q, L) * L * D;
+          at::parallel_for(0, kernels.weights_term_task_count(a.g, a.tiles), parallel_grain(flops),
+                           [&](int64_t b, int64_t e) { kernels.weights_term_tasks(a, b, e); });
+        }
+        // A task: one key block against the queries, five GEMMs of 2*rows*cols*D per query block.
+        const double task_flops =
+            10.0 * static_cast<double>(std::min(a.tiles.backward_kv, L)) * L * D;
+        run_on_team("backward attention", tasks, task_flops, a.abort,
+                    [&](int64_t thread, int64_t team) { kernels.backward_tasks(a, thread, team); });
+      });
   grad_ctx.reset();
   dsum.reset();
 

@@ -58,36 +58,40 @@ internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor
     weights = at::empty({N, H, L, L}, x.options());
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
-    ForwardArgs<scalar_t> a;
-    a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
-    a.qkv = qkv.const_data_ptr<scalar_t>();
-    a.context = context.mutable_data_ptr<scalar_t>();
-    a.lse = lse.mutable_data_ptr<acc_t>();
-    if (need_weights && o.average_attn_weights) a.weights_avg = weights.mutable_data_ptr<acc_t>();
-    if (need_weights && !o.average_attn_weights) a.weights = weights.mutable_data_ptr<scalar_t>();
-    a.masks = masks.view();
-    a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
-    a.tiles = choose_tile_sizes(L);
-    if (o.dropout_p > 0.0) {
-      a.dropout.enabled = true;
-      a.dropout.p = o.dropout_p;
-      a.dropout.seed = draw_dropout_seed();
-      rng_state[0] = static_cast<int64_t>(a.dropout.seed);
-    }
-    const auto& kernels = attention_kernels<scalar_t>();
-    const bool heads_inside = need_weights && o.average_attn_weights;
-    // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.
-    const double task_flops = 4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
-    at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside), parallel_grain(task_flops),
-                     [&](int64_t begin, int64_t end) {
-                       record_parallel_tasks("forward attention", at::get_thread_num(),
-                                             end - begin);
-                       kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
-                     });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "mha_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
+        ForwardArgs<scalar_t> a;
+        a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
+        a.qkv = qkv.const_data_ptr<scalar_t>();
+        a.context = context.mutable_data_ptr<scalar_t>();
+        a.lse = lse.mutable_data_ptr<acc_t>();
+        if (need_weights && o.average_attn_weights)
+          a.weights_avg = weights.mutable_data_ptr<acc_t>();
+        if (need_weights && !o.average_attn_weights)
+          a.weights = weights.mutable_data_ptr<scalar_t>();
+        a.masks = masks.view();
+        a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+        a.tiles = choose_tile_sizes(L);
+        if (o.dropout_p > 0.0) {
+          a.dropout.enabled = true;
+          a.dropout.p = o.dropout_p;
+          a.dropout.seed = draw_dropout_seed();
+          rng_state[0] = static_cast<int64_t>(a.dropout.seed);
+        }
+        const auto& kernels = attention_kernels<scalar_t>();
+        const bool heads_inside = need_weights && o.average_attn_weights;
+        // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.
+        const double task_flops =
+            4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
+        at::parallel_for(0, forward_task_count(a.g, a.tiles, heads_inside),
+                         parallel_grain(task_flops), [&](int64_t begin, int64_t end) {
+                           record_parallel_tasks("forward attention", at::get_thread_num(),
+                                                 end - begin);
+                           kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
+                         });
+      });
   if (need_weights && o.average_attn_weights) weights = weights.to(x.scalar_type());
 
   // With dropout the kernels left the context unscaled (a 0/1 mask on the probabilities, see
@@ -113,8 +117,8 @@ internal::ForwardOutputs mha_forward_cpu(const at::Tensor& x, const at::Tensor& 
   const MhaSizes s = check_mha_inputs("_mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, o);
   const auto dtype = x.scalar_type();
-  if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
-    // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
+  if (computes_in_fp32(dtype)) {
+    // float16 and bfloat16 on CPUs without their arithmetic: compute in fp32 from the 16-bit
     // values (exact conversions), store the results in the input's dtype.
     auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
       return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;

@@ -155,35 +155,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
   const uint64_t seed = dropout_p > 0.0 ? draw_dropout_seed() : 0;
   if (dropout_p > 0.0) rng_state[0] = static_cast<int64_t>(seed);
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "mha_packed_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto& kernels = attention_kernels<scalar_t>();
-    std::vector<ForwardArgs<scalar_t>> args(B);
-    std::vector<int64_t> tasks(B);
-    std::vector<double> task_flops(B);
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
-      ForwardArgs<scalar_t>& a = args[b];
-      a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
-      a.qkv = qkv.const_data_ptr<scalar_t>() + start * 3 * E;
-      a.context = context.mutable_data_ptr<scalar_t>() + start * E;
-      a.lse = lse.mutable_data_ptr<acc_t>() + start * H;
-      a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
-      a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
-      a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
-      if (dropout_p > 0.0) {
-        a.dropout.enabled = true;
-        a.dropout.p = dropout_p;
-        a.dropout.seed = sequence_seed(seed, b);
-      }
-      tasks[b] = forward_task_count(a.g, a.tiles, /*heads_inside=*/false);
-      // A task: a query block against the L keys, two GEMMs of 2*rows*L*D.
-      task_flops[b] = 4.0 * std::min(a.tiles.forward_q, std::max<int64_t>(L, 1)) * L * D + 1.0;
-    }
-    parallel_over_sequences(tasks, task_flops, [&](int64_t b, int64_t begin, int64_t end) {
-      kernels.forward_tasks(args[b], /*need_weights=*/false, /*heads_inside=*/false, begin, end);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "mha_packed_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto& kernels = attention_kernels<scalar_t>();
+        std::vector<ForwardArgs<scalar_t>> args(B);
+        std::vector<int64_t> tasks(B);
+        std::vector<double> task_flops(B);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
+          ForwardArgs<scalar_t>& a = args[b];
+          a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
+          a.qkv = qkv.const_data_ptr<scalar_t>() + start * 3 * E;
+          a.context = context.mutable_data_ptr<scalar_t>() + start * E;
+          a.lse = lse.mutable_data_ptr<acc_t>() + start * H;
+          a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
+          a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+          a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
+          if (dropout_p > 0.0) {
+            a.dropout.enabled = true;
+            a.dropout.p = dropout_p;
+            a.dropout.seed = sequence_seed(seed, b);
+          }
+          tasks[b] = forward_task_count(a.g, a.tiles, /*heads_inside=*/false);
+          // A task: a query block against the L keys, two GEMMs of 2*rows*L*D.
+          task_flops[b] = 4.0 * std::min(a.tiles.forward_q, std::max<int64_t>(L, 1)) * L * D + 1.0;
+        }
+        parallel_over_sequences(tasks, task_flops, [&](int64_t b, int64_t begin, int64_t end) {
+          kernels.forward_tasks(args[b], /*need_weights=*/false, /*heads_inside=*/false, begin,
+                                end);
+        });
+      });
 
   // Under dropout the kernels left the context unscaled (a 0/1 mask, see DropoutParams):
   // 1 / (1 - p) is applied here, once.
@@ -210,8 +212,8 @@ internal::PackedForwardOutputs mha_packed_forward_cpu(
   const std::vector<int64_t> offsets =
       read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int(), max_seqlen);
   const auto dtype = x.scalar_type();
-  if (dtype == at::kHalf || (dtype == at::kBFloat16 && !bf16_native_compute())) {
-    // float16, and bfloat16 on CPUs without bf16 arithmetic: compute in fp32 from the 16-bit
+  if (computes_in_fp32(dtype)) {
+    // float16 and bfloat16 on CPUs without their arithmetic: compute in fp32 from the 16-bit
     // values, store the results in the input's dtype (as mha_forward does).
     auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
         x.to(at::kFloat), offsets, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
@@ -270,7 +272,7 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
   const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T);
   const auto input_dtype = x.scalar_type();
-  if (input_dtype == at::kHalf || (input_dtype == at::kBFloat16 && !bf16_native_compute())) {
+  if (computes_in_fp32(input_dtype)) {
     // See mha_packed_forward_cpu: fp32 compute from the 16-bit values (including the stored
     // qkv the forward's log-sum-exp came from), gradients in the input's dtype.
     auto grads = mha_packed_backward_cpu(
@@ -304,7 +306,7 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   // blocks, dK and dV by the key-block tasks (which cover every key row of every sequence).
   at::Tensor grad_qkv = at::empty({T, 3 * E}, x.options().dtype(acc_type));
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "mha_packed_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "mha_packed_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto& kernels = attention_kernels<scalar_t>();
     std::vector<BackwardArgs<scalar_t>> args(B);

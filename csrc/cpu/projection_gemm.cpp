@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/tile_gemm.h"
 
@@ -77,7 +78,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
                            bool transpose_b, double alpha, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type());
-  if (a.scalar_type() == at::kHalf) {  // no float16 tile GEMM: fp32 from the float16 values
+  if (a.scalar_type() == at::kHalf && !half_native_compute()) {  // fp32 from the float16 values
     return projection_gemm(a.to(at::kFloat), transpose_a, b.to(at::kFloat), transpose_b, alpha,
                            bias, out_dtype.value_or(at::kFloat));
   }
@@ -95,12 +96,12 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
   const int64_t N = b_transposed_in_tiles ? B.size(0) : B.size(1);
   TORCH_INTERNAL_ASSERT((b_transposed_in_tiles ? B.size(1) : B.size(0)) == K);
   const auto acc_dtype = accumulation_dtype(A.scalar_type());
-  // A bfloat16 result is written tile by tile from an fp32 scratch tile that stays in cache,
-  // rather than as an M x N fp32 matrix converted in a second pass (the same rounding:
-  // round to nearest even, as Tensor.to).
-  const bool bf16_out =
-      out_dtype.has_value() && *out_dtype == at::kBFloat16 && A.scalar_type() == at::kBFloat16;
-  at::Tensor C = at::empty({M, N}, A.options().dtype(bf16_out ? at::kBFloat16 : acc_dtype));
+  // A 16-bit result of 16-bit inputs is written tile by tile from an fp32 scratch tile that
+  // stays in cache, rather than as an M x N fp32 matrix converted in a second pass (the same
+  // rounding: round to nearest even, as Tensor.to).
+  const bool narrow_out = out_dtype.has_value() && *out_dtype == A.scalar_type() &&
+                          (A.scalar_type() == at::kBFloat16 || A.scalar_type() == at::kHalf);
+  at::Tensor C = at::empty({M, N}, A.options().dtype(narrow_out ? A.scalar_type() : acc_dtype));
   at::Tensor bias_acc;
   if (bias.has_value() && bias->defined()) {
     TORCH_INTERNAL_ASSERT(bias->numel() == N);
@@ -111,57 +112,59 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
     const int64_t row_tiles = ceil_div(M, tile), col_tiles = ceil_div(N, tile);
     const int64_t lda = A.size(1), ldb = B.size(1);
     const bool pack_columns = A.scalar_type() == at::kBFloat16 && tile_gemm_bf16_packs_b();
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, A.scalar_type(), "projection_gemm", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* pa = A.const_data_ptr<scalar_t>();
-      const scalar_t* pb = B.const_data_ptr<scalar_t>();
-      acc_t* pc = bf16_out ? nullptr : C.mutable_data_ptr<acc_t>();
-      c10::BFloat16* pc16 = bf16_out ? C.mutable_data_ptr<c10::BFloat16>() : nullptr;
-      const acc_t* pbias = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
-      // A tile task is 2 * tile^2 * K flops; grain 1 unless tiles are tiny.
-      const double tile_flops = 2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
-      const int64_t grain =
-          tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
-      at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
-        record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
-        acc_t* scratch = bf16_out ? result_tile_scratch<acc_t>(tile * tile) : nullptr;
-        PackedColumn& packed = thread_packed_column();
-        packed.col_tile = -1;  // B of this call is not packed yet
-        for (int64_t t = begin; t < end; ++t) {
-          // bfloat16 with a packing micro-kernel: column-major task order, so that a thread's
-          // run of tasks shares one column tile of B, packed once (see PackedColumn).
-          const int64_t row_tile = pack_columns ? t % row_tiles : t / col_tiles;
-          const int64_t col_tile = pack_columns ? t / row_tiles : t % col_tiles;
-          const int64_t i0 = row_tile * tile, j0 = col_tile * tile;
-          const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
-          acc_t* c = bf16_out ? scratch : pc + i0 * N + j0;
-          const int64_t ldc = bf16_out ? cols : N;
-          acc_t beta = 0;
-          if (pbias != nullptr) {
-            for (int64_t r = 0; r < rows; ++r)
-              std::copy(pbias + j0, pbias + j0 + cols, c + r * ldc);
-            beta = 1;
-          }
-          const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
-          const scalar_t* tb = b_transposed_in_tiles ? pb + j0 * ldb : pb + j0;
-          const Trans op_a = transpose_a ? Trans::Yes : Trans::No;
-          const Trans op_b = b_transposed_in_tiles ? Trans::Yes : Trans::No;
-          if (!packed_tile(packed, pack_columns, col_tile, op_a, op_b, rows, cols, K,
-                           static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, ldc)) {
-            tile_gemm(op_a, op_b, rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta,
-                      c, ldc);
-          }
-          if (bf16_out) {
-            for (int64_t r = 0; r < rows; ++r) {
-              c10::BFloat16* out = pc16 + (i0 + r) * N + j0;
-              const acc_t* row = c + r * ldc;
-              for (int64_t j = 0; j < cols; ++j) out[j] = c10::BFloat16(static_cast<float>(row[j]));
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, A.scalar_type(), "projection_gemm", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const scalar_t* pa = A.const_data_ptr<scalar_t>();
+          const scalar_t* pb = B.const_data_ptr<scalar_t>();
+          acc_t* pc = narrow_out ? nullptr : C.mutable_data_ptr<acc_t>();
+          scalar_t* pc16 = narrow_out ? C.mutable_data_ptr<scalar_t>() : nullptr;
+          const acc_t* pbias = bias_acc.defined() ? bias_acc.const_data_ptr<acc_t>() : nullptr;
+          // A tile task is 2 * tile^2 * K flops; grain 1 unless tiles are tiny.
+          const double tile_flops =
+              2.0 * static_cast<double>(tile) * tile * std::max<int64_t>(K, 1);
+          const int64_t grain =
+              tile_flops >= (1 << 20) ? 1 : ceil_div(1 << 20, static_cast<int64_t>(tile_flops) + 1);
+          at::parallel_for(0, row_tiles * col_tiles, grain, [&](int64_t begin, int64_t end) {
+            record_parallel_tasks("projection GEMM tiles", at::get_thread_num(), end - begin);
+            acc_t* scratch = narrow_out ? result_tile_scratch<acc_t>(tile * tile) : nullptr;
+            PackedColumn& packed = thread_packed_column();
+            packed.col_tile = -1;  // B of this call is not packed yet
+            for (int64_t t = begin; t < end; ++t) {
+              // bfloat16 with a packing micro-kernel: column-major task order, so that a thread's
+              // run of tasks shares one column tile of B, packed once (see PackedColumn).
+              const int64_t row_tile = pack_columns ? t % row_tiles : t / col_tiles;
+              const int64_t col_tile = pack_columns ? t / row_tiles : t % col_tiles;
+              const int64_t i0 = row_tile * tile, j0 = col_tile * tile;
+              const int64_t rows = std::min(tile, M - i0), cols = std::min(tile, N - j0);
+              acc_t* c = narrow_out ? scratch : pc + i0 * N + j0;
+              const int64_t ldc = narrow_out ? cols : N;
+              acc_t beta = 0;
+              if (pbias != nullptr) {
+                for (int64_t r = 0; r < rows; ++r)
+                  std::copy(pbias + j0, pbias + j0 + cols, c + r * ldc);
+                beta = 1;
+              }
+              const scalar_t* ta = transpose_a ? pa + i0 : pa + i0 * lda;
+              const scalar_t* tb = b_transposed_in_tiles ? pb + j0 * ldb : pb + j0;
+              const Trans op_a = transpose_a ? Trans::Yes : Trans::No;
+              const Trans op_b = b_transposed_in_tiles ? Trans::Yes : Trans::No;
+              if (!packed_tile(packed, pack_columns, col_tile, op_a, op_b, rows, cols, K,
+                               static_cast<acc_t>(alpha), ta, lda, tb, ldb, beta, c, ldc)) {
+                tile_gemm(op_a, op_b, rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb,
+                          beta, c, ldc);
+              }
+              if (narrow_out) {
+                for (int64_t r = 0; r < rows; ++r) {
+                  scalar_t* out = pc16 + (i0 + r) * N + j0;
+                  const acc_t* row = c + r * ldc;
+                  for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<scalar_t>(row[j]);
+                }
+              }
             }
-          }
-        }
-        tile_gemm_release();
-      });
-    });
+            tile_gemm_release();
+          });
+        });
   }
   if (out_dtype.has_value() && *out_dtype != C.scalar_type()) return C.to(*out_dtype);
   return C;
@@ -169,14 +172,12 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
 
 at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(m.dim() == 2);
-  if (m.scalar_type() == at::kHalf)
-    return column_sums(m.to(at::kFloat), out_dtype.value_or(at::kFloat));
   const at::Tensor src = m.contiguous();
   const int64_t R = src.size(0), N = src.size(1);
   const auto acc_dtype = accumulation_dtype(src.scalar_type());
   at::Tensor out = at::zeros({N}, src.options().dtype(acc_dtype));
   constexpr int64_t kColumnBlock = 64, kRowBlock = 256;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, src.scalar_type(), "column_sums", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "column_sums", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = src.const_data_ptr<scalar_t>();
     acc_t* o = out.mutable_data_ptr<acc_t>();

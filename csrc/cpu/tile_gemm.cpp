@@ -23,11 +23,11 @@
 //
 // The portable loops below are the engine where the micro-kernels are not available: non-x86
 // builds (PyTorch has the oneDNN micro-kernels on x86-64 only), CPUs without AVX2+FMA,
-// torch.backends.mkldnn disabled, a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA) or a torch built without
-// them, and -DMHSA_PORTABLE_GEMM=ON at build time or MHSA_PORTABLE_GEMM=1 at run time (loops
-// whose every operand access ASan sees). They are deterministic and single-threaded, like the
-// micro-kernels. brgemm itself would fall back to cpublas::gemm in those cases, i.e. to a BLAS that
-// may split a tile over its own threads (and round differently for another thread count) when
+// torch.backends.mkldnn disabled, a oneDNN ISA cap below AVX2 (ONEDNN_MAX_CPU_ISA) or a torch built
+// without them, and -DMHSA_PORTABLE_GEMM=ON at build time or MHSA_PORTABLE_GEMM=1 at run time
+// (loops whose every operand access ASan sees). They are deterministic and single-threaded, like
+// the micro-kernels. brgemm itself would fall back to cpublas::gemm in those cases, i.e. to a BLAS
+// that may split a tile over its own threads (and round differently for another thread count) when
 // called outside an OpenMP region, which is why it is not called then. float64 (the gradcheck and
 // reference dtype, not a fast path) always uses the loops: brgemm has no float64 kernel.
 #include "cpu/tile_gemm.h"
@@ -35,10 +35,12 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -102,7 +104,7 @@ inline int64_t packed_block_size(int64_t K) { return (K + 31) / 32 * 32 * kBlock
 
 struct Scratch {
   std::vector<float> a, b, c;
-  std::vector<c10::BFloat16> a16, b16, plain16;
+  std::vector<uint16_t> a16, b16, plain16;  // bfloat16 or float16 elements, as their bits
 };
 Scratch& scratch() {
   thread_local Scratch s;
@@ -113,6 +115,24 @@ template <typename T>
 T* sized(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
   return v.data();
+}
+
+// A 16-bit scratch vector as at least n elements of half_t (bfloat16 or float16).
+template <typename half_t>
+half_t* sized16(std::vector<uint16_t>& v, int64_t n) {
+  static_assert(sizeof(half_t) == sizeof(uint16_t), "a 16-bit type");
+  return reinterpret_cast<half_t*>(sized(v, n));
+}
+
+// How the 16-bit micro-kernels take their B operand, found by the start-up probe: VNNI pairs
+// (consecutive k interleaved: B_vnni[k / 2][n][k % 2] = B[k][n]; bfloat16 on AVX-512),
+// cpublas::pack's layout (the matrix unit: AMX, AMX-FP16), or plain row-major (float16 on
+// AVX512-FP16, whose kernel converts B rows to fp32 as it loads them).
+enum class Layout16 { Vnni, Pack, Plain };
+
+template <typename half_t>
+constexpr at::ScalarType dtype16() {
+  return std::is_same_v<half_t, c10::Half> ? at::kHalf : at::kBFloat16;
 }
 
 // Where the product goes: C itself (alpha == 1; beta applied to C first), or a scratch tile that
@@ -153,6 +173,7 @@ void finish_target(const Target& t, int64_t M, int64_t N, float alpha, float bet
 
 inline float to_float(float v) { return v; }
 inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+inline float to_float(c10::Half v) { return static_cast<float>(v); }
 
 // Rows k0..k0+kc of op(B) (K x N) as a row-major kc x N float block.
 template <typename in_t>
@@ -185,7 +206,7 @@ void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, 
         out_t* o = out + i * ld_out;
         for (int64_t k = k0; k < k1; ++k) {
           if constexpr (std::is_same_v<in_t, out_t>) {
-            o[k] = in[k * ld_in + i];  // bfloat16 to bfloat16: a copy, no round trip
+            o[k] = in[k * ld_in + i];  // 16-bit to 16-bit: a copy, no round trip
           } else {
             o[k] = static_cast<out_t>(to_float(in[k * ld_in + i]));
           }
@@ -255,13 +276,11 @@ void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows,
   transpose_words(in, ld_in, rows, cols, out, ld_out);
 }
 
-// bfloat16 to bfloat16 (the transposed operands of the bfloat16 tile GEMMs: P^T dO, dS^T Q and
-// the weight gradients): 8 x 8 transposes of 16-bit words; the element-by-element loop was an
-// eighth of a bfloat16 training step.
-template <>
-void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int64_t ld_in,
-                                                   int64_t rows, int64_t cols, c10::BFloat16* out,
-                                                   int64_t ld_out) {
+// 16-bit to 16-bit (the transposed operands of the bfloat16 and float16 tile GEMMs: P^T dO,
+// dS^T Q and the weight gradients): 8 x 8 transposes of 16-bit words; the element-by-element
+// loop was an eighth of a bfloat16 training step.
+void transpose_halfwords(const void* in, int64_t ld_in, int64_t rows, int64_t cols, void* out,
+                         int64_t ld_out) {
   blocked_transpose<2, 8>(
       in, ld_in, rows, cols, out, ld_out, [](const char* a, int64_t lda, char* b, int64_t ldb) {
         __m128i t[8];  // rows 2r and 2r + 1 interleaved: t[2r] columns 0..3, t[2r + 1] 4..7
@@ -281,11 +300,22 @@ void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int6
         }
       });
 }
+template <>
+void transpose_block<c10::BFloat16, c10::BFloat16>(const c10::BFloat16* in, int64_t ld_in,
+                                                   int64_t rows, int64_t cols, c10::BFloat16* out,
+                                                   int64_t ld_out) {
+  transpose_halfwords(in, ld_in, rows, cols, out, ld_out);
+}
+template <>
+void transpose_block<c10::Half, c10::Half>(const c10::Half* in, int64_t ld_in, int64_t rows,
+                                           int64_t cols, c10::Half* out, int64_t ld_out) {
+  transpose_halfwords(in, ld_in, rows, cols, out, ld_out);
+}
 
 // out[2j] = r0[j], out[2j + 1] = r1[j] (0 where r1 is null) for j < n: two rows of a row-major
 // B as one row of VNNI pairs.
-void interleave_rows(const c10::BFloat16* r0, const c10::BFloat16* r1, int64_t n,
-                     c10::BFloat16* out) {
+template <typename half_t>
+void interleave_rows(const half_t* r0, const half_t* r1, int64_t n, half_t* out) {
   int64_t j = 0;
 #if defined(__SSE2__)
   for (; j + 8 <= n; j += 8) {
@@ -296,7 +326,7 @@ void interleave_rows(const c10::BFloat16* r0, const c10::BFloat16* r1, int64_t n
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * j + 8), _mm_unpackhi_epi16(a, b));
   }
 #endif
-  const c10::BFloat16 zero(0.0f);
+  const half_t zero(0.0f);
   for (; j < n; ++j) {
     out[2 * j] = r0[j];
     out[2 * j + 1] = r1 != nullptr ? r1[j] : zero;
@@ -310,21 +340,11 @@ void copy_a_block(Trans ta, const in_t* A, int64_t lda, int64_t k0, int64_t kc, 
     for (int64_t i = 0; i < M; ++i) {
       const in_t* a = A + i * lda + k0;
       out_t* o = out + i * ld_out;
-      for (int64_t k = 0; k < kc; ++k) o[k] = static_cast<out_t>(to_float(a[k]));
-    }
-  } else {
-    transpose_block(A + k0 * lda, lda, kc, M, out, ld_out);
-  }
-}
-template <>
-void copy_a_block<c10::BFloat16, c10::BFloat16>(Trans ta, const c10::BFloat16* A, int64_t lda,
-                                                int64_t k0, int64_t kc, int64_t M, int64_t ld_out,
-                                                c10::BFloat16* out) {
-  if (ta == Trans::No) {
-    for (int64_t i = 0; i < M; ++i) {
-      const c10::BFloat16* a = A + i * lda + k0;
-      c10::BFloat16* o = out + i * ld_out;
-      for (int64_t k = 0; k < kc; ++k) o[k] = a[k];
+      if constexpr (std::is_same_v<in_t, out_t>) {
+        std::memcpy(o, a, static_cast<size_t>(kc) * sizeof(out_t));  // 16-bit: a copy
+      } else {
+        for (int64_t k = 0; k < kc; ++k) o[k] = static_cast<out_t>(to_float(a[k]));
+      }
     }
   } else {
     transpose_block(A + k0 * lda, lda, kc, M, out, ld_out);
@@ -374,36 +394,46 @@ void brgemm_f32(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha
   finish_target(t, M, N, alpha, beta, C, ldc);
 }
 
-void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
-                          bool use_pack, c10::BFloat16* out, Scratch& s);
+template <typename half_t>
+void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K, Layout16 layout,
+                          half_t* out, Scratch& s);
 
 // Rows k0..k0+kc of op(B) (K x N), columns j0..j0+nb (nb <= kBlockN), as one block of the
-// bfloat16 micro-kernel's B: VNNI pairs (or cpublas::pack's layout on AMX), kc rounded up to an
-// even number of rows with zeros. A transposed B (rows of B^T, e.g. a weight matrix for x W^T)
-// packs as cheaply as a plain one.
-void pack_b_block(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0,
-                  int64_t nb, bool use_pack, c10::BFloat16* pb, Scratch& s) {
-  const c10::BFloat16 zero(0.0f);
+// 16-bit micro-kernel's B in its layout, kc rounded up to an even number of rows with zeros
+// (VNNI pairs need it; the other layouts get the same shapes, so one code path serves all).
+// A transposed B (rows of B^T, e.g. a weight matrix for x W^T) packs as cheaply as a plain one.
+template <typename half_t>
+void pack_b_block(Trans tb, const half_t* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0,
+                  int64_t nb, Layout16 layout, half_t* pb, Scratch& s) {
+  const half_t zero(0.0f);
   const int64_t kp = (kc + 1) / 2 * 2;
-  auto b_at = [&](int64_t k, int64_t j) -> c10::BFloat16 {
+  auto b_at = [&](int64_t k, int64_t j) -> half_t {
     if (k >= kc) return zero;
     return tb == Trans::No ? B[(k0 + k) * ldb + j0 + j] : B[(j0 + j) * ldb + k0 + k];
   };
   if (tb == Trans::Yes && kp == kc) {
-    pack_rows_as_columns(B + j0 * ldb + k0, ldb, nb, kc, use_pack, pb, s);
-  } else if (use_pack) {
-    c10::BFloat16* plain = sized(s.plain16, kp * nb);
-    for (int64_t k = 0; k < kp; ++k)
-      for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = b_at(k, j);
-    cpublas::pack(kp, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, pb);
+    pack_rows_as_columns(B + j0 * ldb + k0, ldb, nb, kc, layout, pb, s);
+  } else if (layout != Layout16::Vnni) {
+    // Row-major kp x nb: the plain layout itself, or cpublas::pack's input.
+    half_t* plain = layout == Layout16::Plain ? pb : sized16<half_t>(s.plain16, kp * nb);
+    if (tb == Trans::No) {
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(plain + k * nb, B + (k0 + k) * ldb + j0, static_cast<size_t>(nb) * 2);
+    } else {
+      transpose_block(B + j0 * ldb + k0, ldb, nb, kc, plain, nb);
+    }
+    for (int64_t k = kc; k < kp; ++k)
+      for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = zero;
+    if (layout == Layout16::Pack)
+      cpublas::pack(kp, nb, nb, nb, dtype16<half_t>(), dtype16<half_t>(), plain, pb);
   } else if (tb == Trans::No) {
     for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
-      const c10::BFloat16* r0 = B + (k0 + 2 * k2) * ldb + j0;
+      const half_t* r0 = B + (k0 + 2 * k2) * ldb + j0;
       interleave_rows(r0, 2 * k2 + 1 < kc ? r0 + ldb : nullptr, nb, pb + k2 * 2 * nb);
     }
   } else {
     for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
-      c10::BFloat16* row = pb + k2 * 2 * nb;
+      half_t* row = pb + k2 * 2 * nb;
       for (int64_t j = 0; j < nb; ++j) {
         row[2 * j] = b_at(2 * k2, j);
         row[2 * j + 1] = b_at(2 * k2 + 1, j);
@@ -412,22 +442,22 @@ void pack_b_block(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t k0, int
   }
 }
 
-// bfloat16 on the bfloat16 micro-kernel, K in chunks of kChunkK, N in blocks of kBlockN:
-// block_at(k0, kc, j0, nb) gives the packed B block of those rows and columns (packed on the
-// spot for a plain call, taken from a PackedB16 for a prepacked one: the same bits either way).
-template <typename BlockAt>
-void brgemm_bf16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha,
-                        const c10::BFloat16* A, int64_t lda, float beta, float* C, int64_t ldc,
-                        Scratch& s, BlockAt block_at) {
+// bfloat16 or float16 on its 16-bit micro-kernel, K in chunks of kChunkK, N in blocks of
+// kBlockN: block_at(k0, kc, j0, nb) gives the packed B block of those rows and columns (packed on
+// the spot for a plain call, taken from a PackedB16 for a prepacked one: the same bits either
+// way).
+template <typename half_t, typename BlockAt>
+void brgemm16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha, const half_t* A,
+                     int64_t lda, float beta, float* C, int64_t ldc, Scratch& s, BlockAt block_at) {
   const Target t = prepare_target(M, N, alpha, beta, C, ldc, s);
-  const c10::BFloat16 zero(0.0f);
+  const half_t zero(0.0f);
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
     const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
     const int64_t kp = (kc + 1) / 2 * 2;  // VNNI pairs: an odd reduction gets a zero pair half
-    const c10::BFloat16* a = A + k0;
+    const half_t* a = A + k0;
     int64_t ld_a = lda;
     if (ta == Trans::Yes || kp != kc) {
-      c10::BFloat16* buf = sized(s.a16, M * kp);
+      half_t* buf = sized16<half_t>(s.a16, M * kp);
       copy_a_block(ta, A, lda, k0, kc, M, kp, buf);
       if (kp != kc)
         for (int64_t i = 0; i < M; ++i) buf[i * kp + kc] = zero;
@@ -437,74 +467,105 @@ void brgemm_bf16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha,
     const bool add_C = k0 > 0 || t.add_first;
     for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
       const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
-      const c10::BFloat16* pb = block_at(k0, kc, j0, nb);
+      const half_t* pb = block_at(k0, kc, j0, nb);
       cpublas::brgemm(M, nb, kp, ld_a, nb, t.ldc, add_C, a, pb, t.c + j0, true);
     }
   }
   finish_target(t, M, N, alpha, beta, C, ldc);
 }
 
-void brgemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-                 const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
-                 float beta, float* C, int64_t ldc, bool use_pack) {
+template <typename half_t>
+void brgemm16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const half_t* A,
+              int64_t lda, const half_t* B, int64_t ldb, float beta, float* C, int64_t ldc,
+              Layout16 layout) {
   Scratch& s = scratch();
-  brgemm_bf16_blocks(ta, M, N, K, alpha, A, lda, beta, C, ldc, s,
-                     [&](int64_t k0, int64_t kc, int64_t j0, int64_t nb) {
-                       c10::BFloat16* pb = sized(s.b16, packed_block_size((kc + 1) / 2 * 2));
-                       pack_b_block(tb, B, ldb, k0, kc, j0, nb, use_pack, pb, s);
-                       return static_cast<const c10::BFloat16*>(pb);
-                     });
+  brgemm16_blocks(ta, M, N, K, alpha, A, lda, beta, C, ldc, s,
+                  [&](int64_t k0, int64_t kc, int64_t j0, int64_t nb) {
+                    half_t* pb = sized16<half_t>(s.b16, packed_block_size((kc + 1) / 2 * 2));
+                    pack_b_block(tb, B, ldb, k0, kc, j0, nb, layout, pb, s);
+                    return static_cast<const half_t*>(pb);
+                  });
 }
 
-// B^T in the bfloat16 micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
-// (even), nb <= kBlockN columns. Without cpublas::pack the VNNI layout is a transpose of 32-bit
-// words: packed row d/2 holds the pairs (rows[c][d], rows[c][d+1]) for c = 0..nb, so each pair
-// moves as one word (it was a per-element scatter that cost as much as the GEMM it fed).
-void pack_rows_as_columns(const c10::BFloat16* rows, int64_t ld, int64_t nb, int64_t K,
-                          bool use_pack, c10::BFloat16* out, Scratch& s) {
-  if (use_pack) {
-    c10::BFloat16* plain = sized(s.plain16, K * nb);
+// B^T in the 16-bit micro-kernel's layout: column c of B is row c of `rows` (stride ld), K long
+// (even), nb <= kBlockN columns. The plain layout is a transpose of 16-bit words (cpublas::pack
+// starts from it); the VNNI layout is a transpose of 32-bit words: packed row d/2 holds the
+// pairs (rows[c][d], rows[c][d+1]) for c = 0..nb, so each pair moves as one word (it was a
+// per-element scatter that cost as much as the GEMM it fed).
+template <typename half_t>
+void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K, Layout16 layout,
+                          half_t* out, Scratch& s) {
+  if (layout == Layout16::Plain) {
+    transpose_block(rows, ld, nb, K, out, nb);
+  } else if (layout == Layout16::Pack) {
+    half_t* plain = sized16<half_t>(s.plain16, K * nb);
     transpose_block(rows, ld, nb, K, plain, nb);
-    cpublas::pack(K, nb, nb, nb, at::kBFloat16, at::kBFloat16, plain, out);
+    cpublas::pack(K, nb, nb, nb, dtype16<half_t>(), dtype16<half_t>(), plain, out);
   } else if (K % 2 == 0 && ld % 2 == 0) {
     transpose_words(rows, ld / 2, nb, K / 2, out, nb);
   } else {
     for (int64_t c = 0; c < nb; ++c) {
-      const c10::BFloat16* r = rows + c * ld;
+      const half_t* r = rows + c * ld;
       for (int64_t d = 0; d < K; ++d) out[(d / 2) * 2 * nb + 2 * c + d % 2] = r[d];
     }
   }
 }
+
+// What the micro-kernels of this machine can do (detect_support).
 struct Support {
-  bool f32 = false;        // float32 micro-kernel
-  bool bf16 = false;       // bfloat16 micro-kernel with a VNNI B
-  bool bf16_pack = false;  // ... whose B must come from cpublas::pack (AMX)
+  bool f32 = false;                       // float32 micro-kernel
+  bool bf16 = false;                      // bfloat16 micro-kernel ...
+  Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
+  bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...
+  Layout16 f16_layout = Layout16::Plain;  // ... and its B layout
 };
 
-bool isa_capped() {
-  // oneDNN can be told to use less than the CPU has; what it then does for a shape is not
-  // knowable from here (brgemm would quietly fall back to cpublas::gemm).
-  return std::getenv("ONEDNN_MAX_CPU_ISA") != nullptr || std::getenv("DNNL_MAX_CPU_ISA") != nullptr;
+// How far a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) leaves the
+// micro-kernels. PyTorch's brgemm runs float32 on oneDNN's effective ISA from avx2 up and
+// bfloat16 from avx512_core up; below that float32 quietly falls back to cpublas::gemm (a BLAS
+// that may split a tile over threads), so a cap under avx2, or one this code cannot read, means
+// the portable loops. A cap at avx2 (what an AVX2-only CPU has; scripts/bench --emulate-avx2
+// uses it) keeps the float32 micro-kernel. From avx512_core up the 16-bit kernels are probed as
+// without a cap: brgemm throws where the cap removed them.
+enum class IsaCap { Loops, Avx2, Avx512Core };
+
+IsaCap onednn_isa_cap() {
+  const char* env = std::getenv("ONEDNN_MAX_CPU_ISA");
+  if (env == nullptr) env = std::getenv("DNNL_MAX_CPU_ISA");
+  if (env == nullptr) return IsaCap::Avx512Core;
+  std::string cap(env);
+  for (char& c : cap) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (cap == "all" || cap == "default") return IsaCap::Avx512Core;
+  if (cap.rfind("avx512_core", 0) == 0 || cap.rfind("avx10", 0) == 0) return IsaCap::Avx512Core;
+  if (cap.rfind("avx2", 0) == 0) return IsaCap::Avx2;
+  return IsaCap::Loops;
 }
 
-// A few bfloat16 products through the VNNI micro-kernel path of this file (odd shapes, tails,
-// both packings), compared with exact results (small integers: exact in any order). Tells
-// whether this torch has the oneDNN micro-kernels at all (brgemm throws without them) and
-// guards the layouts on a matrix unit this code could not be tried on: any mismatch, and
-// bfloat16 tiles are computed on the float32 micro-kernel instead.
-bool bf16_vnni_works(bool use_pack) {
+// A few 16-bit products through the micro-kernel path of this file in one B layout (odd
+// shapes, tails, plain and transposed B, the score-block packing), compared with exact results
+// (small integers: exact in any order). Tells whether this torch and CPU have the micro-kernel
+// at all (brgemm throws without it: bfloat16 needs oneDNN's avx512_core, float16 its
+// avx512_core_fp16) and guards the layouts on machines this code could not be tried on (the
+// float16 kernel of AVX512-FP16, the matrix units): any mismatch, and that dtype's tiles are
+// computed on the float32 micro-kernel instead.
+template <typename half_t>
+bool micro_kernel16_works(Layout16 layout) {
   struct Shape {
     int64_t M, N, K;
   };
   const Shape shapes[] = {{2, 16, 4}, {5, 17, 38}, {3, 64, 64}, {64, 130, 33}};
   try {
     for (const Shape& sh : shapes) {
-      std::vector<c10::BFloat16> a(sh.M * sh.K), b(sh.K * sh.N), bt(sh.N * sh.K);
-      for (int64_t i = 0; i < sh.M * sh.K; ++i)
-        a[i] = c10::BFloat16(static_cast<float>(i % 5) - 2.0f);
+      std::vector<half_t> a(sh.M * sh.K), at(sh.K * sh.M), b(sh.K * sh.N), bt(sh.N * sh.K);
+      for (int64_t i = 0; i < sh.M; ++i) {
+        for (int64_t k = 0; k < sh.K; ++k) {
+          a[i * sh.K + k] = half_t(static_cast<float>((i * sh.K + k) % 5) - 2.0f);
+          at[k * sh.M + i] = a[i * sh.K + k];
+        }
+      }
       for (int64_t k = 0; k < sh.K; ++k) {
         for (int64_t n = 0; n < sh.N; ++n) {
-          b[k * sh.N + n] = c10::BFloat16(static_cast<float>((k * 3 + n) % 7) - 3.0f);
+          b[k * sh.N + n] = half_t(static_cast<float>((k * 3 + n) % 7) - 3.0f);
           bt[n * sh.K + k] = b[k * sh.N + n];
         }
       }
@@ -512,20 +573,23 @@ bool bf16_vnni_works(bool use_pack) {
       for (int64_t i = 0; i < sh.M; ++i)
         for (int64_t n = 0; n < sh.N; ++n)
           for (int64_t k = 0; k < sh.K; ++k)
-            want[i * sh.N + n] +=
-                static_cast<float>(a[i * sh.K + k]) * static_cast<float>(b[k * sh.N + n]);
-      brgemm_bf16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N,
-                  0.0f, c.data(), sh.N, use_pack);
+            want[i * sh.N + n] += to_float(a[i * sh.K + k]) * to_float(b[k * sh.N + n]);
+      brgemm16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N, 0.0f,
+               c.data(), sh.N, layout);
       if (c != want) return false;
       std::fill(c.begin(), c.end(), 1.0f);  // B given transposed (a weight matrix)
-      brgemm_bf16(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, bt.data(), sh.K,
-                  0.0f, c.data(), sh.N, use_pack);
+      brgemm16(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, bt.data(), sh.K, 0.0f,
+               c.data(), sh.N, layout);
+      if (c != want) return false;
+      std::fill(c.begin(), c.end(), 1.0f);  // A given transposed (P^T dO, dS^T Q)
+      brgemm16(Trans::Yes, Trans::No, sh.M, sh.N, sh.K, 1.0f, at.data(), sh.M, b.data(), sh.N, 0.0f,
+               c.data(), sh.N, layout);
       if (c != want) return false;
       // The score-block path: B given as rows (K^T), even K, at most one block of columns.
       if (sh.K % 2 == 0 && sh.N <= kBlockN) {
-        std::vector<c10::BFloat16> packed(packed_block_size(sh.K));
+        std::vector<half_t> packed(packed_block_size(sh.K));
         Scratch& s = scratch();
-        pack_rows_as_columns(bt.data(), sh.K, sh.N, sh.K, use_pack, packed.data(), s);
+        pack_rows_as_columns(bt.data(), sh.K, sh.N, sh.K, layout, packed.data(), s);
         std::fill(c.begin(), c.end(), 1.0f);
         cpublas::brgemm(sh.M, sh.N, sh.K, sh.K, sh.N, sh.N, false, a.data(), packed.data(),
                         c.data(), true);
@@ -541,7 +605,8 @@ bool bf16_vnni_works(bool use_pack) {
 
 Support detect_support() {
   Support s;
-  if (isa_capped()) return s;
+  const IsaCap cap = onednn_isa_cap();
+  if (cap == IsaCap::Loops) return s;
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   // oneDNN's avx512_core: what its bfloat16 micro-kernel needs (AVX512-BF16 and AMX are used
@@ -549,18 +614,33 @@ Support detect_support() {
   const bool avx512_core = __builtin_cpu_supports("avx512f") &&
                            __builtin_cpu_supports("avx512bw") &&
                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  if (avx512_core) {
-    bool pack = false;
+  auto could_pack = [](at::ScalarType dtype) {
     try {
-      pack = cpublas::could_pack(at::kBFloat16);
+      return cpublas::could_pack(dtype);
     } catch (const std::exception&) {
-      pack = false;
+      return false;
     }
-    s.bf16 = bf16_vnni_works(pack);
-    s.bf16_pack = s.bf16 && pack;
+  };
+  if (avx512_core && cap == IsaCap::Avx512Core) {
+    s.bf16_layout = could_pack(at::kBFloat16) ? Layout16::Pack : Layout16::Vnni;
+    s.bf16 = micro_kernel16_works<c10::BFloat16>(s.bf16_layout);
     // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
     // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
     s.f32 = s.bf16;
+    // float16: cpublas::pack's layout with AMX-FP16; on AVX512-FP16 alone oneDNN documents no
+    // layout for this API, so the probe tries the plain one and then VNNI pairs. Without
+    // AVX512-FP16 brgemm throws and float16 tiles stay on the float32 micro-kernel.
+    if (s.f32) {
+      const bool pack16 = could_pack(at::kHalf);
+      for (Layout16 layout : {Layout16::Pack, Layout16::Plain, Layout16::Vnni}) {
+        if ((layout == Layout16::Pack) != pack16) continue;
+        if (micro_kernel16_works<c10::Half>(layout)) {
+          s.f16 = true;
+          s.f16_layout = layout;
+          break;
+        }
+      }
+    }
   } else {
     s.f32 = avx2;
   }
@@ -591,30 +671,23 @@ const Support& support() {
 
 }  // namespace
 
-bool bf16_score_blocks_available(int64_t K) {
 #ifdef MHSA_USE_BRGEMM
-  // An even head dimension: Q is read in place, in VNNI pairs.
-  return support().bf16 && K > 0 && K % 2 == 0 && K <= kChunkK;
-#else
-  (void)K;
-  return false;
-#endif
-}
+namespace {
 
-void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L,
-                       int64_t K, float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                       float* S, int64_t lds) {
-#ifdef MHSA_USE_BRGEMM
-  TORCH_CHECK(bf16_score_blocks_available(K), "mhsa: bfloat16 score blocks are not available");
+// The scores S[i - i0][j - j0] = scale * q_i . k_j on the fixed grid of score blocks (see
+// tile_gemm.h), for either 16-bit type on its micro-kernel.
+template <typename half_t>
+void score_blocks16(const half_t* q, const half_t* k, int64_t ld, int64_t L, int64_t K, float scale,
+                    int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S, int64_t lds,
+                    Layout16 layout) {
   static_assert(kScoreBlock == kBlockN, "a score block's keys are one packed B block");
   if (i1 <= i0 || j1 <= j0) return;
-  const bool use_pack = support().bf16_pack;
   Scratch& s = scratch();
-  c10::BFloat16* packed = sized(s.b16, packed_block_size(K));
+  half_t* packed = sized16<half_t>(s.b16, packed_block_size(K));
   float* block = sized(s.c, kScoreBlock * kScoreBlock);
   for (int64_t kb = j0 / kScoreBlock * kScoreBlock; kb < j1; kb += kScoreBlock) {
     const int64_t nb = L - kb < kScoreBlock ? L - kb : kScoreBlock;
-    pack_rows_as_columns(k + kb * ld, ld, nb, K, use_pack, packed, s);
+    pack_rows_as_columns(k + kb * ld, ld, nb, K, layout, packed, s);
     const int64_t c0 = j0 > kb ? j0 : kb, c1 = j1 < kb + nb ? j1 : kb + nb;
     for (int64_t qb = i0 / kScoreBlock * kScoreBlock; qb < i1; qb += kScoreBlock) {
       const int64_t mb = L - qb < kScoreBlock ? L - qb : kScoreBlock;
@@ -628,8 +701,50 @@ void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t l
       }
     }
   }
+}
+
+}  // namespace
+#endif  // MHSA_USE_BRGEMM
+
+bool score_blocks_available(c10::ScalarType dtype, int64_t K) {
+#ifdef MHSA_USE_BRGEMM
+  const Support& s = support();
+  const bool kernel = dtype == c10::ScalarType::BFloat16 ? s.bf16
+                      : dtype == c10::ScalarType::Half   ? s.f16
+                                                         : false;
+  // An even head dimension: Q is read in place, in VNNI pairs where that is the layout.
+  return kernel && K > 0 && K % 2 == 0 && K <= kChunkK;
 #else
+  (void)dtype, (void)K;
+  return false;
+#endif
+}
+
+void score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L, int64_t K,
+                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                  int64_t lds) {
+#ifdef MHSA_USE_BRGEMM
+  TORCH_CHECK(score_blocks_available(c10::ScalarType::BFloat16, K),
+              "mhsa: bfloat16 score blocks are not available");
+  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds, support().bf16_layout);
+#else
+  (void)q, (void)k, (void)ld, (void)L, (void)K, (void)scale, (void)i0, (void)i1, (void)j0, (void)j1,
+      (void)S, (void)lds;
   TORCH_CHECK(false, "mhsa: bfloat16 score blocks are not available in this build");
+#endif
+}
+
+void score_blocks(const c10::Half* q, const c10::Half* k, int64_t ld, int64_t L, int64_t K,
+                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                  int64_t lds) {
+#ifdef MHSA_USE_BRGEMM
+  TORCH_CHECK(score_blocks_available(c10::ScalarType::Half, K),
+              "mhsa: float16 score blocks are not available");
+  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds, support().f16_layout);
+#else
+  (void)q, (void)k, (void)ld, (void)L, (void)K, (void)scale, (void)i0, (void)i1, (void)j0, (void)j1,
+      (void)S, (void)lds;
+  TORCH_CHECK(false, "mhsa: float16 score blocks are not available in this build");
 #endif
 }
 
@@ -658,10 +773,27 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
 #ifdef MHSA_USE_BRGEMM
   const Support& s = support();
   if (s.bf16) {
-    brgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.bf16_pack);
+    brgemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.bf16_layout);
     return;
   }
   if (s.f32) {  // AVX2-only: the float32 micro-kernel from the bfloat16 values
+    brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+#endif
+  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const c10::Half* A,
+               int64_t lda, const c10::Half* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (handle_degenerate(M, N, K, beta, C, ldc)) return;
+#ifdef MHSA_USE_BRGEMM
+  const Support& s = support();
+  if (s.f16) {
+    brgemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.f16_layout);
+    return;
+  }
+  if (s.f32) {  // no float16 micro-kernel: the float32 one from the float16 values (exact)
     brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
@@ -680,12 +812,12 @@ void PackedB16::pack(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t K, i
   const int64_t chunks = (K + kChunkK - 1) / kChunkK;
   data_.resize(static_cast<size_t>(chunks * col_blocks_ * block_stride_));  // keeps capacity
   Scratch& s = scratch();
-  const bool use_pack = support().bf16_pack;
+  const Layout16 layout = support().bf16_layout;
   for (int64_t b = 0; b < chunks * col_blocks_; ++b) {
     const int64_t k0 = (b / col_blocks_) * kChunkK, j0 = (b % col_blocks_) * kBlockN;
     const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
     const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
-    pack_b_block(tb, B, ldb, k0, kc, j0, nb, use_pack, data_.data() + b * block_stride_, s);
+    pack_b_block(tb, B, ldb, k0, kc, j0, nb, layout, data_.data() + b * block_stride_, s);
   }
 #else
   (void)tb, (void)B, (void)ldb;
@@ -698,11 +830,11 @@ void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16*
   TORCH_INTERNAL_ASSERT(K == B.K_, "tile_gemm: K differs from the packed B's");
   if (handle_degenerate(M, B.N_, K, beta, C, ldc)) return;
 #ifdef MHSA_USE_BRGEMM
-  brgemm_bf16_blocks(ta, M, B.N_, K, alpha, A, lda, beta, C, ldc, scratch(),
-                     [&](int64_t k0, int64_t, int64_t j0, int64_t) {
-                       const int64_t b = (k0 / kChunkK) * B.col_blocks_ + j0 / kBlockN;
-                       return B.data_.data() + b * B.block_stride_;
-                     });
+  brgemm16_blocks(ta, M, B.N_, K, alpha, A, lda, beta, C, ldc, scratch(),
+                  [&](int64_t k0, int64_t, int64_t j0, int64_t) {
+                    const int64_t b = (k0 / kChunkK) * B.col_blocks_ + j0 / kBlockN;
+                    return B.data_.data() + b * B.block_stride_;
+                  });
 #else
   (void)ta, (void)alpha, (void)A, (void)lda;
   TORCH_CHECK(false, "mhsa: prepacked bfloat16 B is not available in this build");
@@ -711,7 +843,17 @@ void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16*
 
 void tile_gemm_release() {
 #ifdef MHSA_USE_BRGEMM
-  if (support().bf16_pack) cpublas::brgemm_release(true);
+  const Support& s = support();
+  if ((s.bf16 && s.bf16_layout == Layout16::Pack) || (s.f16 && s.f16_layout == Layout16::Pack))
+    cpublas::brgemm_release(true);
+#endif
+}
+
+bool tile_gemm_f16_native() {
+#ifdef MHSA_USE_BRGEMM
+  return support().f16;
+#else
+  return false;
 #endif
 }
 
@@ -726,9 +868,18 @@ bool tile_gemm_bf16_packs_b() {
 const char* tile_gemm_backend() {
 #ifdef MHSA_USE_BRGEMM
   const Support& s = support();
-  if (s.bf16_pack) return "onednn-brgemm(float32,bfloat16-amx)";
-  if (s.bf16) return "onednn-brgemm(float32,bfloat16-vnni)";
-  if (s.f32) return "onednn-brgemm(float32;bfloat16-as-float32)";
+  if (s.f32) {
+    // Layout16's order: Vnni, Pack, Plain.
+    static const char* const layouts[] = {"vnni", "amx", "plain"};
+    thread_local std::string text;
+    text = "onednn-brgemm(float32";
+    text += s.bf16 ? std::string(",bfloat16-") + layouts[static_cast<int>(s.bf16_layout)]
+                   : std::string(";bfloat16-as-float32");
+    text += s.f16 ? std::string(",float16-") + layouts[static_cast<int>(s.f16_layout)]
+                  : std::string(";float16-as-float32");
+    text += ")";
+    return text.c_str();
+  }
 #endif
   return "portable-loops";
 }

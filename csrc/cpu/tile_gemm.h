@@ -2,15 +2,17 @@
 // Row-major GEMM on raw tiles for the attention kernels and the projection GEMMs:
 //   C[M, N] = alpha * op(A) * op(B) + beta * C
 // with op(X) = X or X^T and leading dimensions given as row strides, so Q, K and V are read in
-// place from the packed QKV buffer. Inputs are float, double or bfloat16; C is float for
-// float/bfloat16 inputs and double for double inputs (fp32 accumulation for bfloat16).
+// place from the packed QKV buffer. Inputs are float, double, bfloat16 or float16; C is double
+// for double inputs and float for the others (fp32 accumulation for the 16-bit types).
 //
 // Every call runs single-threaded on the calling thread, and the result depends only on the
 // shapes, strides and values passed (not on the thread, nor on how many threads exist), which
 // is what makes mhsa's results bitwise identical for any thread count. See tile_gemm.cpp for
 // the engines (oneDNN's batch-reduce micro-kernels through at::native::cpublas::brgemm, or
 // portable loops).
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <vector>
@@ -26,8 +28,10 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
                float* C, int64_t ldc);
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const c10::Half* A,
+               int64_t lda, const c10::Half* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// Attention scores of bfloat16 inputs on the bfloat16 micro-kernel, computed so that every score
+// Attention scores of 16-bit inputs on their micro-kernel, computed so that every score
 // is the same bits whichever tile asks for it (forward, the weights sweep and backward's
 // recompute use tiles of different shapes and positions, and backward's probabilities must be
 // bitwise the forward's): the (query, key) plane is cut into a fixed grid of kScoreBlock x
@@ -38,13 +42,17 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
 // position p's query is q + p * ld and its key k + p * ld (K = head dimension elements each),
 // L positions in all.
 constexpr int64_t kScoreBlock = 64;
-bool bf16_score_blocks_available(int64_t K);
-void bf16_score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L,
-                       int64_t K, float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                       float* S, int64_t lds);
+// Available for bfloat16 or float16 where that type's micro-kernel runs (see tile_gemm.cpp).
+bool score_blocks_available(c10::ScalarType dtype, int64_t K);
+void score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L, int64_t K,
+                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                  int64_t lds);
+void score_blocks(const c10::Half* q, const c10::Half* k, int64_t ld, int64_t L, int64_t K,
+                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                  int64_t lds);
 
 // Ends a run of tile GEMMs on this thread: releases the matrix-unit state (AMX tile
-// configuration) that the bfloat16 micro-kernels may hold, so that code running afterwards on
+// configuration) that the 16-bit micro-kernels may hold, so that code running afterwards on
 // this thread does not pay for it. Call it at the end of each parallel task range that called
 // tile_gemm; a later tile_gemm takes the state again by itself. Cheap when nothing is held.
 void tile_gemm_release();
@@ -53,6 +61,11 @@ void tile_gemm_release();
 // the bfloat16 micro-kernel), so that a transposed B costs them nothing extra: the projections
 // then pass a weight matrix as it is instead of materializing its transpose on every call.
 bool tile_gemm_bf16_packs_b();
+
+// Whether float16 tiles run on a float16 micro-kernel (oneDNN's, on CPUs with AVX512-FP16 or
+// AMX-FP16); elsewhere they are computed on the float32 one from the float16 values, and mhsa
+// computes float16 inputs in fp32 by default (see half_native_compute, cpu_capability.h).
+bool tile_gemm_f16_native();
 
 // A bfloat16 B operand (op(B) is K x N) packed once, on the calling thread, into the bfloat16
 // micro-kernel's layout, for several tile GEMMs that share it: the row tiles of one column tile
@@ -74,7 +87,7 @@ void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16*
                const PackedB16& B, float beta, float* C, int64_t ldc);
 
 // The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
-// "onednn-brgemm(float32,bfloat16-vnni)" or "portable-loops".
+// "onednn-brgemm(float32,bfloat16-vnni;float16-as-float32)" or "portable-loops".
 const char* tile_gemm_backend();
 
 }  // namespace mhsa::cpu

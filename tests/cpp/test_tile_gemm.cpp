@@ -1,10 +1,13 @@
 // The tile GEMM engine (csrc/cpu/tile_gemm.cpp) on its own, whichever engine this CPU runs (the
-// oneDNN brgemm micro-kernels, VNNI/AMX packing for bfloat16, or the portable loops; the ASan
-// build runs this file both ways): every combination of transposes, alpha, beta, K chunking, odd
-// K and ragged tails against a float64 sum, and the padding between rows left untouched.
+// oneDNN brgemm micro-kernels: VNNI/AMX packing for bfloat16, the layout the probe found for
+// float16 where the CPU has a float16 kernel, float16 on the float32 one elsewhere; or the
+// portable loops; the ASan build runs this file both ways): every combination of transposes,
+// alpha, beta, K chunking, odd K and ragged tails against a float64 sum, and the padding between
+// rows left untouched.
 #include <gtest/gtest.h>
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 #include <cstdint>
@@ -42,7 +45,7 @@ std::vector<Shape> shapes() {
   return all;
 }
 
-// Runs one shape with inputs of type T (float or BFloat16) and checks every element of C.
+// Runs one shape with inputs of type T (float, BFloat16 or Half) and checks every element of C.
 template <typename T>
 void check_shape(const Shape& s, std::mt19937& rng) {
   std::normal_distribution<float> normal;
@@ -73,7 +76,7 @@ void check_shape(const Shape& s, std::mt19937& rng) {
       }
       const double c0 = s.beta == 0.f ? 0.0 : static_cast<double>(s.beta) * C0[i * ldc + j];
       const double want = s.alpha * sum + c0;
-      // fp32 accumulation of exact products (bfloat16 products are exact in fp32): the error
+      // fp32 accumulation of exact products (16-bit products are exact in fp32): the error
       // is bounded by K * eps * sum |a b|; 1e-5 of the magnitude allows K up to ~80 chunks.
       const double bound = 1e-5 * (std::fabs(s.alpha) * magnitude + std::fabs(c0)) + 1e-30;
       if (std::fabs(got - want) > bound) ++bad;
@@ -92,6 +95,11 @@ TEST(TileGemm, Float32MatchesFloat64Sums) {
 TEST(TileGemm, BFloat16MatchesFloat64Sums) {
   std::mt19937 rng(2);
   for (const Shape& s : shapes()) check_shape<c10::BFloat16>(s, rng);
+}
+
+TEST(TileGemm, Float16MatchesFloat64Sums) {
+  std::mt19937 rng(4);
+  for (const Shape& s : shapes()) check_shape<c10::Half>(s, rng);
 }
 
 TEST(TileGemm, SameCallSameBits) {

@@ -1,13 +1,21 @@
 """float16 (torch.half) as a first-class dtype: module, functional, TorchScript, autocast,
 against nn.MultiheadAttention in float16 and a float64 reference.
 
-On the CPUs this project runs on, mhsa computes float16 in float32 from the float16 values
-(exact conversions; no AVX512-FP16/AMX-FP16 tile GEMMs yet) and stores float16 results, so its
-error is that of rounding the inputs and outputs: at most nn's own float16 error (nn runs its
-float16 CPU kernels), checked as within 2x of it, norm-wise against float64.
+mhsa computes float16 in one of two ways (torch.ops.mhsa._backend_info() says which):
+- native: float16 storage between the steps and float16 tile GEMMs with fp32 accumulation, on
+  oneDNN's float16 micro-kernel where the CPU has one (AVX512-FP16, AMX-FP16; the default
+  there), else on the float32 micro-kernel from the float16 values (MHSA_HALF_COMPUTE=native);
+- fp32 compute from the float16 values (the default elsewhere; MHSA_HALF_COMPUTE=fp32).
+Either way its error is at most nn's own float16 error (nn runs its float16 CPU kernels),
+checked as within 2x of it, norm-wise against float64. test_float16_in_both_compute_modes runs
+this file in each mode, whatever the CPU.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,11 +40,12 @@ def run(module, x, causal_mask, is_nn, **kw):
     return [out, w, x.grad] + [p.grad for p in module.parameters()]
 
 
+@pytest.mark.parametrize("shape", [(2, 70, 32, 4), (1, 300, 64, 2)])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("need_weights", [False, True])
-def test_float16_matches_nn_precision(causal, need_weights):
+def test_float16_matches_nn_precision(causal, need_weights, shape):
     torch.manual_seed(0)
-    N, L, E, H = 2, 70, 32, 4
+    N, L, E, H = shape
     ref64 = nn.MultiheadAttention(E, H, batch_first=True).double()
     with torch.no_grad():
         ref64.in_proj_bias.normal_(0, 0.2)
@@ -114,3 +123,42 @@ def test_float16_saturated_softmax_is_exact_like_float32():
             continue
         err_ours, err_nn = relative_error(a, e), relative_error(b, e)
         assert err_ours <= 4 * max(err_nn, 2.0**-11), (k, err_ours, err_nn)
+
+
+def test_float16_compute_mode_is_reported():
+    """The mode in force is the one asked for, and by default native exactly where the tile
+    GEMMs have a float16 micro-kernel."""
+    info = torch.ops.mhsa._backend_info()
+    mode = os.environ.get("MHSA_HALF_COMPUTE")
+    if mode == "native":
+        assert " float16=native" in info, info
+    elif mode == "fp32":
+        assert " float16=fp32-compute" in info, info
+    else:
+        assert (" float16=native" in info) == (",float16-" in info), info
+
+
+@pytest.mark.parametrize("mode", ["native", "fp32"])
+def test_float16_in_both_compute_modes(mode):
+    """Every other test of this file in each float16 compute mode (read once per process, hence
+    a subprocess), so the float16 kernels are checked on CPUs without a float16 micro-kernel too."""
+    env = dict(os.environ, MHSA_HALF_COMPUTE=mode)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "not in_both_compute_modes",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
