@@ -513,7 +513,8 @@ void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K,
 
 // What the micro-kernels of this machine can do (detect_support).
 struct Support {
-  bool f32 = false;                       // float32 micro-kernel
+  bool f32 = false;                       // float32 micro-kernel ...
+  bool f32_avx512 = false;                // ... in oneDNN's AVX-512 version
   bool bf16 = false;                      // bfloat16 micro-kernel ...
   Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
   bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...
@@ -627,6 +628,7 @@ Support detect_support() {
     // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
     // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
     s.f32 = s.bf16;
+    s.f32_avx512 = s.f32;
     // float16: cpublas::pack's layout with AMX-FP16; on AVX512-FP16 alone oneDNN documents no
     // layout for this API, so the probe tries the plain one and then VNNI pairs. Without
     // AVX512-FP16 brgemm throws and float16 tiles stay on the float32 micro-kernel.
@@ -862,6 +864,24 @@ bool tile_gemm_bf16_packs_b() {
   return support().bf16;
 #else
   return false;
+#endif
+}
+
+bool tile_gemm_f32_packs_columns() {
+#ifdef MHSA_USE_BRGEMM
+  return support().f32_avx512;
+#else
+  return false;
+#endif
+}
+
+void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
+                      int64_t ld_out) {
+#ifdef MHSA_USE_BRGEMM
+  transpose_words(in, ld_in, rows, cols, out, ld_out);
+#else
+  for (int64_t k = 0; k < rows; ++k)
+    for (int64_t i = 0; i < cols; ++i) out[i * ld_out + k] = in[k * ld_in + i];
 #endif
 }
 

@@ -86,6 +86,18 @@ class PackedB16 {
 void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16* A, int64_t lda,
                const PackedB16& B, float beta, float* C, int64_t ldc);
 
+// Whether float32 projections should lay out the column tiles of a transposed weight themselves
+// (transpose_floats into a compact block per thread) rather than materialize W^T per call: on
+// oneDNN's AVX-512 float32 micro-kernel, where it measured faster; the AVX2 one (measured with
+// the ISA caps of scripts/bench --emulate-avx2) was no faster, within the VM's noise.
+bool tile_gemm_f32_packs_columns();
+
+// out[i][k] (row stride ld_out) = in[k][i] (row stride ld_in) for k < rows, i < cols: an exact
+// float transpose in cache-sized blocks (SSE 4 x 4 squares on x86), for callers that lay out a
+// tile GEMM's operand themselves (the projections' transposed weight column tiles).
+void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
+                      int64_t ld_out);
+
 // The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
 // "onednn-brgemm(float32,bfloat16-vnni;float16-as-float32)" or "portable-loops".
 const char* tile_gemm_backend();
