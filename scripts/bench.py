@@ -349,7 +349,7 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         f"{emulation_text()}CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. "
         f"torch {torch.__version__}.",
         "",
-        f"Threads: {threads}. GEMM rate (torch.mm 2048^3): "
+        f"Threads: {threads}. GEMM rate (torch.mm at 2048^3, at 512^3 where under 20 GFLOP/s): "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
         + ".",
         "",
