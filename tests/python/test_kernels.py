@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mhsa._cpu_info import cpu_model_and_flags
 from mhsa_testutils import Case, assert_parity, run_case
 
 HERE = Path(__file__).resolve().parent
@@ -168,3 +169,42 @@ def test_bfloat16_compute_modes(mode):
     worst = json.loads(result.stdout.strip().splitlines()[-1])
     for need_weights, err in worst.items():
         assert err < 2e-2, (mode, need_weights, err)
+
+
+_CAP_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import mhsa
+torch.manual_seed(0)
+ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+mod = mhsa.MultiheadSelfAttention.from_torch(ref)
+x = torch.randn(2, 40, 32)
+torch.testing.assert_close(mod(x)[0], ref(x, x, x)[0], rtol=1e-5, atol=1e-5)
+print(torch.ops.mhsa._backend_info())
+"""
+
+
+@pytest.mark.parametrize("cap", ["AVX2", "SSE41"])
+def test_onednn_isa_cap_chooses_the_gemm_engine(cap):
+    """A oneDNN ISA cap at AVX2 (what an AVX2-only CPU has) keeps the float32 micro-kernel and
+    takes away the 16-bit ones; a cap below AVX2 leaves the portable loops. Either way the
+    results match nn.MultiheadAttention."""
+    flags = cpu_model_and_flags()[1]
+    if "avx2" not in flags or "fma" not in flags:
+        pytest.skip("this CPU has no AVX2+FMA: the micro-kernels never run here")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=cap)
+    env.pop("DNNL_MAX_CPU_ISA", None)
+    env.pop("MHSA_PORTABLE_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _CAP_SCRIPT, str(HERE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    info = result.stdout.strip().splitlines()[-1]
+    if cap == "AVX2":
+        assert "gemm=onednn-brgemm(float32;bfloat16-as-float32;float16-as-float32)" in info, info
+    else:
+        assert "gemm=portable-loops" in info, info
