@@ -631,8 +631,10 @@ Support detect_support() {
     s.f32_avx512 = s.f32;
     // float16: cpublas::pack's layout with AMX-FP16; on AVX512-FP16 alone oneDNN documents no
     // layout for this API, so the probe tries the plain one and then VNNI pairs. Without
-    // AVX512-FP16 brgemm throws and float16 tiles stay on the float32 micro-kernel.
-    if (s.f32) {
+    // AVX512-FP16 (which AMX-FP16 CPUs have too) there is no float16 kernel to probe: brgemm
+    // would throw, after setting up state whose memory would stay; float16 tiles then stay on
+    // the float32 micro-kernel.
+    if (s.f32 && __builtin_cpu_supports("avx512fp16")) {
       const bool pack16 = could_pack(at::kHalf);
       for (Layout16 layout : {Layout16::Pack, Layout16::Plain, Layout16::Vnni}) {
         if ((layout == Layout16::Pack) != pack16) continue;
