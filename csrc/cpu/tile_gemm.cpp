@@ -724,32 +724,40 @@ bool score_blocks_available(c10::ScalarType dtype, int64_t K) {
 #endif
 }
 
-void score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L, int64_t K,
-                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
-                  int64_t lds) {
+namespace {
+
+// score_blocks for either 16-bit type: checked, on that type's micro-kernel and B layout.
+template <typename half_t>
+void checked_score_blocks(const half_t* q, const half_t* k, int64_t ld, int64_t L, int64_t K,
+                          float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                          int64_t lds) {
+  constexpr bool kBf16 = std::is_same_v<half_t, c10::BFloat16>;
+  const char* name = kBf16 ? "bfloat16" : "float16";
 #ifdef MHSA_USE_BRGEMM
-  TORCH_CHECK(score_blocks_available(c10::ScalarType::BFloat16, K),
-              "mhsa: bfloat16 score blocks are not available");
-  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds, support().bf16_layout);
+  TORCH_CHECK(score_blocks_available(dtype16<half_t>(), K), "mhsa: ", name,
+              " score blocks are not available");
+  const Support& s = support();
+  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds,
+                 kBf16 ? s.bf16_layout : s.f16_layout);
 #else
   (void)q, (void)k, (void)ld, (void)L, (void)K, (void)scale, (void)i0, (void)i1, (void)j0, (void)j1,
       (void)S, (void)lds;
-  TORCH_CHECK(false, "mhsa: bfloat16 score blocks are not available in this build");
+  TORCH_CHECK(false, "mhsa: ", name, " score blocks are not available in this build");
 #endif
+}
+
+}  // namespace
+
+void score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L, int64_t K,
+                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
+                  int64_t lds) {
+  checked_score_blocks(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds);
 }
 
 void score_blocks(const c10::Half* q, const c10::Half* k, int64_t ld, int64_t L, int64_t K,
                   float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
                   int64_t lds) {
-#ifdef MHSA_USE_BRGEMM
-  TORCH_CHECK(score_blocks_available(c10::ScalarType::Half, K),
-              "mhsa: float16 score blocks are not available");
-  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds, support().f16_layout);
-#else
-  (void)q, (void)k, (void)ld, (void)L, (void)K, (void)scale, (void)i0, (void)i1, (void)j0, (void)j1,
-      (void)S, (void)lds;
-  TORCH_CHECK(false, "mhsa: float16 score blocks are not available in this build");
-#endif
+  checked_score_blocks(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds);
 }
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

@@ -17,6 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -55,6 +58,21 @@ TOLERANCES = {
 # rest. 8 leaves room for another CPU's BLAS on nn's side.
 NN_ERROR_FACTOR = 8.0
 FLOAT32_RTOL = 1e-5
+
+
+def run_pytest_in_subprocess(
+    args: List[str], env_updates: Dict[str, str], timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """pytest on args (files, file::test ids, -k ...) in a fresh interpreter whose environment
+    adds env_updates: for settings that mhsa reads once per process (MHSA_BF16_COMPUTE,
+    MHSA_HALF_COMPUTE, ...). Returns the finished process, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        env=dict(os.environ, **env_updates),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tolerance(dtype: torch.dtype, kind: str) -> Dict[str, float]:

@@ -14,14 +14,13 @@ this file in each mode, whatever the CPU.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 import mhsa
+from mhsa_testutils import run_pytest_in_subprocess
 
 
 def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
@@ -142,23 +141,8 @@ def test_float16_compute_mode_is_reported():
 def test_float16_in_both_compute_modes(mode):
     """Every other test of this file in each float16 compute mode (read once per process, hence
     a subprocess), so the float16 kernels are checked on CPUs without a float16 micro-kernel too."""
-    env = dict(os.environ, MHSA_HALF_COMPUTE=mode)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            "-k",
-            "not in_both_compute_modes",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_pytest_in_subprocess(
+        [__file__, "-k", "not in_both_compute_modes"], {"MHSA_HALF_COMPUTE": mode}
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

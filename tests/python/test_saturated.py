@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mhsa
+from mhsa_testutils import run_pytest_in_subprocess
 
 # One float32 ulp at 1: the floor of "nn's own error" when nn happens to be exact.
 FLOAT32_FLOOR = 2.0**-24
@@ -292,24 +293,9 @@ def test_saturated_bfloat16_in_both_compute_modes(mode):
     """The same check in each bfloat16 compute mode (read once per process, hence a
     subprocess): bf16 GEMMs, or fp32 compute from the bf16 values, where the stored (rounded)
     qkv must be what the forward's log-sum-exp came from."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"{__file__}::test_saturated_bfloat16_within_nn_precision",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_pytest_in_subprocess(
+        [f"{__file__}::test_saturated_bfloat16_within_nn_precision"],
+        {"MHSA_BF16_COMPUTE": mode},
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
