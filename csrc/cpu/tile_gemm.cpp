@@ -54,23 +54,67 @@
 namespace mhsa::cpu {
 namespace {
 
-// Portable fallback and reference: plain loops, accumulating in the output type.
+// The reduction is cut into chunks of at most kChunkK (accumulated into C in order), so that the
+// scratch copies of a projection's operands stay a few hundred KiB whatever N*L is. Attention
+// tiles never reach it (K is the head dimension or a tile side).
+constexpr int64_t kChunkK = 512;
+
+// Portable fallback and reference: plain loops, accumulating in the output type, with the
+// micro-kernel path's summation structure: each K chunk's products are summed from zero and
+// the chunk sums then added to C in order (alpha == 1), or summed apart and combined as
+// beta * C + alpha * sum (the scratch target of prepare_target/finish_target). A running sum
+// that starts from C instead lost the cancellations inside a chunk: dQ += dS K_j of a nearly
+// saturated softmax row, whose terms cancel, came out 40x less accurate than the micro-kernels'.
+//
+// float products are fused multiply-adds, as in the micro-kernels (with both, these loops give the
+// micro-kernels' bits on the saturated-softmax tests; without FMA hardware std::fma is slow but
+// exact). float64 (the gradcheck and reference dtype, which has no micro-kernel) keeps the plain
+// multiply-add, which the compiler vectorizes.
+template <typename acc_t>
+inline acc_t multiply_add(acc_t a, acc_t b, acc_t acc) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return std::fma(a, b, acc);
+  } else {
+    return acc + a * b;
+  }
+}
+
 template <typename in_t, typename acc_t>
 void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t alpha, const in_t* A,
                     int64_t lda, const in_t* B, int64_t ldb, acc_t beta, acc_t* C, int64_t ldc) {
+  const bool direct = alpha == acc_t(1);
+  std::vector<acc_t> chunk(static_cast<size_t>(N)), total(direct ? 0 : static_cast<size_t>(N));
   for (int64_t i = 0; i < M; ++i) {
     acc_t* c = C + i * ldc;
-    for (int64_t j = 0; j < N; ++j) c[j] = beta == acc_t(0) ? acc_t(0) : beta * c[j];
-    for (int64_t k = 0; k < K; ++k) {
-      // No shortcut for a == 0: 0 * NaN must stay NaN, as in the micro-kernels (a NaN value row
-      // behind a zero probability gives NaN outputs, as in nn.MultiheadAttention).
-      const acc_t a = static_cast<acc_t>(ta == Trans::No ? A[i * lda + k] : A[k * lda + i]);
-      const acc_t alpha_a = alpha * a;
-      if (tb == Trans::No) {
-        const in_t* b = B + k * ldb;
-        for (int64_t j = 0; j < N; ++j) c[j] += alpha_a * static_cast<acc_t>(b[j]);
-      } else {
-        for (int64_t j = 0; j < N; ++j) c[j] += alpha_a * static_cast<acc_t>(B[j * ldb + k]);
+    if (direct) {
+      for (int64_t j = 0; j < N; ++j) c[j] = beta == acc_t(0) ? acc_t(0) : beta * c[j];
+    } else {
+      std::fill(total.begin(), total.end(), acc_t(0));
+    }
+    acc_t* target = direct ? c : total.data();
+    for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+      const int64_t k1 = K - k0 < kChunkK ? K : k0 + kChunkK;
+      std::fill(chunk.begin(), chunk.end(), acc_t(0));
+      for (int64_t k = k0; k < k1; ++k) {
+        // No shortcut for a == 0: 0 * NaN must stay NaN, as in the micro-kernels (a NaN value
+        // row behind a zero probability gives NaN outputs, as in nn.MultiheadAttention).
+        const acc_t a = static_cast<acc_t>(ta == Trans::No ? A[i * lda + k] : A[k * lda + i]);
+        if (tb == Trans::No) {
+          const in_t* b = B + k * ldb;
+          for (int64_t j = 0; j < N; ++j)
+            chunk[j] = multiply_add(a, static_cast<acc_t>(b[j]), chunk[j]);
+        } else {
+          for (int64_t j = 0; j < N; ++j)
+            chunk[j] = multiply_add(a, static_cast<acc_t>(B[j * ldb + k]), chunk[j]);
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) target[j] += chunk[j];
+    }
+    if (!direct) {
+      for (int64_t j = 0; j < N; ++j) {
+        c[j] = beta == acc_t(0)   ? alpha * total[j]
+               : beta == acc_t(1) ? c[j] + alpha * total[j]
+                                  : beta * c[j] + alpha * total[j];
       }
     }
   }
@@ -90,10 +134,6 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
 #ifdef MHSA_USE_BRGEMM
 namespace cpublas = at::native::cpublas;
 
-// The reduction is cut into chunks of at most kChunkK (accumulated into C in order), so that the
-// scratch copies of a projection's operands stay a few hundred KiB whatever N*L is. Attention
-// tiles never reach it (K is the head dimension or a tile side).
-constexpr int64_t kChunkK = 512;
 // bfloat16 B operands are packed and multiplied in blocks of at most 64 columns (the AMX packing
 // of oneDNN refused wider blocks on a Sapphire Rapids machine).
 constexpr int64_t kBlockN = 64;

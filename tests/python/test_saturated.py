@@ -15,6 +15,9 @@ and in float32; without dropout that baseline is checked against nn itself.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -300,3 +303,25 @@ def test_saturated_bfloat16_in_both_compute_modes(mode):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "2 passed" in result.stdout
+
+
+def test_saturated_on_the_portable_loop_gemms():
+    """The float32 saturated checks on the portable loop GEMMs (aarch64 builds, CPUs without
+    AVX2, torch.backends.mkldnn disabled; MHSA_PORTABLE_GEMM=1 is read once per process, hence
+    a subprocess). The loops sum each K chunk from zero with fused multiply-adds, as the
+    micro-kernels do; with a running sum from C and separate roundings, dQ of a nearly saturated
+    row came out 40x less accurate ([None-True-17] failed here)."""
+    result = run_pytest_in_subprocess(
+        [f"{__file__}::test_saturated_gradients_match_nn_precision"],
+        {"MHSA_PORTABLE_GEMM": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "24 passed" in result.stdout, result.stdout[-2000:]
+    engine = subprocess.run(
+        [sys.executable, "-c", "import mhsa, torch; print(torch.ops.mhsa._backend_info())"],
+        env=dict(os.environ, MHSA_PORTABLE_GEMM="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "gemm=portable-loops" in engine.stdout, engine.stdout + engine.stderr[-2000:]
