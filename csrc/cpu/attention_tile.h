@@ -471,10 +471,8 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 // exact on a one-hot row.
 template <typename scalar_t>
 inline bool scores_on_grid(const AttentionGeometry& g) {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    return score_blocks_available(c10::ScalarType::BFloat16, g.D);
-  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    return score_blocks_available(c10::ScalarType::Half, g.D);
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
+    return score_blocks_available(c10::CppTypeToScalarType<scalar_t>::value, g.D);
   } else {
     return false;
   }

@@ -44,13 +44,24 @@ CpuCapability cpu_capability() {
   return capability;
 }
 
+namespace {
+
+// A 16-bit compute mode asked for in the environment variable `name` (native|fp32): 1 native,
+// 0 fp32, -1 not asked (unset or unknown, which is warned about).
+int compute_mode_override(const char* name) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return -1;
+  if (std::strcmp(env, "native") == 0) return 1;
+  if (std::strcmp(env, "fp32") == 0) return 0;
+  TORCH_WARN("mhsa: ignoring unknown ", name, "=", env, " (native|fp32)");
+  return -1;
+}
+
+}  // namespace
+
 bool bf16_native_compute() {
   static const bool native = [] {
-    if (const char* env = std::getenv("MHSA_BF16_COMPUTE")) {
-      if (std::strcmp(env, "native") == 0) return true;
-      if (std::strcmp(env, "fp32") == 0) return false;
-      TORCH_WARN("mhsa: ignoring unknown MHSA_BF16_COMPUTE=", env, " (native|fp32)");
-    }
+    if (const int mode = compute_mode_override("MHSA_BF16_COMPUTE"); mode >= 0) return mode == 1;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16") != 0;
@@ -63,11 +74,7 @@ bool bf16_native_compute() {
 
 bool half_native_compute() {
   static const bool native = [] {
-    if (const char* env = std::getenv("MHSA_HALF_COMPUTE")) {
-      if (std::strcmp(env, "native") == 0) return true;
-      if (std::strcmp(env, "fp32") == 0) return false;
-      TORCH_WARN("mhsa: ignoring unknown MHSA_HALF_COMPUTE=", env, " (native|fp32)");
-    }
+    if (const int mode = compute_mode_override("MHSA_HALF_COMPUTE"); mode >= 0) return mode == 1;
     return tile_gemm_f16_native();
   }();
   return native;

@@ -41,7 +41,7 @@ PackedColumn& thread_packed_column() {
   return packed;
 }
 
-// The fp32 tile a bfloat16 result is computed in before its conversion, one per thread and
+// The fp32 tile a 16-bit result is computed in before its conversion, one per thread and
 // kept between calls (a fresh 64-256 KiB vector per call and thread is an mmap and page faults).
 template <typename acc_t>
 acc_t* result_tile_scratch(int64_t size) {

@@ -554,7 +554,6 @@ void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K,
 // What the micro-kernels of this machine can do (detect_support).
 struct Support {
   bool f32 = false;                       // float32 micro-kernel ...
-  bool f32_avx512 = false;                // ... in oneDNN's AVX-512 version
   bool bf16 = false;                      // bfloat16 micro-kernel ...
   Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
   bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...
@@ -668,7 +667,6 @@ Support detect_support() {
     // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
     // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
     s.f32 = s.bf16;
-    s.f32_avx512 = s.f32;
     // float16: cpublas::pack's layout with AMX-FP16; on AVX512-FP16 alone oneDNN documents no
     // layout for this API, so the probe tries the plain one and then VNNI pairs. Without
     // AVX512-FP16 (which AMX-FP16 CPUs have too) there is no float16 kernel to probe: brgemm
@@ -702,6 +700,22 @@ bool portable_requested() {
     return env != nullptr && env[0] != '\0' && env[0] != '0';
   }();
   return requested;
+}
+
+const Support& support();
+
+// A 16-bit type's micro-kernel on this machine: whether it runs, and its B layout.
+struct Kernel16 {
+  bool runs;
+  Layout16 layout;
+};
+template <typename half_t>
+Kernel16 kernel16(const Support& s) {
+  if constexpr (std::is_same_v<half_t, c10::BFloat16>) {
+    return {s.bf16, s.bf16_layout};
+  } else {
+    return {s.f16, s.f16_layout};
+  }
 }
 
 const Support& support() {
@@ -771,14 +785,11 @@ template <typename half_t>
 void checked_score_blocks(const half_t* q, const half_t* k, int64_t ld, int64_t L, int64_t K,
                           float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
                           int64_t lds) {
-  constexpr bool kBf16 = std::is_same_v<half_t, c10::BFloat16>;
-  const char* name = kBf16 ? "bfloat16" : "float16";
+  const char* name = std::is_same_v<half_t, c10::BFloat16> ? "bfloat16" : "float16";
 #ifdef MHSA_USE_BRGEMM
   TORCH_CHECK(score_blocks_available(dtype16<half_t>(), K), "mhsa: ", name,
               " score blocks are not available");
-  const Support& s = support();
-  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds,
-                 kBf16 ? s.bf16_layout : s.f16_layout);
+  score_blocks16(q, k, ld, L, K, scale, i0, i1, j0, j1, S, lds, kernel16<half_t>(support()).layout);
 #else
   (void)q, (void)k, (void)ld, (void)L, (void)K, (void)scale, (void)i0, (void)i1, (void)j0, (void)j1,
       (void)S, (void)lds;
@@ -818,17 +829,22 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
-               float* C, int64_t ldc) {
+namespace {
+
+// bfloat16 or float16 tiles: on their micro-kernel, else on the float32 one from their values
+// (exact conversions; AVX2-only CPUs, and float16 without AVX512-FP16), else the loops.
+template <typename half_t>
+void tile_gemm16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const half_t* A,
+                 int64_t lda, const half_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
 #ifdef MHSA_USE_BRGEMM
   const Support& s = support();
-  if (s.bf16) {
-    brgemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.bf16_layout);
+  const Kernel16 kernel = kernel16<half_t>(s);
+  if (kernel.runs) {
+    brgemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kernel.layout);
     return;
   }
-  if (s.f32) {  // AVX2-only: the float32 micro-kernel from the bfloat16 values
+  if (s.f32) {
     brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
@@ -836,21 +852,17 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
   reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+}  // namespace
+
+void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+               const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb, float beta,
+               float* C, int64_t ldc) {
+  tile_gemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const c10::Half* A,
                int64_t lda, const c10::Half* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (handle_degenerate(M, N, K, beta, C, ldc)) return;
-#ifdef MHSA_USE_BRGEMM
-  const Support& s = support();
-  if (s.f16) {
-    brgemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, s.f16_layout);
-    return;
-  }
-  if (s.f32) {  // no float16 micro-kernel: the float32 one from the float16 values (exact)
-    brgemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-#endif
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  tile_gemm16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void PackedB16::pack(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t K, int64_t N) {
@@ -919,7 +931,8 @@ bool tile_gemm_bf16_packs_b() {
 
 bool tile_gemm_f32_packs_columns() {
 #ifdef MHSA_USE_BRGEMM
-  return support().f32_avx512;
+  // The bfloat16 probe passes exactly where oneDNN's avx512_core kernels run, float32's too.
+  return support().bf16;
 #else
   return false;
 #endif
