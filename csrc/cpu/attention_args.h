@@ -101,6 +101,14 @@ struct BackwardArgs {
   // query block) the key block whose turn it is to add its dQ share (-1: none left).
   int64_t* dq_turn;
   int* abort;  // set when a task failed, so no task waits for it forever
+  // The input-projection bias gradient is the column sums of grad_qkv. The kernels sum each
+  // block of rows while it is in cache, instead of a pass over grad_qkv afterwards (nullptr:
+  // not requested). Row n * q_blocks + qb of bias_sums_q (E columns, zeroed by the caller)
+  // gets the sums of the final dQ rows of aligned query block qb, from the key block that adds
+  // last to it; row n * kv_blocks + jb of bias_sums_kv (2E columns) the sums of the dK and dV
+  // rows of key block jb. The op kernel adds the rows up in a fixed order (column_sums).
+  acc_t* bias_sums_q = nullptr;
+  acc_t* bias_sums_kv = nullptr;
   MaskView<acc_t> masks;
   DropoutParams dropout;
   acc_t scale;

@@ -202,6 +202,16 @@ inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
   return true;
 }
 
+// out[d] = sum over the rows r of m[r * ld + d], d < D, rows summed in order.
+template <typename acc_t>
+inline void sum_rows(const acc_t* m, int64_t ld, int64_t rows, int64_t D, acc_t* out) {
+  fill(out, D, acc_t(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* row = m + r * ld;
+    for (int64_t d = 0; d < D; ++d) out[d] += row[d];
+  }
+}
+
 template <typename scalar_t>
 void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
                               int64_t n, int64_t h, int64_t jb) {
@@ -291,7 +301,19 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), dS, ld, k, ld_seq, acc_t(1),
               a.grad_qkv + g.row(n, i0) * 3 * g.E + h * D, ld_seq);
     const bool next_adds = qb >= next_touched.begin && qb < next_touched.end;
+    if (!next_adds && a.bias_sums_q != nullptr) {
+      // The last share of dQ for this query block: its rows (all of the aligned block, some
+      // of which earlier key blocks may have been the only ones to reach) are final.
+      const int64_t b0 = qb * block_q, b1 = b0 + block_q < g.L ? b0 + block_q : g.L;
+      sum_rows(a.grad_qkv + g.row(n, b0) * 3 * g.E + h * D, ld_seq, b1 - b0, D,
+               a.bias_sums_q + (n * q_blocks + qb) * g.E + h * D);
+    }
     __atomic_store_n(turns + qb, next_adds ? jb + 1 : int64_t(-1), __ATOMIC_RELEASE);
+  }
+  if (a.bias_sums_kv != nullptr) {
+    acc_t* sums = a.bias_sums_kv + (n * kv_blocks + jb) * 2 * g.E + h * D;
+    sum_rows(grad_k, D, cols, D, sums);
+    sum_rows(grad_v, D, cols, D, sums + g.E);
   }
   for (int64_t c = 0; c < cols; ++c) {
     acc_t* out = a.grad_qkv + g.row(n, j0 + c) * 3 * g.E + g.E + h * D;

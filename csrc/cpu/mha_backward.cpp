@@ -17,6 +17,7 @@
 #include "checks.h"
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
+#include "cpu/input_bias_sums.h"
 #include "cpu/mask_storage.h"
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
@@ -83,6 +84,13 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
   if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
     grad_w = grad_attn_weights->contiguous();
   }
+  const TileSizes tiles = choose_tile_sizes(L);
+  InputBiasSums bias_sums;
+  if (output_mask[2]) {
+    bias_sums = InputBiasSums(N * ((L + tiles.backward_q - 1) / tiles.backward_q),
+                              N * ((L + tiles.backward_kv - 1) / tiles.backward_kv), E,
+                              x.options().dtype(acc_type));
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "mha_backward_cpu", [&] {
@@ -103,7 +111,11 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
         a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>();
         a.masks = masks.view();
         a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
-        a.tiles = choose_tile_sizes(L);
+        a.tiles = tiles;
+        if (bias_sums.defined()) {
+          a.bias_sums_q = bias_sums.q.mutable_data_ptr<acc_t>();
+          a.bias_sums_kv = bias_sums.kv.mutable_data_ptr<acc_t>();
+        }
         if (o.dropout_p > 0.0) {
           a.dropout.enabled = true;
           a.dropout.p = o.dropout_p;
@@ -144,7 +156,7 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
                  .view(x.sizes());
   if (output_mask[1])
     grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
-  if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
+  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
 

@@ -27,6 +27,7 @@
 #include "cpu/attention_args.h"
 #include "cpu/cpu_capability.h"
 #include "cpu/dropout_seed.h"
+#include "cpu/input_bias_sums.h"
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
@@ -305,6 +306,17 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   // Every entry is written: the dQ columns zeroed by dsum_rows then accumulated by the key
   // blocks, dK and dV by the key-block tasks (which cover every key row of every sequence).
   at::Tensor grad_qkv = at::empty({T, 3 * E}, x.options().dtype(acc_type));
+  // The in_proj_bias sums of every sequence's blocks, sequence after sequence.
+  std::vector<int64_t> q_block_start(B + 1, 0), kv_block_start(B + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const TileSizes t = choose_tile_sizes(std::max<int64_t>(offsets[b + 1] - offsets[b], 1));
+    const int64_t L = offsets[b + 1] - offsets[b];
+    q_block_start[b + 1] = q_block_start[b] + (L + t.backward_q - 1) / t.backward_q;
+    kv_block_start[b + 1] = kv_block_start[b] + (L + t.backward_kv - 1) / t.backward_kv;
+  }
+  InputBiasSums bias_sums;
+  if (output_mask[2])
+    bias_sums = InputBiasSums(q_block_start[B], kv_block_start[B], E, x.options().dtype(acc_type));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "mha_packed_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -327,6 +339,10 @@ internal::BackwardOutputs mha_packed_backward_cpu(
       a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
       a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
       a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
+      if (bias_sums.defined()) {
+        a.bias_sums_q = bias_sums.q.mutable_data_ptr<acc_t>() + q_block_start[b] * E;
+        a.bias_sums_kv = bias_sums.kv.mutable_data_ptr<acc_t>() + kv_block_start[b] * 2 * E;
+      }
       if (dropout_p > 0.0) {
         a.dropout.enabled = true;
         a.dropout.p = dropout_p;
@@ -360,7 +376,7 @@ internal::BackwardOutputs mha_packed_backward_cpu(
     grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
   if (output_mask[1])
     grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
-  if (output_mask[2]) grad_in_b = column_sums(grad_qkv, dtype);
+  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
 
