@@ -148,6 +148,10 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
       });
   grad_ctx.reset();
   dsum.reset();
+  // The bias gradient first, so that its block sums are gone before the input projection's
+  // GEMMs, where backward's memory peaks.
+  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
+  bias_sums = InputBiasSums();
 
   const at::Tensor x2d = x.contiguous().view({-1, E});
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
@@ -156,7 +160,6 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
                  .view(x.sizes());
   if (output_mask[1])
     grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
-  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
 

@@ -370,13 +370,16 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   });
   grad_ctx.reset();
   dsum.reset();
+  // The bias gradient first, so that its block sums are gone before the input projection's
+  // GEMMs, where backward's memory peaks.
+  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
+  bias_sums = InputBiasSums();
 
   const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
   if (output_mask[0])
     grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
   if (output_mask[1])
     grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
-  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
   return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
 }
 
