@@ -83,6 +83,10 @@ class Row:
     speedup: float
     mhsa_gflops: float
     gemm_pct: float
+    # torch.mm's GFLOP/s in the row's dtype, timed interleaved with the row's steps (see
+    # row_gemm): the machine's speed moves by 10-20% within a run on a shared virtual machine,
+    # so the percentage and the ceiling use the rate measured alongside the row.
+    gemm_rate: float = float("nan")
     mhsa_peak_mib: float = float("nan")
     torch_peak_mib: float = float("nan")
 
@@ -107,6 +111,31 @@ def interleaved(
             fn()
             samples[k].append(time.perf_counter() - t0)
     return samples
+
+
+ROW_GEMM_SIZE = 1024
+
+
+def row_gemm(dtype_name: str, rates: dict[str, float]) -> tuple[Callable[[], None], float] | None:
+    """torch.mm at ROW_GEMM_SIZE^3 in the dtype, and its FLOPs, to time alongside a row; None
+    where the dtype has no native GEMM (the start-up rate says so, see gemm_pct_text)."""
+    if rates.get(dtype_name, 0.0) < 0.1 * max(rates.values()):
+        return None
+    n = ROW_GEMM_SIZE
+    a = torch.randn(n, n, dtype=DTYPES[dtype_name])
+    b = torch.randn(n, n, dtype=DTYPES[dtype_name])
+    return (lambda: torch.mm(a, b), 2.0 * n**3)
+
+
+def timed_with_gemm(
+    fns: list[Callable[[], None]], gemm, args: argparse.Namespace
+) -> tuple[list[list[float]], float]:
+    """interleaved(fns + [the GEMM]): the functions' samples and the GEMM's GFLOP/s (nan without
+    one)."""
+    if gemm is None:
+        return interleaved(fns, args.warmup, args.reps, args.min_time), float("nan")
+    samples = interleaved([*fns, gemm[0]], args.warmup, args.reps, args.min_time)
+    return samples[:-1], gemm[1] / statistics.median(samples[-1]) / 1e9
 
 
 def gemm_pct_text(row: Row, rates: dict[str, float]) -> str:
@@ -186,7 +215,7 @@ def bench_train(
     o_fwd, o_step = step_fns(ours, x, need_weights)
     r_fwd, r_step = step_fns(ref, x, need_weights)
     fwd = interleaved([o_fwd, r_fwd], args.warmup, args.reps, args.min_time)
-    step = interleaved([o_step, r_step], args.warmup, args.reps, args.min_time)
+    step, rate = timed_with_gemm([o_step, r_step], row_gemm(dtype_name, rates), args)
     o_f, r_f = median_ms(fwd[0]), median_ms(fwd[1])
     o_s, r_s = median_ms(step[0]), median_ms(step[1])
     flops = 24 * N * L * E * E + 12 * N * L * L * E
@@ -208,7 +237,8 @@ def bench_train(
         r_s,
         r_s / o_s,
         gflops,
-        100 * gflops / rates[dtype_name],
+        100 * gflops / (rate if rate == rate else rates[dtype_name]),
+        rate,
     )
 
 
@@ -235,7 +265,7 @@ def bench_inference(
         with torch.no_grad():
             ref(x, x, x, need_weights=False)  # eligible for the native fast path
 
-    times = interleaved([o, r], args.warmup, args.reps, args.min_time)
+    times, rate = timed_with_gemm([o, r], row_gemm(dtype_name, rates), args)
     o_f, r_f = median_ms(times[0]), median_ms(times[1])
     flops = 8 * N * L * E * E + 4 * N * L * L * E
     gflops = flops / (o_f / 1e3) / 1e9
@@ -257,7 +287,8 @@ def bench_inference(
         r_f,
         r_f / o_f,
         gflops,
-        100 * gflops / rates[dtype_name],
+        100 * gflops / (rate if rate == rate else rates[dtype_name]),
+        rate,
     )
 
 
@@ -349,12 +380,14 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         f"{emulation_text()}CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. "
         f"torch {torch.__version__}.",
         "",
-        f"Threads: {threads}. GEMM rate (torch.mm at 2048^3, at 512^3 where under 20 GFLOP/s): "
+        f"Threads: {threads}. GEMM rate at the start (torch.mm at 2048^3, at 512^3 where under "
+        "20 GFLOP/s): "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
-        + ".",
+        + f'. Each row\'s "GEMM GFLOP/s" is torch.mm at {ROW_GEMM_SIZE}^3 timed interleaved with '
+        'that row\'s mhsa and torch calls; its ceiling and "% of GEMM" use that rate.',
         "",
-        "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | ceiling at GEMM rate | mhsa GFLOP/s | % of GEMM | peak MiB mhsa / torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | ceiling at GEMM rate | mhsa GFLOP/s | GEMM GFLOP/s | % of GEMM | peak MiB mhsa / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         step = "-" if r.mode == "inference" else f"{r.mhsa_step_ms:.1f}"
@@ -367,7 +400,9 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
         lines.append(
             f"| {r.mode} | {r.dtype} | {r.N}, {r.L}, {r.E}, {r.H} | {r.need_weights} | {r.dropout} | "
             f"{r.mhsa_fwd_ms:.1f} | {r.torch_fwd_ms:.1f} | {step} | {tstep} | **{r.speedup:.2f}x** | "
-            f"{ceiling_text(r, rates)} | {r.mhsa_gflops:.0f} | {gemm_pct_text(r, rates)} | {mem} |"
+            f"{ceiling_text(r, rates)} | {r.mhsa_gflops:.0f} | "
+            f"{'-' if r.gemm_rate != r.gemm_rate else f'{r.gemm_rate:.0f}'} | "
+            f"{gemm_pct_text(r, rates)} | {mem} |"
         )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     try:
