@@ -274,8 +274,13 @@ inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
 #elif defined(__FMA__)
   return (vfloat)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)acc);
 #elif defined(__x86_64__) || defined(__i386__)
-  const vfloat product = a * b;  // baseline x86-64 has no fused multiply-add
-  return acc + product;
+  // Baseline x86-64 has no fused multiply-add. The product of two floats is exact in double,
+  // so one double add then the rounding to float gives the fused result but for rare
+  // double-rounding ties; a separate float multiply and add (two roundings per step) made the
+  // saturated-softmax gradients 10x less accurate than nn's (test_saturated.py, L = 17 causal).
+  typedef double vdouble __attribute__((vector_size(2 * kVecBytes)));
+  const vdouble exact = __builtin_convertvector(a, vdouble) * __builtin_convertvector(b, vdouble);
+  return __builtin_convertvector(exact + __builtin_convertvector(acc, vdouble), vfloat);
 #else
   // Other architectures (aarch64: fmla): fused, lane by lane, as the scalar form below.
   vfloat r;
@@ -287,8 +292,9 @@ inline float multiply_add(float a, float b, float acc) {
 #if defined(__FMA__) || defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
   return __builtin_fmaf(a, b, acc);
 #else
-  volatile float product = a * b;  // kept apart: no fused form without FMA instructions
-  return acc + product;
+  // As the vector form above: the exact product and one add in double, then float.
+  return static_cast<float>(static_cast<double>(a) * static_cast<double>(b) +
+                            static_cast<double>(acc));
 #endif
 }
 inline double multiply_add(double a, double b, double acc) {

@@ -325,3 +325,27 @@ def test_saturated_on_the_portable_loop_gemms():
         timeout=120,
     )
     assert "gemm=portable-loops" in engine.stdout, engine.stdout + engine.stderr[-2000:]
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_saturated_on_each_kernel_copy(isa):
+    """The float32 saturated checks on the lower kernel copies (MHSA_CPU_CAPABILITY is read once
+    per process, hence a subprocess): the baseline x86-64 copy has no fused multiply-add, and its
+    score and dP chains take each step in double instead (the exact product, one add); with a
+    float multiply then a float add, [None-True-17] was 10x less accurate than nn."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mhsa, torch; print(torch.ops.mhsa._cpu_capability())"],
+        env=dict(os.environ, MHSA_CPU_CAPABILITY=isa),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    chosen = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else probe.stderr
+    if chosen != isa:
+        pytest.skip(f"the {isa} kernel copy cannot run on this CPU (got {chosen})")
+    result = run_pytest_in_subprocess(
+        [f"{__file__}::test_saturated_gradients_match_nn_precision"],
+        {"MHSA_CPU_CAPABILITY": isa},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "24 passed" in result.stdout, result.stdout[-2000:]
