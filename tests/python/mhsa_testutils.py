@@ -75,6 +75,20 @@ def run_pytest_in_subprocess(
     )
 
 
+def run_python_in_subprocess(
+    code: str, args: List[str], env: Dict[str, str], timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`python -c code *args` in a fresh interpreter with exactly the environment `env` (for
+    settings read once per process or when the libraries load). Output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def tolerance(dtype: torch.dtype, kind: str) -> Dict[str, float]:
     rtol, atol = TOLERANCES[dtype][kind]
     return {"rtol": rtol, "atol": atol}

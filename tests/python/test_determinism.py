@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import mhsa
-from mhsa_testutils import make_attn_mask, make_kpm
+from mhsa_testutils import make_attn_mask, make_kpm, run_python_in_subprocess
 
 HERE = Path(__file__).resolve().parent
 
@@ -189,13 +187,7 @@ def test_bitwise_identical_across_processes():
     outputs = []
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        r = subprocess.run(
-            [sys.executable, "-c", _PROCESS_SCRIPT, str(HERE)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = run_python_in_subprocess(_PROCESS_SCRIPT, [str(HERE)], env)
         assert r.returncode == 0, r.stderr[-4000:]
         outputs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert [o["threads"] for o in outputs] == [1, 2]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from mhsa._cpu_info import cpu_model_and_flags
-from mhsa_testutils import Case, assert_parity, run_case
+from mhsa_testutils import Case, assert_parity, run_case, run_python_in_subprocess
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,13 +96,7 @@ def test_parity_per_instruction_set(isa):
     env = dict(
         os.environ, MHSA_CPU_CAPABILITY=isa, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2")
     )
-    result = subprocess.run(
-        [sys.executable, "-c", _ISA_SCRIPT, str(HERE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python_in_subprocess(_ISA_SCRIPT, [str(HERE)], env)
     assert result.returncode == 0, result.stderr[-4000:]
     chosen = json.loads(result.stdout.strip().splitlines()[-1])["capability"]
     if best is not None:
@@ -158,13 +150,7 @@ def test_bfloat16_compute_modes(mode):
     on CPUs without bf16 instructions); both match a float32 nn.MultiheadAttention to bfloat16
     precision (relative error of a few 2^-8)."""
     env = dict(os.environ, MHSA_BF16_COMPUTE=mode)
-    result = subprocess.run(
-        [sys.executable, "-c", _BF16_SCRIPT, str(HERE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python_in_subprocess(_BF16_SCRIPT, [str(HERE)], env)
     assert result.returncode == 0, result.stderr[-4000:]
     worst = json.loads(result.stdout.strip().splitlines()[-1])
     for need_weights, err in worst.items():
@@ -195,13 +181,7 @@ def test_onednn_isa_cap_chooses_the_gemm_engine(cap):
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=cap)
     env.pop("DNNL_MAX_CPU_ISA", None)
     env.pop("MHSA_PORTABLE_GEMM", None)
-    result = subprocess.run(
-        [sys.executable, "-c", _CAP_SCRIPT, str(HERE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_python_in_subprocess(_CAP_SCRIPT, [str(HERE)], env)
     assert result.returncode == 0, result.stderr[-4000:]
     info = result.stdout.strip().splitlines()[-1]
     if cap == "AVX2":

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mhsa
-from mhsa_testutils import run_pytest_in_subprocess
+from mhsa_testutils import run_pytest_in_subprocess, run_python_in_subprocess
 
 # One float32 ulp at 1: the floor of "nn's own error" when nn happens to be exact.
 FLOAT32_FLOOR = 2.0**-24
@@ -317,11 +315,10 @@ def test_saturated_on_the_portable_loop_gemms():
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "24 passed" in result.stdout, result.stdout[-2000:]
-    engine = subprocess.run(
-        [sys.executable, "-c", "import mhsa, torch; print(torch.ops.mhsa._backend_info())"],
-        env=dict(os.environ, MHSA_PORTABLE_GEMM="1"),
-        capture_output=True,
-        text=True,
+    engine = run_python_in_subprocess(
+        "import mhsa, torch; print(torch.ops.mhsa._backend_info())",
+        [],
+        dict(os.environ, MHSA_PORTABLE_GEMM="1"),
         timeout=120,
     )
     assert "gemm=portable-loops" in engine.stdout, engine.stdout + engine.stderr[-2000:]
@@ -333,11 +330,10 @@ def test_saturated_on_each_kernel_copy(isa):
     per process, hence a subprocess): the baseline x86-64 copy has no fused multiply-add, and its
     score and dP chains take each step in double instead (the exact product, one add); with a
     float multiply then a float add, [None-True-17] was 10x less accurate than nn."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import mhsa, torch; print(torch.ops.mhsa._cpu_capability())"],
-        env=dict(os.environ, MHSA_CPU_CAPABILITY=isa),
-        capture_output=True,
-        text=True,
+    probe = run_python_in_subprocess(
+        "import mhsa, torch; print(torch.ops.mhsa._cpu_capability())",
+        [],
+        dict(os.environ, MHSA_CPU_CAPABILITY=isa),
         timeout=120,
     )
     chosen = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else probe.stderr
