@@ -229,6 +229,27 @@ inline bool dp_on_micro_kernel() {
   }
 }
 
+// V_j of the key block, packed once for dp_tile: for the micro-kernel, or for dot_tile.
+template <typename scalar_t>
+inline void pack_values_for_dp(bool micro, BackwardScratch<scalar_t>& s, const scalar_t* v,
+                               int64_t ld, int64_t cols, int64_t D) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (micro) return s.packed_v16.pack(Trans::Yes, v, ld, D, cols);
+  }
+  pack_for_dot(v, ld, cols, D, s.packed_v.data());
+}
+
+// dP[rows, cols] (row stride ldp) = dO_i V_j^T from the V_j that pack_values_for_dp packed.
+template <typename scalar_t, typename acc_t>
+inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols, int64_t D,
+                    const scalar_t* dO, int64_t ld_ctx, const scalar_t* v, int64_t ld_seq,
+                    acc_t* dP, int64_t ldp) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (micro) return tile_gemm(Trans::No, rows, D, 1.0f, dO, ld_ctx, s.packed_v16, 0.0f, dP, ldp);
+  }
+  dot_tile_prepacked(rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, s.packed_v.data(), dP, ldp);
+}
+
 template <typename scalar_t>
 void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
                               int64_t n, int64_t h, int64_t jb) {
@@ -252,10 +273,7 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   // K_j^T and V_j^T are packed once and serve every query block.
   pack_keys_for_scores(g, k, ld_seq, cols, s.packed_k.data());
   const bool dp_micro = dp_on_micro_kernel<scalar_t>();
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (dp_micro) s.packed_v16.pack(Trans::Yes, v, ld_seq, D, cols);
-  }
-  if (!dp_micro) pack_for_dot(v, ld_seq, cols, D, s.packed_v.data());
+  pack_values_for_dp(dp_micro, s, v, ld_seq, cols, D);
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
   // What the incoming gradient of the returned weights is multiplied by on its way into dP.
   const acc_t weights_grad_scale =
@@ -293,11 +311,7 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1),
               as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, ld_ctx, acc_t(1), grad_v, D);
     // dP = dC_i V_j^T (+ the gradient of the returned weights), back through dropout
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (dp_micro) tile_gemm(Trans::No, rows, D, 1.0f, dO, ld_ctx, s.packed_v16, 0.0f, dP, ld);
-    }
-    if (!dp_micro)
-      dot_tile_prepacked(rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, s.packed_v.data(), dP, ld);
+    dp_tile(dp_micro, s, rows, cols, D, dO, ld_ctx, v, ld_seq, dP, ld);
     const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* dprow = dP + r * ld;

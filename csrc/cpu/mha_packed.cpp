@@ -309,8 +309,8 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   // The in_proj_bias sums of every sequence's blocks, sequence after sequence.
   std::vector<int64_t> q_block_start(B + 1, 0), kv_block_start(B + 1, 0);
   for (int64_t b = 0; b < B; ++b) {
-    const TileSizes t = choose_tile_sizes(std::max<int64_t>(offsets[b + 1] - offsets[b], 1));
     const int64_t L = offsets[b + 1] - offsets[b];
+    const TileSizes t = choose_tile_sizes(std::max<int64_t>(L, 1));  // as args[b].tiles below
     q_block_start[b + 1] = q_block_start[b] + (L + t.backward_q - 1) / t.backward_q;
     kv_block_start[b + 1] = kv_block_start[b] + (L + t.backward_kv - 1) / t.backward_kv;
   }
