@@ -91,6 +91,13 @@ TORCH_LIBRARY(mhsa, m) {
     info += mhsa::cpu::half_native_compute() ? " float16=native" : " float16=fp32-compute";
     info += " gemm=";
     info += mhsa::cpu::tile_gemm_backend();
+    // Never silently slow: why the loops run, and which promised micro-kernel failed its probe.
+    const std::string loops_reason = mhsa::cpu::tile_gemm_loops_reason();
+    if (!loops_reason.empty()) info += " (" + loops_reason + ")";
+    const std::string failures = mhsa::cpu::tile_gemm_probe_failures();
+    if (!failures.empty()) info += " probe-failures=[" + failures + "]";
+    const std::string notes = mhsa::cpu::tile_gemm_probe_notes();
+    if (!notes.empty()) info += " probe-notes=[" + notes + "]";
     return info;
   });
   // KV-cache decoding (inference): projects the next T >= 1 tokens x_new ((T, N, E), or

@@ -118,6 +118,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
                            bool transpose_b, double alpha, const std::optional<at::Tensor>& bias,
                            std::optional<at::ScalarType> out_dtype) {
   TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.scalar_type() == b.scalar_type());
+  warn_if_tile_engine_degraded();  // every op projects first, on the caller's thread
   if (a.scalar_type() == at::kHalf && !half_native_compute()) {  // fp32 from the float16 values
     return projection_gemm(a.to(at::kFloat), transpose_a, b.to(at::kFloat), transpose_b, alpha,
                            bias, out_dtype.value_or(at::kFloat));

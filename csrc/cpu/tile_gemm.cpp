@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -134,13 +135,18 @@ bool handle_degenerate(int64_t M, int64_t N, int64_t K, acc_t beta, acc_t* C, in
 #ifdef MHSA_USE_BRGEMM
 namespace cpublas = at::native::cpublas;
 
-// bfloat16 B operands are packed and multiplied in blocks of at most 64 columns (the AMX packing
-// of oneDNN refused wider blocks on a Sapphire Rapids machine).
-constexpr int64_t kBlockN = 64;
+// cpublas::pack, or the stand-in a test put on this thread (probe_micro_kernel16): how tests
+// feed the probe another CPU's packing rules.
+thread_local PackFunction pack_stand_in = nullptr;
 
-// Room for one packed B block of K rows: cpublas::pack's AMX layout may pad the rows to AMX's
-// 32-element K tiles and the columns to the full block, so each block gets that much space.
-inline int64_t packed_block_size(int64_t K) { return (K + 31) / 32 * 32 * kBlockN; }
+void pack16(int64_t K, int64_t N, int64_t ld_in, int64_t ld_out, at::ScalarType dtype,
+            const void* in, void* out) {
+  if (pack_stand_in != nullptr) {
+    pack_stand_in(K, N, ld_in, ld_out, dtype, in, out);
+  } else {
+    cpublas::pack(K, N, ld_in, ld_out, dtype, dtype, in, out);
+  }
+}
 
 struct Scratch {
   std::vector<float> a, b, c;
@@ -163,12 +169,6 @@ half_t* sized16(std::vector<uint16_t>& v, int64_t n) {
   static_assert(sizeof(half_t) == sizeof(uint16_t), "a 16-bit type");
   return reinterpret_cast<half_t*>(sized(v, n));
 }
-
-// How the 16-bit micro-kernels take their B operand, found by the start-up probe: VNNI pairs
-// (consecutive k interleaved: B_vnni[k / 2][n][k % 2] = B[k][n]; bfloat16 on AVX-512),
-// cpublas::pack's layout (the matrix unit: AMX, AMX-FP16), or plain row-major (float16 on
-// AVX512-FP16, whose kernel converts B rows to fp32 as it loads them).
-enum class Layout16 { Vnni, Pack, Plain };
 
 template <typename half_t>
 constexpr at::ScalarType dtype16() {
@@ -465,7 +465,7 @@ void pack_b_block(Trans tb, const half_t* B, int64_t ldb, int64_t k0, int64_t kc
     for (int64_t k = kc; k < kp; ++k)
       for (int64_t j = 0; j < nb; ++j) plain[k * nb + j] = zero;
     if (layout == Layout16::Pack)
-      cpublas::pack(kp, nb, nb, nb, dtype16<half_t>(), dtype16<half_t>(), plain, pb);
+      pack16(kp, nb, nb, packed_block_shape(layout, kc, nb).ld, dtype16<half_t>(), plain, pb);
   } else if (tb == Trans::No) {
     for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
       const half_t* r0 = B + (k0 + 2 * k2) * ldb + j0;
@@ -488,7 +488,8 @@ void pack_b_block(Trans tb, const half_t* B, int64_t ldb, int64_t k0, int64_t kc
 // way).
 template <typename half_t, typename BlockAt>
 void brgemm16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha, const half_t* A,
-                     int64_t lda, float beta, float* C, int64_t ldc, Scratch& s, BlockAt block_at) {
+                     int64_t lda, float beta, float* C, int64_t ldc, Layout16 layout, Scratch& s,
+                     BlockAt block_at) {
   const Target t = prepare_target(M, N, alpha, beta, C, ldc, s);
   const half_t zero(0.0f);
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
@@ -508,7 +509,8 @@ void brgemm16_blocks(Trans ta, int64_t M, int64_t N, int64_t K, float alpha, con
     for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
       const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
       const half_t* pb = block_at(k0, kc, j0, nb);
-      cpublas::brgemm(M, nb, kp, ld_a, nb, t.ldc, add_C, a, pb, t.c + j0, true);
+      const int64_t ld_b = packed_block_shape(layout, kc, nb).ld;
+      cpublas::brgemm(M, nb, kp, ld_a, ld_b, t.ldc, add_C, a, pb, t.c + j0, true);
     }
   }
   finish_target(t, M, N, alpha, beta, C, ldc);
@@ -519,9 +521,10 @@ void brgemm16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, 
               int64_t lda, const half_t* B, int64_t ldb, float beta, float* C, int64_t ldc,
               Layout16 layout) {
   Scratch& s = scratch();
-  brgemm16_blocks(ta, M, N, K, alpha, A, lda, beta, C, ldc, s,
+  brgemm16_blocks(ta, M, N, K, alpha, A, lda, beta, C, ldc, layout, s,
                   [&](int64_t k0, int64_t kc, int64_t j0, int64_t nb) {
-                    half_t* pb = sized16<half_t>(s.b16, packed_block_size((kc + 1) / 2 * 2));
+                    half_t* pb =
+                        sized16<half_t>(s.b16, packed_block_shape(layout, kc, nb).elements);
                     pack_b_block(tb, B, ldb, k0, kc, j0, nb, layout, pb, s);
                     return static_cast<const half_t*>(pb);
                   });
@@ -540,7 +543,7 @@ void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K,
   } else if (layout == Layout16::Pack) {
     half_t* plain = sized16<half_t>(s.plain16, K * nb);
     transpose_block(rows, ld, nb, K, plain, nb);
-    cpublas::pack(K, nb, nb, nb, dtype16<half_t>(), dtype16<half_t>(), plain, out);
+    pack16(K, nb, nb, packed_block_shape(layout, K, nb).ld, dtype16<half_t>(), plain, out);
   } else if (K % 2 == 0 && ld % 2 == 0) {
     transpose_words(rows, ld / 2, nb, K / 2, out, nb);
   } else {
@@ -551,29 +554,32 @@ void pack_rows_as_columns(const half_t* rows, int64_t ld, int64_t nb, int64_t K,
   }
 }
 
-// What the micro-kernels of this machine can do (detect_support).
+// What the micro-kernels of this machine can do (detect_support), and why not where the CPU's
+// flags promised more.
 struct Support {
-  bool f32 = false;                       // float32 micro-kernel ...
+  bool f32 = false;                       // float32 micro-kernel
+  bool f32_avx512 = false;                // ... oneDNN's AVX-512 one
   bool bf16 = false;                      // bfloat16 micro-kernel ...
   Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
   bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...
   Layout16 f16_layout = Layout16::Plain;  // ... and its B layout
+  std::string loops_reason;               // why float32 runs on the portable loops
+  std::string failures;  // probes that failed where the CPU flags promise the kernel (warned)
+  std::string notes;     // probes that failed where oneDNN promises nothing (reported only)
 };
 
 // How far a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) leaves the
-// micro-kernels. PyTorch's brgemm runs float32 on oneDNN's effective ISA from avx2 up and
-// bfloat16 from avx512_core up; below that float32 quietly falls back to cpublas::gemm (a BLAS
-// that may split a tile over threads), so a cap under avx2, or one this code cannot read, means
-// the portable loops. A cap at avx2 (what an AVX2-only CPU has; scripts/bench --emulate-avx2
-// uses it) keeps the float32 micro-kernel. From avx512_core up the 16-bit kernels are probed as
-// without a cap: brgemm throws where the cap removed them.
+// micro-kernels. PyTorch's brgemm runs float32 on oneDNN from avx2 up and bfloat16 from
+// avx512_core up; below that float32 quietly falls back to cpublas::gemm (a BLAS that may split
+// a tile over threads), so a cap under avx2, or one this code cannot read, means the loops.
 enum class IsaCap { Loops, Avx2, Avx512Core };
 
-IsaCap onednn_isa_cap() {
+IsaCap onednn_isa_cap(std::string* text) {
   const char* env = std::getenv("ONEDNN_MAX_CPU_ISA");
   if (env == nullptr) env = std::getenv("DNNL_MAX_CPU_ISA");
   if (env == nullptr) return IsaCap::Avx512Core;
   std::string cap(env);
+  *text = cap;
   for (char& c : cap) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (cap == "all" || cap == "default") return IsaCap::Avx512Core;
   if (cap.rfind("avx512_core", 0) == 0 || cap.rfind("avx10", 0) == 0) return IsaCap::Avx512Core;
@@ -581,119 +587,233 @@ IsaCap onednn_isa_cap() {
   return IsaCap::Loops;
 }
 
-// A few 16-bit products through the micro-kernel path of this file in one B layout (odd
-// shapes, tails, plain and transposed B, the score-block packing), compared with exact results
-// (small integers: exact in any order). Tells whether this torch and CPU have the micro-kernel
-// at all (brgemm throws without it: bfloat16 needs oneDNN's avx512_core, float16 its
-// avx512_core_fp16) and guards the layouts on machines this code could not be tried on (the
-// float16 kernel of AVX512-FP16, the matrix units): any mismatch, and that dtype's tiles are
-// computed on the float32 micro-kernel instead.
-template <typename half_t>
-bool micro_kernel16_works(Layout16 layout) {
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{2, 16, 4}, {5, 17, 38}, {3, 64, 64}, {64, 130, 33}};
+std::string shape_text(int64_t M, int64_t N, int64_t K, const char* operands) {
+  return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (" +
+         operands + ")";
+}
+
+// Small-integer operands of an M x K by K x N product, plain and transposed, and its exact
+// result (small integers: exact in any summation order).
+template <typename T>
+struct ProbeCase {
+  std::vector<T> a, at, b, bt;
+  std::vector<float> want;
+  ProbeCase(int64_t M, int64_t N, int64_t K)
+      : a(M * K), at(K * M), b(K * N), bt(N * K), want(M * N) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) {
+        a[i * K + k] = T(static_cast<float>((i * K + k) % 5) - 2.0f);
+        at[k * M + i] = a[i * K + k];
+      }
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) {
+        b[k * N + n] = T(static_cast<float>((k * 3 + n) % 7) - 3.0f);
+        bt[n * K + k] = b[k * N + n];
+      }
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k)
+          want[i * N + n] += static_cast<float>(a[i * K + k]) * static_cast<float>(b[k * N + n]);
+  }
+};
+
+struct ProbeShape {
+  int64_t M, N, K;
+};
+// Odd shapes, tails around 16 and the 64-wide blocks, K odd and even.
+constexpr ProbeShape kProbeShapes[] = {
+    {2, 16, 4}, {5, 17, 38}, {3, 64, 64}, {64, 130, 33}, {7, 2, 6}};
+
+// gemm(ta, tb, case, C) over the probe shapes with plain and transposed operands, compared with
+// the exact results: "" when all are right, else what went wrong first (shape, operands, and
+// the exception text where the micro-kernel threw).
+template <typename T, typename Gemm>
+std::string probe_products(const char* what, Gemm gemm) {
+  std::string where;
   try {
-    for (const Shape& sh : shapes) {
-      std::vector<half_t> a(sh.M * sh.K), at(sh.K * sh.M), b(sh.K * sh.N), bt(sh.N * sh.K);
-      for (int64_t i = 0; i < sh.M; ++i) {
-        for (int64_t k = 0; k < sh.K; ++k) {
-          a[i * sh.K + k] = half_t(static_cast<float>((i * sh.K + k) % 5) - 2.0f);
-          at[k * sh.M + i] = a[i * sh.K + k];
-        }
-      }
-      for (int64_t k = 0; k < sh.K; ++k) {
-        for (int64_t n = 0; n < sh.N; ++n) {
-          b[k * sh.N + n] = half_t(static_cast<float>((k * 3 + n) % 7) - 3.0f);
-          bt[n * sh.K + k] = b[k * sh.N + n];
-        }
-      }
-      std::vector<float> c(sh.M * sh.N, 1.0f), want(sh.M * sh.N, 0.0f);
-      for (int64_t i = 0; i < sh.M; ++i)
-        for (int64_t n = 0; n < sh.N; ++n)
-          for (int64_t k = 0; k < sh.K; ++k)
-            want[i * sh.N + n] += to_float(a[i * sh.K + k]) * to_float(b[k * sh.N + n]);
-      brgemm16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N, 0.0f,
-               c.data(), sh.N, layout);
-      if (c != want) return false;
-      std::fill(c.begin(), c.end(), 1.0f);  // B given transposed (a weight matrix)
-      brgemm16(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, bt.data(), sh.K, 0.0f,
-               c.data(), sh.N, layout);
-      if (c != want) return false;
-      std::fill(c.begin(), c.end(), 1.0f);  // A given transposed (P^T dO, dS^T Q)
-      brgemm16(Trans::Yes, Trans::No, sh.M, sh.N, sh.K, 1.0f, at.data(), sh.M, b.data(), sh.N, 0.0f,
-               c.data(), sh.N, layout);
-      if (c != want) return false;
-      // The score-block path: B given as rows (K^T), even K, at most one block of columns.
-      if (sh.K % 2 == 0 && sh.N <= kBlockN) {
-        std::vector<half_t> packed(packed_block_size(sh.K));
-        Scratch& s = scratch();
-        pack_rows_as_columns(bt.data(), sh.K, sh.N, sh.K, layout, packed.data(), s);
+    for (const ProbeShape& sh : kProbeShapes) {
+      const ProbeCase<T> pc(sh.M, sh.N, sh.K);
+      std::vector<float> c(sh.M * sh.N);
+      for (const char* operands : {"A, B", "A, B transposed", "A transposed, B"}) {
+        where = shape_text(sh.M, sh.N, sh.K, operands);
         std::fill(c.begin(), c.end(), 1.0f);
-        cpublas::brgemm(sh.M, sh.N, sh.K, sh.K, sh.N, sh.N, false, a.data(), packed.data(),
-                        c.data(), true);
-        if (c != want) return false;
+        gemm(operands, sh, pc, c);
+        if (c != pc.want) return std::string(what) + " probe gave wrong products at " + where;
       }
     }
+  } catch (const std::exception& e) {
+    return std::string(what) + " probe failed at " + where + ": " + e.what();
+  }
+  return "";
+}
+
+// MHSA_TEST_FAIL_PROBE=float32,bfloat16-vnni,... makes those probes throw, so that tests see
+// what a CPU whose probe fails gets: the fallback, the warning, the report.
+void injected_probe_failure(const std::string& probe) {
+  const char* env = std::getenv("MHSA_TEST_FAIL_PROBE");
+  if (env == nullptr) return;
+  const std::string list = std::string(",") + env + ",";
+  if (list.find("," + probe + ",") != std::string::npos)
+    throw std::runtime_error("failure injected by MHSA_TEST_FAIL_PROBE");
+}
+
+std::string probe_f32() {
+  return probe_products<float>("float32", [](const std::string& ops, const ProbeShape& sh,
+                                             const ProbeCase<float>& pc, std::vector<float>& c) {
+    injected_probe_failure("float32");
+    if (ops == "A, B")
+      brgemm_f32(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, pc.a.data(), sh.K, pc.b.data(), sh.N,
+                 0.0f, c.data(), sh.N);
+    else if (ops == "A, B transposed")
+      brgemm_f32(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, pc.a.data(), sh.K, pc.bt.data(),
+                 sh.K, 0.0f, c.data(), sh.N);
+    else
+      brgemm_f32(Trans::Yes, Trans::No, sh.M, sh.N, sh.K, 1.0f, pc.at.data(), sh.M, pc.b.data(),
+                 sh.N, 0.0f, c.data(), sh.N);
+  });
+}
+
+// The 16-bit products through this file's micro-kernel path in one B layout, and the
+// score-block packing (B given as rows, even K, one block of columns).
+template <typename half_t>
+std::string probe16(Layout16 layout) {
+  std::string failure = probe_products<half_t>(
+      layout16_name(layout), [layout](const std::string& ops, const ProbeShape& sh,
+                                      const ProbeCase<half_t>& pc, std::vector<float>& c) {
+        injected_probe_failure((std::is_same_v<half_t, c10::BFloat16> ? "bfloat16-" : "float16-") +
+                               std::string(layout16_name(layout)));
+        if (ops == "A, B")
+          brgemm16(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, pc.a.data(), sh.K, pc.b.data(),
+                   sh.N, 0.0f, c.data(), sh.N, layout);
+        else if (ops == "A, B transposed")
+          brgemm16(Trans::No, Trans::Yes, sh.M, sh.N, sh.K, 1.0f, pc.a.data(), sh.K, pc.bt.data(),
+                   sh.K, 0.0f, c.data(), sh.N, layout);
+        else
+          brgemm16(Trans::Yes, Trans::No, sh.M, sh.N, sh.K, 1.0f, pc.at.data(), sh.M, pc.b.data(),
+                   sh.N, 0.0f, c.data(), sh.N, layout);
+      });
+  if (failure.empty()) {
+    failure = probe_products<half_t>(
+        layout16_name(layout), [layout](const std::string& ops, const ProbeShape& sh,
+                                        const ProbeCase<half_t>& pc, std::vector<float>& c) {
+          if (ops != "A, B" || sh.K % 2 != 0 || sh.N > kBlockN) {
+            c = pc.want;  // not a score-block shape
+            return;
+          }
+          const PackedBlockShape shape = packed_block_shape(layout, sh.K, sh.N);
+          std::vector<half_t> packed(shape.elements);
+          pack_rows_as_columns(pc.bt.data(), sh.K, sh.N, sh.K, layout, packed.data(), scratch());
+          cpublas::brgemm(sh.M, sh.N, sh.K, sh.K, shape.ld, sh.N, false, pc.a.data(), packed.data(),
+                          c.data(), true);
+        });
+  }
+  try {
     cpublas::brgemm_release(true);
+  } catch (const std::exception&) {
+  }
+  return failure;
+}
+
+// The first layout of `order` whose probe passes; the failures of the others go to `tried`.
+template <typename half_t>
+bool first_working_layout(std::initializer_list<Layout16> order, Layout16* found,
+                          std::string* tried) {
+  for (Layout16 layout : order) {
+    const std::string failure = probe16<half_t>(layout);
+    if (failure.empty()) {
+      *found = layout;
+      return true;
+    }
+    *tried += (tried->empty() ? "" : "; ") + failure;
+  }
+  return false;
+}
+
+// __builtin_cpu_supports takes only string literals, hence a macro.
+#define MHSA_CPU_HAS(feature) (__builtin_cpu_init(), __builtin_cpu_supports(feature) != 0)
+
+// The matrix-unit flags, which __builtin_cpu_supports of older compilers does not know: CPUID
+// leaf 7, EDX bit 22 (AMX-BF16) and leaf 7 subleaf 1, EAX bit 21 (AMX-FP16).
+bool cpu_has_amx(bool fp16) {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (fp16) {
+    __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
+    return (eax >> 21) & 1u;
+  }
+  __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+  return (edx >> 22) & 1u;
+}
+
+bool could_pack(at::ScalarType dtype) {
+  try {
+    return cpublas::could_pack(dtype);
   } catch (const std::exception&) {
     return false;
   }
-  return true;
+}
+
+void add_failure(std::string& to, const char* dtype, const std::string& failure,
+                 const char* fallback) {
+  to += std::string(to.empty() ? "" : " | ") + dtype + ": " + failure + " (its tiles run on " +
+        fallback + ")";
 }
 
 Support detect_support() {
   Support s;
-  const IsaCap cap = onednn_isa_cap();
-  if (cap == IsaCap::Loops) return s;
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  // oneDNN's avx512_core: what its bfloat16 micro-kernel needs (AVX512-BF16 and AMX are used
-  // on top where present).
-  const bool avx512_core = __builtin_cpu_supports("avx512f") &&
-                           __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  auto could_pack = [](at::ScalarType dtype) {
-    try {
-      return cpublas::could_pack(dtype);
-    } catch (const std::exception&) {
-      return false;
-    }
-  };
-  if (avx512_core && cap == IsaCap::Avx512Core) {
-    s.bf16_layout = could_pack(at::kBFloat16) ? Layout16::Pack : Layout16::Vnni;
-    s.bf16 = micro_kernel16_works<c10::BFloat16>(s.bf16_layout);
-    // On an AVX-512 CPU a torch whose bfloat16 probe fails has no micro-kernels (or a capped
-    // oneDNN): float32 brgemm would then be cpublas::gemm, see the top of this file.
-    s.f32 = s.bf16;
-    // float16: cpublas::pack's layout with AMX-FP16; on AVX512-FP16 alone oneDNN documents no
-    // layout for this API, so the probe tries the plain one and then VNNI pairs. Without
-    // AVX512-FP16 (which AMX-FP16 CPUs have too) there is no float16 kernel to probe: brgemm
-    // would throw, after setting up state whose memory would stay; float16 tiles then stay on
-    // the float32 micro-kernel.
-    if (s.f32 && __builtin_cpu_supports("avx512fp16")) {
-      const bool pack16 = could_pack(at::kHalf);
-      for (Layout16 layout : {Layout16::Pack, Layout16::Plain, Layout16::Vnni}) {
-        if ((layout == Layout16::Pack) != pack16) continue;
-        if (micro_kernel16_works<c10::Half>(layout)) {
-          s.f16 = true;
-          s.f16_layout = layout;
-          break;
-        }
-      }
-    }
+  std::string cap_text;
+  const IsaCap cap = onednn_isa_cap(&cap_text);
+  if (cap == IsaCap::Loops) {
+    s.loops_reason = "oneDNN ISA cap " + cap_text + " is below avx2";
+    return s;
+  }
+  if (!MHSA_CPU_HAS("avx2") || !MHSA_CPU_HAS("fma")) {
+    s.loops_reason = "this CPU has no AVX2+FMA";
+    return s;
+  }
+  const std::string f32_failure = probe_f32();
+  s.f32 = f32_failure.empty();
+  if (!s.f32) {
+    s.loops_reason = "the float32 probe failed";
+    add_failure(s.failures, "float32", f32_failure, "the portable loops");
+  }
+  // oneDNN's avx512_core: what its 16-bit micro-kernels need (AVX512-BF16, AVX512-FP16 and
+  // AMX are used on top where present).
+  const bool avx512_core = MHSA_CPU_HAS("avx512f") && MHSA_CPU_HAS("avx512bw") &&
+                           MHSA_CPU_HAS("avx512vl") && MHSA_CPU_HAS("avx512dq") &&
+                           cap == IsaCap::Avx512Core;
+  s.f32_avx512 = s.f32 && avx512_core;
+  if (!avx512_core) return s;
+  const char* fallback = s.f32 ? "the float32 micro-kernel" : "the portable loops";
+  std::string tried;
+  if (could_pack(at::kBFloat16)) {
+    s.bf16 = first_working_layout<c10::BFloat16>({Layout16::Pack, Layout16::Vnni, Layout16::Plain},
+                                                 &s.bf16_layout, &tried);
   } else {
-    s.f32 = avx2;
+    s.bf16 = first_working_layout<c10::BFloat16>({Layout16::Vnni, Layout16::Plain}, &s.bf16_layout,
+                                                 &tried);
+  }
+  if (!s.bf16 && (MHSA_CPU_HAS("avx512bf16") || cpu_has_amx(false)))
+    add_failure(s.failures, "bfloat16", tried, fallback);
+  // float16: without AVX512-FP16 (which AMX-FP16 CPUs have too) there is no float16 kernel to
+  // probe: brgemm would throw after setting up state whose memory would stay. With AMX-FP16
+  // the kernel is promised; on AVX512-FP16 alone oneDNN documents no B layout for this API,
+  // so a failure there is reported, not warned about.
+  if (MHSA_CPU_HAS("avx512fp16")) {
+    tried.clear();
+    if (could_pack(at::kHalf)) {
+      s.f16 = first_working_layout<c10::Half>({Layout16::Pack, Layout16::Plain, Layout16::Vnni},
+                                              &s.f16_layout, &tried);
+    } else {
+      s.f16 =
+          first_working_layout<c10::Half>({Layout16::Plain, Layout16::Vnni}, &s.f16_layout, &tried);
+    }
+    if (!s.f16) add_failure(cpu_has_amx(true) ? s.failures : s.notes, "float16", tried, fallback);
   }
   return s;
 }
 
-// What the micro-kernels can do now: nothing while torch.backends.mkldnn is disabled (checked
-// on every call: brgemm checks it too) or when the environment variable MHSA_PORTABLE_GEMM=1
-// asks for the portable loops (scripts/sanitize.sh runs the GoogleTest suite both ways: the
-// loops let ASan see every tile operand access, the micro-kernel path checks the scratch
-// copies and packing here), else what was detected the first time.
+// MHSA_PORTABLE_GEMM=1 asks for the portable loops (scripts/sanitize.sh runs the GoogleTest
+// suite both ways: the loops let ASan see every tile operand access).
 bool portable_requested() {
   static const bool requested = [] {
     const char* env = std::getenv("MHSA_PORTABLE_GEMM");
@@ -702,13 +822,28 @@ bool portable_requested() {
   return requested;
 }
 
-const Support& support();
-
 // A 16-bit type's micro-kernel on this machine: whether it runs, and its B layout.
 struct Kernel16 {
   bool runs;
   Layout16 layout;
 };
+template <typename half_t>
+Kernel16 kernel16(const Support& s);
+
+const Support& detected_support() {
+  static const Support detected = detect_support();
+  return detected;
+}
+
+// What the micro-kernels can do now: nothing while torch.backends.mkldnn is disabled (checked
+// on every call: brgemm checks it too) or MHSA_PORTABLE_GEMM=1, else what was detected the
+// first time.
+const Support& support() {
+  static const Support none;
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return none;
+  return detected_support();
+}
+
 template <typename half_t>
 Kernel16 kernel16(const Support& s) {
   if constexpr (std::is_same_v<half_t, c10::BFloat16>) {
@@ -716,13 +851,6 @@ Kernel16 kernel16(const Support& s) {
   } else {
     return {s.f16, s.f16_layout};
   }
-}
-
-const Support& support() {
-  static const Support none;
-  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return none;
-  static const Support detected = detect_support();
-  return detected;
 }
 
 #endif  // MHSA_USE_BRGEMM
@@ -741,7 +869,7 @@ void score_blocks16(const half_t* q, const half_t* k, int64_t ld, int64_t L, int
   static_assert(kScoreBlock == kBlockN, "a score block's keys are one packed B block");
   if (i1 <= i0 || j1 <= j0) return;
   Scratch& s = scratch();
-  half_t* packed = sized16<half_t>(s.b16, packed_block_size(K));
+  half_t* packed = sized16<half_t>(s.b16, packed_block_shape(layout, K, kScoreBlock).elements);
   float* block = sized(s.c, kScoreBlock * kScoreBlock);
   for (int64_t kb = j0 / kScoreBlock * kScoreBlock; kb < j1; kb += kScoreBlock) {
     const int64_t nb = L - kb < kScoreBlock ? L - kb : kScoreBlock;
@@ -750,7 +878,8 @@ void score_blocks16(const half_t* q, const half_t* k, int64_t ld, int64_t L, int
     for (int64_t qb = i0 / kScoreBlock * kScoreBlock; qb < i1; qb += kScoreBlock) {
       const int64_t mb = L - qb < kScoreBlock ? L - qb : kScoreBlock;
       // The one call that computes these scores, whichever tile asked for them.
-      cpublas::brgemm(mb, nb, K, ld, nb, kScoreBlock, false, q + qb * ld, packed, block, true);
+      cpublas::brgemm(mb, nb, K, ld, packed_block_shape(layout, K, nb).ld, kScoreBlock, false,
+                      q + qb * ld, packed, block, true);
       const int64_t r0 = i0 > qb ? i0 : qb, r1 = i1 < qb + mb ? i1 : qb + mb;
       for (int64_t i = r0; i < r1; ++i) {
         const float* b = block + (i - qb) * kScoreBlock;
@@ -871,17 +1000,17 @@ void PackedB16::pack(Trans tb, const c10::BFloat16* B, int64_t ldb, int64_t K, i
 #ifdef MHSA_USE_BRGEMM
   TORCH_CHECK(tile_gemm_bf16_packs_b(), "mhsa: prepacked bfloat16 B needs the bf16 micro-kernel");
   const int64_t first_chunk = K < kChunkK ? K : kChunkK;
-  block_stride_ = packed_block_size((first_chunk + 1) / 2 * 2);
+  layout_ = support().bf16_layout;
+  block_stride_ = packed_block_shape(layout_, first_chunk, kBlockN).elements;
   col_blocks_ = (N + kBlockN - 1) / kBlockN;
   const int64_t chunks = (K + kChunkK - 1) / kChunkK;
   data_.resize(static_cast<size_t>(chunks * col_blocks_ * block_stride_));  // keeps capacity
   Scratch& s = scratch();
-  const Layout16 layout = support().bf16_layout;
   for (int64_t b = 0; b < chunks * col_blocks_; ++b) {
     const int64_t k0 = (b / col_blocks_) * kChunkK, j0 = (b % col_blocks_) * kBlockN;
     const int64_t kc = K - k0 < kChunkK ? K - k0 : kChunkK;
     const int64_t nb = N - j0 < kBlockN ? N - j0 : kBlockN;
-    pack_b_block(tb, B, ldb, k0, kc, j0, nb, layout, data_.data() + b * block_stride_, s);
+    pack_b_block(tb, B, ldb, k0, kc, j0, nb, layout_, data_.data() + b * block_stride_, s);
   }
 #else
   (void)tb, (void)B, (void)ldb;
@@ -894,7 +1023,7 @@ void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16*
   TORCH_INTERNAL_ASSERT(K == B.K_, "tile_gemm: K differs from the packed B's");
   if (handle_degenerate(M, B.N_, K, beta, C, ldc)) return;
 #ifdef MHSA_USE_BRGEMM
-  brgemm16_blocks(ta, M, B.N_, K, alpha, A, lda, beta, C, ldc, scratch(),
+  brgemm16_blocks(ta, M, B.N_, K, alpha, A, lda, beta, C, ldc, B.layout_, scratch(),
                   [&](int64_t k0, int64_t, int64_t j0, int64_t) {
                     const int64_t b = (k0 / kChunkK) * B.col_blocks_ + j0 / kBlockN;
                     return B.data_.data() + b * B.block_stride_;
@@ -931,8 +1060,7 @@ bool tile_gemm_bf16_packs_b() {
 
 bool tile_gemm_f32_packs_columns() {
 #ifdef MHSA_USE_BRGEMM
-  // The bfloat16 probe passes exactly where oneDNN's avx512_core kernels run, float32's too.
-  return support().bf16;
+  return support().f32_avx512;
 #else
   return false;
 #endif
@@ -952,19 +1080,85 @@ const char* tile_gemm_backend() {
 #ifdef MHSA_USE_BRGEMM
   const Support& s = support();
   if (s.f32) {
-    // Layout16's order: Vnni, Pack, Plain.
-    static const char* const layouts[] = {"vnni", "amx", "plain"};
     thread_local std::string text;
     text = "onednn-brgemm(float32";
-    text += s.bf16 ? std::string(",bfloat16-") + layouts[static_cast<int>(s.bf16_layout)]
+    text += s.bf16 ? std::string(",bfloat16-") + layout16_name(s.bf16_layout)
                    : std::string(";bfloat16-as-float32");
-    text += s.f16 ? std::string(",float16-") + layouts[static_cast<int>(s.f16_layout)]
+    text += s.f16 ? std::string(",float16-") + layout16_name(s.f16_layout)
                   : std::string(";float16-as-float32");
     text += ")";
     return text.c_str();
   }
 #endif
   return "portable-loops";
+}
+
+std::string tile_gemm_loops_reason() {
+#if defined(MHSA_USE_BRGEMM)
+  if (portable_requested()) return "MHSA_PORTABLE_GEMM=1";
+  if (!at::globalContext().userEnabledMkldnn()) return "torch.backends.mkldnn is disabled";
+  return detected_support().loops_reason;
+#elif defined(MHSA_PORTABLE_GEMM)
+  return "built with MHSA_PORTABLE_GEMM";
+#else
+  return "PyTorch has the oneDNN micro-kernels on x86-64 only";
+#endif
+}
+
+std::string tile_gemm_probe_failures() {
+#ifdef MHSA_USE_BRGEMM
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return "";
+  return detected_support().failures;
+#else
+  return "";
+#endif
+}
+
+std::string tile_gemm_probe_notes() {
+#ifdef MHSA_USE_BRGEMM
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return "";
+  return detected_support().notes;
+#else
+  return "";
+#endif
+}
+
+void warn_if_tile_engine_degraded() {
+  static const bool warned = [] {
+    const std::string failures = tile_gemm_probe_failures();
+    if (!failures.empty())
+      TORCH_WARN(
+          "mhsa: a micro-kernel this CPU's flags promise failed its start-up probe and "
+          "is not used, so mhsa runs slower than it should here: ",
+          failures,
+          ". torch.ops.mhsa._backend_info() reports it; please report it with that text.");
+    return true;
+  }();
+  (void)warned;
+}
+
+std::string probe_micro_kernel_f32() {
+#ifdef MHSA_USE_BRGEMM
+  return probe_f32();
+#else
+  return "this build has no micro-kernels";
+#endif
+}
+
+std::string probe_micro_kernel16(c10::ScalarType dtype, Layout16 layout, PackFunction pack) {
+  TORCH_CHECK(dtype == c10::ScalarType::BFloat16 || dtype == c10::ScalarType::Half,
+              "probe_micro_kernel16: dtype must be bfloat16 or float16, got ", dtype);
+#ifdef MHSA_USE_BRGEMM
+  struct StandIn {
+    explicit StandIn(PackFunction p) { pack_stand_in = p; }
+    ~StandIn() { pack_stand_in = nullptr; }
+  } stand_in(pack);
+  return dtype == c10::ScalarType::BFloat16 ? probe16<c10::BFloat16>(layout)
+                                            : probe16<c10::Half>(layout);
+#else
+  (void)layout, (void)pack;
+  return "this build has no micro-kernels";
+#endif
 }
 
 }  // namespace mhsa::cpu

@@ -15,7 +15,10 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "cpu/packed_layout.h"
 
 namespace mhsa::cpu {
 
@@ -80,6 +83,7 @@ class PackedB16 {
   friend void tile_gemm(Trans, int64_t, int64_t, float, const c10::BFloat16*, int64_t,
                         const PackedB16&, float, float*, int64_t);
   int64_t K_ = 0, N_ = 0, block_stride_ = 0, col_blocks_ = 0;
+  Layout16 layout_ = Layout16::Vnni;
   std::vector<c10::BFloat16> data_;
 };
 // C[M, N] = alpha * op(A) * op(B) + beta * C with op(B) (K x N) packed in B.
@@ -101,5 +105,26 @@ void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols
 // The GEMM engine the tiles use on this machine, for torch.ops.mhsa._backend_info(), e.g.
 // "onednn-brgemm(float32,bfloat16-vnni;float16-as-float32)" or "portable-loops".
 const char* tile_gemm_backend();
+// Why float32 tiles run on the portable loops ("" where they do not).
+std::string tile_gemm_loops_reason();
+// The start-up probes that failed on a CPU whose flags promise that micro-kernel: dtype,
+// layout, shape and exception text ("" when none did).
+std::string tile_gemm_probe_failures();
+// Probes that failed where nothing promised the kernel (float16 on AVX512-FP16 without
+// AMX-FP16): reported by _backend_info(), not warned about.
+std::string tile_gemm_probe_notes();
+// Warns once (on the calling thread: call it outside parallel regions) when
+// tile_gemm_probe_failures() is not empty: mhsa is never silently slow.
+void warn_if_tile_engine_degraded();
+
+// The start-up probes, for tests: exact small-integer products through the float32
+// micro-kernel, or a 16-bit one in `layout` ("" when right, else what failed). `pack`, when
+// given, stands in for cpublas::pack on this thread during the probe: tests feed the probe
+// another CPU's packing rules (tests/cpp/test_packed_layout.cpp).
+using PackFunction = void (*)(int64_t K, int64_t N, int64_t ld_in, int64_t ld_out,
+                              c10::ScalarType dtype, const void* in, void* out);
+std::string probe_micro_kernel_f32();
+std::string probe_micro_kernel16(c10::ScalarType dtype, Layout16 layout,
+                                 PackFunction pack = nullptr);
 
 }  // namespace mhsa::cpu
