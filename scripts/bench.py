@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import mhsa
-from mhsa._cpu_info import cpu_description
+from mhsa._cpu_info import cpu_description, cpu_model_and_flags
 
 FULL_SHAPES = [
     (8, 128, 512, 8),
@@ -62,6 +62,20 @@ def emulation_text() -> str:
             + "). "
         )
     return ""
+
+
+def engine_warning_text() -> str:
+    """A loud mark for a run whose tiles are not on the micro-kernels this CPU has: the portable
+    loops on an x86 CPU with AVX2+FMA, or a probe the CPU's flags promise that failed ("" when
+    neither)."""
+    info = torch.ops.mhsa._backend_info()
+    flags = cpu_model_and_flags()[1]
+    marks = []
+    if "gemm=portable-loops" in info and {"avx2", "fma"} <= flags:
+        marks.append("mhsa ran on the PORTABLE LOOPS on a CPU that has micro-kernels")
+    if "probe-failures=" in info:
+        marks.append("a micro-kernel probe FAILED (see probe-failures above)")
+    return "".join(f"**WARNING: {m}.** " for m in marks)
 
 
 @dataclass
@@ -378,7 +392,7 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
             writer.writerow(asdict(row))
     lines = [
         f"{emulation_text()}CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. "
-        f"torch {torch.__version__}.",
+        f"torch {torch.__version__}. {engine_warning_text()}",
         "",
         f"Threads: {threads}. GEMM rate at the start (torch.mm at 2048^3, at 512^3 where under "
         "20 GFLOP/s): "
@@ -474,6 +488,8 @@ def main() -> None:
         f"{emulation_text()}CPU: {cpu_description()}; mhsa: {torch.ops.mhsa._backend_info()}",
         flush=True,
     )
+    if engine_warning_text():
+        print(engine_warning_text(), flush=True)
     print(
         f"torch {torch.__version__}, mhsa {mhsa.__version__}, threads {torch.get_num_threads()}",
         flush=True,
