@@ -21,15 +21,12 @@
 // bfloat16 tiles are computed by the float32 micro-kernel from their bfloat16 values (exact
 // conversions).
 //
-// The portable loops below are the engine where the micro-kernels are not available: non-x86
-// builds (PyTorch has the oneDNN micro-kernels on x86-64 only), CPUs without AVX2+FMA,
-// torch.backends.mkldnn disabled, a oneDNN ISA cap below AVX2 (ONEDNN_MAX_CPU_ISA) or a torch built
-// without them, and -DMHSA_PORTABLE_GEMM=ON at build time or MHSA_PORTABLE_GEMM=1 at run time
-// (loops whose every operand access ASan sees). They are deterministic and single-threaded, like
-// the micro-kernels. brgemm itself would fall back to cpublas::gemm in those cases, i.e. to a BLAS
-// that may split a tile over its own threads (and round differently for another thread count) when
-// called outside an OpenMP region, which is why it is not called then. float64 (the gradcheck and
-// reference dtype, not a fast path) always uses the loops: brgemm has no float64 kernel.
+// The portable loops (portable_gemm.cpp, register-blocked and compiled per instruction set) are
+// the engine where the micro-kernels are not available: non-x86 builds, CPUs without AVX2+FMA,
+// torch.backends.mkldnn disabled, a oneDNN ISA cap below AVX2, a failed float32 probe, and
+// MHSA_PORTABLE_GEMM (build or run time). brgemm itself would fall back to cpublas::gemm there,
+// a BLAS that may split a tile over its own threads and round differently for another thread
+// count. float64 (the gradcheck and reference dtype) always uses the loops.
 #include "cpu/tile_gemm.h"
 
 #include <c10/util/Exception.h>
@@ -44,6 +41,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "cpu/cpu_capability.h"
+#include "cpu/portable_gemm.h"
 
 #if !defined(MHSA_PORTABLE_GEMM) && (defined(__x86_64__) || defined(_M_X64))
 #define MHSA_USE_BRGEMM 1
@@ -60,65 +60,19 @@ namespace {
 // tiles never reach it (K is the head dimension or a tile side).
 constexpr int64_t kChunkK = 512;
 
-// Portable fallback and reference: plain loops, accumulating in the output type, with the
-// micro-kernel path's summation structure: each K chunk's products are summed from zero and
-// the chunk sums then added to C in order (alpha == 1), or summed apart and combined as
-// beta * C + alpha * sum (the scratch target of prepare_target/finish_target). A running sum
-// that starts from C instead lost the cancellations inside a chunk: dQ += dS K_j of a nearly
-// saturated softmax row, whose terms cancel, came out 40x less accurate than the micro-kernels'.
-//
-// float products are fused multiply-adds, as in the micro-kernels (with both, these loops give the
-// micro-kernels' bits on the saturated-softmax tests; without FMA hardware std::fma is slow but
-// exact). float64 (the gradcheck and reference dtype, which has no micro-kernel) keeps the plain
-// multiply-add, which the compiler vectorizes.
-template <typename acc_t>
-inline acc_t multiply_add(acc_t a, acc_t b, acc_t acc) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    return std::fma(a, b, acc);
-  } else {
-    return acc + a * b;
-  }
-}
-
-template <typename in_t, typename acc_t>
-void reference_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, acc_t alpha, const in_t* A,
-                    int64_t lda, const in_t* B, int64_t ldb, acc_t beta, acc_t* C, int64_t ldc) {
-  const bool direct = alpha == acc_t(1);
-  std::vector<acc_t> chunk(static_cast<size_t>(N)), total(direct ? 0 : static_cast<size_t>(N));
-  for (int64_t i = 0; i < M; ++i) {
-    acc_t* c = C + i * ldc;
-    if (direct) {
-      for (int64_t j = 0; j < N; ++j) c[j] = beta == acc_t(0) ? acc_t(0) : beta * c[j];
-    } else {
-      std::fill(total.begin(), total.end(), acc_t(0));
+// The portable loops of this CPU's instruction set (portable_gemm.cpp, compiled once per ISA
+// like the attention kernels and chosen the same way).
+const PortableGemm& portable_gemm() {
+  static const PortableGemm gemm = [] {
+    switch (cpu_capability()) {
+#ifdef MHSA_X86_KERNEL_COPIES
+      case CpuCapability::Avx512: return isa_avx512::make_portable_gemm();
+      case CpuCapability::Avx2: return isa_avx2::make_portable_gemm();
+#endif
+      default: return isa_default::make_portable_gemm();
     }
-    acc_t* target = direct ? c : total.data();
-    for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-      const int64_t k1 = K - k0 < kChunkK ? K : k0 + kChunkK;
-      std::fill(chunk.begin(), chunk.end(), acc_t(0));
-      for (int64_t k = k0; k < k1; ++k) {
-        // No shortcut for a == 0: 0 * NaN must stay NaN, as in the micro-kernels (a NaN value
-        // row behind a zero probability gives NaN outputs, as in nn.MultiheadAttention).
-        const acc_t a = static_cast<acc_t>(ta == Trans::No ? A[i * lda + k] : A[k * lda + i]);
-        if (tb == Trans::No) {
-          const in_t* b = B + k * ldb;
-          for (int64_t j = 0; j < N; ++j)
-            chunk[j] = multiply_add(a, static_cast<acc_t>(b[j]), chunk[j]);
-        } else {
-          for (int64_t j = 0; j < N; ++j)
-            chunk[j] = multiply_add(a, static_cast<acc_t>(B[j * ldb + k]), chunk[j]);
-        }
-      }
-      for (int64_t j = 0; j < N; ++j) target[j] += chunk[j];
-    }
-    if (!direct) {
-      for (int64_t j = 0; j < N; ++j) {
-        c[j] = beta == acc_t(0)   ? alpha * total[j]
-               : beta == acc_t(1) ? c[j] + alpha * total[j]
-                                  : beta * c[j] + alpha * total[j];
-      }
-    }
-  }
+  }();
+  return gemm;
 }
 
 // Degenerate shapes are handled here so that no engine sees M, N or K of 0.
@@ -949,13 +903,13 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
     return;
   }
 #endif
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  portable_gemm().f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
                int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   if (handle_degenerate(M, N, K, beta, C, ldc)) return;
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  portable_gemm().f64(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 namespace {
@@ -978,7 +932,11 @@ void tile_gemm16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
     return;
   }
 #endif
-  reference_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if constexpr (std::is_same_v<half_t, c10::BFloat16>) {
+    portable_gemm().bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    portable_gemm().f16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
 }
 
 }  // namespace
