@@ -1048,7 +1048,10 @@ const char* tile_gemm_backend() {
     return text.c_str();
   }
 #endif
-  return "portable-loops";
+  // The loops' instruction-set copy: vectorized with FMA from avx2 up (and on aarch64's NEON).
+  thread_local std::string loops;
+  loops = std::string("portable-loops-") + cpu_capability_name(cpu_capability());
+  return loops.c_str();
 }
 
 std::string tile_gemm_loops_reason() {
