@@ -467,6 +467,12 @@ def main() -> None:
         help="run torch and mhsa as on an AVX2-only CPU (ISA caps, see AVX2_ENV), in a new process",
     )
     parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="time short inference calls and per-token decoding instead (medians over many "
+        "calls, see scripts/bench_latency.py), write OUT/latency.md",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="print the top operators (torch.profiler) of one mhsa training step "
@@ -496,6 +502,17 @@ def main() -> None:
     )
     if args.profile:
         profile_step(*shapes[0], DTYPES[dtypes[0]])
+        return
+    if args.latency:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_latency import run_latency
+
+        run_latency(
+            args.out,
+            f"{emulation_text()}CPU: {cpu_description()}. mhsa: "
+            f"{torch.ops.mhsa._backend_info()}. torch {torch.__version__}. Threads: "
+            f"{args.threads}. {engine_warning_text()}",
+        )
         return
     rates = {d: gemm_rate(DTYPES[d]) for d in dtypes}
     print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)

@@ -26,7 +26,6 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 // Each rounding is part of the result: a product and a sum written apart (beta * c + t) must not
 // be fused into one FMA by the compiler, which GCC does by default (-ffp-contract=fast).
@@ -231,11 +230,24 @@ void add_chunk(const T* t, int64_t ldt, int64_t mr, int64_t nr, T alpha, T beta,
   }
 }
 
+// A growable scratch array. Not std::vector: its out-of-line members are one symbol for every
+// ISA copy of this file, so the linker would keep one copy, compiled for one ISA (AVX-512 code
+// on an AVX2-only CPU); this type has internal linkage.
+template <typename T>
+struct Buffer {
+  T* data = nullptr;
+  int64_t size = 0;
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { delete[] data; }
+};
+
 // Per-thread packing and running-sum storage (one per accumulation type, shared by the input
 // types), grown to the largest block seen, never shrunk.
 template <typename T>
 struct Scratch {
-  std::vector<T> a, b, sums;
+  Buffer<T> a, b, sums;
 };
 template <typename T>
 Scratch<T>& scratch() {
@@ -243,9 +255,15 @@ Scratch<T>& scratch() {
   return s;
 }
 template <typename T>
-T* sized(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+T* sized(Buffer<T>& v, int64_t n) {
+  if (v.size < n) {
+    delete[] v.data;
+    v.data = nullptr;  // stays valid if new throws
+    v.size = 0;
+    v.data = new T[static_cast<size_t>(n)];
+    v.size = n;
+  }
+  return v.data;
 }
 
 template <typename in_t, typename T>

@@ -9,6 +9,7 @@
 
 #include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
+#include "cpu/small_rows_gemm.h"
 #include "cpu/tile_gemm.h"
 
 namespace mhsa::cpu {
@@ -108,6 +109,43 @@ at::Tensor transposed(const at::Tensor& b) {
   return out;
 }
 
+// The few-rows kernel of this CPU's instruction set (chosen as the attention kernels are).
+SmallRowsGemm small_rows_kernel() {
+  static const SmallRowsGemm kernel = [] {
+    switch (cpu_capability()) {
+#ifdef MHSA_X86_KERNEL_COPIES
+      case CpuCapability::Avx512: return isa_avx512::make_small_rows_gemm();
+      case CpuCapability::Avx2: return isa_avx2::make_small_rows_gemm();
+#endif
+      default: return isa_default::make_small_rows_gemm();
+    }
+  }();
+  return kernel;
+}
+
+// x W^T (+ bias) for a few float32 rows, straight from W (small_rows_gemm.h). The weight rows are
+// split over the threads in runs of about 256 KiB, so that a small weight is not spread over
+// threads that cost more to wake than its traffic.
+at::Tensor small_rows_projection(const at::Tensor& a, const at::Tensor& w, double alpha,
+                                 const std::optional<at::Tensor>& bias) {
+  const at::Tensor A = a.contiguous(), W = w.contiguous();
+  const int64_t M = A.size(0), K = A.size(1), N = W.size(0);
+  at::Tensor C = at::empty({M, N}, A.options());
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->contiguous();
+  const float* pa = A.const_data_ptr<float>();
+  const float* pw = W.const_data_ptr<float>();
+  const float* pbias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  float* pc = C.mutable_data_ptr<float>();
+  const SmallRowsGemm kernel = small_rows_kernel();
+  const int64_t rows_per_task = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, ceil_div(N, rows_per_task), 1, [&](int64_t begin, int64_t end) {
+    kernel(M, begin * rows_per_task, std::min(N, end * rows_per_task), K, static_cast<float>(alpha),
+           pa, K, pw, K, pbias, pc, N);
+  });
+  return C;
+}
+
 at::ScalarType accumulation_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -122,6 +160,11 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
   if (a.scalar_type() == at::kHalf && !half_native_compute()) {  // fp32 from the float16 values
     return projection_gemm(a.to(at::kFloat), transpose_a, b.to(at::kFloat), transpose_b, alpha,
                            bias, out_dtype.value_or(at::kFloat));
+  }
+  if (a.scalar_type() == at::kFloat && !transpose_a && transpose_b && a.size(0) > 0 &&
+      a.size(0) <= kSmallRows && a.size(1) > 0 &&
+      (!out_dtype.has_value() || *out_dtype == at::kFloat)) {
+    return small_rows_projection(a, b, alpha, bias);
   }
   const at::Tensor A = a.contiguous();
   // A transposed B (a weight matrix, x W^T) is materialized once here: the float tile GEMMs
