@@ -22,89 +22,44 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/cpu_capability.h"
+#include "cpu/decode_attention.h"
 #include "cpu/projection_gemm.h"
 #include "decode_checks.h"
 
 namespace mhsa::cpu {
 namespace {
 
-// q . k over D elements in acc_t, with eight independent partial sums so that the compiler can
-// vectorize the loop without reassociating one running sum.
-template <typename scalar_t, typename acc_t>
-acc_t dot(const scalar_t* q, const scalar_t* k, int64_t D) {
-  acc_t partial[8] = {};
-  int64_t d = 0;
-  for (; d + 8 <= D; d += 8) {
-    for (int i = 0; i < 8; ++i) {
-      partial[i] += static_cast<acc_t>(q[d + i]) * static_cast<acc_t>(k[d + i]);
+// The decode attention tasks of this CPU's instruction set (decode_attention.cpp).
+template <typename scalar_t>
+DecodeAttentionTasks<scalar_t> decode_attention_kernel() {
+  static const DecodeAttentionTasks<scalar_t> kernel = [] {
+    switch (cpu_capability()) {
+#ifdef MHSA_X86_KERNEL_COPIES
+      case CpuCapability::Avx512: return isa_avx512::make_decode_attention<scalar_t>();
+      case CpuCapability::Avx2: return isa_avx2::make_decode_attention<scalar_t>();
+#endif
+      default: return isa_default::make_decode_attention<scalar_t>();
     }
-  }
-  acc_t sum = 0;
-  for (; d < D; ++d) sum += static_cast<acc_t>(q[d]) * static_cast<acc_t>(k[d]);
-  for (int i = 0; i < 8; ++i) sum += partial[i];
-  return sum;
+  }();
+  return kernel;
 }
 
-// Where the new tokens' rows are: x_new (and its qkv and context) is (T, N, .) or (N, T, .).
-struct RowLayout {
-  int64_t N, T;
-  bool batch_first;
-  int64_t row(int64_t n, int64_t t) const { return batch_first ? n * T + t : t * N + n; }
-};
-
-// For every (sequence n, head h, new token t): softmax(q k_j / sqrt(D)) over the cached keys
-// j <= length + t, times the cached values, into the context rows (N*T, E).
+// Every (sequence, head, new token) task. A task reads up to length + T keys and values of D
+// elements, 4 flops per element; a chunk gets about 2^20 flops at least: a single-token step
+// over a short prefix is a few microseconds of work, less than waking other threads costs.
 template <typename scalar_t>
-void attend_to_cache(const scalar_t* qkv, const scalar_t* key_cache, const scalar_t* value_cache,
-                     scalar_t* context, RowLayout rows, int64_t H, int64_t D, int64_t max_len,
-                     int64_t length) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t E = H * D;
-  const acc_t scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
-  const int64_t tasks = rows.N * H * rows.T;
-  // One task reads up to length + T keys and values of D elements: 4 flops per element. A
-  // chunk gets about 2^20 flops at least: a single-token step over a short prefix is a few
-  // microseconds of work, less than waking the other threads costs (measured: 0.2 ms per token
-  // at P = 512, E = 512 on one thread, several ms with two threads on a busy machine).
-  const int64_t task_work = 4 * (length + rows.T) * D;
+void attend_to_cache(const DecodeAttentionArgs<scalar_t>& args) {
+  const int64_t tasks = args.rows.N * args.H * args.rows.T;
+  const int64_t task_work = 4 * (args.length + args.rows.T) * args.D;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, task_work));
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scores(length + rows.T);
-    std::vector<acc_t> out(D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task % rows.T;
-      const int64_t h = (task / rows.T) % H;
-      const int64_t n = task / (rows.T * H);
-      const int64_t keys = length + t + 1;  // the prefix and the new tokens up to t
-      const scalar_t* q = qkv + rows.row(n, t) * 3 * E + h * D;
-      const scalar_t* k = key_cache + ((n * H + h) * max_len) * D;
-      const scalar_t* v = value_cache + ((n * H + h) * max_len) * D;
-      acc_t max_score = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t j = 0; j < keys; ++j) {
-        scores[j] = dot<scalar_t, acc_t>(q, k + j * D, D) * scale;
-        max_score = std::max(max_score, scores[j]);
-      }
-      acc_t sum = 0;
-      for (int64_t j = 0; j < keys; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        sum += scores[j];
-      }
-      std::fill(out.begin(), out.end(), acc_t(0));
-      for (int64_t j = 0; j < keys; ++j) {
-        const acc_t p = scores[j];
-        const scalar_t* vj = v + j * D;
-        for (int64_t d = 0; d < D; ++d) out[d] += p * static_cast<acc_t>(vj[d]);
-      }
-      // sum >= 1: the largest score contributes exp(0).
-      const acc_t inv = acc_t(1) / sum;
-      scalar_t* c = context + rows.row(n, t) * E + h * D;
-      for (int64_t d = 0; d < D; ++d) c[d] = static_cast<scalar_t>(out[d] * inv);
-    }
-  });
+  const DecodeAttentionTasks<scalar_t> kernel = decode_attention_kernel<scalar_t>();
+  at::parallel_for(0, tasks, grain,
+                   [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
 }
 
 // The keys and values of the new tokens, (N, H, T, D) views of qkv (rows of x_new, 3E).
-std::pair<at::Tensor, at::Tensor> new_keys_values(const at::Tensor& qkv, const RowLayout& rows,
+std::pair<at::Tensor, at::Tensor> new_keys_values(const at::Tensor& qkv, const DecodeRows& rows,
                                                   int64_t H, int64_t D) {
   const int64_t E = H * D;
   at::Tensor by_batch = rows.batch_first ? qkv.view({rows.N, rows.T, 3 * E})
@@ -137,7 +92,7 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
   TORCH_CHECK(length + T <= max_len, "decode_step: the KV cache is full: max_len ", max_len,
               ", current length ", length, ", cannot append T = ", T, " new token(s) (room for ",
               max_len - length, "); create a larger cache with new_kv_cache");
-  const RowLayout rows{N, T, batch_first};
+  const DecodeRows rows{N, T, batch_first};
 
   at::Tensor output;
   at::Tensor qkv;
@@ -167,10 +122,10 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
     at::Tensor context = at::empty({N * T, E}, x_new.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, x_new.scalar_type(), "decode_step_cpu", [&] {
-          attend_to_cache<scalar_t>(
+          attend_to_cache(DecodeAttentionArgs<scalar_t>{
               qkv.const_data_ptr<scalar_t>(), key_cache.const_data_ptr<scalar_t>(),
               value_cache.const_data_ptr<scalar_t>(), context.mutable_data_ptr<scalar_t>(), rows, H,
-              D, max_len, length);
+              D, max_len, length});
         });
     output = projection_gemm(context, false, out_proj_weight, true, 1.0, out_proj_bias,
                              x_new.scalar_type())

@@ -1,0 +1,85 @@
+// decode_attention.h's tasks for one instruction set: a query's scores over the cache with
+// vector dot products (float), the softmax with the attention kernels' vector exp, and the
+// values summed a vector of D at a time.
+#include "cpu/decode_attention.h"
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/attention_tile.h"
+
+namespace mhsa::cpu::MHSA_ISA {
+namespace {
+
+// q . k over D elements in the accumulation type.
+template <typename scalar_t>
+inline auto dot(const scalar_t* q, const scalar_t* k, int64_t D) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    vfloat a0{}, a1{};  // two chains, alternate vectors of D
+    int64_t d = 0;
+    for (; d + 2 * kLanes <= D; d += 2 * kLanes) {
+      a0 += load(q + d) * load(k + d);
+      a1 += load(q + d + kLanes) * load(k + d + kLanes);
+    }
+    if (d + kLanes <= D) {
+      a0 += load(q + d) * load(k + d);
+      d += kLanes;
+    }
+    float sum = horizontal_sum(a0 + a1);
+    for (; d < D; ++d) sum += q[d] * k[d];
+    return sum;
+  } else {
+    using acc_t = decltype(to_acc(scalar_t{}));
+    acc_t partial[8] = {};  // independent sums the compiler can vectorize
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8)
+      for (int i = 0; i < 8; ++i) partial[i] += to_acc(q[d + i]) * to_acc(k[d + i]);
+    acc_t sum = 0;
+    for (; d < D; ++d) sum += to_acc(q[d]) * to_acc(k[d]);
+    for (int i = 0; i < 8; ++i) sum += partial[i];
+    return sum;
+  }
+}
+
+template <typename scalar_t>
+void decode_attention(const DecodeAttentionArgs<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = decltype(to_acc(scalar_t{}));
+  const int64_t E = a.H * a.D, D = a.D, T = a.rows.T;
+  const acc_t scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
+  Buffer<acc_t> scores(a.length + T);
+  Buffer<acc_t> out(D);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t t = task % T, h = (task / T) % a.H, n = task / (T * a.H);
+    const int64_t keys = a.length + t + 1;  // the prefix and the new tokens up to t
+    const scalar_t* q = a.qkv + a.rows.row(n, t) * 3 * E + h * D;
+    const scalar_t* k = a.key_cache + ((n * a.H + h) * a.max_len) * D;
+    const scalar_t* v = a.value_cache + ((n * a.H + h) * a.max_len) * D;
+    for (int64_t j = 0; j < keys; ++j) scores[j] = dot(q, k + j * D, D) * scale;
+    // sum >= 1: the largest score contributes exp(0).
+    const acc_t sum = exp_shift_sum(scores.data(), keys, row_max(scores.data(), keys));
+    fill(out.data(), D, acc_t(0));
+    for (int64_t j = 0; j < keys; ++j) {
+      const acc_t p = scores[j];
+      const scalar_t* vj = v + j * D;
+      for (int64_t d = 0; d < D; ++d) out[d] += p * to_acc(vj[d]);
+    }
+    const acc_t inv = acc_t(1) / sum;
+    scalar_t* c = a.context + a.rows.row(n, t) * E + h * D;
+    for (int64_t d = 0; d < D; ++d) c[d] = from_acc<scalar_t>(out[d] * inv);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+DecodeAttentionTasks<scalar_t> make_decode_attention() {
+  return &decode_attention<scalar_t>;
+}
+
+template DecodeAttentionTasks<float> make_decode_attention<float>();
+template DecodeAttentionTasks<double> make_decode_attention<double>();
+template DecodeAttentionTasks<c10::BFloat16> make_decode_attention<c10::BFloat16>();
+template DecodeAttentionTasks<c10::Half> make_decode_attention<c10::Half>();
+
+}  // namespace mhsa::cpu::MHSA_ISA
