@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "cpu/attention_tile.h"
+#include "cpu/lane_sum.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {
@@ -26,7 +27,7 @@ inline auto dot(const scalar_t* q, const scalar_t* k, int64_t D) {
       a0 += load(q + d) * load(k + d);
       d += kLanes;
     }
-    float sum = horizontal_sum(a0 + a1);
+    float sum = lane_tree_sum(a0 + a1);
     for (; d < D; ++d) sum += q[d] * k[d];
     return sum;
   } else {
@@ -39,6 +40,44 @@ inline auto dot(const scalar_t* q, const scalar_t* k, int64_t D) {
     for (; d < D; ++d) sum += to_acc(q[d]) * to_acc(k[d]);
     for (int i = 0; i < 8; ++i) sum += partial[i];
     return sum;
+  }
+}
+
+// out[0..D) = sum_j p[j] * v_j over the keys, v_j at v + j * D: float keeps a block of up to four
+// vectors of D in registers over all keys (in memory, each key's update waited on the previous
+// key's store), two keys at a time in separate sums; other types one element at a time.
+template <typename scalar_t, typename acc_t>
+void weighted_values(const acc_t* p, const scalar_t* v, int64_t keys, int64_t D, acc_t* out) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    int64_t d0 = 0;
+    for (; d0 + kLanes <= D;) {
+      const int width = D - d0 >= 4 * kLanes ? 4 : 1;  // vectors in this block
+      vfloat a[4] = {}, b[4] = {};
+      int64_t j = 0;
+      for (; j + 2 <= keys; j += 2) {
+        const float* v0 = v + j * D + d0;
+        for (int u = 0; u < width; ++u) {
+          a[u] += p[j] * load(v0 + u * kLanes);
+          b[u] += p[j + 1] * load(v0 + D + u * kLanes);
+        }
+      }
+      for (; j < keys; ++j)
+        for (int u = 0; u < width; ++u) a[u] += p[j] * load(v + j * D + d0 + u * kLanes);
+      for (int u = 0; u < width; ++u) store(out + d0 + u * kLanes, a[u] + b[u]);
+      d0 += width * kLanes;
+    }
+    for (; d0 < D; ++d0) {
+      float sum = 0;
+      for (int64_t j = 0; j < keys; ++j) sum += p[j] * v[j * D + d0];
+      out[d0] = sum;
+    }
+  } else {
+    fill(out, D, acc_t(0));
+    for (int64_t j = 0; j < keys; ++j) {
+      const acc_t pj = p[j];
+      const scalar_t* vj = v + j * D;
+      for (int64_t d = 0; d < D; ++d) out[d] += pj * to_acc(vj[d]);
+    }
   }
 }
 
@@ -58,12 +97,7 @@ void decode_attention(const DecodeAttentionArgs<scalar_t>& a, int64_t begin, int
     for (int64_t j = 0; j < keys; ++j) scores[j] = dot(q, k + j * D, D) * scale;
     // sum >= 1: the largest score contributes exp(0).
     const acc_t sum = exp_shift_sum(scores.data(), keys, row_max(scores.data(), keys));
-    fill(out.data(), D, acc_t(0));
-    for (int64_t j = 0; j < keys; ++j) {
-      const acc_t p = scores[j];
-      const scalar_t* vj = v + j * D;
-      for (int64_t d = 0; d < D; ++d) out[d] += p * to_acc(vj[d]);
-    }
+    weighted_values(scores.data(), v, keys, D, out.data());
     const acc_t inv = acc_t(1) / sum;
     scalar_t* c = a.context + a.rows.row(n, t) * E + h * D;
     for (int64_t d = 0; d < D; ++d) c[d] = from_acc<scalar_t>(out[d] * inv);

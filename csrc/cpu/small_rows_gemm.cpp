@@ -1,25 +1,18 @@
 // The few-rows projection (small_rows_gemm.h), compiled once per instruction set. For each block
 // of kJB weight rows it streams the rows once and multiplies them with kRB rows of A at a time;
 // every output element gets the same operations whatever the block it is in: two vector
-// accumulators over alternate vectors of K (fused multiply-adds), their sum's lanes added in
-// order, then the tail of K one element at a time.
+// accumulators over alternate vectors of K (multiply-adds), their sum's lanes added as a
+// tree, then the tail of K one element at a time.
 #ifndef MHSA_ISA
 #error "small_rows_gemm.cpp is compiled once per instruction set, with MHSA_ISA naming the copy"
 #endif
 
 #include "cpu/small_rows_gemm.h"
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 
-// Each rounding is part of the result: alpha * s + bias must not become one FMA here and two
-// roundings there.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "cpu/lane_sum.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {
@@ -41,12 +34,9 @@ inline Vec load(const float* p) {
   return v;
 }
 
-inline Vec multiply_add(Vec a, Vec b, Vec acc) {
-  Vec r;
-#pragma GCC unroll 16
-  for (int l = 0; l < kLanes; ++l) r[l] = std::fma(a[l], b[l], acc[l]);
-  return r;
-}
+// acc + a * b: one fused multiply-add per vector where the target has FMA (GCC contracts it),
+// a multiply and an add elsewhere; either way the same operations on every call of this copy.
+inline Vec multiply_add(Vec a, Vec b, Vec acc) { return acc + a * b; }
 
 // Rows a[0..R) (stride lda) times weight rows w[0..J) (stride ldw): out[i][j] = a_i . w_j in
 // the fixed order described at the top.
@@ -62,14 +52,14 @@ void dot_block(int64_t K, const float* a, int64_t lda, const float* w, int64_t l
   for (; k + 2 * kLanes <= K; k += 2 * kLanes) {
 #pragma GCC unroll 2
     for (int u = 0; u < 2; ++u) {
-      Vec wv[J];
+      Vec av[R];
 #pragma GCC unroll 4
-      for (int j = 0; j < J; ++j) wv[j] = load(w + j * ldw + k + u * kLanes);
+      for (int i = 0; i < R; ++i) av[i] = load(a + i * lda + k + u * kLanes);
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) {
-        const Vec av = load(a + i * lda + k + u * kLanes);
+      for (int j = 0; j < J; ++j) {
+        const Vec wv = load(w + j * ldw + k + u * kLanes);
 #pragma GCC unroll 4
-        for (int j = 0; j < J; ++j) acc[i][j][u] = multiply_add(av, wv[j], acc[i][j][u]);
+        for (int i = 0; i < R; ++i) acc[i][j][u] = multiply_add(av[i], wv, acc[i][j][u]);
       }
     }
   }
@@ -85,11 +75,9 @@ void dot_block(int64_t K, const float* a, int64_t lda, const float* w, int64_t l
   }
   for (int i = 0; i < R; ++i) {
     for (int j = 0; j < J; ++j) {
-      const Vec both = acc[i][j][0] + acc[i][j][1];
-      float s = both[0];
-      for (int l = 1; l < kLanes; ++l) s += both[l];
+      const float s = lane_tree_sum(acc[i][j][0] + acc[i][j][1]);
       float tail = 0.0f;
-      for (int64_t kk = k; kk < K; ++kk) tail = std::fma(a[i * lda + kk], w[j * ldw + kk], tail);
+      for (int64_t kk = k; kk < K; ++kk) tail += a[i * lda + kk] * w[j * ldw + kk];
       out[i][j] = s + tail;
     }
   }

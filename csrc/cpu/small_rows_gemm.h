@@ -13,7 +13,7 @@ constexpr int64_t kSmallRows = 8;
 
 // C[i][j] = alpha * sum_k A[i][k] * W[j][k] (+ bias[j] where bias is not null) for i < M <=
 // kSmallRows and j0 <= j < j1. Each C element is summed by one call in an order fixed by K alone
-// (vector lanes, then the lanes in order, then the tail), so the bits depend on neither the
+// (vector lanes, then the lanes as a tree, then the tail), so the bits depend on neither the
 // thread nor the split of [0, N) into calls.
 using SmallRowsGemm = void (*)(int64_t M, int64_t j0, int64_t j1, int64_t K, float alpha,
                                const float* A, int64_t lda, const float* W, int64_t ldw,
