@@ -138,7 +138,7 @@ at::Tensor small_rows_projection(const at::Tensor& a, const at::Tensor& w, doubl
   const float* pbias = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* pc = C.mutable_data_ptr<float>();
   const SmallRowsGemm kernel = small_rows_kernel();
-  const int64_t rows_per_task = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(K, 1));
+  const int64_t rows_per_task = std::max<int64_t>(4, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
   at::parallel_for(0, ceil_div(N, rows_per_task), 1, [&](int64_t begin, int64_t end) {
     kernel(M, begin * rows_per_task, std::min(N, end * rows_per_task), K, static_cast<float>(alpha),
            pa, K, pw, K, pbias, pc, N);
