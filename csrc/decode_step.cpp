@@ -13,6 +13,8 @@
 
 #include <mhsa/ops.h>
 
+#include "cpu/weight_cache.h"
+
 namespace mhsa {
 
 at::Tensor decode_step(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
@@ -57,6 +59,7 @@ at::Tensor decode_step_autograd(const at::Tensor& x_new, const at::Tensor& in_pr
     // Below autograd (and ADInplaceOrView, which has no kernel for this op): without the
     // guard the call would come back to this kernel.
     at::AutoDispatchBelowADInplaceOrView guard;
+    const cpu::InferenceCallGuard inference(true);  // refused above otherwise
     output = mhsa::decode_step(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                                num_heads, batch_first, key_cache, value_cache, cache_length);
   }

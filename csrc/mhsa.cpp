@@ -10,6 +10,7 @@
 #include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/weight_cache.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped
@@ -100,6 +101,9 @@ TORCH_LIBRARY(mhsa, m) {
     if (!notes.empty()) info += " probe-notes=[" + notes + "]";
     return info;
   });
+  // Transposed float32 weights kept between inference calls (cpu/weight_cache.h): how many.
+  m.def("_weight_cache_entries() -> int",
+        []() -> int64_t { return mhsa::cpu::weight_cache_entries(); });
   // KV-cache decoding (inference): projects the next T >= 1 tokens x_new ((T, N, E), or
   // (N, T, E) with batch_first), writes their keys and values into key_cache and value_cache
   // (N, H, max_len, D) at positions [length, length + T), advances cache_length (an int64

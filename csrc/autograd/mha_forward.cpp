@@ -5,6 +5,7 @@
 
 #include <mhsa/internal_ops.h>
 
+#include "cpu/weight_cache.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::autograd {
@@ -121,6 +122,9 @@ internal::ForwardOutputs mha_forward_autograd(const at::Tensor& x, const at::Ten
                                               const at::Tensor& out_proj_weight,
                                               const std::optional<at::Tensor>& out_proj_bias,
                                               const AttentionOptions& options, bool need_weights) {
+  const cpu::InferenceCallGuard inference(
+      cpu::records_no_graph({&x, &in_proj_weight, in_proj_bias ? &*in_proj_bias : nullptr,
+                             &out_proj_weight, out_proj_bias ? &*out_proj_bias : nullptr}));
   auto r = MhaForwardFunction::apply(x, in_proj_weight, in_proj_bias, out_proj_weight,
                                      out_proj_bias, options, need_weights);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};

@@ -7,6 +7,7 @@
 #include <mhsa/internal_ops.h>
 
 #include "autograd/requested_gradients.h"
+#include "cpu/weight_cache.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::autograd {
@@ -105,6 +106,9 @@ internal::PackedForwardOutputs mha_packed_forward_autograd(
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& options,
     std::optional<int64_t> max_seqlen) {
+  const cpu::InferenceCallGuard inference(
+      cpu::records_no_graph({&x, &in_proj_weight, in_proj_bias ? &*in_proj_bias : nullptr,
+                             &out_proj_weight, out_proj_bias ? &*out_proj_bias : nullptr}));
   auto r = MhaPackedForwardFunction::apply(x, cu_seqlens, in_proj_weight, in_proj_bias,
                                            out_proj_weight, out_proj_bias, options, max_seqlen);
   return {r[0], r[1], r[2], r[3], r[4]};

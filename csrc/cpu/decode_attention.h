@@ -33,14 +33,14 @@ template <typename scalar_t>
 using DecodeAttentionTasks = void (*)(const DecodeAttentionArgs<scalar_t>&, int64_t begin,
                                       int64_t end);
 
-#define MHSA_DECLARE_DECODE_ATTENTION(isa)                                             \
-  namespace isa {                                                                      \
-  template <typename scalar_t>                                                         \
-  DecodeAttentionTasks<scalar_t> make_decode_attention();                              \
-  extern template DecodeAttentionTasks<float> make_decode_attention<float>();          \
-  extern template DecodeAttentionTasks<double> make_decode_attention<double>();        \
+#define MHSA_DECLARE_DECODE_ATTENTION(isa)                                                    \
+  namespace isa {                                                                             \
+  template <typename scalar_t>                                                                \
+  DecodeAttentionTasks<scalar_t> make_decode_attention();                                     \
+  extern template DecodeAttentionTasks<float> make_decode_attention<float>();                 \
+  extern template DecodeAttentionTasks<double> make_decode_attention<double>();               \
   extern template DecodeAttentionTasks<c10::BFloat16> make_decode_attention<c10::BFloat16>(); \
-  extern template DecodeAttentionTasks<c10::Half> make_decode_attention<c10::Half>();  \
+  extern template DecodeAttentionTasks<c10::Half> make_decode_attention<c10::Half>();         \
   }
 
 MHSA_DECLARE_DECODE_ATTENTION(isa_default)

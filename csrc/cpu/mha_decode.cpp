@@ -54,8 +54,7 @@ void attend_to_cache(const DecodeAttentionArgs<scalar_t>& args) {
   const int64_t task_work = 4 * (args.length + args.rows.T) * args.D;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, task_work));
   const DecodeAttentionTasks<scalar_t> kernel = decode_attention_kernel<scalar_t>();
-  at::parallel_for(0, tasks, grain,
-                   [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
 }
 
 // The keys and values of the new tokens, (N, H, T, D) views of qkv (rows of x_new, 3E).

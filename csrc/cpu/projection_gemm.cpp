@@ -11,6 +11,7 @@
 #include "cpu/parallel_stats.h"
 #include "cpu/small_rows_gemm.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/weight_cache.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -173,12 +174,16 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
   // weight as it is. A transposed A (the activations of a weight gradient, N*L rows) is left to
   // the tiles, which copy it in chunks, rather than doubling its memory. (Transposing is exact.)
   // float32 packs its column tiles of W^T itself (packed_tile) where that measured faster.
+  // In inference a float32 weight's transpose is made once and kept (weight_cache.h).
+  const bool cached_b = transpose_b && A.scalar_type() == at::kFloat && weight_cache_applies(b);
   const bool f32_columns =
-      transpose_b && A.scalar_type() == at::kFloat && tile_gemm_f32_packs_columns();
+      transpose_b && !cached_b && A.scalar_type() == at::kFloat && tile_gemm_f32_packs_columns();
   const bool b_transposed_in_tiles =
       transpose_b && ((A.scalar_type() == at::kBFloat16 && tile_gemm_bf16_packs_b()) ||
                       (A.scalar_type() == at::kHalf && tile_gemm_f16_native()) || f32_columns);
-  const at::Tensor B = transpose_b && !b_transposed_in_tiles ? transposed(b) : b.contiguous();
+  const at::Tensor B = cached_b ? cached_weight_transpose(b, &transposed)
+                       : transpose_b && !b_transposed_in_tiles ? transposed(b)
+                                                               : b.contiguous();
   const int64_t M = transpose_a ? A.size(1) : A.size(0);
   const int64_t K = transpose_a ? A.size(0) : A.size(1);
   const int64_t N = b_transposed_in_tiles ? B.size(0) : B.size(1);

@@ -1,0 +1,118 @@
+"""Weights prepared once for inference never go stale.
+
+In inference (grad mode off) the float32 projections keep each weight's transpose between calls
+(csrc/cpu/weight_cache.h), keyed on the tensor's identity, version counter, data pointer, sizes
+and strides. Whatever changes a weight between two calls (an optimizer step, an in-place update,
+load_state_dict, .data assignment) must change mhsa's result exactly as it changes
+nn.MultiheadAttention's; and the cache holds no copy of a weight that is gone.
+"""
+
+import gc
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import mhsa
+
+# L = 1 takes the few-rows projection, which reads the weight as it is; L = 40 the tile GEMMs,
+# which read the cached transpose.
+LENGTHS = [1, 40]
+
+
+def pair(seed: int):
+    torch.manual_seed(seed)
+    ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    return ref, mhsa.MultiheadSelfAttention.from_torch(ref).eval()
+
+
+def outputs(ref: nn.Module, mod: nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        return mod(x, need_weights=False)[0], ref(x, x, x, need_weights=False)[0]
+
+
+def check_update(update: Callable[[nn.Module, nn.Module], None], L: int) -> None:
+    ref, mod = pair(0)
+    x = torch.randn(2, L, 32)
+    before, ref_before = outputs(ref, mod, x)
+    torch.testing.assert_close(before, ref_before, rtol=1e-5, atol=1e-5)
+    outputs(ref, mod, x)  # a second call: served from the cache
+    update(ref, mod)
+    after, ref_after = outputs(ref, mod, x)
+    assert not torch.equal(ref_after, ref_before), "the update must change nn's result"
+    torch.testing.assert_close(after, ref_after, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_in_place_update_between_calls(L):
+    def update(ref, mod):
+        with torch.no_grad():
+            for p in (ref.in_proj_weight, mod.in_proj_weight):
+                p.mul_(1.5)
+            for p in (ref.out_proj.weight, mod.out_proj.weight):
+                p.add_(0.01)
+
+    check_update(update, L)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_load_state_dict_between_calls(L):
+    def update(ref, mod):
+        other, _ = pair(1)
+        ref.load_state_dict(other.state_dict())
+        mod.load_state_dict(other.state_dict())
+
+    check_update(update, L)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_optimizer_step_between_calls(L):
+    def update(ref, mod):
+        for m in (ref, mod):
+            torch.manual_seed(5)  # the same batch for both models
+            opt = torch.optim.SGD(m.parameters(), lr=0.1)
+            y = torch.randn(2, 5, 32)
+            out = m(y, y, y)[0] if m is ref else m(y)[0]
+            out.square().sum().backward()
+            opt.step()
+
+    check_update(update, L)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_data_assignment_between_calls(L):
+    def update(ref, mod):
+        new_w = torch.randn_like(ref.in_proj_weight) * 0.2  # the init's scale
+        ref.in_proj_weight.data = new_w.clone()
+        mod.in_proj_weight.data = new_w.clone()
+
+    check_update(update, L)
+
+
+def test_cache_keeps_no_copy_of_freed_weights():
+    x = torch.randn(1, 40, 32)
+    for seed in range(5):
+        ref, mod = pair(seed)
+        outputs(ref, mod, x)
+        del ref, mod
+    gc.collect()
+    ref, mod = pair(9)
+    outputs(ref, mod, x)  # each call drops the entries of freed weights
+    assert torch.ops.mhsa._weight_cache_entries() <= 2
+
+
+def test_no_cache_while_training():
+    """With grad mode on nothing is cached: training steps update the weights every step."""
+    x = torch.randn(1, 40, 32)
+    live = pair(3)
+    gc.collect()
+    outputs(*live, x)  # drops the entries of freed weights; the live ones stay
+    before = torch.ops.mhsa._weight_cache_entries()
+    torch.manual_seed(0)
+    mod = mhsa.MultiheadSelfAttention(32, 4, batch_first=True)
+    mod(x)[0].sum().backward()
+    assert torch.ops.mhsa._weight_cache_entries() == before
+    with torch.no_grad():
+        mod(x)
+    assert torch.ops.mhsa._weight_cache_entries() == before + 2  # in_proj and out_proj weights
