@@ -10,6 +10,7 @@
 #include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/tile_gemm.h"
+#include "cpu/tile_rate.h"
 #include "cpu/weight_cache.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
@@ -101,6 +102,10 @@ TORCH_LIBRARY(mhsa, m) {
     if (!notes.empty()) info += " probe-notes=[" + notes + "]";
     return info;
   });
+  // GFLOP/s of one thread's tile GEMMs of (m x k) by (k x n) in dtype (scripts/bench's
+  // efficiency column: mhsa's rate as a share of its own engine's).
+  m.def("_tile_gemm_rate(ScalarType dtype, int m, int n, int k, float min_seconds=0.2) -> float",
+        &mhsa::cpu::tile_gemm_rate);
   // Transposed float32 weights kept between inference calls (cpu/weight_cache.h): how many.
   m.def("_weight_cache_entries() -> int",
         []() -> int64_t { return mhsa::cpu::weight_cache_entries(); });

@@ -64,6 +64,43 @@ def emulation_text() -> str:
     return ""
 
 
+# Attention-sized tiles: the scores (128 queries x 512 keys, head dimension 64) and the context
+# (128 x 64 over 512 keys), the two products of the forward's inner loop.
+ENGINE_TILES = [(128, 512, 64), (128, 64, 512)]
+
+
+def tile_rate(dtype: torch.dtype) -> float:
+    """One thread's GFLOP/s of mhsa's tile GEMM engine on the attention-sized tiles (harmonic
+    mean of the two shapes, each timed for 0.3 s)."""
+    rates = [torch.ops.mhsa._tile_gemm_rate(dtype, m, n, k, 0.3) for m, n, k in ENGINE_TILES]
+    return len(rates) / sum(1.0 / r for r in rates)
+
+
+def torch_gemm_library() -> str:
+    """torch's GEMM library (from torch.__config__.show()) and the CPU vendor, e.g. "torch GEMMs:
+    MKL (float32), oneDNN (bfloat16); CPU vendor AuthenticAMD"."""
+    config = torch.__config__.show()
+    blas = "unknown"
+    for part in config.replace(",", " ").split():
+        if part.startswith("BLAS_INFO="):
+            blas = part.split("=", 1)[1]
+    names = {"mkl": "MKL", "open": "OpenBLAS", "openblas": "OpenBLAS", "accelerate": "Accelerate"}
+    vendor = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    onednn = "oneDNN" if "MKL-DNN" in config or "oneDNN" in config else "no oneDNN"
+    return (
+        f"torch GEMMs: {names.get(blas, blas)} (float32), {onednn} (bfloat16, float16); "
+        f"CPU vendor {vendor}"
+    )
+
+
 def engine_warning_text() -> str:
     """A loud mark for a run whose tiles are not on the micro-kernels this CPU has: the portable
     loops on an x86 CPU with AVX2+FMA, or a probe the CPU's flags promise that failed ("" when
@@ -101,6 +138,9 @@ class Row:
     # row_gemm): the machine's speed moves by 10-20% within a run on a shared virtual machine,
     # so the percentage and the ceiling use the rate measured alongside the row.
     gemm_rate: float = float("nan")
+    # mhsa's GFLOP/s as a share of its own tile engine's rate on an attention-sized tile times
+    # the thread count (see tile_rate): carries from one CPU to another.
+    engine_pct: float = float("nan")
     mhsa_peak_mib: float = float("nan")
     torch_peak_mib: float = float("nan")
 
@@ -383,7 +423,13 @@ def profile_step(N: int, L: int, E: int, H: int, dtype: torch.dtype) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: int) -> None:
+def write_outputs(
+    rows: list[Row],
+    rates: dict[str, float],
+    engine_rates: dict[str, float],
+    out: Path,
+    threads: int,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()))
@@ -392,16 +438,21 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
             writer.writerow(asdict(row))
     lines = [
         f"{emulation_text()}CPU: {cpu_description()}. mhsa: {torch.ops.mhsa._backend_info()}. "
-        f"torch {torch.__version__}. {engine_warning_text()}",
+        f"torch {torch.__version__}; {torch_gemm_library()}. {engine_warning_text()}",
         "",
         f"Threads: {threads}. GEMM rate at the start (torch.mm at 2048^3, at 512^3 where under "
         "20 GFLOP/s): "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
         + f'. Each row\'s "GEMM GFLOP/s" is torch.mm at {ROW_GEMM_SIZE}^3 timed interleaved with '
-        'that row\'s mhsa and torch calls; its ceiling and "% of GEMM" use that rate.',
+        'that row\'s mhsa and torch calls; its ceiling and "% of GEMM" use that rate. '
+        "\"% of engine\" is mhsa's GFLOP/s over its own tile engine's single-thread rate on "
+        f"attention-sized tiles ({', '.join(f'{m}x{n}x{k}' for m, n, k in ENGINE_TILES)}) "
+        "times the threads: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s per thread" for k, v in engine_rates.items())
+        + ".",
         "",
-        "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | ceiling at GEMM rate | mhsa GFLOP/s | GEMM GFLOP/s | % of GEMM | peak MiB mhsa / torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | dtype | N, L, E, H | weights | dropout | mhsa fwd ms | torch fwd ms | mhsa fwd+bwd ms | torch fwd+bwd ms | speedup | ceiling at GEMM rate | mhsa GFLOP/s | GEMM GFLOP/s | % of GEMM | % of engine | peak MiB mhsa / torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         step = "-" if r.mode == "inference" else f"{r.mhsa_step_ms:.1f}"
@@ -416,7 +467,8 @@ def write_outputs(rows: list[Row], rates: dict[str, float], out: Path, threads: 
             f"{r.mhsa_fwd_ms:.1f} | {r.torch_fwd_ms:.1f} | {step} | {tstep} | **{r.speedup:.2f}x** | "
             f"{ceiling_text(r, rates)} | {r.mhsa_gflops:.0f} | "
             f"{'-' if r.gemm_rate != r.gemm_rate else f'{r.gemm_rate:.0f}'} | "
-            f"{gemm_pct_text(r, rates)} | {mem} |"
+            f"{gemm_pct_text(r, rates)} | "
+            f"{'-' if r.engine_pct != r.engine_pct else f'{r.engine_pct:.0f}%'} | {mem} |"
         )
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     try:
@@ -516,6 +568,13 @@ def main() -> None:
         return
     rates = {d: gemm_rate(DTYPES[d]) for d in dtypes}
     print("GEMM rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
+    print(torch_gemm_library(), flush=True)
+    engine_rates = {d: tile_rate(DTYPES[d]) for d in dtypes}
+    print(
+        "mhsa tile engine, one thread, attention-sized tiles: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in engine_rates.items()),
+        flush=True,
+    )
 
     rows: list[Row] = []
     configs = (
@@ -529,16 +588,19 @@ def main() -> None:
                 if dtype in ("bfloat16", "float16") and (need_weights or dropout or L > 2048):
                     continue  # keeps the 16-bit rows affordable where torch's GEMMs are emulated
                 row = bench_train(N, L, E, H, dtype, need_weights, dropout, args, rates)
+                row.engine_pct = 100 * row.mhsa_gflops / (args.threads * engine_rates[dtype])
                 rows.append(row)
                 print(
                     f"train {dtype} N={N} L={L} E={E} H={H} weights={need_weights} p={dropout}: "
                     f"mhsa {row.mhsa_step_ms:.1f} ms, torch {row.torch_step_ms:.1f} ms, "
-                    f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({gemm_pct_text(row, rates)} of GEMM)",
+                    f"speedup {row.speedup:.2f}x, {row.mhsa_gflops:.0f} GFLOP/s ({gemm_pct_text(row, rates)} of GEMM, "
+                    f"{row.engine_pct:.0f}% of engine)",
                     flush=True,
                 )
             if dtype in ("bfloat16", "float16") and L > 2048:
                 continue
             row = bench_inference(N, L, E, H, dtype, args, rates)
+            row.engine_pct = 100 * row.mhsa_gflops / (args.threads * engine_rates[dtype])
             rows.append(row)
             print(
                 f"inference {dtype} N={N} L={L} E={E} H={H}: mhsa {row.mhsa_fwd_ms:.1f} ms, "
@@ -565,7 +627,7 @@ def main() -> None:
                     f"torch {row.torch_peak_mib:.0f} MiB ({100 * row.mhsa_peak_mib / row.torch_peak_mib:.0f}%)",
                     flush=True,
                 )
-    write_outputs(rows, rates, args.out, args.threads)
+    write_outputs(rows, rates, engine_rates, args.out, args.threads)
     (args.out / "rates.json").write_text(json.dumps(rates))
     print(f"wrote {args.out}/bench.csv, bench.md, speedup.png")
 
