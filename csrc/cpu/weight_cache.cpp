@@ -4,6 +4,8 @@
 #include <c10/core/GradMode.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -53,7 +55,12 @@ bool records_no_graph(std::initializer_list<const at::Tensor*> inputs) {
 }
 
 bool weight_cache_applies(const at::Tensor& weight) {
-  return inference_call && weight.defined() && weight.dim() == 2 &&
+  // MHSA_WEIGHT_CACHE=0 turns the cache off (memory before speed).
+  static const bool enabled = [] {
+    const char* env = std::getenv("MHSA_WEIGHT_CACHE");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return enabled && inference_call && weight.defined() && weight.dim() == 2 &&
          weight.scalar_type() == at::kFloat && !weight.is_inference() && weight.numel() > 0;
 }
 

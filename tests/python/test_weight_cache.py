@@ -8,6 +8,7 @@ nn.MultiheadAttention's; and the cache holds no copy of a weight that is gone.
 """
 
 import gc
+import os
 from typing import Callable
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 import mhsa
+from mhsa_testutils import run_python_in_subprocess
 
 # L = 1 takes the few-rows projection, which reads the weight as it is; L = 40 the tile GEMMs,
 # which read the cached transpose.
@@ -116,3 +118,19 @@ def test_no_cache_while_training():
     with torch.no_grad():
         mod(x)
     assert torch.ops.mhsa._weight_cache_entries() == before + 2  # in_proj and out_proj weights
+
+
+def test_cache_can_be_turned_off():
+    """MHSA_WEIGHT_CACHE=0 (read once per process, hence a subprocess) keeps no copy."""
+    code = (
+        "import torch, mhsa\n"
+        "m = mhsa.MultiheadSelfAttention(32, 4, batch_first=True).eval()\n"
+        "with torch.no_grad():\n"
+        "    m(torch.randn(1, 40, 32))\n"
+        "print(torch.ops.mhsa._weight_cache_entries())\n"
+    )
+    for value, entries in (("0", "0"), ("1", "2")):
+        env = dict(os.environ, MHSA_WEIGHT_CACHE=value)
+        result = run_python_in_subprocess(code, [], env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split()[-1] == entries, (value, result.stdout)
