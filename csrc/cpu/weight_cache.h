@@ -26,20 +26,24 @@ class InferenceCallGuard {
 // Whether no input of a call would record a graph (grad mode off, or none requires grad).
 bool records_no_graph(std::initializer_list<const at::Tensor*> inputs);
 
-// Whether `weight`'s transpose may be cached: an inference call (above), a float32 2-D tensor
-// with a version counter (not an inference-mode tensor).
+// Whether `weight`'s transpose may be cached: an inference call (above), a contiguous float32
+// 2-D tensor with a version counter (not an inference-mode tensor), held by someone besides
+// this call (not a temporary conversion).
 bool weight_cache_applies(const at::Tensor& weight);
 
 // weight^T, contiguous: the cached copy while `weight` is the same tensor (identity), at the same
-// version (in-place updates: optimizer steps, load_state_dict, copy_ under no_grad), with the same
-// data pointer, sizes and strides (.data = ... or set_()); else a new one, which replaces the old
-// entry. Entries of freed weights are dropped at the next call, so the cache holds at most one
-// extra copy of each live weight used in inference. Thread-safe.
+// version (in-place updates: optimizer steps, load_state_dict, copy_ under no_grad), on the same
+// storage, data pointer, sizes and strides (.data = ..., set_()), with the same values at 257
+// elements spread over it (writes that bypass the version counter: through .data, numpy or
+// from_blob aliases); else a new one, which replaces the old entry. A weight that changed before
+// its copy was ever reused (training inside a traced or checkpointed forward) is not copied again
+// until it stays unchanged from one call to the next. Entries of freed weights are dropped at
+// every call: at most one extra copy of each live weight used in inference. Thread-safe.
 // `transpose` makes the copy on a miss.
 at::Tensor cached_weight_transpose(const at::Tensor& weight,
                                    at::Tensor (*transpose)(const at::Tensor&));
 
-// Entries held (tests).
+// Transposed copies held (tests).
 int64_t weight_cache_entries();
 void clear_weight_cache();
 

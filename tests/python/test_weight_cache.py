@@ -39,7 +39,10 @@ def check_update(update: Callable[[nn.Module, nn.Module], None], L: int) -> None
     x = torch.randn(2, L, 32)
     before, ref_before = outputs(ref, mod, x)
     torch.testing.assert_close(before, ref_before, rtol=1e-5, atol=1e-5)
-    outputs(ref, mod, x)  # a second call: served from the cache
+    copies = torch.ops.mhsa._weight_cache_entries()
+    again, _ = outputs(ref, mod, x)  # a second call: served from the cache (no new copy)
+    assert torch.ops.mhsa._weight_cache_entries() == copies
+    assert torch.equal(again, before)
     update(ref, mod)
     after, ref_after = outputs(ref, mod, x)
     assert not torch.equal(ref_after, ref_before), "the update must change nn's result"
@@ -92,16 +95,82 @@ def test_data_assignment_between_calls(L):
     check_update(update, L)
 
 
+@pytest.mark.parametrize("L", LENGTHS)
+def test_writes_through_data_between_calls(L):
+    """p.data has a version counter of its own: in-place writes through it (initializers, EMA
+    updates) do not bump p's, and are caught by the sampled values."""
+
+    def update(ref, mod):
+        for m in (ref, mod):
+            m.in_proj_weight.data.mul_(0.5).add_(0.01)
+            m.out_proj.weight.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+
+    check_update(update, L)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_data_assigned_twice_between_calls(L):
+    """Two .data assignments may bring the first storage's address back: the storage identity
+    tells them apart."""
+
+    def update(ref, mod):
+        for m in (ref, mod):
+            w = m.in_proj_weight
+            w.data = w.data * 1.25
+            w.data = w.data * 0.5
+
+    check_update(update, L)
+
+
 def test_cache_keeps_no_copy_of_freed_weights():
     x = torch.randn(1, 40, 32)
+    live = pair(9)
+    outputs(*live, x)  # every cached call drops the entries of freed weights
+    before = torch.ops.mhsa._weight_cache_entries()
     for seed in range(5):
         ref, mod = pair(seed)
         outputs(ref, mod, x)
         del ref, mod
     gc.collect()
-    ref, mod = pair(9)
-    outputs(ref, mod, x)  # each call drops the entries of freed weights
-    assert torch.ops.mhsa._weight_cache_entries() <= 2
+    outputs(*live, x)
+    assert torch.ops.mhsa._weight_cache_entries() == before
+
+
+def test_weights_that_change_every_call_are_not_copied():
+    """Inside an autograd.Function's forward (how torch.compile and checkpointing run a training
+    step) grad mode is off, so the call looks like inference: a weight that changed before its
+    copy was reused is not copied again, until it stays unchanged between two calls."""
+    x = torch.randn(1, 40, 32)
+    live = pair(9)
+    outputs(*live, x)
+    before = torch.ops.mhsa._weight_cache_entries()
+    torch.manual_seed(0)
+    mod = mhsa.MultiheadSelfAttention(32, 4, batch_first=True)
+
+    class Step(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, inp):
+            return mod(inp)[0]
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    for _ in range(3):
+        Step.apply(x.requires_grad_())
+        with torch.no_grad():
+            mod.in_proj_weight.add_(0.01)
+            mod.out_proj.weight.add_(0.01)
+    assert torch.ops.mhsa._weight_cache_entries() == before
+    mod.eval()
+    for _ in range(2):
+        with torch.no_grad():
+            out = mod(x)[0]
+    assert torch.ops.mhsa._weight_cache_entries() == before + 2
+    ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    ref.load_state_dict(mod.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(out, ref(x, x, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_no_cache_while_training():
