@@ -81,6 +81,12 @@ void weighted_values(const acc_t* p, const scalar_t* v, int64_t keys, int64_t D,
   }
 }
 
+// DecodeRows::row, here so that this copy's code stays in this copy's namespace (an inline
+// member out of line would be one symbol for every instruction set).
+inline int64_t row_of(const DecodeRows& rows, int64_t n, int64_t t) {
+  return rows.batch_first ? n * rows.T + t : t * rows.N + n;
+}
+
 template <typename scalar_t>
 void decode_attention(const DecodeAttentionArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = decltype(to_acc(scalar_t{}));
@@ -91,7 +97,7 @@ void decode_attention(const DecodeAttentionArgs<scalar_t>& a, int64_t begin, int
   for (int64_t task = begin; task < end; ++task) {
     const int64_t t = task % T, h = (task / T) % a.H, n = task / (T * a.H);
     const int64_t keys = a.length + t + 1;  // the prefix and the new tokens up to t
-    const scalar_t* q = a.qkv + a.rows.row(n, t) * 3 * E + h * D;
+    const scalar_t* q = a.qkv + row_of(a.rows, n, t) * 3 * E + h * D;
     const scalar_t* k = a.key_cache + ((n * a.H + h) * a.max_len) * D;
     const scalar_t* v = a.value_cache + ((n * a.H + h) * a.max_len) * D;
     for (int64_t j = 0; j < keys; ++j) scores[j] = dot(q, k + j * D, D) * scale;
@@ -99,7 +105,7 @@ void decode_attention(const DecodeAttentionArgs<scalar_t>& a, int64_t begin, int
     const acc_t sum = exp_shift_sum(scores.data(), keys, row_max(scores.data(), keys));
     weighted_values(scores.data(), v, keys, D, out.data());
     const acc_t inv = acc_t(1) / sum;
-    scalar_t* c = a.context + a.rows.row(n, t) * E + h * D;
+    scalar_t* c = a.context + row_of(a.rows, n, t) * E + h * D;
     for (int64_t d = 0; d < D; ++d) c[d] = from_acc<scalar_t>(out[d] * inv);
   }
 }

@@ -2,7 +2,7 @@
 // op(B) is packed into panels of kNR columns and op(A) into panels of kMR rows (which takes care
 // of the transposes and converts 16-bit inputs to float, exactly; float and double A is read in
 // place where the kernel can), and a micro-kernel keeps a kMR x kNR block of chunk sums in vector
-// registers. It is plain C++ with GCC vector extensions: the per-lane std::fma below becomes one
+// registers. It is plain C++ with GCC vector extensions: the per-lane fmaf below becomes one
 // vfmadd / fmla per vector wherever the target has FMA (checked in the generated code: x86 AVX2
 // and AVX-512, aarch64 NEON), and stays an exact (slow, libm) fma elsewhere.
 //
@@ -86,7 +86,7 @@ constexpr int64_t kNC = (512 + kNR<T> - 1) / kNR<T>* kNR<T>;
 inline Vec<float> multiply_add(Vec<float> a, Vec<float> b, Vec<float> acc) {
   Vec<float> r;
 #pragma GCC unroll 16
-  for (int l = 0; l < kLanes<float>; ++l) r[l] = std::fma(a[l], b[l], acc[l]);
+  for (int l = 0; l < kLanes<float>; ++l) r[l] = __builtin_fmaf(a[l], b[l], acc[l]);
   return r;
 }
 inline Vec<double> multiply_add(Vec<double> a, Vec<double> b, Vec<double> acc) {
@@ -137,7 +137,38 @@ constexpr std::array<KernelFn<T>, kMR * kNV> kKernels =
 
 template <typename T, typename in_t>
 inline T widen(in_t v) {
-  return static_cast<T>(v);  // exact for every input type
+  // Exact for every input type. The 16-bit ones by their bits, not by c10's inline operator
+  // float: an out-of-line copy of that, compiled here with F16C or AVX-512, could be the one the
+  // linker keeps for every translation unit.
+  if constexpr (std::is_same_v<in_t, c10::BFloat16>) {
+    const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return static_cast<T>(f);
+  } else if constexpr (std::is_same_v<in_t, c10::Half>) {
+    const uint32_t h = v.x, sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu,
+                   mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1fu) {
+      bits = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN
+    } else if (exponent != 0) {
+      bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);  // rebias 15 -> 127
+    } else if (mantissa == 0) {
+      bits = sign;  // +-0
+    } else {        // subnormal: normalize
+      uint32_t e = 113u, m = mantissa;
+      while ((m & 0x400u) == 0) {
+        m <<= 1;
+        --e;
+      }
+      bits = sign | (e << 23) | ((m & 0x3ffu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return static_cast<T>(f);
+  } else {
+    return static_cast<T>(v);
+  }
 }
 
 // Rows [i0, i0 + mc) of op(A), steps [k0, k0 + kc), as panels of kMR rows (kMR values per k,

@@ -517,9 +517,10 @@ struct Support {
   Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
   bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...
   Layout16 f16_layout = Layout16::Plain;  // ... and its B layout
-  std::string loops_reason;               // why float32 runs on the portable loops
-  std::string failures;  // probes that failed where the CPU flags promise the kernel (warned)
-  std::string notes;     // probes that failed where oneDNN promises nothing (reported only)
+  bool amx = false;          // the CPU has a matrix unit, whose state a 16-bit kernel may hold
+  std::string loops_reason;  // why float32 runs on the portable loops
+  std::string failures;      // probes that failed where the CPU flags promise the kernel (warned)
+  std::string notes;         // probes that failed where oneDNN promises nothing (reported only)
 };
 
 // How far a oneDNN ISA cap (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) leaves the
@@ -745,6 +746,15 @@ Support detect_support() {
   } else {
     s.bf16 = first_working_layout<c10::BFloat16>({Layout16::Vnni, Layout16::Plain}, &s.bf16_layout,
                                                  &tried);
+  }
+  s.amx = cpu_has_amx(false) || cpu_has_amx(true);
+  if (!s.bf16 && tried.find("oneDNN ukernel is enabled") != std::string::npos) {
+    // A torch built without oneDNN's micro-kernels: its brgemm would run float32 tiles on
+    // cpublas::gemm, a BLAS that may split them over threads (the float32 probe cannot tell,
+    // its products are exact either way), so float32 goes to the loops too.
+    s.f32 = s.f32_avx512 = false;
+    s.loops_reason = "this torch has no oneDNN micro-kernels";
+    return s;
   }
   if (!s.bf16 && (MHSA_CPU_HAS("avx512bf16") || cpu_has_amx(false)))
     add_failure(s.failures, "bfloat16", tried, fallback);
@@ -994,9 +1004,9 @@ void tile_gemm(Trans ta, int64_t M, int64_t K, float alpha, const c10::BFloat16*
 
 void tile_gemm_release() {
 #ifdef MHSA_USE_BRGEMM
+  // oneDNN may hold the matrix unit for any 16-bit kernel on an AMX CPU, whatever B layout won.
   const Support& s = support();
-  if ((s.bf16 && s.bf16_layout == Layout16::Pack) || (s.f16 && s.f16_layout == Layout16::Pack))
-    cpublas::brgemm_release(true);
+  if (s.amx && (s.bf16 || s.f16)) cpublas::brgemm_release(true);
 #endif
 }
 
