@@ -472,9 +472,8 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
 // Whether the scores of this call come from the bfloat16 micro-kernel on the fixed block grid
 // (score_blocks, tile_gemm.h) instead of dot_tile: 16-bit inputs where their kernel runs.
 // Either way every score is the same bits in forward and backward (the grid's blocks are
-// identical calls; dot_tile's chain does not depend on the tile). dP = dO V^T stays on dot_tile
-// for every dtype: Dsum = dO . O (dsum_rows) is the same chain, which is what makes dP == Dsum
-// exact on a one-hot row.
+// identical calls; dot_tile's chain does not depend on the tile). dP = dO V^T is on dot_tile,
+// the chain of Dsum = dO . O (dsum_rows), except for bfloat16 with its micro-kernel (dp_tile).
 template <typename scalar_t>
 inline bool scores_on_grid(const AttentionGeometry& g) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
