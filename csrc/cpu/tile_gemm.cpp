@@ -49,6 +49,7 @@
 #define MHSA_USE_BRGEMM 1
 #include <ATen/Context.h>
 #include <ATen/native/CPUBlas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -691,12 +692,11 @@ bool first_working_layout(std::initializer_list<Layout16> order, Layout16* found
 // leaf 7, EDX bit 22 (AMX-BF16) and leaf 7 subleaf 1, EAX bit 21 (AMX-FP16).
 bool cpu_has_amx(bool fp16) {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (fp16) {
-    __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(1));
-    return (eax >> 21) & 1u;
-  }
-  __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-  return (edx >> 22) & 1u;
+  // __get_cpuid_count checks that leaf 7 exists; EAX of subleaf 0 is the last subleaf.
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  if (!fp16) return (edx >> 22) & 1u;
+  if (eax < 1 || __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (eax >> 21) & 1u;
 }
 
 bool could_pack(at::ScalarType dtype) {
