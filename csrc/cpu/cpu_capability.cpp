@@ -114,15 +114,7 @@ TileSizes choose_tile_sizes(int64_t L) {
 
 template <typename scalar_t>
 const AttentionKernels<scalar_t>& attention_kernels() {
-  static const AttentionKernels<scalar_t> kernels = [] {
-    switch (cpu_capability()) {
-#ifdef MHSA_X86_KERNEL_COPIES
-      case CpuCapability::Avx512: return isa_avx512::make_attention_kernels<scalar_t>();
-      case CpuCapability::Avx2: return isa_avx2::make_attention_kernels<scalar_t>();
-#endif
-      default: return isa_default::make_attention_kernels<scalar_t>();
-    }
-  }();
+  static const AttentionKernels<scalar_t> kernels = MHSA_ISA_COPY(make_attention_kernels<scalar_t>);
   return kernels;
 }
 

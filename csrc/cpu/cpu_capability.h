@@ -80,4 +80,15 @@ MHSA_DECLARE_ISA_KERNELS(isa_avx2)
 MHSA_DECLARE_ISA_KERNELS(isa_avx512)
 #endif
 
+// This CPU's copy of a per-instruction-set table: `make` (e.g. make_portable_gemm) of the
+// namespace cpu_capability() chose, isa_avx512, isa_avx2 or isa_default.
+#ifdef MHSA_X86_KERNEL_COPIES
+#define MHSA_ISA_COPY(make)                                                                 \
+  (::mhsa::cpu::cpu_capability() == ::mhsa::cpu::CpuCapability::Avx512 ? isa_avx512::make() \
+   : ::mhsa::cpu::cpu_capability() == ::mhsa::cpu::CpuCapability::Avx2 ? isa_avx2::make()   \
+                                                                       : isa_default::make())
+#else
+#define MHSA_ISA_COPY(make) (isa_default::make())
+#endif
+
 }  // namespace mhsa::cpu

@@ -33,15 +33,8 @@ namespace {
 // The decode attention tasks of this CPU's instruction set (decode_attention.cpp).
 template <typename scalar_t>
 DecodeAttentionTasks<scalar_t> decode_attention_kernel() {
-  static const DecodeAttentionTasks<scalar_t> kernel = [] {
-    switch (cpu_capability()) {
-#ifdef MHSA_X86_KERNEL_COPIES
-      case CpuCapability::Avx512: return isa_avx512::make_decode_attention<scalar_t>();
-      case CpuCapability::Avx2: return isa_avx2::make_decode_attention<scalar_t>();
-#endif
-      default: return isa_default::make_decode_attention<scalar_t>();
-    }
-  }();
+  static const DecodeAttentionTasks<scalar_t> kernel =
+      MHSA_ISA_COPY(make_decode_attention<scalar_t>);
   return kernel;
 }
 

@@ -112,15 +112,7 @@ at::Tensor transposed(const at::Tensor& b) {
 
 // The few-rows kernel of this CPU's instruction set (chosen as the attention kernels are).
 SmallRowsGemm small_rows_kernel() {
-  static const SmallRowsGemm kernel = [] {
-    switch (cpu_capability()) {
-#ifdef MHSA_X86_KERNEL_COPIES
-      case CpuCapability::Avx512: return isa_avx512::make_small_rows_gemm();
-      case CpuCapability::Avx2: return isa_avx2::make_small_rows_gemm();
-#endif
-      default: return isa_default::make_small_rows_gemm();
-    }
-  }();
+  static const SmallRowsGemm kernel = MHSA_ISA_COPY(make_small_rows_gemm);
   return kernel;
 }
 

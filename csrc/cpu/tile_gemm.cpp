@@ -64,15 +64,7 @@ constexpr int64_t kChunkK = 512;
 // The portable loops of this CPU's instruction set (portable_gemm.cpp, compiled once per ISA
 // like the attention kernels and chosen the same way).
 const PortableGemm& portable_gemm() {
-  static const PortableGemm gemm = [] {
-    switch (cpu_capability()) {
-#ifdef MHSA_X86_KERNEL_COPIES
-      case CpuCapability::Avx512: return isa_avx512::make_portable_gemm();
-      case CpuCapability::Avx2: return isa_avx2::make_portable_gemm();
-#endif
-      default: return isa_default::make_portable_gemm();
-    }
-  }();
+  static const PortableGemm gemm = MHSA_ISA_COPY(make_portable_gemm);
   return gemm;
 }
 
