@@ -81,8 +81,8 @@ void weighted_values(const acc_t* p, const scalar_t* v, int64_t keys, int64_t D,
   }
 }
 
-// DecodeRows::row, here so that this copy's code stays in this copy's namespace (an inline
-// member out of line would be one symbol for every instruction set).
+// The row of (sequence n, new token t), here so that this copy's code stays in this copy's
+// namespace (an inline member of the shared header would be one symbol for every copy).
 inline int64_t row_of(const DecodeRows& rows, int64_t n, int64_t t) {
   return rows.batch_first ? n * rows.T + t : t * rows.N + n;
 }

@@ -13,7 +13,6 @@ namespace mhsa::cpu {
 struct DecodeRows {
   int64_t N, T;
   bool batch_first;
-  int64_t row(int64_t n, int64_t t) const { return batch_first ? n * T + t : t * N + n; }
 };
 
 template <typename scalar_t>

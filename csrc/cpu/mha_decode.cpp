@@ -39,7 +39,7 @@ DecodeAttentionTasks<scalar_t> decode_attention_kernel() {
 }
 
 // Every (sequence, head, new token) task. A task reads up to length + T keys and values of D
-// elements, 4 flops per element; a chunk gets about 2^20 flops at least: a single-token step
+// elements, 4 flops per element; a chunk gets about 2^18 flops at least: a single-token step
 // over a short prefix is a few microseconds of work, less than waking other threads costs.
 template <typename scalar_t>
 void attend_to_cache(const DecodeAttentionArgs<scalar_t>& args) {

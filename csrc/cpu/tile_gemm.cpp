@@ -1068,10 +1068,19 @@ std::string tile_gemm_loops_reason() {
 #endif
 }
 
+#ifdef MHSA_USE_BRGEMM
+namespace {
+// A probe report of the detection, none while the micro-kernels are switched off.
+std::string probe_report(std::string Support::*field) {
+  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return "";
+  return detected_support().*field;
+}
+}  // namespace
+#endif
+
 std::string tile_gemm_probe_failures() {
 #ifdef MHSA_USE_BRGEMM
-  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return "";
-  return detected_support().failures;
+  return probe_report(&Support::failures);
 #else
   return "";
 #endif
@@ -1079,8 +1088,7 @@ std::string tile_gemm_probe_failures() {
 
 std::string tile_gemm_probe_notes() {
 #ifdef MHSA_USE_BRGEMM
-  if (portable_requested() || !at::globalContext().userEnabledMkldnn()) return "";
-  return detected_support().notes;
+  return probe_report(&Support::notes);
 #else
   return "";
 #endif
