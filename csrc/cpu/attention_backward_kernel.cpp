@@ -2,8 +2,8 @@
 //
 // The probabilities are recomputed tile by tile as exp(score - lse) from Q, K and the saved
 // log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row
-// (which equals rowsum(P * dP), also under dropout). Tasks are (n, h, key block): each owns its
-// dK and dV rows and accumulates them in fp32/fp64.
+// (which equals rowsum(P * dP), also under dropout). Tasks are (n, key/value head, key block):
+// each owns its dK and dV rows, accumulated in fp32/fp64 over the query heads of its group.
 //
 // dQ of a query row gets a share from every key block. Those shares are added straight into
 // the Q columns of the fp32 gradient buffer, in key-block order, whatever thread computes them:
@@ -29,16 +29,16 @@ struct BackwardScratch {
   Buffer<acc_t> grad_k, grad_v;
   Buffer<float> packed_k, packed_v;  // K_j^T and V_j^T of the key block, for dot_tile
   PackedB16 packed_v16;              // V_j^T for the bfloat16 micro-kernel (dp_on_micro_kernel)
-  BackwardScratch(const TileSizes& t, int64_t head_dim)
+  BackwardScratch(const TileSizes& t, const AttentionGeometry& g)
       : probs(t.backward_q * t.backward_kv),
         dropped(t.backward_q * t.backward_kv),
         grad(t.backward_q * t.backward_kv),
         keep(t.backward_q * t.backward_kv),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
-        grad_k(t.backward_kv * head_dim),
-        grad_v(t.backward_kv * head_dim),
-        packed_k(dot_packed_size(t.backward_kv, head_dim)),
-        packed_v(dot_packed_size(t.backward_kv, head_dim)) {}
+        grad_k(t.backward_kv * g.D),
+        grad_v(t.backward_kv * g.Dv),
+        packed_k(dot_packed_size(t.backward_kv, g.D)),
+        packed_v(dot_packed_size(t.backward_kv, g.Dv)) {}
 };
 
 // Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass:
@@ -47,7 +47,7 @@ template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
                         int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* packed_k) {
   const AttentionGeometry& g = a.g;
-  score_tile_prepacked(S, ld, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, packed_k);
+  score_tile_prepacked(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, packed_k);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
 }
@@ -58,8 +58,8 @@ template <typename scalar_t>
 inline const scalar_t* grad_weights_row(const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
                                         int64_t i) {
   const AttentionGeometry& g = a.g;
-  if (a.grad_weights_averaged) return a.grad_weights + (n * g.L + i) * g.L;
-  return a.grad_weights + ((n * g.H + h) * g.L + i) * g.L;
+  if (a.grad_weights_averaged) return a.grad_weights + (n * g.L + i) * g.S;
+  return a.grad_weights + ((n * g.H + h) * g.L + i) * g.S;
 }
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 inline acc_t grad_weights_scale(const BackwardArgs<scalar_t>& a) {
@@ -88,15 +88,15 @@ void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t n = t / g.L, i = t % g.L, row = g.row(n, i);
-    fill(a.grad_qkv + row * 3 * g.E, g.E, acc_t(0));  // dQ accumulates from zero
-    const scalar_t* o = a.context + row * g.E;
-    const scalar_t* dO = a.grad_context + row * g.E;
+    const int64_t n = t / g.L, i = t % g.L;
+    const scalar_t* dO = a.dsum_grad != nullptr ? a.dsum_grad : a.grad_context;
     // The same multiply-add chain as dP = dO V^T (dot_tile): a row whose output is exactly
     // one value row V_j gets Dsum == dP_ij bitwise (but for bfloat16 on its micro-kernel,
     // see dp_on_micro_kernel).
     for (int64_t h = 0; h < g.H; ++h) {
-      a.dsum[(n * g.H + h) * g.L + i] = dot_chain(dO + h * g.D, o + h * g.D, g.D);
+      fill(a.grad_q + a.grad_q_layout.at(n, i, h), g.D, acc_t(0));  // dQ accumulates from zero
+      a.dsum[(n * g.H + h) * g.L + i] =
+          dot_chain(dO + a.grad_out.at(n, i, h), a.context + g.out.at(n, i, h), g.Dv);
     }
   }
 }
@@ -123,8 +123,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
-      pack_keys_for_scores(g, a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D,
-                           g.seq_rows() * 3 * g.E, j1 - j0, packed_k.data());
+      pack_keys_for_scores(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, packed_k.data());
       probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
@@ -149,14 +148,14 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
 template <typename acc_t>
 inline PositionRange touched_query_blocks(const AttentionGeometry& g, const MaskView<acc_t>& m,
                                           const TileSizes& t, int64_t n, int64_t jb) {
-  const int64_t j0 = jb * t.backward_kv, j1 = j0 + t.backward_kv < g.L ? j0 + t.backward_kv : g.L;
+  const int64_t j0 = jb * t.backward_kv, j1 = j0 + t.backward_kv < g.S ? j0 + t.backward_kv : g.S;
   const PositionRange q = visible_query_range(g, m, n, j0, j1);
   if (q.empty()) return {0, 0};
   return {q.begin / t.backward_q, (q.end + t.backward_q - 1) / t.backward_q};
 }
 
 int64_t key_block_count(const AttentionGeometry& g, const TileSizes& t) {
-  return (g.L + t.backward_kv - 1) / t.backward_kv;
+  return (g.S + t.backward_kv - 1) / t.backward_kv;
 }
 int64_t query_block_count(const AttentionGeometry& g, const TileSizes& t) {
   return (g.L + t.backward_q - 1) / t.backward_q;
@@ -241,39 +240,34 @@ inline void pack_values_for_dp(bool micro, BackwardScratch<scalar_t>& s, const s
 
 // dP[rows, cols] (row stride ldp) = dO_i V_j^T from the V_j that pack_values_for_dp packed.
 template <typename scalar_t, typename acc_t>
-inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols, int64_t D,
-                    const scalar_t* dO, int64_t ld_ctx, const scalar_t* v, int64_t ld_seq,
+inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols,
+                    int64_t Dv, const scalar_t* dO, int64_t ld_dO, const scalar_t* v, int64_t ldv,
                     acc_t* dP, int64_t ldp) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (micro) return tile_gemm(Trans::No, rows, D, 1.0f, dO, ld_ctx, s.packed_v16, 0.0f, dP, ldp);
+    if (micro) return tile_gemm(Trans::No, rows, Dv, 1.0f, dO, ld_dO, s.packed_v16, 0.0f, dP, ldp);
   }
-  dot_tile_prepacked(rows, cols, D, acc_t(1), dO, ld_ctx, v, ld_seq, s.packed_v.data(), dP, ldp);
+  dot_tile_prepacked(rows, cols, Dv, acc_t(1), dO, ld_dO, v, ldv, s.packed_v.data(), dP, ldp);
 }
 
+// The share of query head h (batch n) in dK and dV of key rows j0..j1 (added to s.grad_k and
+// s.grad_v), and this key block's share of h's dQ, added to grad_q in key-block order.
 template <typename scalar_t>
-void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
-                              int64_t n, int64_t h, int64_t jb) {
+void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
+                             int64_t n, int64_t h, int64_t jb, bool dp_micro) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
-  const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.L ? j0 + block_kv : g.L;
-  const int64_t D = g.D, cols = j1 - j0, ld = block_kv;
+  const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.S ? j0 + block_kv : g.S;
+  const int64_t D = g.D, Dv = g.Dv, cols = j1 - j0, ld = block_kv;
   const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t q_blocks = query_block_count(g, a.tiles);
   int64_t* turns = a.dq_turn + (n * g.H + h) * q_blocks;
-  const int64_t ld_seq = g.seq_rows() * 3 * g.E, ld_ctx = g.seq_rows() * g.E;
-  const scalar_t* k = a.qkv + g.row(n, j0) * 3 * g.E + g.E + h * D;
-  const scalar_t* v = k + g.E;
+  const scalar_t* k = a.k + g.k.at(n, j0, g.kv_head(h));
+  const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
   acc_t* grad_k = s.grad_k.data();
   acc_t* grad_v = s.grad_v.data();
-  fill(grad_k, cols * D, acc_t(0));
-  fill(grad_v, cols * D, acc_t(0));
   acc_t* P = s.probs.data();
   acc_t* dP = s.grad.data();
-  // K_j^T and V_j^T are packed once and serve every query block.
-  pack_keys_for_scores(g, k, ld_seq, cols, s.packed_k.data());
-  const bool dp_micro = dp_on_micro_kernel<scalar_t>();
-  pack_values_for_dp(dp_micro, s, v, ld_seq, cols, D);
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
   // What the incoming gradient of the returned weights is multiplied by on its way into dP.
   const acc_t weights_grad_scale =
@@ -291,8 +285,8 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     const int64_t i1 = (qb + 1) * block_q < queries.end ? (qb + 1) * block_q : queries.end;
     const int64_t rows = i1 - i0;
     probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.packed_k.data());
-    const scalar_t* q = a.qkv + g.row(n, i0) * 3 * g.E + h * D;
-    const scalar_t* dO = a.grad_context + g.row(n, i0) * g.E + h * D;
+    const scalar_t* q = a.q + g.q.at(n, i0, h);
+    const scalar_t* dO = a.grad_context + a.grad_out.at(n, i0, h);
     // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and
     // for the gradient flowing back through it.
     const acc_t* Pd = P;
@@ -308,10 +302,11 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
       Pd = dropped;
     }
     // dV_j += (keep * P)^T dC_i
-    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1),
-              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, ld_ctx, acc_t(1), grad_v, D);
+    tile_gemm(Trans::Yes, Trans::No, cols, Dv, rows, acc_t(1),
+              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, a.grad_out.seq, acc_t(1), grad_v,
+              Dv);
     // dP = dC_i V_j^T (+ the gradient of the returned weights), back through dropout
-    dp_tile(dp_micro, s, rows, cols, D, dO, ld_ctx, v, ld_seq, dP, ld);
+    dp_tile(dp_micro, s, rows, cols, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
     const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* dprow = dP + r * ld;
@@ -332,42 +327,69 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     }
     const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
     // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j (the scale is inside dS)
-    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1), dS, ld, q, ld_seq, acc_t(1), grad_k,
+    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1), dS, ld, q, g.q.seq, acc_t(1), grad_k,
               D);
     // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
     // the turn to the next key block (if it touches this query block; none is left if not).
     if (!wait_for_turn(turns + qb, jb, a.abort)) return;
-    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), dS, ld, k, ld_seq, acc_t(1),
-              a.grad_qkv + g.row(n, i0) * 3 * g.E + h * D, ld_seq);
+    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), dS, ld, k, g.k.seq, acc_t(1),
+              a.grad_q + a.grad_q_layout.at(n, i0, h), a.grad_q_layout.seq);
     const bool next_adds = qb >= next_touched.begin && qb < next_touched.end;
     if (!next_adds && a.bias_sums_q != nullptr) {
       // The last share of dQ for this query block: its rows (all of the aligned block, some
       // of which earlier key blocks may have been the only ones to reach) are final.
       const int64_t b0 = qb * block_q, b1 = b0 + block_q < g.L ? b0 + block_q : g.L;
-      sum_rows(a.grad_qkv + g.row(n, b0) * 3 * g.E + h * D, ld_seq, b1 - b0, D,
-               a.bias_sums_q + (n * q_blocks + qb) * g.E + h * D);
+      sum_rows(a.grad_q + a.grad_q_layout.at(n, b0, h), a.grad_q_layout.seq, b1 - b0, D,
+               a.bias_sums_q + (n * q_blocks + qb) * g.H * D + h * D);
     }
     __atomic_store_n(turns + qb, next_adds ? jb + 1 : int64_t(-1), __ATOMIC_RELEASE);
   }
+}
+
+// dK and dV of key rows j0..j1 of key/value head (n, hk): the shares of the query heads that
+// read it, each adding its share of dQ (see attention_backward_head).
+template <typename scalar_t>
+void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
+                              int64_t n, int64_t hk, int64_t jb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t block_kv = a.tiles.backward_kv;
+  const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.S ? j0 + block_kv : g.S;
+  const int64_t D = g.D, Dv = g.Dv, cols = j1 - j0;
+  const scalar_t* k = a.k + g.k.at(n, j0, hk);
+  const scalar_t* v = a.v + g.v.at(n, j0, hk);
+  acc_t* grad_k = s.grad_k.data();
+  acc_t* grad_v = s.grad_v.data();
+  fill(grad_k, cols * D, acc_t(0));
+  fill(grad_v, cols * Dv, acc_t(0));
+  // K_j^T and V_j^T are packed once and serve every query block of every head of the group.
+  pack_keys_for_scores(g, k, g.k.seq, cols, s.packed_k.data());
+  const bool dp_micro = dp_on_micro_kernel<scalar_t>();
+  pack_values_for_dp(dp_micro, s, v, g.v.seq, cols, Dv);
+  const int64_t group = g.H / g.H_kv;
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+    attention_backward_head(a, s, n, h, jb, dp_micro);
+    if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) return;
+  }
   if (a.bias_sums_kv != nullptr) {
-    acc_t* sums = a.bias_sums_kv + (n * kv_blocks + jb) * 2 * g.E + h * D;
-    sum_rows(grad_k, D, cols, D, sums);
-    sum_rows(grad_v, D, cols, D, sums + g.E);
+    const int64_t width = g.H_kv * (D + Dv), kv_blocks = key_block_count(g, a.tiles);
+    acc_t* sums = a.bias_sums_kv + (n * kv_blocks + jb) * width;
+    sum_rows(grad_k, D, cols, D, sums + hk * D);
+    sum_rows(grad_v, Dv, cols, Dv, sums + g.H_kv * D + hk * Dv);
   }
   for (int64_t c = 0; c < cols; ++c) {
-    acc_t* out = a.grad_qkv + g.row(n, j0 + c) * 3 * g.E + g.E + h * D;
-    for (int64_t d = 0; d < D; ++d) {
-      out[d] = grad_k[c * D + d];
-      out[g.E + d] = grad_v[c * D + d];
-    }
+    acc_t* out_k = a.grad_k + a.grad_k_layout.at(n, j0 + c, hk);
+    acc_t* out_v = a.grad_v + a.grad_v_layout.at(n, j0 + c, hk);
+    for (int64_t d = 0; d < D; ++d) out_k[d] = grad_k[c * D + d];
+    for (int64_t d = 0; d < Dv; ++d) out_v[d] = grad_v[c * Dv + d];
   }
 }
 
 int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {
-  return g.N * g.H * key_block_count(g, t);
+  return g.N * g.H_kv * key_block_count(g, t);
 }
 
-// Tasks thread, thread + threads, ... in increasing order (t = (n * H + h) * kv_blocks + jb):
+// Tasks thread, thread + threads, ... in increasing order (t = (n * H_kv + hk) * kv_blocks + jb):
 // a task only ever waits for one with a smaller index, and each thread runs its tasks in
 // order, so the smallest unfinished task can always proceed (no deadlock, whatever the team).
 template <typename scalar_t>
@@ -375,10 +397,10 @@ void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t thr
   const AttentionGeometry& g = a.g;
   const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t tasks = backward_task_count(g, a.tiles);
-  BackwardScratch<scalar_t> scratch(a.tiles, g.D);
+  BackwardScratch<scalar_t> scratch(a.tiles, g);
   for (int64_t t = thread; t < tasks; t += threads) {
-    const int64_t jb = t % kv_blocks, h = (t / kv_blocks) % g.H, n = t / (kv_blocks * g.H);
-    attention_backward_block(a, scratch, n, h, jb);
+    const int64_t jb = t % kv_blocks, hk = (t / kv_blocks) % g.H_kv, n = t / (kv_blocks * g.H_kv);
+    attention_backward_block(a, scratch, n, hk, jb);
     if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) break;
   }
   tile_gemm_release();

@@ -1,8 +1,8 @@
 // Attention forward, compiled once per instruction set (see cpu_capability.h): online softmax
 // over key tiles (FlashAttention-2 order) for one (batch, head, query block) task at a time.
-// Each task reads Q, K and V in place from the packed QKV buffer, writes its output rows into
-// the head's columns of the context buffer and one log-sum-exp per query row: enough for
-// backward to recompute any probability as exp(score - lse) without an L x L matrix.
+// Each task reads Q, K and V in place (AttentionGeometry's layouts), writes its output rows and
+// one log-sum-exp per query row: enough for backward to recompute any probability as
+// exp(score - lse) without an L x S matrix.
 #include "cpu/attention_tile.h"
 
 namespace mhsa::cpu::MHSA_ISA {
@@ -15,22 +15,22 @@ struct ForwardScratch {
   Buffer<scalar_t> cast;
   Buffer<float> packed;  // K^T of one key block, for dot_tile
   // Only when the weights are returned: the first sweep's exp(score - running max), after the
-  // dropout mask, for all keys of the task's rows (rows x L), and the running max each key
+  // dropout mask, for all keys of the task's rows (rows x S), and the running max each key
   // block was shifted by (rows x key blocks). See attention_weights_rows.
   Buffer<acc_t> kept, kept_shift;
-  ForwardScratch(const TileSizes& t, int64_t head_dim, int64_t L, bool need_weights)
+  ForwardScratch(const TileSizes& t, const AttentionGeometry& g, bool need_weights)
       : scores(t.forward_q * t.forward_k),
-        out(t.forward_q * head_dim),
+        out(t.forward_q * g.Dv),
         row_max(t.forward_q),
         row_sum(t.forward_q),
         dropout(t.forward_k),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
-        packed(dot_packed_size(t.forward_k, head_dim)),
-        kept(need_weights ? t.forward_q * L : 0),
-        kept_shift(need_weights ? t.forward_q * key_blocks(t, L) : 0) {}
+        packed(dot_packed_size(t.forward_k, g.D)),
+        kept(need_weights ? t.forward_q * g.S : 0),
+        kept_shift(need_weights ? t.forward_q * key_blocks(t, g.S) : 0) {}
 
-  static int64_t key_blocks(const TileSizes& t, int64_t L) {
-    return (L + t.forward_k - 1) / t.forward_k;
+  static int64_t key_blocks(const TileSizes& t, int64_t S) {
+    return (S + t.forward_k - 1) / t.forward_k;
   }
 };
 
@@ -44,21 +44,20 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   using acc_t = at::opmath_type<scalar_t>;
   constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const AttentionGeometry& g = a.g;
-  const int64_t rows = i1 - i0, D = g.D, block_k = a.tiles.forward_k;
-  const int64_t ld_seq = g.seq_rows() * 3 * g.E;
+  const int64_t rows = i1 - i0, Dv = g.Dv, block_k = a.tiles.forward_k;
   acc_t* S = s.scores.data();
   acc_t* O = s.out.data();
   acc_t* m = s.row_max.data();
   acc_t* l = s.row_sum.data();
-  fill(O, rows * D, acc_t(0));
+  fill(O, rows * Dv, acc_t(0));
   fill(m, rows, neg_inf);
   fill(l, rows, acc_t(0));
 
-  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.L);
+  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.S);
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
   for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
-    score_tile(S, block_k, a.qkv, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
+    score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       const acc_t tile_max = row_max(srow, cols);
@@ -70,8 +69,8 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
         l[r] = l[r] * alpha + exp_shift_sum(srow, cols, m_new);
         m[r] = m_new;
         if (alpha != acc_t(1)) {
-          acc_t* o = O + r * D;
-          for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+          acc_t* o = O + r * Dv;
+          for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
         }
         // The normalizer l uses the probabilities before dropout, the output after it (kept
         // entries times 1: the op kernel applies 1 / (1 - p) to the whole context).
@@ -79,24 +78,24 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
           dropout_row(srow, s.dropout.data(), a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
       }
       if (keep_for_weights) {
-        std::copy(srow, srow + cols, s.kept.data() + r * g.L + j0);
+        std::copy(srow, srow + cols, s.kept.data() + r * g.S + j0);
         s.kept_shift[r * key_blocks + j0 / block_k] = m_new;
       }
     }
     const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
-    const scalar_t* v = a.qkv + g.row(n, j0) * 3 * g.E + 2 * g.E + h * D;
-    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), P, block_k, v, ld_seq, acc_t(1), O, D);
+    const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
+    tile_gemm(Trans::No, Trans::No, rows, Dv, cols, acc_t(1), P, block_k, v, g.v.seq, acc_t(1), O,
+              Dv);
   }
 
-  const int64_t ld_ctx = g.seq_rows() * g.E;
-  scalar_t* ctx = a.context + g.row(n, i0) * g.E + h * D;
+  scalar_t* ctx = a.context + g.out.at(n, i0, h);
   acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < rows; ++r) {
     const bool empty = l[r] == acc_t(0);
     const acc_t inv = empty ? acc_t(0) : acc_t(1) / l[r];
-    const acc_t* o = O + r * D;
-    scalar_t* out = ctx + r * ld_ctx;
-    for (int64_t d = 0; d < D; ++d) out[d] = from_acc<scalar_t>(o[d] * inv);
+    const acc_t* o = O + r * Dv;
+    scalar_t* out = ctx + r * g.out.seq;
+    for (int64_t d = 0; d < Dv; ++d) out[d] = from_acc<scalar_t>(o[d] * inv);
     lse[r] = empty ? std::numeric_limits<acc_t>::infinity() : m[r] + std::log(l[r]);
   }
 }
@@ -111,7 +110,7 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   const int64_t block_k = a.tiles.forward_k;
-  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.L);
+  const int64_t key_blocks = ForwardScratch<scalar_t>::key_blocks(a.tiles, g.S);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   const acc_t keep_scale = a.dropout.enabled ? static_cast<acc_t>(a.dropout.keep_scale()) : 1;
   // Averaged weights are accumulated over the heads, each scaled by 1 / H.
@@ -119,10 +118,10 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
   for (int64_t r = 0; r < i1 - i0; ++r) {
     const int64_t i = i0 + r;
-    const acc_t* kept = s.kept.data() + r * g.L;
+    const acc_t* kept = s.kept.data() + r * g.S;
     const acc_t* shift = s.kept_shift.data() + r * key_blocks;
-    scalar_t* w = a.weights != nullptr ? a.weights + ((n * g.H + h) * g.L + i) * g.L : nullptr;
-    acc_t* w_avg = a.weights != nullptr ? nullptr : a.weights_avg + (n * g.L + i) * g.L;
+    scalar_t* w = a.weights != nullptr ? a.weights + ((n * g.H + h) * g.L + i) * g.S : nullptr;
+    acc_t* w_avg = a.weights != nullptr ? nullptr : a.weights_avg + (n * g.L + i) * g.S;
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
       const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end;
       const acc_t factor = std::exp(shift[j0 / block_k] - lse[r]) * weight_scale;
@@ -135,7 +134,7 @@ void attention_weights_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scala
     if (w != nullptr) {  // keys no query of the block can see: zero
       const scalar_t zero = from_acc<scalar_t>(acc_t(0));
       fill(w, keys.begin, zero);
-      fill(w + keys.end, g.L - keys.end, zero);
+      fill(w + keys.end, g.S - keys.end, zero);
     }
   }
 }
@@ -147,7 +146,7 @@ void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads
   const int64_t block_q = a.tiles.forward_q;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   const int64_t head_tasks = heads_inside ? 1 : g.H;
-  ForwardScratch<scalar_t> scratch(a.tiles, g.D, g.L, need_weights);
+  ForwardScratch<scalar_t> scratch(a.tiles, g, need_weights);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks;
     const int64_t ht = (t / q_blocks) % head_tasks;

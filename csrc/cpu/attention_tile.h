@@ -434,32 +434,32 @@ void apply_masks(acc_t* S, int64_t ld, const MaskView<acc_t>& m, const Attention
                  int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   constexpr acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const int64_t cols = j1 - j0;
-  const int64_t attn_offset = m.attn_per_head ? (n * g.H + h) * g.L * g.L : 0;
   for (int64_t i = i0; i < i1; ++i) {
     acc_t* s = S + (i - i0) * ld;
     if (m.attn_bool) {
-      const bool* mask = m.attn_bool + attn_offset + i * g.L + j0;
+      const bool* mask = m.attn_bool + m.attn_layout.at(n, i, h) + j0;
       for (int64_t c = 0; c < cols; ++c) s[c] = mask[c] ? neg_inf : s[c];
     } else if (m.attn_add) {
-      const acc_t* mask = m.attn_add + attn_offset + i * g.L + j0;
+      const acc_t* mask = m.attn_add + m.attn_layout.at(n, i, h) + j0;
       for (int64_t c = 0; c < cols; ++c) s[c] += mask[c];
     }
     if (m.kpm_bool) {
-      const bool* mask = m.kpm_bool + n * g.L + j0;
+      const bool* mask = m.kpm_bool + n * g.S + j0;
       for (int64_t c = 0; c < cols; ++c) s[c] = mask[c] ? neg_inf : s[c];
     } else if (m.kpm_add) {
-      const acc_t* mask = m.kpm_add + n * g.L + j0;
+      const acc_t* mask = m.kpm_add + n * g.S + j0;
       for (int64_t c = 0; c < cols; ++c) s[c] += mask[c];
     }
+    const int64_t p = i + m.diagonal;  // the query's position on the keys' axis
     if (m.causal) {
-      for (int64_t c = (i + 1 - j0 > 0 ? i + 1 - j0 : 0); c < cols; ++c) s[c] = neg_inf;
+      for (int64_t c = (p + 1 - j0 > 0 ? p + 1 - j0 : 0); c < cols; ++c) s[c] = neg_inf;
     }
-    if (m.window_left >= 0) {  // keys j < i - left
-      const int64_t first = i - m.window_left - j0;
+    if (m.window_left >= 0) {  // keys j < p - left
+      const int64_t first = p - m.window_left - j0;
       for (int64_t c = 0; c < (first < cols ? first : cols); ++c) s[c] = neg_inf;
     }
-    if (m.window_right >= 0) {  // keys j > i + right
-      const int64_t last = i + m.window_right - j0;
+    if (m.window_right >= 0) {  // keys j > p + right
+      const int64_t last = p + m.window_right - j0;
       for (int64_t c = (last + 1 > 0 ? last + 1 : 0); c < cols; ++c) s[c] = neg_inf;
     }
     if (m.key_end != nullptr) {  // keys j >= key_end[n]
@@ -485,12 +485,13 @@ inline bool scores_on_grid(const AttentionGeometry& g) {
 
 // S = scale * Q_i K_j^T on the grid (see scores_on_grid).
 template <typename scalar_t, typename acc_t>
-inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
-                        acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0,
-                        int64_t j1) {
+inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
+                        const AttentionGeometry& g, acc_t scale, int64_t n, int64_t h, int64_t i0,
+                        int64_t i1, int64_t j0, int64_t j1) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
-    const scalar_t* q0 = qkv + g.row(n, 0) * 3 * g.E + h * g.D;
-    score_blocks(q0, q0 + g.E, g.seq_rows() * 3 * g.E, g.L, g.D, scale, i0, i1, j0, j1, S, ld);
+    score_blocks(ScoreOperand<scalar_t>{q + g.q.at(n, 0, h), g.q.seq, g.L},
+                 ScoreOperand<scalar_t>{k + g.k.at(n, 0, g.kv_head(h)), g.k.seq, g.S}, g.D, scale,
+                 i0, i1, j0, j1, S, ld);
   }
 }
 
@@ -498,17 +499,16 @@ inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* qkv, const Attenti
 // K_j already packed by pack_for_dot (on the grid the packed copy is not used, see
 // pack_keys_for_scores).
 template <typename scalar_t, typename acc_t>
-inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* qkv,
+inline void score_tile_prepacked(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
                                  const AttentionGeometry& g, const MaskView<acc_t>& masks,
                                  acc_t scale, int64_t n, int64_t h, int64_t i0, int64_t i1,
                                  int64_t j0, int64_t j1, const float* packed_k) {
   if (scores_on_grid<scalar_t>(g)) {
-    grid_scores(S, ld, qkv, g, scale, n, h, i0, i1, j0, j1);
+    grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);
   } else {
-    const int64_t ld_seq = g.seq_rows() * 3 * g.E;
-    const scalar_t* q = qkv + g.row(n, i0) * 3 * g.E + h * g.D;
-    const scalar_t* k = qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D;
-    dot_tile_prepacked(i1 - i0, j1 - j0, g.D, scale, q, ld_seq, k, ld_seq, packed_k, S, ld);
+    const scalar_t* qi = q + g.q.at(n, i0, h);
+    const scalar_t* kj = k + g.k.at(n, j0, g.kv_head(h));
+    dot_tile_prepacked(i1 - i0, j1 - j0, g.D, scale, qi, g.q.seq, kj, g.k.seq, packed_k, S, ld);
   }
   if (masks.any()) apply_masks(S, ld, masks, g, n, h, i0, i1, j0, j1);
 }
@@ -524,12 +524,12 @@ inline void pack_keys_for_scores(const AttentionGeometry& g, const scalar_t* k, 
 // score_tile_prepacked, packing K_j into `packed` (scratch of dot_packed_size(j1 - j0, D)
 // floats) first: bitwise the same scores.
 template <typename scalar_t, typename acc_t>
-inline void score_tile(acc_t* S, int64_t ld, const scalar_t* qkv, const AttentionGeometry& g,
-                       const MaskView<acc_t>& masks, acc_t scale, int64_t n, int64_t h, int64_t i0,
-                       int64_t i1, int64_t j0, int64_t j1, float* packed) {
-  pack_keys_for_scores(g, qkv + g.row(n, j0) * 3 * g.E + g.E + h * g.D, g.seq_rows() * 3 * g.E,
-                       j1 - j0, packed);
-  score_tile_prepacked(S, ld, qkv, g, masks, scale, n, h, i0, i1, j0, j1, packed);
+inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
+                       const AttentionGeometry& g, const MaskView<acc_t>& masks, acc_t scale,
+                       int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                       float* packed) {
+  pack_keys_for_scores(g, k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, packed);
+  score_tile_prepacked(S, ld, q, k, g, masks, scale, n, h, i0, i1, j0, j1, packed);
 }
 
 // A half-open range of sequence positions.
@@ -544,10 +544,11 @@ struct PositionRange {
 template <typename acc_t>
 inline PositionRange visible_key_range(const AttentionGeometry& g, const MaskView<acc_t>& m,
                                        int64_t n, int64_t i0, int64_t i1) {
-  int64_t begin = 0, end = g.L;
-  if (m.causal && i1 < end) end = i1;
-  if (m.window_right >= 0 && i1 + m.window_right < end) end = i1 + m.window_right;
-  if (m.window_left >= 0 && i0 - m.window_left > begin) begin = i0 - m.window_left;
+  int64_t begin = 0, end = g.S;
+  const int64_t p0 = i0 + m.diagonal, p1 = i1 + m.diagonal;  // positions on the keys' axis
+  if (m.causal && p1 < end) end = p1;
+  if (m.window_right >= 0 && p1 + m.window_right < end) end = p1 + m.window_right;
+  if (m.window_left >= 0 && p0 - m.window_left > begin) begin = p0 - m.window_left;
   if (m.key_end != nullptr && m.key_end[n] < end) end = m.key_end[n];
   return {begin, end > begin ? end : begin};
 }
@@ -559,15 +560,17 @@ inline PositionRange visible_query_range(const AttentionGeometry& g, const MaskV
                                          int64_t n, int64_t j0, int64_t j1) {
   if (m.key_end != nullptr && j0 >= m.key_end[n]) return {0, 0};
   int64_t begin = 0, end = g.L;
-  if (m.causal && j0 > begin) begin = j0;
-  if (m.window_right >= 0 && j0 - m.window_right > begin) begin = j0 - m.window_right;
-  if (m.window_left >= 0 && j1 + m.window_left < end) end = j1 + m.window_left;
+  const int64_t d = m.diagonal;  // query i sits at key position i + d
+  if (m.causal && j0 - d > begin) begin = j0 - d;
+  if (m.window_right >= 0 && j0 - m.window_right - d > begin) begin = j0 - m.window_right - d;
+  if (m.window_left >= 0 && j1 + m.window_left - d < end) end = j1 + m.window_left - d;
   return {begin, end > begin ? end : begin};
 }
 
 // ---------------------------------------------------------------------------------------
 // Dropout with Philox-4x32-10, a counter-based generator: element (n, h, i, j) uses counter
-// ((n*H + h)*L + i) * ceil(L/4) + j/4 and output word j%4, so any tile regenerates its own bits.
+// ((n*H + h)*L + i) * ceil(S/4) + j/4 and output word j%4 (i, j, L, S: the DropoutParams
+// plane's), so any tile regenerates its own bits.
 // kPhiloxLanes counters are evaluated at once, one per 64-bit vector lane; the result depends
 // only on (seed, counter), so every ISA copy draws the same dropout masks.
 typedef uint64_t vu64 __attribute__((vector_size(kVecBytes)));
@@ -602,18 +605,21 @@ void dropout_factors(acc_t* factors, const DropoutParams& d, const AttentionGeom
   const acc_t scale = kept;
   // 24-bit uniforms u; keep iff u >= p.
   const uint64_t threshold = static_cast<uint64_t>((d.p < 1.0 ? d.p : 1.0) * 16777216.0);
-  const int64_t groups_per_row = (g.L + 3) / 4;
-  const uint64_t row_base = static_cast<uint64_t>(((n * g.H + h) * g.L + i) * groups_per_row);
+  const int64_t rows = d.rows > 0 ? d.rows : g.L, cols = d.cols > 0 ? d.cols : g.S;
+  const int64_t groups_per_row = (cols + 3) / 4;
+  const int64_t row = (n * g.H + h) * rows + d.row_offset + i;
+  const uint64_t row_base = static_cast<uint64_t>(row * groups_per_row);
+  const int64_t c0 = j0 + d.col_offset, c1 = j1 + d.col_offset;  // columns of the plane
   vu64 lane_offset;
   for (int k = 0; k < kPhiloxLanes; ++k) lane_offset[k] = static_cast<uint64_t>(k);
-  for (int64_t group = j0 / 4; group * 4 < j1; group += kPhiloxLanes) {
+  for (int64_t group = c0 / 4; group * 4 < c1; group += kPhiloxLanes) {
     vu64 r[4];
     philox_lanes(lane_offset + (row_base + static_cast<uint64_t>(group)), d.seed, r);
     for (int lane = 0; lane < kPhiloxLanes; ++lane) {
       for (int k = 0; k < 4; ++k) {
-        const int64_t j = (group + lane) * 4 + k;
-        if (j < j0 || j >= j1) continue;
-        factors[j - j0] = (r[k][lane] >> 8) >= threshold ? scale : acc_t(0);
+        const int64_t c = (group + lane) * 4 + k;
+        if (c < c0 || c >= c1) continue;
+        factors[c - c0] = (r[k][lane] >> 8) >= threshold ? scale : acc_t(0);
       }
     }
   }

@@ -14,10 +14,11 @@ namespace mhsa::cpu {
 template <typename acc_t>
 class MaskStorage {
  public:
+  // The self-attention ops' masks: attn_mask (L, L) or (N*H, L, L), key_padding_mask (N, L).
   // window_size: {left, right} (see MaskView), or empty for none.
   MaskStorage(const std::optional<at::Tensor>& attn_mask,
               const std::optional<at::Tensor>& key_padding_mask, bool is_causal,
-              c10::IntArrayRef window_size = {}) {
+              c10::IntArrayRef window_size, int64_t num_heads) {
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     view_.causal = is_causal;
     if (window_size.size() == 2) {
@@ -25,7 +26,9 @@ class MaskStorage {
       view_.window_right = window_size[1];
     }
     if (attn_mask.has_value() && attn_mask->defined()) {
-      view_.attn_per_head = attn_mask->dim() == 3;
+      const int64_t L = attn_mask->size(-2), S = attn_mask->size(-1);
+      view_.attn_layout = attn_mask->dim() == 3 ? OperandLayout{num_heads * L * S, S, L * S}
+                                                : OperandLayout{0, S, 0};
       if (attn_mask->scalar_type() == at::kBool) {
         attn_ = attn_mask->contiguous();
         view_.attn_bool = attn_.const_data_ptr<bool>();

@@ -96,19 +96,27 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
       at::kBFloat16, at::kHalf, x.scalar_type(), "mha_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto& kernels = attention_kernels<scalar_t>();
-        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
+        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size, H);
         BackwardArgs<scalar_t> a;
-        a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
-        a.qkv = qkv_c.const_data_ptr<scalar_t>();
+        a.g = self_attention_geometry(N, L, E, H, o.batch_first);
+        a.q = qkv_c.const_data_ptr<scalar_t>();
+        a.k = a.q + E;
+        a.v = a.q + 2 * E;
         a.context = ctx2d.const_data_ptr<scalar_t>();
         a.grad_context = grad_ctx.const_data_ptr<scalar_t>();
+        a.grad_out = a.g.out;
         a.lse = lse_c.const_data_ptr<acc_t>();
         a.dsum = dsum.mutable_data_ptr<acc_t>();
         if (grad_w.defined()) {
           a.grad_weights = grad_w.const_data_ptr<scalar_t>();
           a.grad_weights_averaged = o.average_attn_weights;
         }
-        a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>();
+        a.grad_q = grad_qkv.mutable_data_ptr<acc_t>();
+        a.grad_k = a.grad_q + E;
+        a.grad_v = a.grad_q + 2 * E;
+        a.grad_q_layout = a.g.q;
+        a.grad_k_layout = a.g.k;
+        a.grad_v_layout = a.g.v;
         a.masks = masks.view();
         a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
         a.tiles = tiles;

@@ -61,10 +61,12 @@ internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "mha_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size);
+        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size, H);
         ForwardArgs<scalar_t> a;
-        a.g = AttentionGeometry{N, L, E, H, D, o.batch_first};
-        a.qkv = qkv.const_data_ptr<scalar_t>();
+        a.g = self_attention_geometry(N, L, E, H, o.batch_first);
+        a.q = qkv.const_data_ptr<scalar_t>();
+        a.k = a.q + E;
+        a.v = a.q + 2 * E;
         a.context = context.mutable_data_ptr<scalar_t>();
         a.lse = lse.mutable_data_ptr<acc_t>();
         if (need_weights && o.average_attn_weights)

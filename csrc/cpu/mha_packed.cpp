@@ -166,8 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
         for (int64_t b = 0; b < B; ++b) {
           const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
           ForwardArgs<scalar_t>& a = args[b];
-          a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
-          a.qkv = qkv.const_data_ptr<scalar_t>() + start * 3 * E;
+          a.g = self_attention_geometry(1, L, E, H, /*batch_first=*/true);
+          a.q = qkv.const_data_ptr<scalar_t>() + start * 3 * E;
+          a.k = a.q + E;
+          a.v = a.q + 2 * E;
           a.context = context.mutable_data_ptr<scalar_t>() + start * E;
           a.lse = lse.mutable_data_ptr<acc_t>() + start * H;
           a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
@@ -328,13 +330,21 @@ internal::BackwardOutputs mha_packed_backward_cpu(
     for (int64_t b = 0; b < B; ++b) {
       const int64_t start = offsets[b], L = offsets[b + 1] - offsets[b];
       BackwardArgs<scalar_t>& a = args[b];
-      a.g = AttentionGeometry{1, L, E, H, D, /*batch_first=*/true};
-      a.qkv = qkv_c.const_data_ptr<scalar_t>() + start * 3 * E;
+      a.g = self_attention_geometry(1, L, E, H, /*batch_first=*/true);
+      a.q = qkv_c.const_data_ptr<scalar_t>() + start * 3 * E;
+      a.k = a.q + E;
+      a.v = a.q + 2 * E;
       a.context = ctx2d.const_data_ptr<scalar_t>() + start * E;
       a.grad_context = grad_ctx.const_data_ptr<scalar_t>() + start * E;
+      a.grad_out = a.g.out;
       a.lse = lse_c.const_data_ptr<acc_t>() + start * H;
       a.dsum = dsum.mutable_data_ptr<acc_t>() + start * H;
-      a.grad_qkv = grad_qkv.mutable_data_ptr<acc_t>() + start * 3 * E;
+      a.grad_q = grad_qkv.mutable_data_ptr<acc_t>() + start * 3 * E;
+      a.grad_k = a.grad_q + E;
+      a.grad_v = a.grad_q + 2 * E;
+      a.grad_q_layout = a.g.q;
+      a.grad_k_layout = a.g.k;
+      a.grad_v_layout = a.g.v;
       a.abort = &abort;
       a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
       a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));

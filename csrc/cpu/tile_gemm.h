@@ -42,17 +42,21 @@ void tile_gemm(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
 // operands) into a scratch block, and a tile copies the part it needs.
 //
 // S[i - i0][j - j0] (row stride lds) = scale * q_i . k_j for i0 <= i < i1, j0 <= j < j1, where
-// position p's query is q + p * ld and its key k + p * ld (K = head dimension elements each),
-// L positions in all.
+// position p's query is q.data + p * q.ld and its key k.data + p * k.ld (K = head dimension
+// elements each), q.length queries and k.length keys in all.
 constexpr int64_t kScoreBlock = 64;
+template <typename T>
+struct ScoreOperand {
+  const T* data;
+  int64_t ld, length;
+};
 // Available for bfloat16 or float16 where that type's micro-kernel runs (see tile_gemm.cpp).
 bool score_blocks_available(c10::ScalarType dtype, int64_t K);
-void score_blocks(const c10::BFloat16* q, const c10::BFloat16* k, int64_t ld, int64_t L, int64_t K,
+void score_blocks(ScoreOperand<c10::BFloat16> q, ScoreOperand<c10::BFloat16> k, int64_t K,
                   float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
                   int64_t lds);
-void score_blocks(const c10::Half* q, const c10::Half* k, int64_t ld, int64_t L, int64_t K,
-                  float scale, int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S,
-                  int64_t lds);
+void score_blocks(ScoreOperand<c10::Half> q, ScoreOperand<c10::Half> k, int64_t K, float scale,
+                  int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S, int64_t lds);
 
 // Ends a run of tile GEMMs on this thread: releases the matrix-unit state (AMX tile
 // configuration) that the 16-bit micro-kernels may hold, so that code running afterwards on
