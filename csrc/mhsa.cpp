@@ -135,6 +135,30 @@ TORCH_LIBRARY(mhsa, m) {
   define_with_signature(m, "_mha_packed_forward", kMhaPackedForwardSignature);
   define_with_signature(m, "_mha_packed_backward", kMhaPackedBackwardSignature);
 
+  // torch.nn.functional.scaled_dot_product_attention's semantics on the fused kernels, plus
+  // window_size = (left, right) (see <mhsa/ops.h>). Returns (..., H, L, Ev).
+  m.def(
+      "scaled_dot_product_attention(Tensor query, Tensor key, Tensor value, "
+      "Tensor? attn_mask=None, float dropout_p=0.0, bool is_causal=False, float? scale=None, "
+      "bool enable_gqa=False, int[2]? window_size=None) -> Tensor");
+  // The attention core on projected (N, H, L, D) / (N, H_kv, S, D) / (N, H_kv, S, Dv) tensors
+  // (see BlockOptions in <mhsa/internal_ops.h>): output (N, H, L, Dv), the weights when asked,
+  // the log-sum-exp (N, H, L) and the dropout seed. shared_rng_state: the seed to reuse (the
+  // ring's blocks share one). Backward takes the whole attention's output and log-sum-exp.
+  m.def(
+      "_attention_block_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
+      "float dropout_p=0.0, bool is_causal=False, float? scale=None, "
+      "int[2] window_size=[-1, -1], bool need_weights=False, bool average_attn_weights=True, "
+      "int diagonal=0, int[4] dropout_plane=[0, 0, 0, 0], Tensor? shared_rng_state=None) "
+      "-> (Tensor output, Tensor attn_weights, Tensor logsumexp, Tensor rng_state)");
+  m.def(
+      "_attention_block_backward(Tensor grad_output, Tensor? grad_attn_weights, Tensor query, "
+      "Tensor key, Tensor value, Tensor output, Tensor logsumexp, Tensor rng_state, "
+      "Tensor? attn_mask=None, float dropout_p=0.0, bool is_causal=False, float? scale=None, "
+      "int[2] window_size=[-1, -1], bool average_attn_weights=True, int diagonal=0, "
+      "int[4] dropout_plane=[0, 0, 0, 0], bool[3] output_mask=[True, True, True]) "
+      "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value)");
+
   // The names of the internal ops before 0.2.0, kept so that TorchScript models saved then still
   // load and run; each warns once and forwards to its renamed op (deprecated_ops.cpp).
   define_with_signature(m, "mha_forward", kMhaForwardSignature);

@@ -23,8 +23,14 @@ namespace {
 // The operands cast to the autocast dtype. The masks stay as given: the kernels accept bool and
 // every floating mask dtype, and a float mask (-inf entries, large offsets) is better kept in
 // its own precision.
-constexpr std::array<std::string_view, 5> kCastArguments = {"x", "in_proj_weight", "in_proj_bias",
-                                                            "out_proj_weight", "out_proj_bias"};
+constexpr std::array<std::string_view, 8> kCastArguments = {"x",
+                                                            "in_proj_weight",
+                                                            "in_proj_bias",
+                                                            "out_proj_weight",
+                                                            "out_proj_bias",  // _mha_forward
+                                                            "query",
+                                                            "key",
+                                                            "value"};  // _attention_block_forward
 
 bool is_cast_argument(std::string_view name) {
   for (std::string_view cast : kCastArguments) {
@@ -55,5 +61,7 @@ void mha_forward_autocast_cpu(const c10::OperatorHandle& op, torch::jit::Stack* 
 
 TORCH_LIBRARY_IMPL(mhsa, AutocastCPU, m) {
   m.impl("_mha_forward",
+         torch::CppFunction::makeFromBoxedFunction<&mhsa::autocast::mha_forward_autocast_cpu>());
+  m.impl("_attention_block_forward",
          torch::CppFunction::makeFromBoxedFunction<&mhsa::autocast::mha_forward_autocast_cpu>());
 }

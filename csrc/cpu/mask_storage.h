@@ -6,6 +6,8 @@
 #include <limits>
 #include <optional>
 
+#include <mhsa/internal_ops.h>
+
 #include "cpu/attention_args.h"
 
 namespace mhsa::cpu {
@@ -38,11 +40,58 @@ class MaskStorage {
       }
     }
     if (key_padding_mask.has_value() && key_padding_mask->defined()) {
-      if (key_padding_mask->scalar_type() == at::kBool) {
-        kpm_ = key_padding_mask->contiguous();
+      set_key_padding(*key_padding_mask);
+    }
+  }
+
+  // The attention block ops' mask, SDPA's convention (bool: true = may attend; float: added),
+  // broadcastable to (N, H, L, S), read in place through strides. A mask of keys only (its head
+  // and query dims 1, padding) becomes a key padding mask, whose padded tail is skipped.
+  static MaskStorage for_block(const std::optional<at::Tensor>& attn_mask, int64_t N, int64_t H,
+                               int64_t L, int64_t S, const internal::BlockOptions& o) {
+    MaskStorage m;
+    m.view_.causal = o.is_causal;
+    m.view_.window_left = o.window_size[0];
+    m.view_.window_right = o.window_size[1];
+    m.view_.diagonal = o.diagonal;
+    if (!attn_mask.has_value() || !attn_mask->defined()) return m;
+    at::Tensor mask = *attn_mask;
+    while (mask.dim() < 4) mask = mask.unsqueeze(0);
+    const bool is_bool = mask.scalar_type() == at::kBool;
+    // The kernels' bool masks say "may not attend"; a copy of the mask's own size.
+    mask = is_bool ? mask.logical_not() : mask.to(c10::CppTypeToScalarType<acc_t>::value);
+    if (mask.size(1) == 1 && mask.size(2) == 1) {
+      m.set_key_padding(mask.expand({N, 1, 1, S}).reshape({N, S}));
+      return m;
+    }
+    // Keys contiguous (a mask broadcast over the keys is widened to S along them only).
+    if (mask.size(3) != S) mask = mask.expand({mask.size(0), mask.size(1), mask.size(2), S});
+    if (mask.stride(3) != 1) mask = mask.contiguous();
+    m.attn_ = mask;
+    const at::Tensor full = mask.expand({N, H, L, S});
+    m.view_.attn_layout = OperandLayout{full.stride(0), full.stride(2), full.stride(1)};
+    if (is_bool) {
+      m.view_.attn_bool = m.attn_.template const_data_ptr<bool>();
+    } else {
+      m.view_.attn_add = m.attn_.template const_data_ptr<acc_t>();
+    }
+    return m;
+  }
+
+  const MaskView<acc_t>& view() const { return view_; }
+
+ private:
+  MaskStorage() = default;
+
+  // key_padding_mask (N, S): bool (true = may not attend) or float (added).
+  void set_key_padding(const at::Tensor& key_padding_mask) {
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    {
+      if (key_padding_mask.scalar_type() == at::kBool) {
+        kpm_ = key_padding_mask.contiguous();
         view_.kpm_bool = kpm_.const_data_ptr<bool>();
       } else {
-        kpm_ = key_padding_mask->to(acc_type).contiguous();
+        kpm_ = key_padding_mask.to(acc_type).contiguous();
         view_.kpm_add = kpm_.const_data_ptr<acc_t>();
       }
       // key_end[n] = 1 + the last key of batch n that is not masked out (0 if none): the keys
@@ -59,9 +108,7 @@ class MaskStorage {
       view_.key_end = key_end_.const_data_ptr<int64_t>();
     }
   }
-  const MaskView<acc_t>& view() const { return view_; }
 
- private:
   at::Tensor attn_, kpm_, key_end_;
   MaskView<acc_t> view_;
 };

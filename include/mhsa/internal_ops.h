@@ -7,6 +7,8 @@
 //   mhsa::_mha_backward         its gradients (the Autograd kernel of _mha_forward calls it)
 //   mhsa::_mha_packed_forward   the same pair for multi_head_self_attention_packed
 //   mhsa::_mha_packed_backward
+//   mhsa::_attention_block_forward   the attention core on projected (N, H, L, D) tensors, with
+//   mhsa::_attention_block_backward  its log-sum-exp: scaled_dot_product_attention and the ring
 //
 // The leading underscore follows PyTorch's naming of its own internal attention ops
 // (aten::_scaled_dot_product_flash_attention). TorchScript models saved before the rename
@@ -89,5 +91,40 @@ C10_EXPORT BackwardOutputs mha_packed_backward(
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
     const PackedAttentionOptions& options, std::array<bool, 5> output_mask);
+
+// The arguments _attention_block_forward and _attention_block_backward share. A block may be a
+// piece of a longer attention (the ring's): `diagonal` places its first query `diagonal`
+// positions after its first key for the causal mask and the window, and `dropout_plane`
+// (rows, cols, row_offset, col_offset) is where it sits in the whole for the dropout bits
+// (zeros: its own L x S plane).
+struct BlockOptions {
+  double dropout_p = 0.0;
+  bool is_causal = false;
+  std::optional<double> scale;                     // default 1 / sqrt(D)
+  std::array<int64_t, 2> window_size = kNoWindow;  // {left, right}, -1: unbounded
+  int64_t diagonal = 0;
+  std::array<int64_t, 4> dropout_plane = {0, 0, 0, 0};
+};
+
+// (output (N, H, L, Dv), attn_weights, logsumexp (N, H, L), rng_state)
+using BlockForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_query, grad_key, grad_value)
+using BlockBackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// query (N, H, L, D), key (N, H_kv, S, D), value (N, H_kv, S, Dv), H a multiple of H_kv;
+// attn_mask broadcastable to (N, H, L, S), bool (true = may attend, as SDPA) or float (added).
+// rng_state: the dropout seed to use (the ring's ranks share one), or none to draw one.
+C10_EXPORT BlockForwardOutputs attention_block_forward(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
+    bool average_attn_weights, const std::optional<at::Tensor>& rng_state = std::nullopt);
+
+// Gradients from the output and the log-sum-exp of the whole attention the block belongs to.
+C10_EXPORT BlockBackwardOutputs attention_block_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
+    bool average_attn_weights, std::array<bool, 3> output_mask = {true, true, true});
 
 }  // namespace mhsa::internal

@@ -44,6 +44,17 @@ C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const std::optional<at::Tensor>& attn_mask = std::nullopt, bool average_attn_weights = true,
     bool is_causal = false, c10::IntArrayRef window_size = kNoWindow);
 
+// torch.nn.functional.scaled_dot_product_attention on mhsa's fused kernels: query
+// (..., H, L, E), key (..., H_kv, S, E), value (..., H_kv, S, Ev); attn_mask bool (true = may
+// attend) or float (added), broadcastable to (..., H, L, S); is_causal top-left aligned;
+// enable_gqa lets H be a multiple of H_kv; window_size = {left, right}: query i sees keys
+// i - left .. i + right (-1: unbounded). Returns (..., H, L, Ev).
+C10_EXPORT at::Tensor scaled_dot_product_attention(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask = std::nullopt, double dropout_p = 0.0,
+    bool is_causal = false, std::optional<double> scale = std::nullopt, bool enable_gqa = false,
+    at::OptionalIntArrayRef window_size = std::nullopt);
+
 C10_EXPORT at::Tensor multi_head_self_attention_packed(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,

@@ -7,6 +7,8 @@ TorchScript and ``torch.autocast``.
 
 * :class:`mhsa.MultiheadSelfAttention` - drop-in for self-attention ``nn.MultiheadAttention``.
 * :func:`mhsa.functional.multi_head_self_attention` - the functional form.
+* :func:`mhsa.scaled_dot_product_attention` - ``F.scaled_dot_product_attention`` on the fused
+  kernels, with grouped-query heads and a sliding window.
 * :func:`mhsa.replace_attention` - swaps mhsa into an existing model (e.g. an
   ``nn.TransformerEncoder``) in place, sharing its parameters.
 """
@@ -22,6 +24,7 @@ LIBRARY_PATH = _library.load()
 
 from . import functional  # noqa: E402  (needs the ops registered above)
 from .convert import SkippedAttention, replace_attention  # noqa: E402
+from .functional import scaled_dot_product_attention  # noqa: E402
 from .kv_cache import KVCache  # noqa: E402
 from .modules import MultiheadSelfAttention  # noqa: E402
 
@@ -29,6 +32,7 @@ __all__ = [
     "MultiheadSelfAttention",
     "functional",
     "replace_attention",
+    "scaled_dot_product_attention",
     "SkippedAttention",
     "LIBRARY_PATH",
     "__version__",

@@ -182,3 +182,54 @@ def multi_head_self_attention_packed(
         is_causal=is_causal,
         window_size=[window_size[0], window_size[1]],
     )
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    window_size: Optional[Tuple[int, int]] = None,
+) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` on mhsa's fused kernels.
+
+    The same semantics as PyTorch's function, forward and backward in O(L) memory, plus a
+    sliding window. The op is ``torch.ops.mhsa.scaled_dot_product_attention`` (eager,
+    ``torch.compile(fullgraph=True)``, ``torch.export``, TorchScript and C++).
+
+    Args:
+        query: ``(..., H, L, E)``.
+        key: ``(..., H_kv, S, E)``.
+        value: ``(..., H_kv, S, Ev)``; ``Ev`` may differ from ``E``.
+        attn_mask: bool (True = may attend, as in PyTorch) or float (added to the scores),
+            broadcastable to ``(..., H, L, S)``. A mask of keys only, ``(N, 1, 1, S)``, is read
+            as padding: key tiles after the last visible key are skipped.
+        dropout_p: dropout probability on the attention weights (applied whenever > 0, as in
+            PyTorch; pass 0.0 in evaluation).
+        is_causal: query i sees keys j <= i (top-left aligned when L != S, as in PyTorch);
+            combined with ``attn_mask`` if both are given.
+        scale: the softmax scale, default ``1 / sqrt(E)``.
+        enable_gqa: grouped-query attention: H a multiple of H_kv, query head h reads key/value
+            head ``h // (H // H_kv)``.
+        window_size: ``(left, right)``: query i sees only keys ``i - left .. i + right``; -1
+            leaves a side unbounded. Key tiles outside the band are never computed.
+
+    Returns:
+        ``(..., H, L, Ev)``. A query that can see no key gets zeros (PyTorch's math path gives
+        the same; no NaN).
+    """
+    return torch.ops.mhsa.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale,
+        enable_gqa,
+        None if window_size is None else [window_size[0], window_size[1]],
+    )
