@@ -67,6 +67,15 @@ BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
                   size, ")");
     }
   }
+  if (o.key_padding_mask.has_value() && o.key_padding_mask->defined()) {
+    const at::Tensor& m = *o.key_padding_mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()), op,
+                ": expected key_padding_mask of dtype bool (true = may not attend) or floating "
+                "(added to the scores), got ",
+                m.scalar_type());
+    const c10::SymInt shape[2] = {s.N, s.S};
+    check_shape(op, "key_padding_mask", m, shape);
+  }
   return s;
 }
 
@@ -86,7 +95,7 @@ void check_attention_block_backward_inputs(const BlockSizes& s, const at::Tensor
               logsumexp.scalar_type());
   const c10::SymInt lse_shape[3] = {s.N, s.H, s.L};
   check_shape(op, "logsumexp", logsumexp, lse_shape);
-  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2, op,
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.sym_numel() == 2, op,
               ": expected rng_state to be the int64 (2,) tensor of the forward, got ",
               rng_state.scalar_type(), " of shape ", rng_state.sym_sizes());
   if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {

@@ -135,6 +135,18 @@ TORCH_LIBRARY(mhsa, m) {
   define_with_signature(m, "_mha_packed_forward", kMhaPackedForwardSignature);
   define_with_signature(m, "_mha_packed_backward", kMhaPackedBackwardSignature);
 
+  // All of nn.MultiheadAttention (F.multi_head_attention_forward's arguments, plus batch_first,
+  // is_causal without attn_mask and window_size): cross-attention, kdim/vdim (q/k/v_proj_weight
+  // instead of in_proj_weight), add_bias_kv (bias_k, bias_v), add_zero_attn. Returns
+  // (attn_output, attn_weights); attn_weights has zero elements when need_weights is false.
+  m.def(
+      "multi_head_attention(Tensor query, Tensor key, Tensor value, int num_heads, "
+      "Tensor? in_proj_weight, Tensor? in_proj_bias, Tensor? q_proj_weight, "
+      "Tensor? k_proj_weight, Tensor? v_proj_weight, Tensor? bias_k, Tensor? bias_v, "
+      "bool add_zero_attn, Tensor out_proj_weight, Tensor? out_proj_bias, float dropout_p=0.0, "
+      "bool training=True, bool batch_first=False, Tensor? key_padding_mask=None, "
+      "bool need_weights=True, Tensor? attn_mask=None, bool average_attn_weights=True, "
+      "bool is_causal=False, int[2] window_size=[-1, -1]) -> (Tensor, Tensor)");
   // torch.nn.functional.scaled_dot_product_attention's semantics on the fused kernels, plus
   // window_size = (left, right) (see <mhsa/ops.h>). Returns (..., H, L, Ev).
   m.def(
@@ -144,19 +156,22 @@ TORCH_LIBRARY(mhsa, m) {
   // The attention core on projected (N, H, L, D) / (N, H_kv, S, D) / (N, H_kv, S, Dv) tensors
   // (see BlockOptions in <mhsa/internal_ops.h>): output (N, H, L, Dv), the weights when asked,
   // the log-sum-exp (N, H, L) and the dropout seed. shared_rng_state: the seed to reuse (the
-  // ring's blocks share one). Backward takes the whole attention's output and log-sum-exp.
+  // ring's blocks share one). key_padding_mask: (N, S) as nn.MultiheadAttention's (true = may
+  // not attend). Backward takes the whole attention's output and log-sum-exp.
   m.def(
       "_attention_block_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
       "float dropout_p=0.0, bool is_causal=False, float? scale=None, "
       "int[2] window_size=[-1, -1], bool need_weights=False, bool average_attn_weights=True, "
-      "int diagonal=0, int[4] dropout_plane=[0, 0, 0, 0], Tensor? shared_rng_state=None) "
+      "int diagonal=0, int[4] dropout_plane=[0, 0, 0, 0], Tensor? shared_rng_state=None, "
+      "Tensor? key_padding_mask=None) "
       "-> (Tensor output, Tensor attn_weights, Tensor logsumexp, Tensor rng_state)");
   m.def(
       "_attention_block_backward(Tensor grad_output, Tensor? grad_attn_weights, Tensor query, "
       "Tensor key, Tensor value, Tensor output, Tensor logsumexp, Tensor rng_state, "
       "Tensor? attn_mask=None, float dropout_p=0.0, bool is_causal=False, float? scale=None, "
       "int[2] window_size=[-1, -1], bool average_attn_weights=True, int diagonal=0, "
-      "int[4] dropout_plane=[0, 0, 0, 0], bool[3] output_mask=[True, True, True]) "
+      "int[4] dropout_plane=[0, 0, 0, 0], bool[3] output_mask=[True, True, True], "
+      "Tensor? key_padding_mask=None) "
       "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value)");
 
   // The names of the internal ops before 0.2.0, kept so that TorchScript models saved then still

@@ -26,7 +26,8 @@ BlockForwardOutputs attention_block_forward(const at::Tensor& query, const at::T
                        .findSchemaOrThrow("mhsa::_attention_block_forward", "")
                        .typed<decltype(block_forward_entry<nullptr>)>();
   return op.call(query, key, value, attn_mask, o.dropout_p, o.is_causal, o.scale, o.window_size,
-                 need_weights, average_attn_weights, o.diagonal, o.dropout_plane, rng_state);
+                 need_weights, average_attn_weights, o.diagonal, o.dropout_plane, rng_state,
+                 o.key_padding_mask);
 }
 
 BlockBackwardOutputs attention_block_backward(
@@ -40,7 +41,7 @@ BlockBackwardOutputs attention_block_backward(
                        .typed<decltype(block_backward_entry<nullptr>)>();
   return op.call(grad_output, grad_attn_weights, query, key, value, output, logsumexp, rng_state,
                  attn_mask, o.dropout_p, o.is_causal, o.scale, o.window_size, average_attn_weights,
-                 o.diagonal, o.dropout_plane, output_mask);
+                 o.diagonal, o.dropout_plane, output_mask, o.key_padding_mask);
 }
 
 }  // namespace internal
@@ -107,9 +108,9 @@ at::Tensor scaled_dot_product_attention_composite(const at::Tensor& query, const
   o.is_causal = is_causal;
   o.scale = scale;
   if (window_size.has_value()) {
-    o.window_size =
-        internal::block_options(kOp, 0.0, false, std::nullopt, *window_size, 0, {0, 0, 0, 0})
-            .window_size;
+    o.window_size = internal::block_options(kOp, 0.0, false, std::nullopt, *window_size, 0,
+                                            {0, 0, 0, 0}, std::nullopt)
+                        .window_size;
   }
   auto [output, weights, lse, rng_state] = internal::attention_block_forward(
       q, k, v, mask, o, /*need_weights=*/false, /*average_attn_weights=*/true, std::nullopt);

@@ -46,17 +46,20 @@ class AttentionBlockFunction : public torch::autograd::Function<AttentionBlockFu
                                const BlockOptions& options, bool need_weights,
                                bool average_attn_weights,
                                const std::optional<at::Tensor>& shared_rng_state) {
-    TORCH_CHECK(!(attn_mask.has_value() && attn_mask->defined() && attn_mask->requires_grad()),
-                "_attention_block_forward: attn_mask requires grad, but mhsa treats masks as "
-                "constants and returns no gradient for them; pass attn_mask.detach()");
+    for (const auto* mask : {&attn_mask, &options.key_padding_mask}) {
+      TORCH_CHECK(!(mask->has_value() && (*mask)->defined() && (*mask)->requires_grad()),
+                  "_attention_block_forward: a mask requires grad, but mhsa treats masks as "
+                  "constants and returns no gradient for them; pass mask.detach()");
+    }
     // Redispatch below the Autograd key (without the guard this kernel would call itself).
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [output, weights, lse, rng_state] =
         internal::attention_block_forward(query, key, value, attn_mask, options, need_weights,
                                           average_attn_weights, shared_rng_state);
     // O(N*H*L) saved state beyond the inputs: no attention matrix.
-    ctx->save_for_backward(
-        {query, key, value, output, lse, rng_state, attn_mask.value_or(at::Tensor())});
+    ctx->save_for_backward({query, key, value, output, lse, rng_state,
+                            attn_mask.value_or(at::Tensor()),
+                            options.key_padding_mask.value_or(at::Tensor())});
     save_block_options(ctx, options);
     ctx->saved_data["need_weights"] = need_weights;
     ctx->saved_data["average_attn_weights"] = average_attn_weights;
@@ -74,11 +77,13 @@ class AttentionBlockFunction : public torch::autograd::Function<AttentionBlockFu
     if (ctx->saved_data["need_weights"].toBool() && grads[1].defined()) grad_weights = grads[1];
     std::optional<at::Tensor> mask;
     if (saved[6].defined()) mask = saved[6];
+    BlockOptions options = load_block_options(ctx);
+    if (saved[7].defined()) options.key_padding_mask = saved[7];
     const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                              ctx->needs_input_grad(2)};
     auto [grad_q, grad_k, grad_v] = internal::attention_block_backward(
         grad_output, grad_weights, saved[0], saved[1], saved[2], output, saved[4], saved[5], mask,
-        load_block_options(ctx), ctx->saved_data["average_attn_weights"].toBool(), output_mask);
+        options, ctx->saved_data["average_attn_weights"].toBool(), output_mask);
     // One entry per forward argument after ctx: three tensors, then the non-differentiable rest.
     return {grad_q,       grad_k,       grad_v,       at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -54,13 +54,15 @@ class MaskStorage {
     m.view_.window_left = o.window_size[0];
     m.view_.window_right = o.window_size[1];
     m.view_.diagonal = o.diagonal;
+    const bool has_padding = o.key_padding_mask.has_value() && o.key_padding_mask->defined();
+    if (has_padding) m.set_key_padding(*o.key_padding_mask);
     if (!attn_mask.has_value() || !attn_mask->defined()) return m;
     at::Tensor mask = *attn_mask;
     while (mask.dim() < 4) mask = mask.unsqueeze(0);
     const bool is_bool = mask.scalar_type() == at::kBool;
     // The kernels' bool masks say "may not attend"; a copy of the mask's own size.
     mask = is_bool ? mask.logical_not() : mask.to(c10::CppTypeToScalarType<acc_t>::value);
-    if (mask.size(1) == 1 && mask.size(2) == 1) {
+    if (mask.size(1) == 1 && mask.size(2) == 1 && !has_padding) {
       m.set_key_padding(mask.expand({N, 1, 1, S}).reshape({N, S}));
       return m;
     }

@@ -104,6 +104,8 @@ struct BlockOptions {
   std::array<int64_t, 2> window_size = kNoWindow;  // {left, right}, -1: unbounded
   int64_t diagonal = 0;
   std::array<int64_t, 4> dropout_plane = {0, 0, 0, 0};
+  // (N, S), nn.MultiheadAttention's convention: bool true = may not attend, or float (added).
+  std::optional<at::Tensor> key_padding_mask;
 };
 
 // (output (N, H, L, Dv), attn_weights, logsumexp (N, H, L), rng_state)

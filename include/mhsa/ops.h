@@ -55,6 +55,23 @@ C10_EXPORT at::Tensor scaled_dot_product_attention(
     bool is_causal = false, std::optional<double> scale = std::nullopt, bool enable_gqa = false,
     at::OptionalIntArrayRef window_size = std::nullopt);
 
+// All of nn.MultiheadAttention: query (L, N, E) (or batch_first, or unbatched), key (S, N, kdim),
+// value (S, N, vdim); in_proj_weight (3E, E) or q/k/v_proj_weight (E, E), (E, kdim), (E, vdim);
+// bias_k and bias_v (1, 1, E) for add_bias_kv. Masks as in nn.MultiheadAttention (attn_mask
+// (L, S) or (N*H, L, S), key_padding_mask (N, S); bool true = may not attend). Returns
+// (attn_output, attn_weights), the weights undefined unless need_weights.
+C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_attention(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value, int64_t num_heads,
+    const std::optional<at::Tensor>& in_proj_weight, const std::optional<at::Tensor>& in_proj_bias,
+    const std::optional<at::Tensor>& q_proj_weight, const std::optional<at::Tensor>& k_proj_weight,
+    const std::optional<at::Tensor>& v_proj_weight, const std::optional<at::Tensor>& bias_k,
+    const std::optional<at::Tensor>& bias_v, bool add_zero_attn, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, double dropout_p = 0.0, bool training = true,
+    bool batch_first = false, const std::optional<at::Tensor>& key_padding_mask = std::nullopt,
+    bool need_weights = true, const std::optional<at::Tensor>& attn_mask = std::nullopt,
+    bool average_attn_weights = true, bool is_causal = false,
+    c10::IntArrayRef window_size = kNoWindow);
+
 C10_EXPORT at::Tensor multi_head_self_attention_packed(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,

@@ -5,7 +5,10 @@ and the public ``multi_head_self_attention`` op) with CPU, Meta, Autograd and Au
 kernels, so the op works in eager mode, under ``torch.compile``, ``torch.export`` / AOTInductor,
 TorchScript and ``torch.autocast``.
 
-* :class:`mhsa.MultiheadSelfAttention` - drop-in for self-attention ``nn.MultiheadAttention``.
+* :class:`mhsa.MultiheadAttention` - drop-in for all of ``nn.MultiheadAttention`` (cross-attention,
+  kdim/vdim, add_bias_kv, add_zero_attn).
+* :class:`mhsa.MultiheadSelfAttention` - the packed self-attention fast path (KV-cache decoding,
+  packed sequences).
 * :func:`mhsa.functional.multi_head_self_attention` - the functional form.
 * :func:`mhsa.scaled_dot_product_attention` - ``F.scaled_dot_product_attention`` on the fused
   kernels, with grouped-query heads and a sliding window.
@@ -27,8 +30,10 @@ from .convert import SkippedAttention, replace_attention  # noqa: E402
 from .functional import scaled_dot_product_attention  # noqa: E402
 from .kv_cache import KVCache  # noqa: E402
 from .modules import MultiheadSelfAttention  # noqa: E402
+from .multihead_attention import MultiheadAttention  # noqa: E402
 
 __all__ = [
+    "MultiheadAttention",
     "MultiheadSelfAttention",
     "functional",
     "replace_attention",
