@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .modules import MultiheadSelfAttention
+from .multihead_attention import MultiheadAttention
 
 __all__ = ["SkippedAttention", "replace_attention"]
 
@@ -42,20 +43,15 @@ def _why_not_convertible(
     """None if ``module`` (``parent.<child_name>``) can become an mhsa module, else why not."""
     if type(module) is not nn.MultiheadAttention:
         return f"{type(module).__qualname__} is a subclass of nn.MultiheadAttention (its forward may differ)"
-    if isinstance(parent, nn.TransformerDecoderLayer) and child_name == "multihead_attn":
-        return (
-            "cross-attention: TransformerDecoderLayer.multihead_attn attends to the encoder memory"
-        )
-    if not module._qkv_same_embed_dim:
-        return (
-            f"kdim={module.kdim}, vdim={module.vdim} differ from embed_dim={module.embed_dim} "
-            "(separate key/value projections)"
-        )
-    if module.bias_k is not None or module.bias_v is not None:
-        return "add_bias_kv=True"
-    if module.add_zero_attn:
-        return "add_zero_attn=True"
-    weight = module.in_proj_weight
+    weight = module.out_proj.weight
+    for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v"):
+        parameter = getattr(module, name)
+        if parameter is not None and parameter.dtype != weight.dtype:
+            return (
+                f"{name} dtype {parameter.dtype} differs from out_proj.weight dtype {weight.dtype}"
+            )
+    if module.in_proj_weight is not None:
+        weight = module.in_proj_weight
     if weight.dtype not in _SUPPORTED_DTYPES:
         return f"dtype {weight.dtype} (mhsa supports float32, float64, bfloat16 and float16)"
     # What nn.MultiheadAttention itself runs: out_proj in in_proj_weight's dtype (its input is
@@ -72,6 +68,47 @@ def _why_not_convertible(
     if weight.device.type not in _SUPPORTED_DEVICES:
         return f"device {weight.device} (mhsa has CPU kernels only)"
     return None
+
+
+def _is_self_attention(parent: Optional[nn.Module], child_name: str, module: nn.MultiheadAttention):
+    """Whether ``module`` has self-attention's shape (packed projection, no extra keys) and is not
+    a decoder layer's cross-attention: it becomes a MultiheadSelfAttention, else a
+    MultiheadAttention."""
+    if isinstance(parent, nn.TransformerDecoderLayer) and child_name == "multihead_attn":
+        return False
+    return (
+        module._qkv_same_embed_dim
+        and module.bias_k is None
+        and module.bias_v is None
+        and not module.add_zero_attn
+    )
+
+
+def _share_general(module: nn.MultiheadAttention) -> MultiheadAttention:
+    """A MultiheadAttention holding the very same Parameter objects (and out_proj) as ``module``."""
+    converted = MultiheadAttention(
+        module.embed_dim,
+        module.num_heads,
+        dropout=module.dropout,
+        bias=module.in_proj_bias is not None,
+        add_bias_kv=module.bias_k is not None,
+        add_zero_attn=module.add_zero_attn,
+        kdim=module.kdim,
+        vdim=module.vdim,
+        batch_first=module.batch_first,
+        device="meta",  # placeholders only; replaced by module's own parameters below
+    )
+    for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        setattr(converted, name, getattr(module, name))
+    converted.in_proj_bias = module.in_proj_bias
+    converted.bias_k = module.bias_k
+    converted.bias_v = module.bias_v
+    converted.out_proj = module.out_proj
+    for table in _FORWARD_HOOK_TABLES:
+        if hasattr(module, table) and hasattr(converted, table):
+            setattr(converted, table, getattr(module, table))
+    converted.train(module.training)
+    return converted
 
 
 def _share(module: nn.MultiheadAttention) -> MultiheadSelfAttention:
@@ -108,12 +145,12 @@ def _keep_attention_on_the_module_path(model: nn.Module) -> None:
     """
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and isinstance(
-            module.self_attn, MultiheadSelfAttention
+            module.self_attn, (MultiheadSelfAttention, MultiheadAttention)
         ):
             module.activation_relu_or_gelu = 0
         elif isinstance(module, nn.TransformerEncoder) and any(
             isinstance(layer, nn.TransformerEncoderLayer)
-            and isinstance(layer.self_attn, MultiheadSelfAttention)
+            and isinstance(layer.self_attn, (MultiheadSelfAttention, MultiheadAttention))
             for layer in module.layers
         ):
             module.use_nested_tensor = False
@@ -125,8 +162,8 @@ def replace_attention(
     include: Optional[Callable[[str, nn.MultiheadAttention], bool]] = None,
     skipped: Optional[List[SkippedAttention]] = None,
 ) -> ModuleT:
-    """Replaces, in place, every self-attention ``nn.MultiheadAttention`` in ``model`` by an
-    equivalent :class:`mhsa.MultiheadSelfAttention`, and returns ``model``.
+    """Replaces, in place, every ``nn.MultiheadAttention`` in ``model`` by an equivalent mhsa
+    module, and returns ``model``.
 
     Works anywhere in the module tree: inside ``nn.TransformerEncoderLayer``,
     ``nn.TransformerEncoder``, ``nn.TransformerDecoderLayer.self_attn``, ``nn.Transformer`` and
@@ -139,17 +176,22 @@ def replace_attention(
     model's weights, and ``state_dict`` keys do not change. Forward hooks registered on a
     replaced module move to its replacement. Training/eval mode and ``dropout`` carry over.
 
-    Left as they are (mhsa does not compute these), and listed in ``skipped`` if given:
+    Self-attention modules (packed projection, no ``add_bias_kv``/``add_zero_attn``) become
+    :class:`mhsa.MultiheadSelfAttention`; the others, ``nn.TransformerDecoderLayer.multihead_attn``
+    (the decoder's cross-attention) included, become :class:`mhsa.MultiheadAttention`, with the
+    same sharing of parameters (``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``,
+    ``bias_k``, ``bias_v`` too).
 
-    * ``kdim``/``vdim`` different from ``embed_dim``, ``add_bias_kv=True``, ``add_zero_attn=True``;
-    * ``nn.TransformerDecoderLayer.multihead_attn``, the decoder's cross-attention;
-    * subclasses of ``nn.MultiheadAttention``, dtypes other than float32/float64/bfloat16,
-      parameters on a device other than the CPU (or ``meta``);
-    * modules for which ``include(name, module)`` returns False.
+    Left as they are, and listed in ``skipped`` if given: subclasses of
+    ``nn.MultiheadAttention``, dtypes other than float32/float64/bfloat16/float16, parameters of
+    mixed dtypes nn itself would not run, parameters on a device other than the CPU (or
+    ``meta``), and modules for which ``include(name, module)`` returns False.
 
-    mhsa only does self-attention. A user module that calls an ``nn.MultiheadAttention`` as
-    ``attn(q, kv, kv)`` with a different key cannot be recognized from the module tree: exclude
-    it with ``include``, or its converted module raises a ``ValueError`` when called.
+    A :class:`mhsa.MultiheadSelfAttention` computes self-attention only. A user module that
+    calls a self-attention-shaped ``nn.MultiheadAttention`` as ``attn(q, kv, kv)`` with a
+    different key cannot be recognized from the module tree: exclude it with ``include`` (and
+    convert it with :meth:`mhsa.MultiheadAttention.from_torch`), or its converted module raises
+    a ``ValueError`` when called.
 
     In eval mode under ``torch.no_grad()``, ``nn.TransformerEncoderLayer`` and
     ``nn.TransformerEncoder`` have a fused fast path that reads the attention weights directly
@@ -196,7 +238,10 @@ def replace_attention(
             if skipped is not None:
                 skipped.append(SkippedAttention(name, reason))
             return module
-        replacement = _share(module)
+        if _is_self_attention(parent, child_name, module):
+            replacement: nn.Module = _share(module)
+        else:
+            replacement = _share_general(module)
         converted[id(module)] = replacement
         return replacement
 
