@@ -66,7 +66,8 @@ TORCH_LIBRARY(mhsa, m) {
       "Tensor out_proj_weight, Tensor? out_proj_bias, int num_heads, float dropout_p=0.0, "
       "bool training=True, bool batch_first=False, Tensor? key_padding_mask=None, "
       "bool need_weights=True, Tensor? attn_mask=None, bool average_attn_weights=True, "
-      "bool is_causal=False, int[2] window_size=[-1, -1]) -> (Tensor, Tensor)");
+      "bool is_causal=False, int[2] window_size=[-1, -1], int? num_kv_heads=None) "
+      "-> (Tensor, Tensor)");
   // The internal ops (leading underscore, as PyTorch names its own internal attention ops).
   // _mha_forward: x is (L, N, E), or (N, L, E) with batch_first. Besides the output and the
   // weights it returns what backward needs, all O(N*L*E): the packed projection qkv (rows of x,

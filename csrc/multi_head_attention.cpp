@@ -13,6 +13,7 @@
 #include <mhsa/ops.h>
 
 #include "checks.h"
+#include "nn_masks.h"
 
 namespace mhsa {
 namespace {
@@ -159,23 +160,7 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention_composite(
     mask = pad_key_column(mask);
     kpm = pad_key_column(kpm);
   }
-  // nn's attn_mask is (L, S) or (N*H, L, S), bool true = may not attend; the block op reads
-  // (N, H, L, S)-broadcastable masks with bool true = may attend.
-  if (mask.has_value() && mask->defined()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool || at::isFloatingType(mask->scalar_type()), kOp,
-                ": only bool and floating types of attn_mask are supported, got ",
-                mask->scalar_type());
-    TORCH_CHECK(mask->dim() == 2 || mask->dim() == 3, kOp,
-                ": expected attn_mask of shape (L, S) or (N * num_heads, L, S), got ",
-                mask->sym_sizes());
-    if (mask->dim() == 3) {
-      check_shape(kOp, "attn_mask", *mask, {N * num_heads, q.sym_size(2), k.sym_size(2)});
-      mask = mask->view_symint({N, c10::SymInt(num_heads), q.sym_size(2), k.sym_size(2)});
-    } else {
-      check_shape(kOp, "attn_mask", *mask, {q.sym_size(2), k.sym_size(2)});
-    }
-    if (mask->scalar_type() == at::kBool) mask = mask->logical_not();
-  }
+  mask = nn_attn_mask_for_block(kOp, mask, N, num_heads, q.sym_size(2), k.sym_size(2));
   internal::BlockOptions o;
   o.dropout_p = training ? dropout_p : 0.0;
   o.is_causal = is_causal;

@@ -10,7 +10,9 @@
 #include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
+#include "checks.h"
 #include "mha_op_entry.h"
+#include "nn_masks.h"
 
 namespace mhsa {
 
@@ -51,13 +53,58 @@ BackwardOutputs mha_backward(const at::Tensor& grad_output,
 
 namespace {
 
+// Grouped-query self-attention: num_kv_heads < num_heads key/value heads, in_proj_weight
+// ((H + 2 H_kv) D, E). One projection GEMM, the fused attention core (_attention_block_forward,
+// which reads the heads of the projection in place), the output projection. x is batch first.
+std::tuple<at::Tensor, at::Tensor> grouped_query_self_attention(
+    const at::Tensor& x, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, int64_t H, int64_t H_kv, double dropout_p,
+    const std::optional<at::Tensor>& key_padding_mask, bool need_weights,
+    const std::optional<at::Tensor>& attn_mask, bool average_attn_weights, bool is_causal,
+    c10::IntArrayRef window_size) {
+  const char* op = "multi_head_self_attention";
+  const c10::SymInt E = x.sym_size(2), N = x.sym_size(0), L = x.sym_size(1);
+  TORCH_CHECK(H > 0 && E % H == 0, op, ": embed_dim ", E, " must be divisible by num_heads ", H);
+  TORCH_CHECK(H_kv > 0 && H % H_kv == 0, op, ": num_kv_heads (", H_kv,
+              ") must be positive and divide num_heads (", H, ")");
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, op, ": expected dropout_p in [0, 1], got ",
+              dropout_p);
+  const c10::SymInt D = E / H;
+  const c10::SymInt rows = D * (H + 2 * H_kv);
+  check_same_device_dtype(op, "in_proj_weight", in_proj_weight, x);
+  check_shape(op, "in_proj_weight", in_proj_weight, {rows, E});
+  if (in_proj_bias.has_value() && in_proj_bias->defined()) {
+    check_shape(op, "in_proj_bias", *in_proj_bias, {rows});
+  }
+  check_same_device_dtype(op, "out_proj_weight", out_proj_weight, x);
+  check_shape(op, "out_proj_weight", out_proj_weight, {E, E});
+  const auto qkv = at::linear(x, in_proj_weight, in_proj_bias)
+                       .split_with_sizes_symint({D * H, D * H_kv, D * H_kv}, -1);
+  auto heads = [](const at::Tensor& t, int64_t count) {
+    return t.unflatten(-1, {count, -1}).transpose(1, 2);
+  };
+  internal::BlockOptions o;
+  o.dropout_p = dropout_p;
+  o.is_causal = is_causal;
+  check_window_size(op, window_size);
+  o.window_size = {window_size[0], window_size[1]};
+  o.key_padding_mask = key_padding_mask;
+  auto [context, weights, lse, rng_state] = internal::attention_block_forward(
+      heads(qkv[0], H), heads(qkv[1], H_kv), heads(qkv[2], H_kv),
+      nn_attn_mask_for_block(op, attn_mask, N, H, L, L), o, need_weights, average_attn_weights);
+  const at::Tensor output =
+      at::linear(context.transpose(1, 2).flatten(2), out_proj_weight, out_proj_bias);
+  return {output, weights};
+}
+
 std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
     const at::Tensor& query, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, double dropout_p,
     bool training, bool batch_first, const std::optional<at::Tensor>& key_padding_mask,
     bool need_weights, const std::optional<at::Tensor>& attn_mask, bool average_attn_weights,
-    bool is_causal, c10::IntArrayRef window_size) {
+    bool is_causal, c10::IntArrayRef window_size, std::optional<int64_t> num_kv_heads) {
   TORCH_CHECK(query.dim() == 2 || query.dim() == 3,
               "multi_head_self_attention: expected query to be 2-D (L, E) unbatched or 3-D ",
               batch_first ? "(N, L, E)" : "(L, N, E)", ", got ", query.dim(), "-D of shape ",
@@ -82,6 +129,16 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
   if (bias.has_value() && bias->defined() && bias->scalar_type() != x.scalar_type() &&
       at::isFloatingType(bias->scalar_type()) && at::isFloatingType(x.scalar_type())) {
     bias = bias->to(x.scalar_type());
+  }
+  if (num_kv_heads.has_value() && *num_kv_heads != num_heads) {
+    // Batch first: x is (L, N, E), (N, L, E) with batch_first, or (L, 1, E) unbatched.
+    const at::Tensor xb = batch_first && !unbatched ? x : x.transpose(0, 1);
+    auto [output, weights] = grouped_query_self_attention(
+        xb, in_proj_weight, bias, out_proj_weight, out_proj_bias, num_heads, *num_kv_heads,
+        training ? dropout_p : 0.0, kpm, need_weights, attn_mask, average_attn_weights, is_causal,
+        window_size);
+    if (unbatched) return {output.squeeze(0), need_weights ? weights.squeeze(0) : weights};
+    return {batch_first ? output : output.transpose(0, 1), weights};
   }
   internal::AttentionOptions options;
   options.num_heads = num_heads;
@@ -109,14 +166,14 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, double dropout_p,
     bool training, bool batch_first, const std::optional<at::Tensor>& key_padding_mask,
     bool need_weights, const std::optional<at::Tensor>& attn_mask, bool average_attn_weights,
-    bool is_causal, c10::IntArrayRef window_size) {
+    bool is_causal, c10::IntArrayRef window_size, std::optional<int64_t> num_kv_heads) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::multi_head_self_attention", "")
                        .typed<decltype(multi_head_self_attention)>();
   auto [output, weights] =
       op.call(query, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
               dropout_p, training, batch_first, key_padding_mask, need_weights, attn_mask,
-              average_attn_weights, is_causal, window_size);
+              average_attn_weights, is_causal, window_size, num_kv_heads);
   return {output, need_weights ? weights : at::Tensor()};
 }
 

@@ -42,7 +42,8 @@ C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     bool training = true, bool batch_first = false,
     const std::optional<at::Tensor>& key_padding_mask = std::nullopt, bool need_weights = true,
     const std::optional<at::Tensor>& attn_mask = std::nullopt, bool average_attn_weights = true,
-    bool is_causal = false, c10::IntArrayRef window_size = kNoWindow);
+    bool is_causal = false, c10::IntArrayRef window_size = kNoWindow,
+    std::optional<int64_t> num_kv_heads = std::nullopt);
 
 // torch.nn.functional.scaled_dot_product_attention on mhsa's fused kernels: query
 // (..., H, L, E), key (..., H_kv, S, E), value (..., H_kv, S, Ev); attn_mask bool (true = may
