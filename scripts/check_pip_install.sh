@@ -23,7 +23,8 @@ WHEEL="$(ls "$WORK"/dist/mhsa-*.whl)"
 log "built $(basename "$WHEEL")"
 
 # Tagged py3-none-<platform> (no CPython extension inside), requiring exactly this torch, and
-# carrying the whole package (the demo subpackage and its report template too).
+# carrying the whole package (the demo subpackage and its report template, and the integrations,
+# too).
 "$PY" - "$WHEEL" "$TORCH_VERSION" <<'PYEOF'
 import sys
 import zipfile
@@ -37,7 +38,7 @@ with zipfile.ZipFile(wheel) as archive:
     names = set(archive.namelist())
     metadata = archive.read(f"{name}-{version}.dist-info/METADATA").decode()
 for required in ("mhsa/libmhsa.so", "mhsa/libmhsa.torch_version", "mhsa/demo/__main__.py",
-                 "mhsa/demo/report_template.html"):
+                 "mhsa/demo/report_template.html", "mhsa/integrations/transformers.py"):
     assert required in names, f"{wheel.name} lacks {required}"
 requirement = f"Requires-Dist: torch=={torch_version}"
 assert requirement in metadata.splitlines(), f"{wheel.name} does not require {requirement}"

@@ -3,7 +3,8 @@
 # Idempotent: installs only what is missing on a fresh Debian machine:
 #   1. apt packages (compiler, CMake, GoogleTest, ccache; chromium, which the tests use to
 #      render the demo's report.html; clang-format, for scripts/format),
-#   2. .venv at the repo root with the pinned Python dependencies (requirements.txt),
+#   2. .venv at the repo root with the pinned Python dependencies (requirements.txt, and
+#      requirements-transformers.txt for the tests of the optional transformers integration),
 #   3. the CMake build in build/ (libmhsa.so, copied into python/mhsa/),
 #   4. a .pth file so `.venv/bin/python -c "import mhsa"` works.
 set -euo pipefail
@@ -33,8 +34,9 @@ ensure_apt_packages() {
 
 ensure_venv() {
   local stamp="$VENV/.requirements.sha"
+  local requirements=("$REPO/requirements.txt" "$REPO/requirements-transformers.txt")
   local want
-  want="$(sha256sum "$REPO/requirements.txt" | cut -d' ' -f1)"
+  want="$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)"
   if [ ! -x "$PY" ]; then
     log "creating $VENV"
     # python3 on PATH must be 3.11: the local torch 2.13.0 CPU wheel is built for it.
@@ -42,7 +44,9 @@ ensure_venv() {
   fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing pinned Python dependencies"
-    "$PY" -m pip install -q -r "$REPO/requirements.txt"
+    # One resolution for both files: torch==2.13.0 stays pinned while pip resolves
+    # transformers' dependencies.
+    "$PY" -m pip install -q -r "${requirements[0]}" -r "${requirements[1]}"
     echo "$want" >"$stamp"
   fi
   local site
