@@ -22,6 +22,7 @@ def multi_head_self_attention(
     average_attn_weights: bool = True,
     is_causal: bool = False,
     window_size: Tuple[int, int] = (-1, -1),
+    num_kv_heads: Optional[int] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Multi-head self-attention with explicit weights (query = key = value).
 
@@ -48,6 +49,9 @@ def multi_head_self_attention(
         window_size: ``(left, right)`` sliding-window (local) attention: query i sees key j only
             if ``i - left <= j <= i + right``; -1 leaves that side unbounded. Combined with every
             other mask; key tiles outside the band are never computed (work O(L * window)).
+        num_kv_heads: grouped-query attention with H_kv key/value heads (H a multiple of H_kv):
+            ``in_proj_weight`` is ``((H + 2 H_kv) E / H, E)``, rows for the H query heads, then
+            the H_kv key heads, then the H_kv value heads. None: H_kv = H.
 
     Returns:
         ``(attn_output, attn_weights)``; ``attn_weights`` is None unless ``need_weights``.
@@ -70,6 +74,7 @@ def multi_head_self_attention(
         average_attn_weights,
         is_causal,
         [window_size[0], window_size[1]],
+        num_kv_heads,
     )
     if need_weights:
         return output, weights

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
@@ -40,6 +41,10 @@ class MultiheadSelfAttention(nn.Module):
         bias: add ``in_proj_bias`` and ``out_proj.bias``.
         batch_first: inputs and outputs are ``(N, L, E)`` instead of ``(L, N, E)``.
         device, dtype: factory arguments for the parameters.
+        num_kv_heads: grouped-query attention (Llama, Mistral): H_kv key/value heads shared by
+            the ``num_heads`` query heads (H a multiple of H_kv), ``in_proj_weight`` of shape
+            ``((H + 2 H_kv) D, E)`` (D = E / H: query rows, then key rows, then value rows) and
+            KV caches of H_kv heads. None: H_kv = H, nn.MultiheadAttention's layout.
     """
 
     __constants__ = ["batch_first"]
@@ -53,6 +58,7 @@ class MultiheadSelfAttention(nn.Module):
         batch_first: bool = False,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        num_kv_heads: Optional[int] = None,
     ) -> None:
         """Creates the parameters, initialized as nn.MultiheadAttention does (see the class)."""
         if embed_dim <= 0 or num_heads <= 0:
@@ -64,8 +70,14 @@ class MultiheadSelfAttention(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if kv_heads <= 0 or num_heads % kv_heads != 0:
+            raise ValueError(
+                f"num_kv_heads ({num_kv_heads}) must be positive and divide num_heads ({num_heads})"
+            )
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        self.num_kv_heads = kv_heads
         self.embed_dim = embed_dim
         self.kdim = embed_dim
         self.vdim = embed_dim
@@ -74,11 +86,10 @@ class MultiheadSelfAttention(nn.Module):
         self.dropout = dropout
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
-        self.in_proj_weight = nn.Parameter(
-            torch.empty((3 * embed_dim, embed_dim), **factory_kwargs)
-        )
+        rows = (num_heads + 2 * kv_heads) * self.head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty((rows, embed_dim), **factory_kwargs))
         if bias:
-            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory_kwargs))
+            self.in_proj_bias = nn.Parameter(torch.empty(rows, **factory_kwargs))
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = NonDynamicallyQuantizableLinear(
@@ -168,6 +179,7 @@ class MultiheadSelfAttention(nn.Module):
             average_attn_weights=average_attn_weights,
             is_causal=is_causal,
             window_size=window_size,
+            num_kv_heads=None if self.num_kv_heads == self.num_heads else self.num_kv_heads,
         )
 
     def merge_masks(
@@ -265,7 +277,7 @@ class MultiheadSelfAttention(nn.Module):
         cache_dtype = self.in_proj_weight.dtype if dtype is None else dtype
         cache_device = self.in_proj_weight.device if device is None else device
         return empty_kv_cache(
-            batch_size, max_len, self.num_heads, self.head_dim, cache_dtype, cache_device
+            batch_size, max_len, self.num_kv_heads, self.head_dim, cache_dtype, cache_device
         )
 
     @torch.jit.export
@@ -292,24 +304,77 @@ class MultiheadSelfAttention(nn.Module):
             if in_proj_bias.is_floating_point() and x_new.is_floating_point():
                 in_proj_bias = in_proj_bias.to(x_new.dtype)
         with torch.no_grad():
-            output = functional.decode_step(
-                x_new,
-                self.in_proj_weight,
-                in_proj_bias,
-                self.out_proj.weight,
-                self.out_proj.bias,
-                self.num_heads,
-                self.batch_first,
-                cache.key,
-                cache.value,
-                cache.length,
-            )
+            if self.num_kv_heads != self.num_heads:
+                output = self._decode_grouped(x_new, in_proj_bias, cache)
+            else:
+                output = functional.decode_step(
+                    x_new,
+                    self.in_proj_weight,
+                    in_proj_bias,
+                    self.out_proj.weight,
+                    self.out_proj.bias,
+                    self.num_heads,
+                    self.batch_first,
+                    cache.key,
+                    cache.value,
+                    cache.length,
+                )
         return output
 
+    def _decode_grouped(
+        self, x_new: Tensor, in_proj_bias: Optional[Tensor], cache: KVCache
+    ) -> Tensor:
+        """decode with grouped-query heads: the new keys and values go into the H_kv-head cache,
+        and the new queries attend to the cache through the fused attention op, causally with
+        the diagonal at the cached length (query t sits at position length + t)."""
+        x = x_new if self.batch_first else x_new.transpose(0, 1)
+        if x.dim() != 3 or x.shape[2] != self.embed_dim:
+            raise ValueError(
+                f"decode: expected x_new of 3 dims with embed_dim {self.embed_dim} last, got "
+                f"shape {list(x_new.shape)}"
+            )
+        N, T = x.shape[0], x.shape[1]
+        H, H_kv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if cache.key.shape[0] != N or cache.key.shape[1] != H_kv or cache.key.dtype != x.dtype:
+            raise ValueError(
+                f"decode: the cache holds {list(cache.key.shape)} {cache.key.dtype}, expected "
+                f"({N}, {H_kv}, max_len, {D}) {x.dtype}"
+            )
+        start = int(cache.length.item())
+        end = start + T
+        if end > cache.key.shape[2]:
+            raise ValueError(
+                f"decode: the cache has room for {cache.key.shape[2] - start} more tokens, got {T}"
+            )
+        q, k, v = F.linear(x, self.in_proj_weight, in_proj_bias).split(
+            [H * D, H_kv * D, H_kv * D], -1
+        )
+        cache.key[:, :, start:end] = k.unflatten(-1, (H_kv, D)).transpose(1, 2)
+        cache.value[:, :, start:end] = v.unflatten(-1, (H_kv, D)).transpose(1, 2)
+        cache.length.add_(T)
+        context = torch.ops.mhsa._attention_block_forward(
+            q.unflatten(-1, (H, D)).transpose(1, 2),
+            cache.key[:, :, :end],
+            cache.value[:, :, :end],
+            None,
+            0.0,
+            True,
+            None,
+            [-1, -1],
+            False,
+            True,
+            start,
+        )[0]
+        output = F.linear(
+            context.transpose(1, 2).flatten(2), self.out_proj.weight, self.out_proj.bias
+        )
+        return output if self.batch_first else output.transpose(0, 1)
+
     def extra_repr(self) -> str:
+        kv = "" if self.num_kv_heads == self.num_heads else f", num_kv_heads={self.num_kv_heads}"
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
-            f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}"
+            f"bias={self.in_proj_bias is not None}, batch_first={self.batch_first}{kv}"
         )
 
     @torch.jit.export
@@ -335,6 +400,11 @@ class MultiheadSelfAttention(nn.Module):
             ``(T, E)``; equal to running each sequence alone through :meth:`forward` (see
             :func:`mhsa.functional.multi_head_self_attention_packed`).
         """
+        if self.num_kv_heads != self.num_heads:
+            raise NotImplementedError(
+                "forward_packed: grouped-query heads (num_kv_heads) are not supported by the "
+                "packed op; run the sequences as a padded batch with a key_padding_mask"
+            )
         return functional.multi_head_self_attention_packed(
             x,
             cu_seqlens,
