@@ -140,5 +140,25 @@ def attend(x: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor):
   }
 }
 
+// Cross-attention (mhsa.MultiheadAttention with kdim/vdim and add_bias_kv) and the
+// SDPA-compatible op (grouped-query heads, a window), scripted in Python, loaded here: output
+// and both input gradients reproduced.
+TEST(TorchScript, ScriptedCrossAttentionAndSdpaReproduceOutputAndGradients) {
+  std::string model_path, io_path;
+  ASSERT_TRUE(artifact_path("scripted_cross.pt", &model_path));
+  ASSERT_TRUE(artifact_path("scripted_cross_io.pt", &io_path));
+  torch::jit::Module model = torch::jit::load(model_path);
+  torch::jit::Module io = torch::jit::load(io_path);
+  const at::Tensor x = io.attr("input").toTensor().clone().requires_grad_(true);
+  const at::Tensor memory = io.attr("memory").toTensor().clone().requires_grad_(true);
+  const at::Tensor expected = io.attr("output").toTensor();
+  const at::Tensor output = model.forward({x, memory}).toTensor();
+  ASSERT_EQ(output.sizes(), expected.sizes());
+  EXPECT_TRUE(all_close(output, expected, tolerance_for(expected)));
+  output.sum().backward();
+  EXPECT_TRUE(all_close(x.grad(), io.attr("grad_input").toTensor(), tolerance_for(expected)));
+  EXPECT_TRUE(all_close(memory.grad(), io.attr("grad_memory").toTensor(), tolerance_for(expected)));
+}
+
 }  // namespace
 }  // namespace mhsa_test

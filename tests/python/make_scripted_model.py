@@ -23,13 +23,22 @@ For KV-cache decoding it also writes
 * ``DIR/scripted_mhsa_decode_io.pt``: attributes ``input`` ``(N, L, E)``, ``output`` (the
   module's causal forward over all of ``input``) and ``prompt_length``; the C++ test decodes the
   prompt and then one token at a time and must reproduce ``output`` row by row.
+
+For cross-attention and the SDPA-compatible op it writes
+
+* ``DIR/scripted_cross.pt``: ``torch.jit.script`` of :class:`CrossBlock` (an
+  ``mhsa.MultiheadAttention`` with kdim/vdim and add_bias_kv over a memory, then
+  ``mhsa.scaled_dot_product_attention`` with grouped-query heads and a window); ``forward(x,
+  memory)`` returns one tensor;
+* ``DIR/scripted_cross_io.pt``: attributes ``input``, ``memory``, ``output``, ``grad_input``
+  and ``grad_memory`` (gradients of ``output.sum()``).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -128,6 +137,75 @@ def write_decode_case(out_dir: Path) -> Tuple[Path, Path]:
     return model_path, io_path
 
 
+class CrossBlock(nn.Module):
+    """Cross-attention to a memory of another width, then grouped-query self-attention on the
+    attention core (4 query heads over 2 key/value heads of the result)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cross = mhsa.MultiheadAttention(
+            EMBED_DIM,
+            NUM_HEADS,
+            kdim=6,
+            vdim=10,
+            add_bias_kv=True,
+            batch_first=True,
+            dtype=torch.float64,
+        )
+
+    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+        # keys from the memory's first 6 columns (kdim), values from all 10 (vdim)
+        y, _ = self.cross(x, memory[..., :6], memory, need_weights=False)
+        q = y.unflatten(-1, (4, 4)).transpose(1, 2)
+        kv = y[..., :8].unflatten(-1, (2, 4)).transpose(1, 2)
+        z = mhsa.scaled_dot_product_attention(
+            q, kv, kv, is_causal=True, enable_gqa=True, window_size=(3, 0)
+        )
+        return y + z.transpose(1, 2).flatten(2)
+
+
+class RecordedCross(nn.Module):
+    """Inputs, output and gradients of the cross-attention case, as attributes."""
+
+    def __init__(self, tensors: Dict[str, Tensor]) -> None:
+        super().__init__()
+        self.input = tensors["input"]
+        self.memory = tensors["memory"]
+        self.output = tensors["output"]
+        self.grad_input = tensors["grad_input"]
+        self.grad_memory = tensors["grad_memory"]
+
+    def forward(self) -> Tensor:
+        return self.output
+
+
+def write_cross_case(out_dir: Path) -> Tuple[Path, Path]:
+    """Writes scripted_cross.pt and scripted_cross_io.pt (see the module doc)."""
+    torch.manual_seed(SEED + 4)
+    model = CrossBlock().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    scripted = torch.jit.script(model)
+    g = torch.Generator().manual_seed(SEED + 5)
+    x = torch.randn(2, 7, EMBED_DIM, generator=g, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(2, 9, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    output = scripted(x, memory)
+    output.sum().backward()
+    tensors = {
+        "input": x.detach().clone(),
+        "memory": memory.detach().clone(),
+        "output": output.detach().clone(),
+        "grad_input": x.grad.clone(),
+        "grad_memory": memory.grad.clone(),
+    }
+    model_path = out_dir / "scripted_cross.pt"
+    io_path = out_dir / "scripted_cross_io.pt"
+    torch.jit.save(scripted, str(model_path))
+    torch.jit.save(torch.jit.script(RecordedCross(tensors)), str(io_path))
+    return model_path, io_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="directory to write the .pt files to")
@@ -148,6 +226,8 @@ def main() -> None:
     print(f"wrote {model_path} and {io_path}")
     decode_paths = write_decode_case(args.out_dir)
     print(f"wrote {decode_paths[0]} and {decode_paths[1]}")
+    cross_paths = write_cross_case(args.out_dir)
+    print(f"wrote {cross_paths[0]} and {cross_paths[1]}")
 
 
 if __name__ == "__main__":
