@@ -7,8 +7,16 @@ memory should fall as 1/P) and the wall time (slowest rank). For comparison it m
 one-process operator (``mhsa.MultiheadSelfAttention`` on the full sequence) in a fresh process
 with 1 thread and with P=2's thread count, 2.
 
+The fair comparison for P = 2 is the one-process operator with 2 threads: both then use two
+cores (two single-threaded ranks, or one process whose kernels split the work over two
+threads), and both run the same fused kernels on the same L x L attention (the ring's blocks
+are ``torch.ops.mhsa._attention_block_forward``/``_backward`` calls). The 1-thread row is what
+one core does: on a quiet machine with two free cores both two-core rows are about half of it.
+On a machine shared with other jobs the times are only comparable within one run.
+
     .venv/bin/python scripts/bench_distributed.py              # L = 32768, E = 64, H = 1
     .venv/bin/python scripts/bench_distributed.py --length 4096 --worlds 1,2
+    .venv/bin/python scripts/bench_distributed.py --causal --load-balance --worlds 2
 
 Speed is never asserted in tests; this script only measures and prints a markdown table.
 """
@@ -61,7 +69,7 @@ def _rank_main(rank: int, world: int, port: int, args: Dict, outdir: str) -> Non
     )
     torch.manual_seed(0)
     attn = mhsa.MultiheadSelfAttention(args["embed"], args["heads"], batch_first=True)
-    cp = mhsa.distributed.ContextParallelSelfAttention(attn)
+    cp = mhsa.distributed.ContextParallelSelfAttention(attn, load_balance=args["load_balance"])
     # Warm-up at L = 4096: loads the code paths the measured step uses, so that their pages do
     # not count as the step's memory.
     warm = torch.randn(1, 4096 // world, args["embed"], requires_grad=True)
@@ -157,6 +165,11 @@ def main() -> None:
     parser.add_argument("--embed", type=int, default=64, help="embedding dimension E")
     parser.add_argument("--heads", type=int, default=1, help="number of heads H")
     parser.add_argument("--causal", action="store_true", help="causal attention")
+    parser.add_argument(
+        "--load-balance",
+        action="store_true",
+        help="the ring's zigzag split (even causal work over the ranks)",
+    )
     parser.add_argument("--worlds", default="1,2,4", help="world sizes P, comma-separated")
     options = parser.parse_args()
     args = {
@@ -164,6 +177,7 @@ def main() -> None:
         "embed": options.embed,
         "heads": options.heads,
         "causal": options.causal,
+        "load_balance": options.load_balance,
     }
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # large tensors go back to the OS when freed
@@ -171,7 +185,8 @@ def main() -> None:
 
     print(
         f"float32, N=1, L={options.length}, E={options.embed}, H={options.heads}, causal={options.causal}, "
-        f"{os.cpu_count()} CPUs, one thread per rank",
+        + ("load_balance=True, " if options.load_balance else "")
+        + f"{os.cpu_count()} CPUs, one thread per rank",
         flush=True,
     )
     rows = []

@@ -8,15 +8,23 @@ with the computation on the block already at hand, and merges the partial result
 per-row log-sum-exp. Backward passes the key/value blocks around once more together with their
 accumulated gradients, which end on the rank that owns the block.
 
+Every (query segment, key segment) block runs on mhsa's fused kernels, through the internal ops
+``torch.ops.mhsa._attention_block_forward`` and ``_attention_block_backward``: they read the
+local projections in place, return the block's log-sum-exp, place a causal block's diagonal at
+its global offset (``diagonal``) and compute a block's gradients from the merged output and
+log-sum-exp of its rows. Python only merges the block results (O(L/P) per block) and moves the
+blocks around.
+
 Only ``torch.distributed`` is used for communication, with no assumption about the backend
 (gloo on CPU; NCCL works the same way). Nothing here runs at ``import mhsa``; the module is
 imported on first use of ``mhsa.distributed``, and a process group is needed only when the
 functions are called.
 
 Dropout draws the very same random numbers as mhsa's single-process operator at the same seed:
-the mask element of (batch n, head h, query i, key j) comes from the counter-based Philox-4x32-10
-generator keyed by the *global* positions i and j, exactly as in mhsa's C++ kernels
-(``csrc/cpu/attention_tile.h``), so a context-parallel run with dropout equals a one-process run.
+the keep bit of (batch n, head h, query i, key j) comes from the counter-based Philox generator
+keyed by the *global* positions i and j (each block passes its place in the whole L x L
+attention as the ops' ``dropout_plane``, and every rank the seed the group's first rank drew as
+the operator would), so a context-parallel run with dropout equals a one-process run.
 
 Parameter gradients computed by :func:`ring_self_attention` are each rank's local contributions;
 the gradient of a loss summed over the whole sequence is their sum over the group
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -44,13 +52,6 @@ __all__ = [
     "unshard_sequence",
     "all_reduce_gradients",
 ]
-
-# Query rows handled at once inside a (query slice, key block) pair: bounds the score scratch to
-# _QUERY_CHUNK x (block length) elements however long the slice is.
-_QUERY_CHUNK = 128
-
-_MASK32 = 0xFFFFFFFF
-
 
 # ---------------------------------------------------------------------------------------------
 # Sequence layout: which global positions each rank holds.
@@ -177,86 +178,44 @@ def all_reduce_gradients(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dropout masks: Philox-4x32-10 keyed by global positions, bit-exact with mhsa's C++ kernels.
-
-
-def _mulhilo(a: Tensor, multiplier: int) -> Tuple[Tensor, Tensor]:
-    """(high, low) 32-bit words of a * multiplier for 32-bit values a, without int64 overflow."""
-    product_low = a * (multiplier & 0xFFFF)  # < 2^48
-    product_high = a * (multiplier >> 16)  # < 2^48
-    low_sum = product_low + ((product_high & 0xFFFF) << 16)  # < 2^49
-    return (product_high >> 16) + (low_sum >> 32), low_sum & _MASK32
-
-
-def _philox(counter: Tensor, seed: int) -> List[Tensor]:
-    """The four 32-bit output words of Philox-4x32-10 at 64-bit ``counter`` (int64, >= 0) under
-    the 64-bit key ``seed``, as int64 tensors."""
-    c0 = counter & _MASK32
-    c1 = counter >> 32
-    c2 = torch.zeros_like(counter)
-    c3 = torch.zeros_like(counter)
-    k0 = seed & _MASK32
-    k1 = (seed >> 32) & _MASK32
-    for _ in range(10):
-        hi0, lo0 = _mulhilo(c0, 0xD2511F53)
-        hi1, lo1 = _mulhilo(c2, 0xCD9E8D57)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = (k0 + 0x9E3779B9) & _MASK32
-        k1 = (k1 + 0xBB67AE85) & _MASK32
-    return [c0, c1, c2, c3]
+# Dropout: the seed the one-process operator would draw, shared by every rank.
 
 
 @dataclass(frozen=True)
 class _Dropout:
     p: float
-    seed: int  # unsigned 64-bit key
+    # int64 (2,), [0] the seed: the block ops' shared_rng_state (forward) and rng_state
+    # (backward). With dropout_plane = (L, L, first query, first key) the blocks draw the keep
+    # bits of those global positions, the one-process operator's at the same seed.
+    rng_state: Tensor
 
 
-def _dropout_factors(
-    drop: _Dropout,
-    batch: int,
-    heads: int,
-    global_len: int,
-    rows: Tensor,
-    key_start: int,
-    key_len: int,
-    dtype: torch.dtype,
-) -> Tensor:
-    """keep / (1 - p) or 0 for every (n, h, query row in ``rows``, key in [key_start,
-    key_start + key_len)), shape (N, H, len(rows), key_len); the same values as mhsa's
-    ``dropout_factors`` draws for those global positions."""
-    groups_per_row = (global_len + 3) // 4
-    first_group = key_start // 4
-    n_groups = (key_start + key_len - 1) // 4 - first_group + 1
-    device = rows.device
-    head_index = torch.arange(batch * heads, dtype=torch.int64, device=device).view(
-        batch, heads, 1, 1
-    )
-    row_base = (head_index * global_len + rows.view(1, 1, -1, 1)) * groups_per_row
-    counter = row_base + (
-        first_group + torch.arange(n_groups, dtype=torch.int64, device=device)
-    ).view(1, 1, 1, -1)
-    words = torch.stack(_philox(counter, drop.seed), dim=-1).flatten(
-        -2
-    )  # word j % 4 of group j // 4
-    offset = key_start - 4 * first_group
-    uniform = words[..., offset : offset + key_len] >> 8  # 24-bit uniforms
-    threshold = int(min(drop.p, 1.0) * 16777216.0)
-    scale = 0.0 if drop.p >= 1.0 else 1.0 / (1.0 - drop.p)
-    return (uniform >= threshold).to(dtype) * scale
+def _local_seed() -> Tensor:
+    """The dropout seed as mhsa's operator draws it (one ``random64`` from torch's default CPU
+    generator), as an int64 (1,) tensor holding its 64 bits."""
+    return torch.empty((1,), dtype=torch.int64).random_(-(2**63), None)
 
 
-def _draw_seed(group: Optional[dist.ProcessGroup], device: torch.device) -> int:
-    """Draws the dropout key as mhsa's operator does (one ``random64`` from torch's default CPU
-    generator) and makes every rank use the value of the group's first rank. ``device``: where
-    the backend communicates (the input's device)."""
-    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None).to(device)
+def _draw_seed(group: Optional[dist.ProcessGroup], device: torch.device) -> Tensor:
+    """:func:`_local_seed` on every rank, the value of the group's first rank kept everywhere;
+    returns the (2,) ``rng_state`` of the block ops. ``device``: where the backend communicates
+    (the input's device)."""
+    seed = _local_seed().to(device)
     dist.broadcast(seed, src=_global_rank(group, 0), group=group)
-    return int(seed.item()) & 0xFFFFFFFFFFFFFFFF
+    return _rng_state(seed)
+
+
+def _rng_state(seed: Tensor) -> Tensor:
+    """The block ops' int64 (2,) rng_state of the (1,) ``seed``."""
+    return torch.cat([seed, seed.new_zeros(1)])
+
+
+_NO_DROPOUT_STATE = torch.zeros(2, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------
-# The attention core: blocks of (local queries) x (one rank's keys/values).
+# The attention core: blocks of (local queries) x (one rank's keys/values), each computed by
+# mhsa's fused kernels (torch.ops.mhsa._attention_block_forward / _attention_block_backward).
 
 
 @dataclass(frozen=True)
@@ -287,211 +246,226 @@ class _Ring:
         return dist.batch_isend_irecv(ops)
 
 
-def _visible(q_start: int, q_len: int, k_start: int, k_len: int, is_causal: bool) -> Optional[bool]:
-    """None: no query of the rows sees any key of the block (skip it); False: every query sees
+def _visible(q: _Segment, k: _Segment, is_causal: bool) -> Optional[bool]:
+    """None: no query of ``q`` sees any key of ``k`` (skip the block); False: every query sees
     every key; True: a causal mask is needed."""
-    if not is_causal or k_start + k_len - 1 <= q_start:
+    if not is_causal or k.start + k.length - 1 <= q.start:
         return False
-    if k_start > q_start + q_len - 1:
+    if k.start > q.start + q.length - 1:
         return None
     return True
 
 
-def _pairs(ring: _Ring, q_rank: int, k_rank: int, is_causal: bool):
-    """(first local row, its global position, row count, key segment, needs a causal mask) for
-    every query chunk of ``q_rank`` against every key segment of ``k_rank`` that it can see."""
+def _blocks(ring: _Ring, q_rank: int, k_rank: int, is_causal: bool):
+    """(query segment, key segment, needs a causal mask) for every segment of ``q_rank``'s
+    queries against every segment of ``k_rank``'s keys that it can see: one fused-kernel call
+    each (the kernels tile the block themselves and skip the tiles above a causal diagonal)."""
     for qs in ring.segments(q_rank):
-        for c0 in range(0, qs.length, _QUERY_CHUNK):
-            c_len = min(_QUERY_CHUNK, qs.length - c0)
-            q_start = qs.start + c0
-            for ks in ring.segments(k_rank):
-                masked = _visible(q_start, c_len, ks.start, ks.length, is_causal)
-                if masked is not None:
-                    yield qs.local + c0, q_start, c_len, ks, masked
+        for ks in ring.segments(k_rank):
+            masked = _visible(qs, ks, is_causal)
+            if masked is not None:
+                yield qs, ks, masked
 
 
-def _scores(q: Tensor, k: Tensor, q_start: int, k_start: int, masked: bool) -> Tensor:
-    """Scores of (already scaled) queries against keys, with the causal mask if ``masked``."""
-    s = torch.matmul(q, k.transpose(-1, -2))
-    if masked:
-        q_pos = torch.arange(q_start, q_start + q.size(-2), device=q.device).view(-1, 1)
-        k_pos = torch.arange(k_start, k_start + k.size(-2), device=q.device).view(1, -1)
-        s.masked_fill_(k_pos > q_pos, float("-inf"))
-    return s
+def _block_options(
+    ring: _Ring, qs: _Segment, ks: _Segment, masked: bool, drop: Optional[_Dropout]
+) -> Dict[str, object]:
+    """The block ops' mask and dropout arguments for queries ``qs`` against keys ``ks``: the
+    causal diagonal at their global offset, and the dropout plane of the whole L x L attention
+    with the block at (qs.start, ks.start)."""
+    options: Dict[str, object] = {"is_causal": masked, "diagonal": qs.start - ks.start}
+    if drop is not None:
+        options["dropout_p"] = drop.p
+        options["dropout_plane"] = [ring.global_len, ring.global_len, qs.start, ks.start]
+    return options
 
 
-def _forward_block(
+def _rows(t: Tensor, seg: _Segment) -> Tensor:
+    """Rows ``seg`` of an (N, H, L/P, ...) tensor (a view)."""
+    return t.narrow(2, seg.local, seg.length)
+
+
+def _kv_heads(kv: Tensor, which: int, seg: _Segment) -> Tensor:
+    """Keys (``which`` 0) or values (1) of positions ``seg`` of a (N, L/P, 2, H_kv, D) block, as
+    the (N, H_kv, length, D) view the block ops read in place."""
+    return kv.narrow(1, seg.local, seg.length).select(2, which).transpose(1, 2)
+
+
+def _block_forward(
     ring: _Ring,
     q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    k_rank: int,
-    out: Tensor,
-    lse: Tensor,
-    is_causal: bool,
+    kv: Tensor,
+    qs: _Segment,
+    ks: _Segment,
+    masked: bool,
     drop: Optional[_Dropout],
-) -> None:
-    """Merges the attention of the local (scaled) queries to ``k_rank``'s keys/values into
-    (out, lse)."""
-    batch, heads = q.shape[0], q.shape[1]
-    for row, q_start, rows, ks, masked in _pairs(ring, ring.rank, k_rank, is_causal):
-        sl = slice(ks.local, ks.local + ks.length)
-        s = _scores(q[:, :, row : row + rows], k[:, :, sl], q_start, ks.start, masked)
-        row_max = s.amax(dim=-1, keepdim=True)
-        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
-        p = s.sub_(row_max).exp_()  # unnormalized probabilities, in place of the scores
-        row_sum = p.sum(dim=-1, keepdim=True)
-        block_lse = (row_max + row_sum.log()).squeeze(-1)  # -inf for a row that sees no key
-        if drop is not None:
-            positions = torch.arange(q_start, q_start + rows, device=q.device)
-            p.mul_(
-                _dropout_factors(
-                    drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype
-                )
-            )
-        block_out = torch.matmul(p, v[:, :, sl]).div_(
-            torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)
-        )
-        old_lse = lse[:, :, row : row + rows]
-        new_lse = torch.logaddexp(old_lse, block_lse)
-        safe = torch.where(torch.isinf(new_lse), torch.zeros_like(new_lse), new_lse)
-        out_c = out[:, :, row : row + rows]
-        out_c.mul_(torch.exp(old_lse - safe).unsqueeze(-1))
-        out_c.add_(block_out.mul_(torch.exp(block_lse - safe).unsqueeze(-1)))
-        old_lse.copy_(new_lse)
+) -> Tuple[Tensor, Tensor]:
+    """(output, log-sum-exp) of queries ``qs`` of ``q`` (N, H, L/P, D) against keys ``ks`` of
+    ``kv``; the output is dropped out and rescaled already, the log-sum-exp is +inf for a row
+    that sees no key of the block."""
+    out, _, lse, _ = torch.ops.mhsa._attention_block_forward(
+        _rows(q, qs),
+        _kv_heads(kv, 0, ks),
+        _kv_heads(kv, 1, ks),
+        shared_rng_state=None if drop is None else drop.rng_state,
+        **_block_options(ring, qs, ks, masked, drop),
+    )
+    return out, lse
 
 
-def _backward_block(
-    ring: _Ring,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    k_rank: int,
-    grad_out: Tensor,
-    lse: Tensor,
-    delta: Tensor,
-    grad_q: Tensor,
-    grad_k: Tensor,
-    grad_v: Tensor,
-    is_causal: bool,
-    drop: Optional[_Dropout],
-    scale: float,
-) -> None:
-    """Adds the gradients through the local (scaled) queries x ``k_rank``'s keys/values block;
-    ``grad_q`` is with respect to the unscaled queries."""
-    batch, heads = q.shape[0], q.shape[1]
-    for row, q_start, rows, ks, masked in _pairs(ring, ring.rank, k_rank, is_causal):
-        q_c = q[:, :, row : row + rows]
-        sl = slice(ks.local, ks.local + ks.length)
-        k_s, v_s = k[:, :, sl], v[:, :, sl]
-        d_out = grad_out[:, :, row : row + rows]
-        s = _scores(q_c, k_s, q_start, ks.start, masked)
-        p = s.sub_(lse[:, :, row : row + rows].unsqueeze(-1)).exp_()  # in place of the scores
-        d_p = torch.matmul(d_out, v_s.transpose(-1, -2))
-        if drop is not None:
-            positions = torch.arange(q_start, q_start + rows, device=q.device)
-            factors = _dropout_factors(
-                drop, batch, heads, ring.global_len, positions, ks.start, ks.length, p.dtype
-            )
-            grad_v[:, :, sl] += torch.matmul((p * factors).transpose(-1, -2), d_out)
-            d_p.mul_(factors)
-        else:
-            grad_v[:, :, sl] += torch.matmul(p.transpose(-1, -2), d_out)
-        d_s = d_p.sub_(delta[:, :, row : row + rows].unsqueeze(-1)).mul_(p)
-        grad_q[:, :, row : row + rows] += torch.matmul(d_s, k_s).mul_(scale)
-        grad_k[:, :, sl] += torch.matmul(d_s.transpose(-1, -2), q_c)
+def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor, first: bool) -> None:
+    """Merges a block's (output, log-sum-exp) into the running (out, lse) of the same rows:
+    out = sum_b exp(lse_b - lse) out_b, lse = logaddexp over the blocks. ``lse`` is -inf for a
+    row without a key so far; a block's +inf (the row sees none of its keys) weighs 0."""
+    block_lse = block_lse.masked_fill(block_lse == math.inf, -math.inf)
+    if first:
+        out.copy_(block_out)
+        lse.copy_(block_lse)
+        return
+    new_lse = torch.logaddexp(lse, block_lse)
+    safe = new_lse.masked_fill(new_lse == -math.inf, 0.0)
+    out.mul_((lse - safe).exp_().unsqueeze(-1))
+    out.add_(block_out * (block_lse - safe).exp_().unsqueeze(-1))
+    lse.copy_(new_lse)
+
+
+def _split_heads(qkv: Tensor, num_heads: int, kv_heads: int) -> Tuple[Tensor, Tensor]:
+    """The local queries (N, H, L/P, D), a view of ``qkv`` (N, L/P, (H + 2 H_kv) D), and the
+    local keys and values as the contiguous (N, L/P, 2, H_kv, D) block that travels around the
+    ring."""
+    head_dim = qkv.size(-1) // (num_heads + 2 * kv_heads)
+    q = qkv.narrow(-1, 0, num_heads * head_dim).unflatten(-1, (num_heads, head_dim))
+    kv = qkv.narrow(-1, num_heads * head_dim, 2 * kv_heads * head_dim)
+    return q.transpose(1, 2), kv.unflatten(-1, (2, kv_heads, head_dim)).contiguous()
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the block ops' log-sum-exp, in which the ring merges and accumulates."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _RingAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(D)) v over the whole ring; q, k, v are the local (N, H, L/P, D)."""
+    """softmax(q k^T / sqrt(D)) v over the whole ring, from the local projections ``qkv``
+    (N, L/P, (H + 2 H_kv) D) to the local context (N, L/P, H D); query head h reads key/value
+    head h // (H / H_kv)."""
 
     @staticmethod
     def forward(
-        ctx, q: Tensor, k: Tensor, v: Tensor, ring: _Ring, is_causal: bool, drop: Optional[_Dropout]
+        ctx,
+        qkv: Tensor,
+        ring: _Ring,
+        num_heads: int,
+        kv_heads: int,
+        is_causal: bool,
+        drop: Optional[_Dropout],
     ) -> Tensor:
-        scale = 1.0 / math.sqrt(q.size(-1))
-        q_scaled = q * scale
-        kv = torch.stack([k, v])
-        out = torch.zeros_like(q)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+        batch, local_len = qkv.size(0), qkv.size(1)
+        q, kv = _split_heads(qkv, num_heads, kv_heads)
+        acc = _accumulation_dtype(qkv.dtype)
+        # (N, L/P, H, D) memory, as the block ops return their outputs: the context is a view.
+        out = qkv.new_zeros((batch, local_len, num_heads, q.size(-1)), dtype=acc)
+        out_heads = out.transpose(1, 2)
+        lse = qkv.new_full((batch, num_heads, local_len), -math.inf, dtype=acc)
+        merged = set()  # query segments with a block merged in
         for step in range(ring.world):
             works: List[dist.Work] = []
             if step < ring.world - 1:
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
-            _forward_block(
-                ring,
-                q_scaled,
-                kv[0],
-                kv[1],
-                (ring.rank - step) % ring.world,
-                out,
-                lse,
-                is_causal,
-                drop,
-            )
+            k_rank = (ring.rank - step) % ring.world
+            for qs, ks, masked in _blocks(ring, ring.rank, k_rank, is_causal):
+                block_out, block_lse = _block_forward(ring, q, kv, qs, ks, masked, drop)
+                _merge(
+                    _rows(out_heads, qs),
+                    _rows(lse, qs),
+                    block_out,
+                    block_lse,
+                    first=qs.local not in merged,
+                )
+                merged.add(qs.local)
             for work in works:
                 work.wait()
             if works:
                 kv = incoming
-        ctx.save_for_backward(q_scaled, k, v, out, lse)
-        ctx.ring, ctx.is_causal, ctx.drop, ctx.scale = ring, is_causal, drop, scale
-        return out
+        context = out.to(qkv.dtype).flatten(2)
+        # The block ops' backward reads +inf for a row that sees no key at all.
+        lse.masked_fill_(lse == -math.inf, math.inf)
+        ctx.save_for_backward(qkv, context, lse)
+        ctx.ring, ctx.is_causal, ctx.drop = ring, is_causal, drop
+        ctx.num_heads, ctx.kv_heads = num_heads, kv_heads
+        return context
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q_scaled, k, v, out, lse = ctx.saved_tensors
+    def backward(ctx, grad_context: Tensor):
+        qkv, context, lse = ctx.saved_tensors
         ring: _Ring = ctx.ring
-        grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(dim=-1)
-        grad_q = torch.zeros_like(q_scaled)
-        kv = torch.stack([k, v])
-        sends: List[Tuple[dist.Work, Tensor]] = []  # (work, the tensor it sends: kept alive)
+        drop: Optional[_Dropout] = ctx.drop
+        num_heads = ctx.num_heads
+        rng_state = _NO_DROPOUT_STATE if drop is None else drop.rng_state
+        q, kv = _split_heads(qkv, num_heads, ctx.kv_heads)
+        acc = _accumulation_dtype(qkv.dtype)
+
+        def heads(t: Tensor) -> Tensor:  # (N, L/P, E) -> (N, H, L/P, D)
+            return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+        out, grad_out = heads(context), heads(grad_context.contiguous())
+        # (N, L/P, (H + 2 H_kv) D) as qkv: the query columns, then the key/value block's.
+        grad_qkv = torch.zeros_like(qkv, dtype=acc, memory_format=torch.contiguous_format)
+        query_width = num_heads * q.size(-1)
+        grad_q = heads(grad_qkv.narrow(-1, 0, query_width))
+        # The send of the last step's gradients and the tensor it sends (kept alive until done).
+        sending: Optional[Tuple[dist.Work, Tensor]] = None
         # Message order between two neighbours is the same on both sides (kv_0, dkv_0, kv_1,
         # dkv_1, ...), as backends that match point-to-point messages by order require.
         for step in range(ring.world):
-            grad_kv = torch.zeros_like(kv)
+            grad_kv = torch.zeros_like(kv, dtype=acc)
             received: Optional[Tensor] = None
             grad_work: Optional[dist.Work] = None
             if step > 0:
-                received = torch.empty_like(kv)
+                received = torch.empty_like(grad_kv)
                 grad_work = dist.irecv(received, ring.prev_rank, group=ring.group)
             works: List[dist.Work] = []
             if step < ring.world - 1:
                 incoming = torch.empty_like(kv)
                 works = ring.exchange(kv, incoming)
-            _backward_block(
-                ring,
-                q_scaled,
-                kv[0],
-                kv[1],
-                (ring.rank - step) % ring.world,
-                grad_out,
-                lse,
-                delta,
-                grad_q,
-                grad_kv[0],
-                grad_kv[1],
-                ctx.is_causal,
-                ctx.drop,
-                ctx.scale,
-            )
+            k_rank = (ring.rank - step) % ring.world
+            for qs, ks, masked in _blocks(ring, ring.rank, k_rank, ctx.is_causal):
+                # The gradients through this block, from the whole attention's output and
+                # log-sum-exp of these rows (the op computes rowsum(dO * O) from them).
+                grad_q_block, grad_k_block, grad_v_block = torch.ops.mhsa._attention_block_backward(
+                    _rows(grad_out, qs),
+                    None,
+                    _rows(q, qs),
+                    _kv_heads(kv, 0, ks),
+                    _kv_heads(kv, 1, ks),
+                    _rows(out, qs),
+                    _rows(lse, qs),
+                    rng_state,
+                    **_block_options(ring, qs, ks, masked, drop),
+                )
+                _rows(grad_q, qs).add_(grad_q_block)
+                _kv_heads(grad_kv, 0, ks).add_(grad_k_block)
+                _kv_heads(grad_kv, 1, ks).add_(grad_v_block)
             if grad_work is not None and received is not None:
                 grad_work.wait()
                 grad_kv += received
             if ring.world > 1:
-                sends.append((dist.isend(grad_kv, ring.next_rank, group=ring.group), grad_kv))
+                send = dist.isend(grad_kv, ring.next_rank, group=ring.group)
+                if sending is not None:
+                    sending[0].wait()  # posted a whole step's computation ago
+                sending = (send, grad_kv)
             for work in works:
                 work.wait()
             if works:
                 kv = incoming
         if ring.world > 1:
             # The accumulated gradient of this rank's own block comes back from the previous.
-            grad_kv = torch.empty_like(kv)
+            grad_kv = torch.empty_like(grad_kv)
             dist.irecv(grad_kv, ring.prev_rank, group=ring.group).wait()
-            for work, _ in sends:
-                work.wait()
-        return grad_q, grad_kv[0], grad_kv[1], None, None, None
+            if sending is not None:
+                sending[0].wait()
+        grad_qkv.narrow(-1, query_width, qkv.size(-1) - query_width).copy_(grad_kv.flatten(2))
+        return grad_qkv.to(qkv.dtype), None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,8 +487,8 @@ def _check_same_everywhere(ring: _Ring, x: Tensor, description: Tuple[int, ...])
         )
         raise ValueError(
             "mhsa.distributed.ring_self_attention: every rank must pass a local slice of the same "
-            "shape, dtype and the same settings (num_heads, is_causal, dropout_p, training, "
-            f"batch_first, load_balance); got {rows}"
+            "shape, dtype and the same settings (num_heads, num_kv_heads, is_causal, dropout_p, "
+            f"training, batch_first, load_balance, dtype); got {rows}"
         )
 
 
@@ -532,6 +506,7 @@ def ring_self_attention(
     training: bool = True,
     batch_first: bool = True,
     load_balance: bool = False,
+    num_kv_heads: Optional[int] = None,
 ) -> Tensor:
     """Context-parallel multi-head self-attention: this rank's slice of the output.
 
@@ -557,6 +532,10 @@ def ring_self_attention(
         training: apply dropout.
         batch_first: layout of a 3-D ``x``.
         load_balance: ``x`` is the zigzag split of :func:`shard_sequence`.
+        num_kv_heads: grouped-query attention with H_kv key/value heads (H a multiple of H_kv),
+            ``in_proj_weight`` of shape ``((H + 2 H_kv) E / H, E)`` as for
+            ``mhsa.MultiheadSelfAttention(num_kv_heads=...)``; the blocks passed around the ring
+            are then H / H_kv times smaller. None: H_kv = H.
 
     Returns:
         This rank's slice of the attention output, shaped like ``x``.
@@ -571,10 +550,19 @@ def ring_self_attention(
             f"mhsa.distributed.ring_self_attention: dropout_p must be in [0, 1], got {dropout_p}"
         )
     embed = in_proj_weight.size(1)
-    if x.size(-1) != embed or embed % num_heads != 0:
+    kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if (
+        num_heads <= 0
+        or kv_heads <= 0
+        or num_heads % kv_heads != 0
+        or x.size(-1) != embed
+        or embed % num_heads != 0
+        or in_proj_weight.size(0) != (num_heads + 2 * kv_heads) * (embed // num_heads)
+    ):
         raise ValueError(
             f"mhsa.distributed.ring_self_attention: x of shape {tuple(x.shape)} does not fit "
-            f"in_proj_weight {tuple(in_proj_weight.shape)} with num_heads={num_heads}"
+            f"in_proj_weight {tuple(in_proj_weight.shape)} with num_heads={num_heads} and "
+            f"num_kv_heads={num_kv_heads}"
         )
     unbatched = x.dim() == 2
     seq_first = unbatched or not batch_first
@@ -583,11 +571,12 @@ def ring_self_attention(
     ring = _Ring(group, rank, world, local_len * world, load_balance)
     settings = (
         num_heads,
+        kv_heads,
         int(is_causal),
         int(dropout_p * 2**40) if dropping else 0,
         int(batch_first),
         int(load_balance),
-        {torch.float64: 2, torch.float32: 1}.get(x.dtype, 0),
+        {torch.float64: 2, torch.float32: 1, torch.bfloat16: 3, torch.float16: 4}.get(x.dtype, 0),
     )
     _check_same_everywhere(ring, x, settings)
     _check_divisible(ring.global_len, world, load_balance)
@@ -598,16 +587,7 @@ def ring_self_attention(
         qkv = qkv.unsqueeze(0)
     elif not batch_first:
         qkv = qkv.transpose(0, 1)
-    batch = qkv.size(0)
-    head_dim = embed // num_heads
-    q, k, v = (
-        qkv.reshape(batch, local_len, 3, num_heads, head_dim)
-        .permute(2, 0, 3, 1, 4)
-        .contiguous()
-        .unbind(0)
-    )
-    context = _RingAttention.apply(q, k, v, ring, is_causal, drop)
-    context = context.permute(0, 2, 1, 3).reshape(batch, local_len, embed)
+    context = _RingAttention.apply(qkv, ring, num_heads, kv_heads, is_causal, drop)
     if unbatched:
         context = context.squeeze(0)
     elif not batch_first:
@@ -620,8 +600,8 @@ class ContextParallelSelfAttention(nn.Module):
 
     The wrapper owns no parameters of its own: ``self.attn`` is the module given, so its
     parameters are the very same ``Parameter`` objects (an optimizer or a data-parallel wrapper
-    built on either sees the same tensors). Dropout, ``batch_first`` and training mode are the
-    wrapped module's.
+    built on either sees the same tensors). Dropout, ``batch_first``, grouped-query heads
+    (``num_kv_heads``) and training mode are the wrapped module's.
 
     Args:
         attn: the attention module whose weights to use.
@@ -659,4 +639,5 @@ class ContextParallelSelfAttention(nn.Module):
             training=attn.training,
             batch_first=attn.batch_first,
             load_balance=self.load_balance,
+            num_kv_heads=attn.num_kv_heads,
         )

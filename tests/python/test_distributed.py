@@ -163,15 +163,25 @@ def _ring_case(
     p: float,
     batch_first: bool,
     case_seed: int,
+    length: Optional[int] = None,
+    kv_heads: Optional[int] = None,
 ) -> Dict[str, float]:
     """One configuration: ContextParallelSelfAttention on the local slices against the module on
-    the full sequence; asserts outputs and all gradients; returns the largest differences."""
+    the full sequence; asserts outputs and all gradients; returns the largest differences.
+    ``length``: the global L (default 8P), divisible by 2P for the zigzag split. ``kv_heads``:
+    a grouped-query module with 4 query heads and these key/value heads."""
     E, H, N = 16, 2, 2
-    L = 8 * world  # divisible by 2P for the zigzag split
+    L = length or 8 * world
     seq_dim = 1 if batch_first else 0
-    _, attn = mhsa_testutils.make_pair(
-        E, H, dtype=dtype, dropout=p, batch_first=batch_first, seed=case_seed
-    )
+    if kv_heads is None:
+        _, attn = mhsa_testutils.make_pair(
+            E, H, dtype=dtype, dropout=p, batch_first=batch_first, seed=case_seed
+        )
+    else:
+        attn = mhsa.MultiheadSelfAttention(
+            E, 4, dropout=p, batch_first=batch_first, dtype=dtype, num_kv_heads=kv_heads
+        )
+        mhsa_testutils.randomize_(attn, case_seed)
     attn.train()
     x = mhsa_testutils.make_input(L, N, E, batch_first=batch_first, dtype=dtype, seed=case_seed + 1)
     grad_out = mhsa_testutils.make_input(
@@ -219,8 +229,8 @@ def _ring_case(
 
 
 def ring_worker(rank: int, world: int, outdir: Path) -> None:
-    """Every RING_CASES configuration, plus the functional form (unbatched, no bias), query
-    chunking inside a block, and slices of mismatched shapes."""
+    """Every RING_CASES configuration, plus blocks that span many kernel tiles, grouped-query
+    heads, the functional form (unbatched, no bias), and slices of mismatched shapes."""
     errors: Dict[str, float] = {}
     for index, (dtype, causal, balance, p, bf) in enumerate(RING_CASES):
         result = _ring_case(world, dtype, causal, balance, p, bf, case_seed=10 * index)
@@ -228,17 +238,29 @@ def ring_worker(rank: int, world: int, outdir: Path) -> None:
         errors[f"{tag} out"] = result["out"]
         errors[f"{tag} grad"] = result["grad"]
 
-    # Query rows split into chunks of 3 inside every block (the chunking long sequences use).
-    import mhsa.distributed as md
-
-    chunk = md._QUERY_CHUNK
-    md._QUERY_CHUNK = 3
+    # Kernel tiles of 3 and 5 rows (MHSA_TILES: forward queries, forward keys, backward
+    # queries, backward keys/values), in the ring's blocks and in the one-process reference:
+    # blocks of 30 (contiguous split) or 15 (zigzag) positions span several tiles, the causal
+    # diagonal of a block at a global offset crosses its tiles at other places than in one
+    # process, and the blocks' dropout-plane offsets are not multiples of Philox's 4-wide groups.
+    os.environ["MHSA_TILES"] = "3,5,3,5"
     try:
-        result = _ring_case(world, torch.float64, True, True, 0.3, True, case_seed=500)
+        for balance in (False, True):
+            result = _ring_case(
+                world, torch.float64, True, balance, 0.3, True, case_seed=500, length=30 * world
+            )
+            errors[f"float64 tiles causal lb={int(balance)} p=0.3 out"] = result["out"]
+            errors[f"float64 tiles causal lb={int(balance)} p=0.3 grad"] = result["grad"]
     finally:
-        md._QUERY_CHUNK = chunk
-    errors["float64 chunked causal lb p=0.3 out"] = result["out"]
-    errors["float64 chunked causal lb p=0.3 grad"] = result["grad"]
+        del os.environ["MHSA_TILES"]
+
+    # Grouped-query attention: 4 query heads over 2 key/value heads.
+    for index, (dtype, causal, p) in enumerate(
+        [(torch.float64, True, 0.3), (torch.float32, False, 0.0)]
+    ):
+        result = _ring_case(world, dtype, causal, True, p, True, case_seed=600 + index, kv_heads=2)
+        errors[f"{str(dtype)[6:]} gqa causal={int(causal)} lb=1 p={p} out"] = result["out"]
+        errors[f"{str(dtype)[6:]} gqa causal={int(causal)} lb=1 p={p} grad"] = result["grad"]
 
     # The functional form on unbatched (L, E) input without biases.
     E, H, L = 12, 3, 4 * world
@@ -560,63 +582,88 @@ def _fake_ring(rank: int, world: int, global_len: int, load_balance: bool):
     return md._Ring(None, rank, world, global_len, load_balance)
 
 
-@pytest.mark.parametrize("load_balance", [False, True])
-def test_causal_skips_invisible_blocks(load_balance: bool) -> None:
-    """Causal attention computes only the (query, key) tiles a rank can see: in total a little
-    over half of L^2 scores, and with the zigzag split the same number on every rank."""
+def _block_work(rank: int, world: int, global_len: int, load_balance: bool, causal: bool) -> int:
+    """Query x key positions of the blocks rank ``rank`` hands to the fused kernels."""
     import mhsa.distributed as md
 
-    world, global_len = 4, 8 * md._QUERY_CHUNK
-    work = []
-    for rank in range(world):
-        ring = _fake_ring(rank, world, global_len, load_balance)
-        work.append(
-            sum(
-                rows * ks.length
-                for k_rank in range(world)
-                for _, _, rows, ks, _ in md._pairs(ring, rank, k_rank, is_causal=True)
-            )
-        )
+    ring = _fake_ring(rank, world, global_len, load_balance)
+    return sum(
+        qs.length * ks.length
+        for k_rank in range(world)
+        for qs, ks, _ in md._blocks(ring, rank, k_rank, is_causal=causal)
+    )
+
+
+@pytest.mark.parametrize("load_balance", [False, True])
+def test_causal_skips_invisible_blocks(load_balance: bool) -> None:
+    """Causal attention computes only the blocks a rank can see: in total a little over half of
+    L^2 scores, and with the zigzag split the same number on every rank."""
+    world, global_len = 4, 1024
+    work = [_block_work(rank, world, global_len, load_balance, True) for rank in range(world)]
     block = global_len // world
     if load_balance:
         assert len(set(work)) == 1, work
     else:
         assert work == [block * block * (r + 1) for r in range(world)], work
     assert global_len**2 / 2 < sum(work) < 0.7 * global_len**2, work
-    full = [
-        sum(
-            rows * ks.length
-            for k_rank in range(world)
-            for _, _, rows, ks, _ in md._pairs(
-                _fake_ring(r, world, global_len, load_balance), r, k_rank, False
-            )
-        )
-        for r in range(world)
-    ]
+    full = [_block_work(r, world, global_len, load_balance, False) for r in range(world)]
     assert full == [block * global_len] * world
 
 
-@pytest.mark.parametrize("L, N, H", [(13, 2, 3), (32, 1, 2)])
-def test_dropout_masks_bit_exact_with_the_operator(L: int, N: int, H: int) -> None:
-    """The Philox masks mhsa.distributed draws for any (query rows, key range) are those of the
-    one-process operator, read from its dropped-out attention weights."""
+def _segment(start: int, length: int):
+    """Positions [start, start + length) of a one-rank ring (local rows are global)."""
     import mhsa.distributed as md
 
-    E = 4 * H
-    attn = mhsa.MultiheadSelfAttention(E, H, dropout=0.4, batch_first=True, dtype=torch.float64)
+    return md._Segment(start, start, length)
+
+
+@pytest.mark.parametrize("L, N, H", [(13, 2, 3), (32, 1, 2)])
+def test_ring_blocks_drop_out_as_the_operator(L: int, N: int, H: int) -> None:
+    """The dropout of every block the ring computes is the one-process operator's at the same
+    seed: the ring's block call (its seed, drawn as the operator draws it, and its dropout plane)
+    on any (query rows, key range), causal at a global offset or not, gives the output and
+    log-sum-exp of that block's softmax with the operator's mask, read from the operator's
+    dropped-out attention weights."""
+    import mhsa.distributed as md
+
+    E, p = 4 * H, 0.4
+    attn = mhsa.MultiheadSelfAttention(E, H, dropout=p, batch_first=True, dtype=torch.float64)
     x = torch.randn(N, L, E, dtype=torch.float64)
     torch.manual_seed(11)
     _, weights = attn(x, need_weights=True, average_attn_weights=False)
+    keep = weights != 0
+    assert 0.45 < keep.double().mean().item() < 0.75
     torch.manual_seed(11)
-    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None).item() & 0xFFFFFFFFFFFFFFFF
-    drop = md._Dropout(0.4, seed)
-    factors = md._dropout_factors(drop, N, H, L, torch.arange(L), 0, L, torch.float64)
-    assert torch.equal(factors != 0, weights != 0)
-    assert 0.45 < (factors != 0).double().mean().item() < 0.75
-    kept = weights[factors != 0]
+    drop = md._Dropout(p, md._rng_state(md._local_seed()))
+
+    with torch.no_grad():
+        qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        q, kv = md._split_heads(qkv, H, H)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    ring = _fake_ring(0, 1, L, False)
+    blocks = [
+        (_segment(0, L), _segment(0, L), False),
+        (_segment(3, 6), _segment(5, L - 6), False),
+        (_segment(1, L - 1), _segment(L - 7, 5), False),
+        (_segment(6, L - 6), _segment(2, L - 4), True),  # causal diagonal at offset 4
+    ]
+    for qs, ks, causal in blocks:
+        rows, cols = slice(qs.start, qs.start + qs.length), slice(ks.start, ks.start + ks.length)
+        out, lse = md._block_forward(ring, q, kv, qs, ks, causal, drop)
+        scores = q[:, :, rows] @ k[:, :, cols].transpose(-1, -2) / (E // H) ** 0.5
+        if causal:
+            later = torch.arange(ks.start, ks.start + ks.length) > torch.arange(
+                qs.start, qs.start + qs.length
+            ).view(-1, 1)
+            scores = scores.masked_fill(later, float("-inf"))
+        probs = torch.softmax(scores, dim=-1) * keep[:, :, rows, cols] / (1 - p)
+        what = f"block rows {qs.start}+{qs.length} keys {ks.start}+{ks.length}"
+        torch.testing.assert_close(out, probs @ v[:, :, cols], rtol=1e-12, atol=1e-12, msg=what)
+        torch.testing.assert_close(
+            lse, torch.logsumexp(scores, dim=-1), rtol=1e-12, atol=1e-12, msg=what
+        )
+    kept = weights[keep]
     assert bool((kept > 0).all())
-    part = md._dropout_factors(drop, N, H, L, torch.arange(3, 9), 5, L - 6, torch.float64)
-    assert torch.equal(part, factors[:, :, 3:9, 5 : L - 1])
 
 
 def test_torchrun_ring_attention_example() -> None:
