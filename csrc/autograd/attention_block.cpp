@@ -63,8 +63,9 @@ class AttentionBlockFunction : public torch::autograd::Function<AttentionBlockFu
     save_block_options(ctx, options);
     ctx->saved_data["need_weights"] = need_weights;
     ctx->saved_data["average_attn_weights"] = average_attn_weights;
-    ctx->mark_non_differentiable({lse, rng_state});
-    if (!need_weights) ctx->mark_non_differentiable({weights});
+    // One call: each call replaces the set the previous one marked.
+    ctx->mark_non_differentiable(need_weights ? variable_list{lse, rng_state}
+                                              : variable_list{weights, lse, rng_state});
     ctx->set_materialize_grads(false);
     return {output, weights, lse, rng_state};
   }

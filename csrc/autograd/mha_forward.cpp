@@ -80,12 +80,14 @@ class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> 
     ctx->saved_data["has_in_proj_bias"] = in_proj_bias.has_value() && in_proj_bias->defined();
     ctx->saved_data["has_out_proj_bias"] = out_proj_bias.has_value() && out_proj_bias->defined();
     ctx->saved_data["need_weights"] = need_weights;
-    ctx->mark_non_differentiable({qkv, context, lse, rng_state});
+    // One call: each call replaces the set the previous one marked.
+    ctx->mark_non_differentiable(need_weights
+                                     ? variable_list{qkv, context, lse, rng_state}
+                                     : variable_list{weights, qkv, context, lse, rng_state});
     // Without this, autograd would hand backward a zero-filled gradient for every output that
     // got none (qkv and context: 4*E floats per row, allocated and zeroed each step, 64 MiB at
     // L = 8192, E = 512). backward treats undefined gradients as zero itself.
     ctx->set_materialize_grads(false);
-    if (!need_weights) ctx->mark_non_differentiable({weights});
     return {output, weights, qkv, context, lse, rng_state};
   }
 
