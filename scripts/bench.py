@@ -7,6 +7,8 @@ shows GFLOP/s and its share of that rate, no-grad inference against nn.Multihead
 fast path, and the peak memory of one forward+backward step (fresh process per measurement).
 
 Writes bench.csv, bench.md (the README's performance table) and speedup.png to --out.
+--sdpa times mhsa.scaled_dot_product_attention against torch.nn.functional's instead (grouped-
+query attention, a sliding window) and writes sdpa.md.
 Speed is never asserted in tests; this script is the only place it is measured.
 """
 
@@ -423,6 +425,115 @@ def profile_step(N: int, L: int, E: int, H: int, dtype: torch.dtype) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+# --sdpa: (N, L, head dim) with 8 query heads over 2 key/value heads (enable_gqa=True), and the
+# sliding-window row: (N, L, head dim, window) against torch given the equivalent band mask.
+SDPA_HEADS = (8, 2)
+SDPA_SHAPES = [(1, 2048, 64), (4, 512, 64)]
+SDPA_WINDOW = (1, 8192, 64, (1024, 0))
+
+
+def sdpa_row(
+    name: str,
+    dtype_name: str,
+    N: int,
+    L: int,
+    D: int,
+    ours: Callable[..., torch.Tensor],
+    theirs: Callable[..., torch.Tensor],
+    args: argparse.Namespace,
+) -> str:
+    """Forward and forward+backward (gradients of query, key and value) of both calls on the same
+    inputs, interleaved; a markdown row, printed too."""
+    H, H_kv = SDPA_HEADS
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(N, heads, L, D, generator=g).to(dtype).requires_grad_()
+        for heads in (H, H_kv, H_kv)
+    )
+
+    def forward(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                fn(q, k, v)
+
+        return run
+
+    def step(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        return lambda: torch.autograd.grad(fn(q, k, v).float().sum(), (q, k, v))
+
+    fwd = interleaved([forward(ours), forward(theirs)], args.warmup, args.reps, args.min_time)
+    steps = interleaved([step(ours), step(theirs)], args.warmup, args.reps, args.min_time)
+    o_f, t_f = median_ms(fwd[0]), median_ms(fwd[1])
+    o_s, t_s = median_ms(steps[0]), median_ms(steps[1])
+    print(
+        f"sdpa {name} {dtype_name} N={N} L={L} H={H} H_kv={H_kv} D={D}: fwd mhsa {o_f:.1f} ms, "
+        f"torch {t_f:.1f} ms ({t_f / o_f:.2f}x); fwd+bwd mhsa {o_s:.1f} ms, torch {t_s:.1f} ms "
+        f"({t_s / o_s:.2f}x)",
+        flush=True,
+    )
+    return (
+        f"| {name} | {dtype_name} | {N}, {L}, {H}/{H_kv}, {D} | {o_f:.1f} | {t_f:.1f} | "
+        f"{t_f / o_f:.2f}x | {o_s:.1f} | {t_s:.1f} | **{t_s / o_s:.2f}x** |"
+    )
+
+
+def run_sdpa(args: argparse.Namespace, dtypes: list[str], header: str) -> None:
+    """mhsa.scaled_dot_product_attention against torch.nn.functional.scaled_dot_product_attention
+    (torch's default CPU path): grouped-query attention, not causal, in each dtype; then a
+    sliding window (left 1024, causal side 0) at L = 8192 in float32, torch given the equivalent
+    (L, L) bool band mask. Writes OUT/sdpa.md."""
+    import torch.nn.functional as F
+
+    lines = [
+        header,
+        "",
+        "Forward (no_grad) and forward+backward (gradients of query, key and value); median ms of "
+        "interleaved runs; ratio = torch / mhsa.",
+        "",
+        "| row | dtype | N, L, H/H_kv, D | mhsa fwd ms | torch fwd ms | fwd ratio | "
+        "mhsa fwd+bwd ms | torch fwd+bwd ms | fwd+bwd ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype_name in dtypes:
+        for N, L, D in SDPA_SHAPES:
+            lines.append(
+                sdpa_row(
+                    "GQA",
+                    dtype_name,
+                    N,
+                    L,
+                    D,
+                    lambda q, k, v: mhsa.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+                    args,
+                )
+            )
+    N, L, D, window = SDPA_WINDOW
+    i = torch.arange(L).unsqueeze(1)
+    j = torch.arange(L).unsqueeze(0)
+    band = (j <= i + window[1]) & (j >= i - window[0])  # True = may attend
+    lines.append(
+        sdpa_row(
+            f"GQA, window {window}",
+            "float32",
+            N,
+            L,
+            D,
+            lambda q, k, v: mhsa.scaled_dot_product_attention(
+                q, k, v, enable_gqa=True, window_size=window
+            ),
+            lambda q, k, v: F.scaled_dot_product_attention(
+                q, k, v, attn_mask=band, enable_gqa=True
+            ),
+            args,
+        )
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sdpa.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}/sdpa.md")
+
+
 def write_outputs(
     rows: list[Row],
     rates: dict[str, float],
@@ -508,7 +619,9 @@ def main() -> None:
     parser.add_argument(
         "--min-time", type=float, default=1.0, help="minimum seconds per measurement"
     )
-    parser.add_argument("--dtypes", default="float32,bfloat16,float16")
+    parser.add_argument(
+        "--dtypes", default=None, help="default float32,bfloat16,float16 (--sdpa: no float16)"
+    )
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
     )
@@ -523,6 +636,13 @@ def main() -> None:
         action="store_true",
         help="time short inference calls and per-token decoding instead (medians over many "
         "calls, see scripts/bench_latency.py), write OUT/latency.md",
+    )
+    parser.add_argument(
+        "--sdpa",
+        action="store_true",
+        help="time mhsa.scaled_dot_product_attention against torch's (8 query heads over 2 "
+        "key/value heads, and a sliding window at L = 8192) instead, write OUT/sdpa.md; "
+        "--dtypes picks the dtypes of the GQA rows",
     )
     parser.add_argument(
         "--profile",
@@ -541,6 +661,8 @@ def main() -> None:
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.dtypes is None:
+        args.dtypes = "float32,bfloat16" if args.sdpa else "float32,bfloat16,float16"
     dtypes = args.dtypes.split(",")
     print(
         f"{emulation_text()}CPU: {cpu_description()}; mhsa: {torch.ops.mhsa._backend_info()}",
@@ -561,6 +683,15 @@ def main() -> None:
 
         run_latency(
             args.out,
+            f"{emulation_text()}CPU: {cpu_description()}. mhsa: "
+            f"{torch.ops.mhsa._backend_info()}. torch {torch.__version__}. Threads: "
+            f"{args.threads}. {engine_warning_text()}",
+        )
+        return
+    if args.sdpa:
+        run_sdpa(
+            args,
+            dtypes,
             f"{emulation_text()}CPU: {cpu_description()}. mhsa: "
             f"{torch.ops.mhsa._backend_info()}. torch {torch.__version__}. Threads: "
             f"{args.threads}. {engine_warning_text()}",

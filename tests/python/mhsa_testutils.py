@@ -58,6 +58,12 @@ TOLERANCES = {
 # rest. 8 leaves room for another CPU's BLAS on nn's side.
 NN_ERROR_FACTOR = 8.0
 FLOAT32_RTOL = 1e-5
+# The same rule for the 16-bit dtypes (test_sdpa.py: mhsa's bfloat16 / float16 against
+# torch.nn.functional.scaled_dot_product_attention in the same dtype, both measured against
+# float64): NN_ERROR_FACTOR times torch's own largest error, and for the entries torch gets more
+# exactly than that, an rtol of one unit roundoff of the dtype (bfloat16 keeps 8 significant
+# bits, float16 11): rounding the exact result to the dtype alone costs that much.
+LOW_PRECISION_RTOL = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
 def run_pytest_in_subprocess(
@@ -103,16 +109,26 @@ def assert_close(
     )
 
 
-def assert_as_exact_as_nn(actual: Tensor, nn_same_dtype: Tensor, nn_float64: Tensor, what: str):
-    """mhsa (float32) against nn in float64, within NN_ERROR_FACTOR x nn's own float32 error."""
+def assert_as_exact_as_nn(
+    actual: Tensor,
+    nn_same_dtype: Tensor,
+    nn_float64: Tensor,
+    what: str,
+    *,
+    baseline: str = "nn.MultiheadAttention",
+) -> None:
+    """mhsa (float32, or a 16-bit dtype) against the reference in float64, within
+    NN_ERROR_FACTOR x the baseline's own error in mhsa's dtype (nn.MultiheadAttention's; for
+    scaled_dot_product_attention, torch's SDPA's)."""
+    dtype = nn_same_dtype.dtype
     reference = nn_float64.detach().double()
     nn_error = (nn_same_dtype.detach().double() - reference).abs().max().item()
     torch.testing.assert_close(
         actual.detach().double(),
         reference,
-        rtol=FLOAT32_RTOL,
+        rtol=LOW_PRECISION_RTOL.get(dtype, FLOAT32_RTOL),
         atol=NN_ERROR_FACTOR * nn_error,
-        msg=lambda m: f"{what}: {m} (nn.MultiheadAttention's own float32 error: {nn_error:.2e})",
+        msg=lambda m: f"{what}: {m} ({baseline}'s own {dtype} error: {nn_error:.2e})",
     )
 
 

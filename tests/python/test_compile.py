@@ -128,3 +128,83 @@ def test_compile_inference_no_grad_functional():
         expected = fn(x)
         actual = torch.compile(fn, fullgraph=True)(x)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# mhsa.scaled_dot_product_attention
+
+
+class GqaBlock(nn.Module):
+    """Projections to 4 query heads over 2 key/value heads (the (N, L, H, D) layout viewed as
+    heads first), mhsa.scaled_dot_product_attention with a key padding mask, is_causal and a
+    window, and an output projection; returns a scalar loss."""
+
+    def __init__(self, E: int = 16, H: int = 4, H_kv: int = 2) -> None:
+        super().__init__()
+        self.H, self.H_kv, self.D = H, H_kv, E // H
+        self.q = nn.Linear(E, E)
+        self.kv = nn.Linear(E, 2 * H_kv * self.D)
+        self.out = nn.Linear(E, E)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        N, L, E = x.shape
+        q = self.q(x).view(N, L, self.H, self.D).transpose(1, 2)
+        k, v = self.kv(x).view(N, L, 2, self.H_kv, self.D).permute(2, 0, 3, 1, 4).unbind(0)
+        attend = ~key_padding_mask.view(N, 1, 1, L)  # SDPA's bool mask: True = may attend
+        context = mhsa.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, is_causal=True, enable_gqa=True, window_size=(3, 0)
+        )
+        return self.out(context.transpose(1, 2).reshape(N, L, E)).square().sum()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compile_sdpa_fullgraph_matches_eager(backend, dynamic):
+    model = GqaBlock()
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=dynamic)
+    shapes = [(2, 5), (3, 7)] if dynamic else [(2, 5)]
+    with torch._dynamo.config.patch(error_on_recompile=dynamic):
+        _assert_matches_eager(model, compiled, shapes)
+
+
+def test_compile_sdpa_graph_has_the_op_and_the_block_ops():
+    """One graph, no break, the public op as one node; AOTAutograd keeps the block ops it calls
+    (forward and backward) as graph nodes."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    model = GqaBlock()
+    x, kpm = _inputs(2, 5)
+    explanation = torch._dynamo.explain(model)(x, kpm)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    assert "mhsa.scaled_dot_product_attention" in explanation.graphs[0].code
+
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=record, bw_compiler=record)
+    torch.compile(model, backend=backend, fullgraph=True)(x, kpm).backward()
+    assert len(seen) == 2
+    assert "torch.ops.mhsa._attention_block_forward.default" in seen[0]
+    assert "torch.ops.mhsa._attention_block_backward.default" in seen[1]
+
+
+def test_compile_sdpa_dropout_reproduces_eager_at_a_seed():
+    """Dropout draws its seed from torch's generator inside the op, compiled or not."""
+    q, k, v = (torch.randn(2, 4, 9, 8, requires_grad=True) for _ in range(3))
+
+    def fn(q, k, v):
+        return mhsa.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    results = []
+    for f in (fn, compiled):
+        torch.manual_seed(5)
+        out = f(q, k, v)
+        results.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v))])
+    for a, e in zip(*results):
+        assert torch.equal(a, e)

@@ -183,3 +183,42 @@ def test_aoti_package_runs_in_cpp(model, aoti_package, tmp_path):
         assert len(outputs) == len(expected)
         for a, e in zip(outputs, expected):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+class SdpaModel(nn.Module):
+    """Projections to 4 query heads over 2 key/value heads, mhsa.scaled_dot_product_attention
+    with the key padding mask (as SDPA's bool mask, True = may attend) and is_causal, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(E, E)
+        self.kv = nn.Linear(E, E)  # 2 key/value heads of dim E // H for each of k and v
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        N, L, _ = x.shape
+        D = E // H
+        q = self.q(x).view(N, L, H, D).transpose(1, 2)
+        k, v = self.kv(x).view(N, L, 2, 2, D).permute(2, 0, 3, 1, 4).unbind(0)
+        out = mhsa.scaled_dot_product_attention(
+            q, k, v, attn_mask=~key_padding_mask.view(N, 1, 1, L), is_causal=True, enable_gqa=True
+        )
+        return self.head(out.transpose(1, 2).reshape(N, L, E))
+
+
+def test_export_sdpa_dynamic_decompositions_and_save_load(tmp_path):
+    """A module calling mhsa.scaled_dot_product_attention exports with a dynamic batch and
+    sequence length; the program keeps the op (and _attention_block_forward after
+    run_decompositions), runs at other shapes and survives torch.export.save/load."""
+    torch.manual_seed(0)
+    model = SdpaModel().eval()
+    program = torch.export.export(model, _inputs(2, 5), dynamic_shapes=DYNAMIC_SHAPES)
+    assert "torch.ops.mhsa.scaled_dot_product_attention.default" in program.graph_module.code
+    decomposed = program.run_decompositions()
+    assert "torch.ops.mhsa._attention_block_forward.default" in decomposed.graph_module.code
+    path = tmp_path / "sdpa.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path)
+    with torch.no_grad():
+        for module in (program.module(), decomposed.module(), loaded.module()):
+            _assert_matches(lambda *a, m=module: (m(*a),), lambda *a: (model(*a),))

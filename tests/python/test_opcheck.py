@@ -153,3 +153,175 @@ def test_opcheck_mha_backward_partial_output_mask(requires_grad):
         args,
         test_utils=ALL_TESTS if not requires_grad else ALL_TESTS[:3],
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# scaled_dot_product_attention (CompositeImplicitAutograd, like multi_head_self_attention above)
+# and the ops it calls, _attention_block_forward / _attention_block_backward.
+
+# id -> options of one block sample: query (N, H, L, E), key (N, H_kv, S, E), value
+# (N, H_kv, S, Ev); mask "bool" (N, 1, L, S), "float" (H, L, S) or "padding" (N, 1, 1, S).
+BLOCK_SAMPLES = {
+    "plain_f32": dict(dtype=torch.float32),
+    "gqa_bool_mask_weights_avg": dict(H=4, H_kv=2, mask="bool", need_weights=True),
+    "gqa1_causal_weights_heads": dict(
+        H=4, H_kv=1, S=7, is_causal=True, need_weights=True, average=False
+    ),
+    "float_mask_window_scale_ev_f32": dict(
+        mask="float", window=(2, 1), scale=0.4, Ev=6, dtype=torch.float32
+    ),
+    "padding_causal_l_gt_s": dict(L=7, S=4, mask="padding", is_causal=True),
+    "dropout_gqa_weights_heads": dict(H=4, H_kv=2, dropout=0.25, need_weights=True, average=False),
+    # a block of the ring: queries 2..6 over keys 0..4, in the dropout plane of a 10 x 10 whole
+    "ring_block_diagonal_plane": dict(
+        is_causal=True, dropout=0.2, diagonal=2, dropout_plane=[10, 10, 2, 0]
+    ),
+}
+
+
+def _block_args(
+    *,
+    N=2,
+    H=2,
+    H_kv=None,
+    L=5,
+    S=None,
+    E=8,
+    Ev=None,
+    dtype=torch.float64,
+    mask=None,
+    is_causal=False,
+    window=None,
+    scale=None,
+    dropout=0.0,
+    need_weights=False,
+    average=True,
+    diagonal=0,
+    dropout_plane=None,
+    requires_grad=False,
+):
+    """(args, kwargs) of _attention_block_forward."""
+    H_kv = H if H_kv is None else H_kv
+    S = L if S is None else S
+    q = _tensor((N, H, L, E), dtype, 1)
+    k = _tensor((N, H_kv, S, E), dtype, 2)
+    v = _tensor((N, H_kv, S, E if Ev is None else Ev), dtype, 3)
+    for t in (q, k, v):
+        t.requires_grad_(requires_grad)
+    g = torch.Generator().manual_seed(4)
+    attn_mask = None
+    if mask == "bool":
+        attn_mask = torch.rand(N, 1, L, S, generator=g) < 0.7
+    elif mask == "float":
+        attn_mask = _tensor((H, L, S), dtype, 5)
+    elif mask == "padding":
+        attn_mask = torch.ones(N, 1, 1, S, dtype=torch.bool)
+        attn_mask[-1, ..., S // 2 :] = False
+    kwargs = dict(
+        attn_mask=attn_mask,
+        dropout_p=dropout,
+        is_causal=is_causal,
+        scale=scale,
+        window_size=list(window or (-1, -1)),
+        need_weights=need_weights,
+        average_attn_weights=average,
+        diagonal=diagonal,
+        dropout_plane=dropout_plane or [0, 0, 0, 0],
+    )
+    return (q, k, v), kwargs
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("sample", list(BLOCK_SAMPLES))
+def test_opcheck_attention_block_forward(sample, requires_grad):
+    args, kwargs = _block_args(requires_grad=requires_grad, **BLOCK_SAMPLES[sample])
+    opcheck(torch.ops.mhsa._attention_block_forward.default, args, kwargs, test_utils=ALL_TESTS)
+
+
+def test_opcheck_attention_block_forward_shared_rng_state():
+    """A seed handed in (the ring's ranks share the first rank's) is the one used."""
+    args, kwargs = _block_args(dropout=0.3, need_weights=True, average=False)
+    _, weights, _, rng_state = torch.ops.mhsa._attention_block_forward(*args, **kwargs)
+    kwargs["shared_rng_state"] = rng_state
+    again = torch.ops.mhsa._attention_block_forward(*args, **kwargs)
+    assert torch.equal(again[1], weights) and torch.equal(again[3], rng_state)
+    opcheck(torch.ops.mhsa._attention_block_forward.default, args, kwargs, test_utils=ALL_TESTS)
+
+
+def _block_backward_args(sample, output_mask=(True,) * 3, requires_grad=False):
+    """(args, kwargs) of _attention_block_backward, from a forward call of the sample."""
+    (q, k, v), kwargs = _block_args(**BLOCK_SAMPLES[sample])
+    out, weights, lse, rng_state = torch.ops.mhsa._attention_block_forward(q, k, v, **kwargs)
+    grad_out = _tensor(out.shape, out.dtype, 8)
+    grad_w = _tensor(weights.shape, weights.dtype, 9) if kwargs["need_weights"] else None
+    for t in (grad_out, grad_w, q, k, v):
+        if t is not None:
+            t.requires_grad_(requires_grad)
+    del kwargs["need_weights"]
+    kwargs["output_mask"] = list(output_mask)
+    return (grad_out, grad_w, q, k, v, out, lse, rng_state), kwargs
+
+
+@pytest.mark.parametrize("sample", list(BLOCK_SAMPLES))
+def test_opcheck_attention_block_backward(sample):
+    args, kwargs = _block_backward_args(sample)
+    opcheck(torch.ops.mhsa._attention_block_backward.default, args, kwargs, test_utils=ALL_TESTS)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+def test_opcheck_attention_block_backward_partial_output_mask(requires_grad):
+    """Only the key gradient requested: the others come back None. With inputs that require
+    grad, test_aot_dispatch_dynamic is left out (double backward, refused by design)."""
+    args, kwargs = _block_backward_args(
+        "gqa_bool_mask_weights_avg", output_mask=(False, True, False), requires_grad=requires_grad
+    )
+    grads = torch.ops.mhsa._attention_block_backward(*args, **kwargs)
+    assert grads[0] is None and grads[2] is None and grads[1] is not None
+    opcheck(
+        torch.ops.mhsa._attention_block_backward.default,
+        args,
+        kwargs,
+        test_utils=ALL_TESTS if not requires_grad else ALL_TESTS[:3],
+    )
+
+
+# id -> (query, key, value shapes, options) of scaled_dot_product_attention
+SDPA_SAMPLES = {
+    "4d_gqa_bool_mask_causal": (
+        (2, 4, 5, 8),
+        (2, 2, 7, 8),
+        (2, 2, 7, 6),
+        dict(mask=(2, 1, 5, 7), is_causal=True, enable_gqa=True),
+    ),
+    "3d_float_mask_scale": ((2, 5, 8), (2, 6, 8), (2, 6, 8), dict(mask=(5, 6), scale=0.3)),
+    "5d_window": ((2, 3, 2, 6, 8), (2, 3, 2, 6, 8), (2, 3, 2, 6, 4), dict(window=[1, 2])),
+    "2d_dropout": ((5, 8), (6, 8), (6, 8), dict(dropout=0.3)),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("sample", list(SDPA_SAMPLES))
+def test_opcheck_scaled_dot_product_attention(sample, requires_grad):
+    q_shape, k_shape, v_shape, opts = SDPA_SAMPLES[sample]
+    q, k, v = (
+        _tensor(shape, torch.float64, seed).requires_grad_(requires_grad)
+        for seed, shape in enumerate((q_shape, k_shape, v_shape))
+    )
+    mask = None
+    if "mask" in opts:
+        if "scale" in opts:
+            mask = _tensor(opts["mask"], torch.float64, 7)
+        else:
+            mask = torch.rand(opts["mask"], generator=torch.Generator().manual_seed(7)) < 0.7
+    args = (
+        q,
+        k,
+        v,
+        mask,
+        opts.get("dropout", 0.0),
+        opts.get("is_causal", False),
+        opts.get("scale"),
+        opts.get("enable_gqa", False),
+        opts.get("window"),
+    )
+    opcheck(torch.ops.mhsa.scaled_dot_product_attention.default, args, test_utils=ALL_TESTS)
