@@ -8,7 +8,8 @@ fast path, and the peak memory of one forward+backward step (fresh process per m
 
 Writes bench.csv, bench.md (the README's performance table) and speedup.png to --out.
 --sdpa times mhsa.scaled_dot_product_attention against torch.nn.functional's instead (grouped-
-query attention, a sliding window) and writes sdpa.md.
+query attention, a sliding window) and mhsa.MultiheadAttention's cross-attention against
+nn.MultiheadAttention, and writes sdpa.md.
 Speed is never asserted in tests; this script is the only place it is measured.
 """
 
@@ -478,6 +479,54 @@ def sdpa_row(
     )
 
 
+# Cross-attention: (N, L queries, S keys, E, H), mhsa.MultiheadAttention against
+# nn.MultiheadAttention (need_weights=False, as nn.TransformerDecoderLayer calls it).
+CROSS_SHAPE = (4, 512, 2048, 512, 8)
+
+
+def cross_attention_row(dtype_name: str, args: argparse.Namespace) -> str:
+    """Forward and forward+backward (gradients of the query, the memory and every parameter) of
+    mhsa.MultiheadAttention and nn.MultiheadAttention with the same weights, interleaved."""
+    N, L, S, E, H = CROSS_SHAPE
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(E, H, batch_first=True, dtype=dtype)
+    ours = mhsa.MultiheadAttention(E, H, batch_first=True, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(N, L, E, generator=g).to(dtype).requires_grad_()
+    memory = torch.randn(N, S, E, generator=g).to(dtype).requires_grad_()
+
+    def forward(module: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                module(q, memory, memory, need_weights=False)
+
+        return run
+
+    def step(module: nn.Module) -> Callable[[], None]:
+        inputs = [q, memory, *module.parameters()]
+        return lambda: torch.autograd.grad(
+            module(q, memory, memory, need_weights=False)[0].float().sum(), inputs
+        )
+
+    fwd = interleaved([forward(ours), forward(theirs)], args.warmup, args.reps, args.min_time)
+    steps = interleaved([step(ours), step(theirs)], args.warmup, args.reps, args.min_time)
+    o_f, t_f = median_ms(fwd[0]), median_ms(fwd[1])
+    o_s, t_s = median_ms(steps[0]), median_ms(steps[1])
+    print(
+        f"cross-attention {dtype_name} N={N} L={L} S={S} E={E} H={H}: fwd mhsa {o_f:.1f} ms, "
+        f"nn {t_f:.1f} ms ({t_f / o_f:.2f}x); fwd+bwd mhsa {o_s:.1f} ms, nn {t_s:.1f} ms "
+        f"({t_s / o_s:.2f}x)",
+        flush=True,
+    )
+    return (
+        f"| MultiheadAttention cross-attention vs nn | {dtype_name} | {N}, L={L} S={S}, {H}, "
+        f"E={E} | {o_f:.1f} | {t_f:.1f} | {t_f / o_f:.2f}x | {o_s:.1f} | {t_s:.1f} | "
+        f"**{t_s / o_s:.2f}x** |"
+    )
+
+
 def run_sdpa(args: argparse.Namespace, dtypes: list[str], header: str) -> None:
     """mhsa.scaled_dot_product_attention against torch.nn.functional.scaled_dot_product_attention
     (torch's default CPU path): grouped-query attention, not causal, in each dtype; then a
@@ -529,6 +578,8 @@ def run_sdpa(args: argparse.Namespace, dtypes: list[str], header: str) -> None:
             args,
         )
     )
+    for dtype_name in dtypes:
+        lines.append(cross_attention_row(dtype_name, args))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sdpa.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}/sdpa.md")
