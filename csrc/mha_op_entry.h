@@ -14,7 +14,7 @@
 
 #include <mhsa/internal_ops.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 
 namespace mhsa::internal {
 

@@ -7,11 +7,11 @@
 
 #include <string>
 
-#include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
-#include "cpu/tile_gemm.h"
-#include "cpu/tile_rate.h"
 #include "cpu/weight_cache.h"
+#include "engine/cpu_capability.h"
+#include "engine/micro_kernel_probe.h"
+#include "engine/tile_rate.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
   // Referenced from the public header so that linking against libmhsa.so is never dropped

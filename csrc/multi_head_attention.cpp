@@ -12,7 +12,7 @@
 #include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 #include "nn_masks.h"
 
 namespace mhsa {

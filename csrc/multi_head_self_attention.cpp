@@ -1,4 +1,5 @@
-// The public op mhsa::multi_head_self_attention and the C++ API functions.
+// The public op mhsa::multi_head_self_attention and the C++ API functions of the self-attention
+// ops (_mha_forward, _mha_backward, decode_step).
 //
 // The public op is CompositeImplicitAutograd: it only canonicalizes (unbatched input, eval
 // mode) and calls _mha_forward, whose Autograd kernel provides the gradients. It must not do
@@ -10,7 +11,7 @@
 #include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 #include "mha_op_entry.h"
 #include "nn_masks.h"
 
@@ -175,6 +176,20 @@ std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
               dropout_p, training, batch_first, key_padding_mask, need_weights, attn_mask,
               average_attn_weights, is_causal, window_size, num_kv_heads);
   return {output, need_weights ? weights : at::Tensor()};
+}
+
+// The C++ API of decode_step (the op's kernels: cpu/mha_decode.cpp, autograd/decode_step.cpp).
+at::Tensor decode_step(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
+                       const std::optional<at::Tensor>& in_proj_bias,
+                       const at::Tensor& out_proj_weight,
+                       const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
+                       bool batch_first, at::Tensor& key_cache, at::Tensor& value_cache,
+                       at::Tensor& cache_length) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::decode_step", "")
+                       .typed<decltype(decode_step)>();
+  return op.call(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+                 batch_first, key_cache, value_cache, cache_length);
 }
 
 }  // namespace mhsa

@@ -9,7 +9,7 @@
 #include <mhsa/internal_ops.h>
 #include <mhsa/ops.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 #include "mha_op_entry.h"
 
 namespace mhsa {

@@ -7,7 +7,7 @@
 
 #include <optional>
 
-#include "checks.h"
+#include "checks/checks.h"
 
 namespace mhsa {
 

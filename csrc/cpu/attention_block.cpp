@@ -11,14 +11,15 @@
 #include <cmath>
 #include <vector>
 
-#include "attention_block_checks.h"
 #include "attention_block_entry.h"
-#include "cpu/attention_args.h"
-#include "cpu/cpu_capability.h"
+#include "checks/attention_block_checks.h"
 #include "cpu/dropout_seed.h"
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/thread_team.h"
+#include "engine/cpu_capability.h"
+#include "kernels/attention_args.h"
+#include "kernels/attention_kernels.h"
 
 namespace mhsa::cpu {
 namespace {

@@ -8,7 +8,7 @@
 
 #include <mhsa/internal_ops.h>
 
-#include "cpu/attention_args.h"
+#include "engine/attention_geometry.h"
 
 namespace mhsa::cpu {
 

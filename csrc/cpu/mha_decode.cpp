@@ -22,10 +22,10 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/cpu_capability.h"
-#include "cpu/decode_attention.h"
+#include "checks/decode_checks.h"
 #include "cpu/projection_gemm.h"
-#include "decode_checks.h"
+#include "engine/cpu_capability.h"
+#include "kernels/decode_attention.h"
 
 namespace mhsa::cpu {
 namespace {

@@ -14,13 +14,14 @@
 #include <cmath>
 #include <mutex>
 
-#include "checks.h"
-#include "cpu/attention_args.h"
-#include "cpu/cpu_capability.h"
+#include "checks/checks.h"
 #include "cpu/dropout_seed.h"
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "engine/cpu_capability.h"
+#include "kernels/attention_args.h"
+#include "kernels/attention_kernels.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::cpu {

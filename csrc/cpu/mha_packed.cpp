@@ -23,17 +23,18 @@
 #include <omp.h>
 #endif
 
-#include "checks.h"
-#include "cpu/attention_args.h"
-#include "cpu/cpu_capability.h"
+#include "checks/checks.h"
+#include "checks/packed_checks.h"
 #include "cpu/dropout_seed.h"
 #include "cpu/input_bias_sums.h"
 #include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
 #include "cpu/thread_team.h"
+#include "engine/cpu_capability.h"
+#include "kernels/attention_args.h"
+#include "kernels/attention_kernels.h"
 #include "mha_op_entry.h"
-#include "packed_checks.h"
 
 namespace mhsa::cpu {
 namespace {

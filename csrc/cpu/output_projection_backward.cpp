@@ -1,7 +1,7 @@
 #include "cpu/output_projection_backward.h"
 
-#include "cpu/attention_args.h"
 #include "cpu/projection_gemm.h"
+#include "engine/attention_geometry.h"
 
 namespace mhsa::cpu {
 

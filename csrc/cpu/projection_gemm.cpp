@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/cpu_capability.h"
 #include "cpu/parallel_stats.h"
-#include "cpu/small_rows_gemm.h"
-#include "cpu/tile_gemm.h"
 #include "cpu/weight_cache.h"
+#include "engine/cpu_capability.h"
+#include "engine/micro_kernel_probe.h"
+#include "engine/small_rows_gemm.h"
+#include "engine/tile_gemm.h"
+#include "engine/transpose.h"
 
 namespace mhsa::cpu {
 namespace {

@@ -12,8 +12,8 @@
 #include <omp.h>
 #endif
 
-#include "cpu/attention_args.h"
 #include "cpu/parallel_stats.h"
+#include "kernels/attention_args.h"
 
 namespace mhsa::cpu {
 

@@ -4,8 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "attention_block_checks.h"
 #include "attention_block_entry.h"
+#include "checks/attention_block_checks.h"
 
 namespace mhsa::meta {
 namespace {

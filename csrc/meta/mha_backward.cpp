@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 #include "meta/backward_result.h"
 #include "mha_op_entry.h"
 

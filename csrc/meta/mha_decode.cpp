@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "decode_checks.h"
+#include "checks/decode_checks.h"
 
 namespace mhsa::meta {
 namespace {

@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 #include "mha_op_entry.h"
 
 namespace mhsa::meta {

@@ -5,10 +5,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "checks/checks.h"
+#include "checks/packed_checks.h"
 #include "meta/backward_result.h"
 #include "mha_op_entry.h"
-#include "packed_checks.h"
 
 namespace mhsa::meta {
 namespace {

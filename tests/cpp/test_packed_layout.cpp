@@ -13,8 +13,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu/packed_layout.h"
-#include "cpu/tile_gemm.h"
+#include "engine/micro_kernel_probe.h"
+#include "engine/packed_layout.h"
 
 namespace mhsa_test {
 namespace {

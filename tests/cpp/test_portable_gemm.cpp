@@ -1,4 +1,4 @@
-// The portable loop GEMM (csrc/cpu/portable_gemm.cpp), every instruction-set copy this CPU can
+// The portable loop GEMM (csrc/engine/portable_gemm.cpp), every instruction-set copy this CPU can
 // run, bitwise against the plain loops it replaced: each 512-deep K chunk summed from zero with
 // fused multiply-adds in increasing k, the chunk sums added to beta * C in order (alpha == 1) or
 // summed apart and combined as beta * C + alpha * sum. Shapes across the register blocks, the
@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/cpu_capability.h"
-#include "cpu/portable_gemm.h"
+#include "engine/cpu_capability.h"
+#include "engine/portable_gemm.h"
 
 // The reference's roundings are part of what is compared: no fused contraction here.
 #if defined(__clang__)

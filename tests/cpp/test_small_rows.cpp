@@ -1,4 +1,4 @@
-// The few-rows projection kernel (csrc/cpu/small_rows_gemm.h), every instruction-set copy this
+// The few-rows projection kernel (csrc/engine/small_rows_gemm.h), every instruction-set copy this
 // CPU can run: against a float64 sum, K around the vector widths (tails), every row count it
 // takes, with and without bias; and every split of the weight rows into calls gives the same
 // bits (what makes it independent of the thread count).
@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/cpu_capability.h"
-#include "cpu/small_rows_gemm.h"
+#include "engine/cpu_capability.h"
+#include "engine/small_rows_gemm.h"
 
 namespace mhsa_test {
 namespace {

@@ -1,4 +1,4 @@
-// The tile GEMM engine (csrc/cpu/tile_gemm.cpp) on its own, whichever engine this CPU runs (the
+// The tile GEMM engine (csrc/engine/tile_gemm.cpp) on its own, whichever engine this CPU runs (the
 // oneDNN brgemm micro-kernels: VNNI/AMX packing for bfloat16, the layout the probe found for
 // float16 where the CPU has a float16 kernel, float16 on the float32 one elsewhere; or the
 // portable loops; the ASan build runs this file both ways): every combination of transposes,
@@ -14,7 +14,8 @@
 #include <random>
 #include <vector>
 
-#include "cpu/tile_gemm.h"
+#include "engine/micro_kernel_probe.h"
+#include "engine/tile_gemm.h"
 
 namespace mhsa_test {
 namespace {

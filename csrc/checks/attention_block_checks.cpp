@@ -1,8 +1,8 @@
-#include "attention_block_checks.h"
+#include "checks/attention_block_checks.h"
 
 #include <c10/util/Exception.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 
 namespace mhsa {
 namespace {

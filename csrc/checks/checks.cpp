@@ -1,4 +1,4 @@
-#include "checks.h"
+#include "checks/checks.h"
 
 #include <c10/util/Exception.h>
 

@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "cpu/tile_gemm.h"
+#include "engine/tile_gemm.h"
 
 namespace mhsa::cpu {
 

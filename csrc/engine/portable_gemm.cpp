@@ -15,7 +15,7 @@
 #error "portable_gemm.cpp is compiled once per instruction set, with MHSA_ISA naming the copy"
 #endif
 
-#include "cpu/portable_gemm.h"
+#include "engine/portable_gemm.h"
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

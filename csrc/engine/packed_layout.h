@@ -2,6 +2,8 @@
 // The shape of one packed 16-bit B block in each layout the 16-bit micro-kernels take, as pure
 // arithmetic: tests/cpp/test_packed_layout.cpp checks it on every CPU, so a machine without a
 // matrix unit still checks the rules of one (AMX packing refuses most leading dimensions).
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 
 namespace mhsa::cpu {
@@ -29,6 +31,11 @@ constexpr int64_t kBlockN = 64;
 inline bool amx_pack_accepts(int64_t K, int64_t N, int64_t ld_out) {
   return K > 0 && N > 0 && ld_out % 16 == 0 && ld_out >= N && ld_out <= kBlockN;
 }
+
+// cpublas::pack's signature: K x N row-major (row stride ld_in) in, packed (ld_out) out. Tests
+// pass stand-ins of this type to feed the probe another CPU's packing rules.
+using PackFunction = void (*)(int64_t K, int64_t N, int64_t ld_in, int64_t ld_out,
+                              c10::ScalarType dtype, const void* in, void* out);
 
 struct PackedBlockShape {
   int64_t k_rows;    // reduction rows stored: kc rounded up to even (VNNI pairs), zero-filled

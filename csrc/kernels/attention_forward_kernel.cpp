@@ -3,7 +3,17 @@
 // Each task reads Q, K and V in place (AttentionGeometry's layouts), writes its output rows and
 // one log-sum-exp per query row: enough for backward to recompute any probability as
 // exp(score - lse) without an L x S matrix.
-#include "cpu/attention_tile.h"
+#include <algorithm>
+
+#include "engine/buffer.h"
+#include "engine/conversions.h"
+#include "engine/dot_tile.h"
+#include "engine/dropout.h"
+#include "engine/masks.h"
+#include "engine/score_tile.h"
+#include "engine/tile_gemm.h"
+#include "engine/vector_math.h"
+#include "kernels/attention_kernels.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {

@@ -2,13 +2,13 @@
 // micro-kernel, or the portable loops where those run) on one tile shape, for scripts/bench's
 // efficiency column: mhsa's GFLOP/s as a share of its own engine's rate carries from one CPU to
 // another, where a ratio against torch depends on torch's GEMM library there.
-#include "cpu/tile_rate.h"
+#include "engine/tile_rate.h"
 
 #include <ATen/ATen.h>
 
 #include <chrono>
 
-#include "cpu/tile_gemm.h"
+#include "engine/tile_gemm.h"
 
 namespace mhsa::cpu {
 namespace {

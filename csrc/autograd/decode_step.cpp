@@ -1,4 +1,4 @@
-// mhsa::decode_step: the C++ API function and the op's Autograd kernel.
+// The Autograd kernel of mhsa::decode_step.
 //
 // Decoding is inference: the op has no derivative. Its Autograd kernel refuses, with a clear
 // message, to run while grad mode is on and an input requires grad (instead of returning an
@@ -16,19 +16,6 @@
 #include "cpu/weight_cache.h"
 
 namespace mhsa {
-
-at::Tensor decode_step(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
-                       const std::optional<at::Tensor>& in_proj_bias,
-                       const at::Tensor& out_proj_weight,
-                       const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                       bool batch_first, at::Tensor& key_cache, at::Tensor& value_cache,
-                       at::Tensor& cache_length) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::decode_step", "")
-                       .typed<decltype(decode_step)>();
-  return op.call(x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
-                 batch_first, key_cache, value_cache, cache_length);
-}
 
 namespace {
 

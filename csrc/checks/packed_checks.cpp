@@ -1,9 +1,9 @@
-#include "packed_checks.h"
+#include "checks/packed_checks.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
-#include "checks.h"
+#include "checks/checks.h"
 
 namespace mhsa {
 PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::Tensor& cu_seqlens,

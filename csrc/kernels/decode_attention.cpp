@@ -1,14 +1,16 @@
 // decode_attention.h's tasks for one instruction set: a query's scores over the cache with
 // vector dot products (float), the softmax with the attention kernels' vector exp, and the
 // values summed a vector of D at a time.
-#include "cpu/decode_attention.h"
+#include "kernels/decode_attention.h"
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
-#include "cpu/attention_tile.h"
-#include "cpu/lane_sum.h"
+#include "engine/buffer.h"
+#include "engine/conversions.h"
+#include "engine/lane_sum.h"
+#include "engine/vector_math.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {

@@ -1,4 +1,4 @@
-#include "decode_checks.h"
+#include "checks/decode_checks.h"
 
 #include <c10/util/Exception.h>
 

@@ -15,7 +15,19 @@
 // per-thread or per-chunk dQ copies exist (memory O(N*L*E)).
 #include <sched.h>
 
-#include "cpu/attention_tile.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include "engine/buffer.h"
+#include "engine/conversions.h"
+#include "engine/dot_tile.h"
+#include "engine/dropout.h"
+#include "engine/masks.h"
+#include "engine/score_tile.h"
+#include "engine/tile_gemm.h"
+#include "engine/vector_math.h"
+#include "kernels/attention_kernels.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {

@@ -7,12 +7,12 @@
 #error "small_rows_gemm.cpp is compiled once per instruction set, with MHSA_ISA naming the copy"
 #endif
 
-#include "cpu/small_rows_gemm.h"
+#include "engine/small_rows_gemm.h"
 
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/lane_sum.h"
+#include "engine/lane_sum.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {

@@ -1,0 +1,127 @@
+#pragma once
+// Vector math on fp32 rows with GCC vector extensions, per instruction set: the width follows
+// the ISA flags of the translation unit (4, 8 or 16 lanes).
+#include "engine/per_isa.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace mhsa::cpu::MHSA_ISA {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+typedef float vfloat __attribute__((vector_size(kVecBytes)));
+typedef int32_t vint __attribute__((vector_size(kVecBytes)));
+constexpr int kLanes = kVecBytes / 4;
+
+inline vfloat splat(float v) { return vfloat{} + v; }
+inline vfloat load(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+
+// exp(x) in about 1 ulp: x = n ln2 + r with |r| <= ln2/2, a degree-7 polynomial for exp(r)
+// (Cephes' expf coefficients), 2^n added to the exponent bits. Below -87.3 (including -inf,
+// i.e. masked scores) the result is exactly 0; NaN stays NaN.
+inline vfloat vexp(vfloat x) {
+  const vint is_nan = x != x;
+  const vint underflow = x < -87.3365478515625f;
+  x = x > 88.3762626647949f ? splat(88.3762626647949f) : x;
+  x = underflow ? splat(-87.3365478515625f) : x;
+  const vfloat t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) via 1.5 * 2^23
+  const vfloat n = t - 12582912.0f;
+  const vint n_int = (vint)t - 0x4B400000;
+  vfloat r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  vfloat p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vint bits = (vint)p + (n_int << 23);
+  vfloat result = (vfloat)bits;
+  result = underflow ? vfloat{} : result;
+  return is_nan ? x : result;
+}
+
+// Tail of a row: the last n % kLanes elements through a padded vector.
+inline vfloat load_tail(const float* p, int64_t count, float pad) {
+  float tmp[kLanes];
+  for (int k = 0; k < kLanes; ++k) tmp[k] = k < count ? p[k] : pad;
+  return load(tmp);
+}
+inline void store_tail(float* p, int64_t count, vfloat v) {
+  float tmp[kLanes];
+  store(tmp, v);
+  for (int64_t k = 0; k < count; ++k) p[k] = tmp[k];
+}
+inline float horizontal_sum(vfloat v) {
+  float s = 0;
+  for (int k = 0; k < kLanes; ++k) s += v[k];
+  return s;
+}
+// The maxima below propagate NaN (a NaN score must give a NaN row, as in torch, not be
+// mistaken for a masked one).
+inline float horizontal_max(vfloat v) {
+  float m = v[0];
+  for (int k = 1; k < kLanes; ++k) m = (v[k] > m || v[k] != v[k]) ? v[k] : m;
+  return m;
+}
+
+inline float row_max(const float* x, int64_t n) {
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  vfloat m = splat(neg_inf);
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    const vfloat v = load(x + c);
+    m = (v > m) | (v != v) ? v : m;
+  }
+  if (c < n) {
+    const vfloat v = load_tail(x + c, n - c, neg_inf);
+    m = (v > m) | (v != v) ? v : m;
+  }
+  return horizontal_max(m);
+}
+inline double row_max(const double* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t c = 0; c < n; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+  return m;
+}
+
+// x = exp(x - shift) in place; returns the sum of the new values.
+inline float exp_shift_sum(float* x, int64_t n, float shift) {
+  vfloat sum{};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    const vfloat e = vexp(load(x + c) - shift);
+    store(x + c, e);
+    sum += e;
+  }
+  if (c < n) {
+    const vfloat e = vexp(load_tail(x + c, n - c, -std::numeric_limits<float>::infinity()) - shift);
+    store_tail(x + c, n - c, e);
+    sum += e;
+  }
+  return horizontal_sum(sum);
+}
+inline double exp_shift_sum(double* x, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    x[c] = std::exp(x[c] - shift);
+    sum += x[c];
+  }
+  return sum;
+}
+
+}  // namespace mhsa::cpu::MHSA_ISA
