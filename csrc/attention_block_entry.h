@@ -30,15 +30,15 @@ inline BlockOptions block_options(const char* op, double dropout_p, bool is_caus
   check_window_size(op, window_size);
   TORCH_CHECK(dropout_plane.size() == 4, op, ": dropout_plane must be (rows, cols, row_offset, ",
               "col_offset), got ", dropout_plane.size(), " values");
-  BlockOptions o;
-  o.dropout_p = dropout_p;
-  o.is_causal = is_causal;
-  o.scale = scale;
-  o.window_size = {window_size[0], window_size[1]};
-  o.diagonal = diagonal;
-  o.dropout_plane = {dropout_plane[0], dropout_plane[1], dropout_plane[2], dropout_plane[3]};
-  o.key_padding_mask = key_padding_mask;
-  return o;
+  BlockOptions options;
+  options.dropout_p = dropout_p;
+  options.is_causal = is_causal;
+  options.scale = scale;
+  options.window_size = {window_size[0], window_size[1]};
+  options.diagonal = diagonal;
+  options.dropout_plane = {dropout_plane[0], dropout_plane[1], dropout_plane[2], dropout_plane[3]};
+  options.key_padding_mask = key_padding_mask;
+  return options;
 }
 
 template <BlockForwardKernel Kernel>

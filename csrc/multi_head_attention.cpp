@@ -161,14 +161,14 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention_composite(
     kpm = pad_key_column(kpm);
   }
   mask = nn_attn_mask_for_block(kOp, mask, N, num_heads, q.sym_size(2), k.sym_size(2));
-  internal::BlockOptions o;
-  o.dropout_p = training ? dropout_p : 0.0;
-  o.is_causal = is_causal;
+  internal::BlockOptions options;
+  options.dropout_p = training ? dropout_p : 0.0;
+  options.is_causal = is_causal;
   check_window_size(kOp, window_size);
-  o.window_size = {window_size[0], window_size[1]};
-  o.key_padding_mask = kpm;
+  options.window_size = {window_size[0], window_size[1]};
+  options.key_padding_mask = kpm;
   auto [context, weights, lse, rng_state] = internal::attention_block_forward(
-      q, k, v, mask, o, need_weights, average_attn_weights, std::nullopt);
+      q, k, v, mask, options, need_weights, average_attn_weights, std::nullopt);
   // (N, H, L, D) heads-last memory: back to (N, L, E) without a copy.
   at::Tensor output =
       at::linear(context.transpose(1, 2).flatten(2), out_proj_weight, out_proj_bias);

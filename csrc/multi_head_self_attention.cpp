@@ -85,15 +85,16 @@ std::tuple<at::Tensor, at::Tensor> grouped_query_self_attention(
   auto heads = [](const at::Tensor& t, int64_t count) {
     return t.unflatten(-1, {count, -1}).transpose(1, 2);
   };
-  internal::BlockOptions o;
-  o.dropout_p = dropout_p;
-  o.is_causal = is_causal;
+  internal::BlockOptions options;
+  options.dropout_p = dropout_p;
+  options.is_causal = is_causal;
   check_window_size(op, window_size);
-  o.window_size = {window_size[0], window_size[1]};
-  o.key_padding_mask = key_padding_mask;
-  auto [context, weights, lse, rng_state] = internal::attention_block_forward(
-      heads(qkv[0], H), heads(qkv[1], H_kv), heads(qkv[2], H_kv),
-      nn_attn_mask_for_block(op, attn_mask, N, H, L, L), o, need_weights, average_attn_weights);
+  options.window_size = {window_size[0], window_size[1]};
+  options.key_padding_mask = key_padding_mask;
+  auto [context, weights, lse, rng_state] =
+      internal::attention_block_forward(heads(qkv[0], H), heads(qkv[1], H_kv), heads(qkv[2], H_kv),
+                                        nn_attn_mask_for_block(op, attn_mask, N, H, L, L), options,
+                                        need_weights, average_attn_weights);
   const at::Tensor output =
       at::linear(context.transpose(1, 2).flatten(2), out_proj_weight, out_proj_bias);
   return {output, weights};

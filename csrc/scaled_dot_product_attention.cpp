@@ -19,29 +19,30 @@ namespace internal {
 BlockForwardOutputs attention_block_forward(const at::Tensor& query, const at::Tensor& key,
                                             const at::Tensor& value,
                                             const std::optional<at::Tensor>& attn_mask,
-                                            const BlockOptions& o, bool need_weights,
+                                            const BlockOptions& options, bool need_weights,
                                             bool average_attn_weights,
                                             const std::optional<at::Tensor>& rng_state) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::_attention_block_forward", "")
                        .typed<decltype(block_forward_entry<nullptr>)>();
-  return op.call(query, key, value, attn_mask, o.dropout_p, o.is_causal, o.scale, o.window_size,
-                 need_weights, average_attn_weights, o.diagonal, o.dropout_plane, rng_state,
-                 o.key_padding_mask);
+  return op.call(query, key, value, attn_mask, options.dropout_p, options.is_causal, options.scale,
+                 options.window_size, need_weights, average_attn_weights, options.diagonal,
+                 options.dropout_plane, rng_state, options.key_padding_mask);
 }
 
 BlockBackwardOutputs attention_block_backward(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool average_attn_weights,
-    std::array<bool, 3> output_mask) {
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
+    bool average_attn_weights, std::array<bool, 3> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mhsa::_attention_block_backward", "")
                        .typed<decltype(block_backward_entry<nullptr>)>();
   return op.call(grad_output, grad_attn_weights, query, key, value, output, logsumexp, rng_state,
-                 attn_mask, o.dropout_p, o.is_causal, o.scale, o.window_size, average_attn_weights,
-                 o.diagonal, o.dropout_plane, output_mask, o.key_padding_mask);
+                 attn_mask, options.dropout_p, options.is_causal, options.scale,
+                 options.window_size, average_attn_weights, options.diagonal, options.dropout_plane,
+                 output_mask, options.key_padding_mask);
 }
 
 }  // namespace internal
@@ -103,17 +104,17 @@ at::Tensor scaled_dot_product_attention_composite(const at::Tensor& query, const
           {-1, full[full.size() - 3], full[full.size() - 2], full.back()});
     }
   }
-  internal::BlockOptions o;
-  o.dropout_p = dropout_p;
-  o.is_causal = is_causal;
-  o.scale = scale;
+  internal::BlockOptions options;
+  options.dropout_p = dropout_p;
+  options.is_causal = is_causal;
+  options.scale = scale;
   if (window_size.has_value()) {
-    o.window_size = internal::block_options(kOp, 0.0, false, std::nullopt, *window_size, 0,
-                                            {0, 0, 0, 0}, std::nullopt)
-                        .window_size;
+    options.window_size = internal::block_options(kOp, 0.0, false, std::nullopt, *window_size, 0,
+                                                  {0, 0, 0, 0}, std::nullopt)
+                              .window_size;
   }
   auto [output, weights, lse, rng_state] = internal::attention_block_forward(
-      q, k, v, mask, o, /*need_weights=*/false, /*average_attn_weights=*/true, std::nullopt);
+      q, k, v, mask, options, /*need_weights=*/false, /*average_attn_weights=*/true, std::nullopt);
   if (query.dim() == 4) return output;
   std::vector<c10::SymInt> shape(query.sym_sizes().begin(), query.sym_sizes().end());
   shape.back() = v.sym_size(3);

@@ -15,28 +15,29 @@ using internal::BlockOptions;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void save_block_options(AutogradContext* ctx, const BlockOptions& o) {
-  ctx->saved_data["dropout_p"] = o.dropout_p;
-  ctx->saved_data["is_causal"] = o.is_causal;
-  ctx->saved_data["has_scale"] = o.scale.has_value();
-  ctx->saved_data["scale"] = o.scale.value_or(0.0);
-  ctx->saved_data["window_left"] = o.window_size[0];
-  ctx->saved_data["window_right"] = o.window_size[1];
-  ctx->saved_data["diagonal"] = o.diagonal;
+void save_block_options(AutogradContext* ctx, const BlockOptions& options) {
+  ctx->saved_data["dropout_p"] = options.dropout_p;
+  ctx->saved_data["is_causal"] = options.is_causal;
+  ctx->saved_data["has_scale"] = options.scale.has_value();
+  ctx->saved_data["scale"] = options.scale.value_or(0.0);
+  ctx->saved_data["window_left"] = options.window_size[0];
+  ctx->saved_data["window_right"] = options.window_size[1];
+  ctx->saved_data["diagonal"] = options.diagonal;
   ctx->saved_data["dropout_plane"] =
-      std::vector<int64_t>(o.dropout_plane.begin(), o.dropout_plane.end());
+      std::vector<int64_t>(options.dropout_plane.begin(), options.dropout_plane.end());
 }
 
 BlockOptions load_block_options(AutogradContext* ctx) {
-  BlockOptions o;
-  o.dropout_p = ctx->saved_data["dropout_p"].toDouble();
-  o.is_causal = ctx->saved_data["is_causal"].toBool();
-  if (ctx->saved_data["has_scale"].toBool()) o.scale = ctx->saved_data["scale"].toDouble();
-  o.window_size = {ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt()};
-  o.diagonal = ctx->saved_data["diagonal"].toInt();
+  BlockOptions options;
+  options.dropout_p = ctx->saved_data["dropout_p"].toDouble();
+  options.is_causal = ctx->saved_data["is_causal"].toBool();
+  if (ctx->saved_data["has_scale"].toBool()) options.scale = ctx->saved_data["scale"].toDouble();
+  options.window_size = {ctx->saved_data["window_left"].toInt(),
+                         ctx->saved_data["window_right"].toInt()};
+  options.diagonal = ctx->saved_data["diagonal"].toInt();
   const auto plane = ctx->saved_data["dropout_plane"].toIntVector();
-  o.dropout_plane = {plane[0], plane[1], plane[2], plane[3]};
-  return o;
+  options.dropout_plane = {plane[0], plane[1], plane[2], plane[3]};
+  return options;
 }
 
 class AttentionBlockFunction : public torch::autograd::Function<AttentionBlockFunction> {

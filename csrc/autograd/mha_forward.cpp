@@ -32,27 +32,28 @@ void check_not_differentiable(const std::optional<at::Tensor>& mask, const char*
 // in saved_data.
 constexpr size_t kFirstSavedMask = 7;
 
-void save_options(AutogradContext* ctx, const AttentionOptions& o) {
-  ctx->saved_data["num_heads"] = o.num_heads;
-  ctx->saved_data["batch_first"] = o.batch_first;
-  ctx->saved_data["is_causal"] = o.is_causal;
-  ctx->saved_data["dropout_p"] = o.dropout_p;
-  ctx->saved_data["average_attn_weights"] = o.average_attn_weights;
-  ctx->saved_data["window_left"] = o.window_size[0];
-  ctx->saved_data["window_right"] = o.window_size[1];
+void save_options(AutogradContext* ctx, const AttentionOptions& options) {
+  ctx->saved_data["num_heads"] = options.num_heads;
+  ctx->saved_data["batch_first"] = options.batch_first;
+  ctx->saved_data["is_causal"] = options.is_causal;
+  ctx->saved_data["dropout_p"] = options.dropout_p;
+  ctx->saved_data["average_attn_weights"] = options.average_attn_weights;
+  ctx->saved_data["window_left"] = options.window_size[0];
+  ctx->saved_data["window_right"] = options.window_size[1];
 }
 
 AttentionOptions load_options(AutogradContext* ctx, const variable_list& saved) {
-  AttentionOptions o;
-  o.num_heads = ctx->saved_data["num_heads"].toInt();
-  o.batch_first = ctx->saved_data["batch_first"].toBool();
-  o.attn_mask = defined_or_null(saved[kFirstSavedMask]);
-  o.key_padding_mask = defined_or_null(saved[kFirstSavedMask + 1]);
-  o.is_causal = ctx->saved_data["is_causal"].toBool();
-  o.dropout_p = ctx->saved_data["dropout_p"].toDouble();
-  o.average_attn_weights = ctx->saved_data["average_attn_weights"].toBool();
-  o.window_size = {ctx->saved_data["window_left"].toInt(), ctx->saved_data["window_right"].toInt()};
-  return o;
+  AttentionOptions options;
+  options.num_heads = ctx->saved_data["num_heads"].toInt();
+  options.batch_first = ctx->saved_data["batch_first"].toBool();
+  options.attn_mask = defined_or_null(saved[kFirstSavedMask]);
+  options.key_padding_mask = defined_or_null(saved[kFirstSavedMask + 1]);
+  options.is_causal = ctx->saved_data["is_causal"].toBool();
+  options.dropout_p = ctx->saved_data["dropout_p"].toDouble();
+  options.average_attn_weights = ctx->saved_data["average_attn_weights"].toBool();
+  options.window_size = {ctx->saved_data["window_left"].toInt(),
+                         ctx->saved_data["window_right"].toInt()};
+  return options;
 }
 
 class MhaForwardFunction : public torch::autograd::Function<MhaForwardFunction> {

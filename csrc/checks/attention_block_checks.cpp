@@ -22,7 +22,7 @@ void check_operand(const char* op, const char* name, const at::Tensor& t, const 
 BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
                                         const at::Tensor& key, const at::Tensor& value,
                                         const std::optional<at::Tensor>& attn_mask,
-                                        const internal::BlockOptions& o) {
+                                        const internal::BlockOptions& options) {
   check_operand(op, "query", query, query);
   check_operand(op, "key", key, query);
   check_operand(op, "value", value, query);
@@ -44,8 +44,8 @@ BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
   TORCH_CHECK(s.H_kv == 0 || s.H % s.H_kv == 0, op,
               ": number of heads in key and value must divide the number of heads in query, got ",
               s.H, " query heads and ", s.H_kv, " key/value heads");
-  TORCH_CHECK(o.dropout_p >= 0.0 && o.dropout_p <= 1.0, op,
-              ": dropout probability has to be between 0 and 1, but got ", o.dropout_p);
+  TORCH_CHECK(options.dropout_p >= 0.0 && options.dropout_p <= 1.0, op,
+              ": dropout probability has to be between 0 and 1, but got ", options.dropout_p);
   if (attn_mask.has_value() && attn_mask->defined()) {
     const at::Tensor& m = *attn_mask;
     TORCH_CHECK(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()), op,
@@ -67,8 +67,8 @@ BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
                   size, ")");
     }
   }
-  if (o.key_padding_mask.has_value() && o.key_padding_mask->defined()) {
-    const at::Tensor& m = *o.key_padding_mask;
+  if (options.key_padding_mask.has_value() && options.key_padding_mask->defined()) {
+    const at::Tensor& m = *options.key_padding_mask;
     TORCH_CHECK(m.scalar_type() == at::kBool || at::isFloatingType(m.scalar_type()), op,
                 ": expected key_padding_mask of dtype bool (true = may not attend) or floating "
                 "(added to the scores), got ",

@@ -18,7 +18,7 @@ struct MhaSizes {
   int64_t num_heads;  // H
 };
 
-// Checks the arguments of mha_forward (and the shared ones of mha_backward); `op` names the
+// Checks the arguments of _mha_forward (and the shared ones of _mha_backward); `op` names the
 // caller in messages.
 MhaSizes check_mha_inputs(const char* op, const at::Tensor& x, const at::Tensor& in_proj_weight,
                           const std::optional<at::Tensor>& in_proj_bias,

@@ -19,7 +19,7 @@ DecodeSizes check_decode_inputs(const at::Tensor& x_new, const at::Tensor& in_pr
                 " (the width of in_proj_weight) as its last dim, got x_new of shape ",
                 x_new.sym_sizes());
   }
-  // x_new, the weights and biases are checked as mha_forward checks them (no masks, no dropout).
+  // x_new, the weights and biases are checked as _mha_forward checks them (no masks, no dropout).
   const MhaSizes s =
       check_mha_inputs(op, x_new, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                        num_heads, batch_first, std::nullopt, std::nullopt, 0.0);

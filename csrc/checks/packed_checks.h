@@ -1,5 +1,5 @@
 #pragma once
-// Input validation of the packed variable-length ops (mha_packed_forward/backward), shared by
+// Input validation of the packed variable-length ops (_mha_packed_forward/backward), shared by
 // the CPU and Meta kernels like checks.h. x is (T, E): B sequences back to back, sequence b
 // at rows cu_seqlens[b] .. cu_seqlens[b+1].
 #include <ATen/core/Tensor.h>
@@ -25,7 +25,7 @@ PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::T
                                 const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
                                 int64_t window_left, int64_t window_right, double dropout_p);
 
-// Checks the saved tensors and the incoming gradient passed to mha_packed_backward.
+// Checks the saved tensors and the incoming gradient passed to _mha_packed_backward.
 void check_packed_backward_inputs(const PackedSizes& s, const at::Tensor& grad_output,
                                   const at::Tensor& x, const at::Tensor& qkv,
                                   const at::Tensor& context, const at::Tensor& logsumexp,

@@ -36,38 +36,38 @@ OperandLayout layout_of(const at::Tensor& t) {  // (N, heads, length, dim)
 // (N, H, L, dim) as a view of (N, L, H, dim) memory: each position's heads side by side, the
 // layout an output projection reads (as PyTorch's CPU flash attention returns it).
 at::Tensor empty_heads_last(int64_t N, int64_t H, int64_t L, int64_t dim,
-                            const at::TensorOptions& options) {
-  return at::empty({N, L, H, dim}, options).permute({0, 2, 1, 3});
+                            const at::TensorOptions& tensor_options) {
+  return at::empty({N, L, H, dim}, tensor_options).permute({0, 2, 1, 3});
 }
 
-double softmax_scale(const BlockOptions& o, int64_t D) {
-  return o.scale.has_value() ? *o.scale : 1.0 / std::sqrt(static_cast<double>(D));
+double softmax_scale(const BlockOptions& options, int64_t D) {
+  return options.scale.has_value() ? *options.scale : 1.0 / std::sqrt(static_cast<double>(D));
 }
 
-void set_dropout(DropoutParams& d, const BlockOptions& o, uint64_t seed) {
-  if (o.dropout_p <= 0.0) return;
+void set_dropout(DropoutParams& d, const BlockOptions& options, uint64_t seed) {
+  if (options.dropout_p <= 0.0) return;
   d.enabled = true;
-  d.p = o.dropout_p;
+  d.p = options.dropout_p;
   d.seed = seed;
-  d.rows = o.dropout_plane[0];
-  d.cols = o.dropout_plane[1];
-  d.row_offset = o.dropout_plane[2];
-  d.col_offset = o.dropout_plane[3];
+  d.rows = options.dropout_plane[0];
+  d.cols = options.dropout_plane[1];
+  d.row_offset = options.dropout_plane[2];
+  d.col_offset = options.dropout_plane[3];
 }
 
 internal::BlockForwardOutputs block_forward_compute(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool need_weights,
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
     bool average_attn_weights, const std::optional<at::Tensor>& shared_rng_state) {
   const at::Tensor q = rows_contiguous(query), k = rows_contiguous(key), v = rows_contiguous(value);
   const int64_t N = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   const int64_t H_kv = k.size(1), S = k.size(2), Dv = v.size(3);
-  const auto options = q.options();
-  at::Tensor output = empty_heads_last(N, H, L, Dv, options);
-  at::Tensor lse = at::empty({N, H, L}, options.dtype(logsumexp_dtype(q.scalar_type())));
-  at::Tensor rng_state = at::zeros({2}, options.dtype(at::kLong));
+  const auto tensor_options = q.options();
+  at::Tensor output = empty_heads_last(N, H, L, Dv, tensor_options);
+  at::Tensor lse = at::empty({N, H, L}, tensor_options.dtype(logsumexp_dtype(q.scalar_type())));
+  at::Tensor rng_state = at::zeros({2}, tensor_options.dtype(at::kLong));
   uint64_t seed = 0;
-  if (o.dropout_p > 0.0) {
+  if (options.dropout_p > 0.0) {
     seed = shared_rng_state.has_value() && shared_rng_state->defined()
                ? static_cast<uint64_t>((*shared_rng_state)[0].item<int64_t>())
                : draw_dropout_seed();
@@ -75,16 +75,17 @@ internal::BlockForwardOutputs block_forward_compute(
   }
   at::Tensor weights;
   if (!need_weights) {
-    weights = at::empty({0}, options);
+    weights = at::empty({0}, tensor_options);
   } else if (average_attn_weights) {
-    weights = at::zeros({N, L, S}, options.dtype(lse.scalar_type()));  // accumulated over heads
+    weights =
+        at::zeros({N, L, S}, tensor_options.dtype(lse.scalar_type()));  // accumulated over heads
   } else {
-    weights = at::empty({N, H, L, S}, options);
+    weights = at::empty({N, H, L, S}, tensor_options);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, q.scalar_type(), "attention_block_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const auto masks = MaskStorage<acc_t>::for_block(attn_mask, N, H, L, S, o);
+        const auto masks = MaskStorage<acc_t>::for_block(attn_mask, N, H, L, S, options);
         ForwardArgs<scalar_t> a;
         a.g = AttentionGeometry{
             N, L, S, H, H_kv, D, Dv, layout_of(q), layout_of(k), layout_of(v), layout_of(output)};
@@ -96,9 +97,9 @@ internal::BlockForwardOutputs block_forward_compute(
         if (need_weights && average_attn_weights) a.weights_avg = weights.mutable_data_ptr<acc_t>();
         if (need_weights && !average_attn_weights) a.weights = weights.mutable_data_ptr<scalar_t>();
         a.masks = masks.view();
-        a.scale = static_cast<acc_t>(softmax_scale(o, D));
+        a.scale = static_cast<acc_t>(softmax_scale(options, D));
         a.tiles = choose_tile_sizes(std::max<int64_t>({L, S, 1}));
-        set_dropout(a.dropout, o, seed);
+        set_dropout(a.dropout, options, seed);
         const auto& kernels = attention_kernels<scalar_t>();
         const bool heads_inside = need_weights && average_attn_weights;
         const double task_flops =
@@ -112,26 +113,26 @@ internal::BlockForwardOutputs block_forward_compute(
       });
   if (need_weights && average_attn_weights) weights = weights.to(q.scalar_type());
   // The kernels computed the context of 0/1-masked probabilities (see DropoutParams).
-  if (o.dropout_p > 0.0) output.mul_(DropoutParams{true, o.dropout_p, 0}.keep_scale());
+  if (options.dropout_p > 0.0) output.mul_(DropoutParams{true, options.dropout_p, 0}.keep_scale());
   return {output, weights, lse, rng_state};
 }
 
 internal::BlockForwardOutputs attention_block_forward_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool need_weights,
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
     bool average_attn_weights, const std::optional<at::Tensor>& shared_rng_state) {
-  check_attention_block_inputs("_attention_block_forward", query, key, value, attn_mask, o);
+  check_attention_block_inputs("_attention_block_forward", query, key, value, attn_mask, options);
   const auto dtype = query.scalar_type();
   if (computes_in_fp32(dtype)) {
     // 16-bit values without their arithmetic on this CPU: float32 compute from the exact
     // up-conversions, results stored in the input's dtype.
-    auto [output, weights, lse, rng_state] =
-        block_forward_compute(query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat),
-                              attn_mask, o, need_weights, average_attn_weights, shared_rng_state);
+    auto [output, weights, lse, rng_state] = block_forward_compute(
+        query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat), attn_mask, options,
+        need_weights, average_attn_weights, shared_rng_state);
     return {output.to(dtype), weights.to(dtype), lse, rng_state};
   }
-  return block_forward_compute(query, key, value, attn_mask, o, need_weights, average_attn_weights,
-                               shared_rng_state);
+  return block_forward_compute(query, key, value, attn_mask, options, need_weights,
+                               average_attn_weights, shared_rng_state);
 }
 
 // An accumulation buffer for a gradient of shape (N, heads, length, dim) in the heads-last
@@ -145,8 +146,8 @@ internal::BlockBackwardOutputs block_backward_compute(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool average_attn_weights,
-    std::array<bool, 3> output_mask) {
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
+    bool average_attn_weights, std::array<bool, 3> output_mask) {
   const at::Tensor q = rows_contiguous(query), k = rows_contiguous(key), v = rows_contiguous(value);
   const at::Tensor out = rows_contiguous(output);
   const int64_t N = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
@@ -159,7 +160,8 @@ internal::BlockBackwardOutputs block_backward_compute(
   // Dsum = rowsum(dO * O) is the same from the returned output and its gradient.
   at::Tensor grad_out = grad_output.contiguous();
   at::Tensor grad_context = grad_out;
-  if (o.dropout_p > 0.0) grad_context = grad_out * DropoutParams{true, o.dropout_p, 0}.keep_scale();
+  if (options.dropout_p > 0.0)
+    grad_context = grad_out * DropoutParams{true, options.dropout_p, 0}.keep_scale();
   const at::Tensor lse = logsumexp.contiguous();
   at::Tensor grad_w;
   if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
@@ -169,7 +171,7 @@ internal::BlockBackwardOutputs block_backward_compute(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kBFloat16, at::kHalf, q.scalar_type(), "attention_block_backward_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
-          const auto masks = MaskStorage<acc_t>::for_block(attn_mask, N, H, L, S, o);
+          const auto masks = MaskStorage<acc_t>::for_block(attn_mask, N, H, L, S, options);
           at::Tensor dsum = at::empty({N, H, L}, q.options().dtype(acc_type));
           BackwardArgs<scalar_t> a;
           a.g = AttentionGeometry{
@@ -180,7 +182,7 @@ internal::BlockBackwardOutputs block_backward_compute(
           a.context = out.const_data_ptr<scalar_t>();
           a.grad_context = grad_context.const_data_ptr<scalar_t>();
           a.grad_out = layout_of(grad_out);
-          if (o.dropout_p > 0.0) a.dsum_grad = grad_out.const_data_ptr<scalar_t>();
+          if (options.dropout_p > 0.0) a.dsum_grad = grad_out.const_data_ptr<scalar_t>();
           a.lse = lse.const_data_ptr<acc_t>();
           a.dsum = dsum.mutable_data_ptr<acc_t>();
           if (grad_w.defined()) {
@@ -194,9 +196,9 @@ internal::BlockBackwardOutputs block_backward_compute(
           a.grad_k_layout = layout_of(grad_k);
           a.grad_v_layout = layout_of(grad_v);
           a.masks = masks.view();
-          a.scale = static_cast<acc_t>(softmax_scale(o, D));
+          a.scale = static_cast<acc_t>(softmax_scale(options, D));
           a.tiles = choose_tile_sizes(std::max<int64_t>({L, S, 1}));
-          set_dropout(a.dropout, o, static_cast<uint64_t>(rng_state[0].item<int64_t>()));
+          set_dropout(a.dropout, options, static_cast<uint64_t>(rng_state[0].item<int64_t>()));
           const auto& kernels = attention_kernels<scalar_t>();
           std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
           int abort = 0;
@@ -232,10 +234,10 @@ internal::BlockBackwardOutputs attention_block_backward_cpu(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool average_attn_weights,
-    std::array<bool, 3> output_mask) {
-  const BlockSizes s =
-      check_attention_block_inputs("_attention_block_backward", query, key, value, attn_mask, o);
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
+    bool average_attn_weights, std::array<bool, 3> output_mask) {
+  const BlockSizes s = check_attention_block_inputs("_attention_block_backward", query, key, value,
+                                                    attn_mask, options);
   check_attention_block_backward_inputs(s, query, grad_output, grad_attn_weights, output, logsumexp,
                                         rng_state, average_attn_weights);
   const auto dtype = query.scalar_type();
@@ -244,14 +246,14 @@ internal::BlockBackwardOutputs attention_block_backward_cpu(
     if (grad_attn_weights.has_value() && grad_attn_weights->defined())
       grad_w = grad_attn_weights->to(at::kFloat);
     auto up = [](const at::Tensor& t) { return t.to(at::kFloat); };
-    auto [gq, gk, gv] = block_backward_compute(up(grad_output), grad_w, up(query), up(key),
-                                               up(value), up(output), logsumexp, rng_state,
-                                               attn_mask, o, average_attn_weights, output_mask);
+    auto [gq, gk, gv] = block_backward_compute(
+        up(grad_output), grad_w, up(query), up(key), up(value), up(output), logsumexp, rng_state,
+        attn_mask, options, average_attn_weights, output_mask);
     auto down = [dtype](const at::Tensor& t) { return t.defined() ? t.to(dtype) : t; };
     return {down(gq), down(gk), down(gv)};
   }
   return block_backward_compute(grad_output, grad_attn_weights, query, key, value, output,
-                                logsumexp, rng_state, attn_mask, o, average_attn_weights,
+                                logsumexp, rng_state, attn_mask, options, average_attn_weights,
                                 output_mask);
 }
 

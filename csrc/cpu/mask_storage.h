@@ -48,14 +48,15 @@ class MaskStorage {
   // broadcastable to (N, H, L, S), read in place through strides. A mask of keys only (its head
   // and query dims 1, padding) becomes a key padding mask, whose padded tail is skipped.
   static MaskStorage for_block(const std::optional<at::Tensor>& attn_mask, int64_t N, int64_t H,
-                               int64_t L, int64_t S, const internal::BlockOptions& o) {
+                               int64_t L, int64_t S, const internal::BlockOptions& options) {
     MaskStorage m;
-    m.view_.causal = o.is_causal;
-    m.view_.window_left = o.window_size[0];
-    m.view_.window_right = o.window_size[1];
-    m.view_.diagonal = o.diagonal;
-    const bool has_padding = o.key_padding_mask.has_value() && o.key_padding_mask->defined();
-    if (has_padding) m.set_key_padding(*o.key_padding_mask);
+    m.view_.causal = options.is_causal;
+    m.view_.window_left = options.window_size[0];
+    m.view_.window_right = options.window_size[1];
+    m.view_.diagonal = options.diagonal;
+    const bool has_padding =
+        options.key_padding_mask.has_value() && options.key_padding_mask->defined();
+    if (has_padding) m.set_key_padding(*options.key_padding_mask);
     if (!attn_mask.has_value() || !attn_mask->defined()) return m;
     at::Tensor mask = *attn_mask;
     while (mask.dim() < 4) mask = mask.unsqueeze(0);

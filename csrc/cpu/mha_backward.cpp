@@ -1,4 +1,4 @@
-// CPU kernel of mhsa::mha_backward: output-projection gradients, the fused attention backward
+// CPU kernel of mhsa::_mha_backward: output-projection gradients, the fused attention backward
 // (attention_backward_kernel.cpp, the copy for this CPU's instruction set) writing dQ, dK, dV
 // straight into one QKV gradient buffer, then the input-projection gradients as large GEMMs.
 #include <ATen/ATen.h>
@@ -35,12 +35,12 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
                                            const at::Tensor& out_proj_weight, const at::Tensor& qkv,
                                            const at::Tensor& context, const at::Tensor& logsumexp,
                                            const at::Tensor& rng_state,
-                                           const internal::AttentionOptions& o,
+                                           const internal::AttentionOptions& options,
                                            std::array<bool, 5> output_mask) {
   const MhaSizes s = check_mha_inputs("_mha_backward", x, in_proj_weight, std::nullopt,
-                                      out_proj_weight, std::nullopt, o);
+                                      out_proj_weight, std::nullopt, options);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
-                            rng_state, o.average_attn_weights);
+                            rng_state, options.average_attn_weights);
   const auto input_dtype = x.scalar_type();
   if (computes_in_fp32(input_dtype)) {
     // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
@@ -52,13 +52,13 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
     auto grads = mha_backward_cpu(grad_output.to(at::kFloat), grad_w, x.to(at::kFloat),
                                   in_proj_weight.to(at::kFloat), out_proj_weight.to(at::kFloat),
                                   qkv.to(at::kFloat), context.to(at::kFloat), logsumexp, rng_state,
-                                  o, output_mask);
+                                  options, output_mask);
     auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};
   }
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
-  const int64_t H = o.num_heads, D = E / H;
+  const int64_t H = options.num_heads, D = E / H;
 
   const at::Tensor ctx2d = context.contiguous().view({-1, E});
   const auto dtype = x.scalar_type();
@@ -69,7 +69,7 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
   // grad_ctx after the attention kernels.
   OutputProjectionGrads out_grads =
       output_projection_backward(grad_output.contiguous().view({-1, E}), ctx2d, out_proj_weight,
-                                 o.dropout_p, output_mask, dtype);
+                                 options.dropout_p, output_mask, dtype);
   const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
   const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
   at::Tensor grad_ctx = std::move(out_grads.grad_context);
@@ -97,9 +97,10 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
       at::kBFloat16, at::kHalf, x.scalar_type(), "mha_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto& kernels = attention_kernels<scalar_t>();
-        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size, H);
+        MaskStorage<acc_t> masks(options.attn_mask, options.key_padding_mask, options.is_causal,
+                                 options.window_size, H);
         BackwardArgs<scalar_t> a;
-        a.g = self_attention_geometry(N, L, E, H, o.batch_first);
+        a.g = self_attention_geometry(N, L, E, H, options.batch_first);
         a.q = qkv_c.const_data_ptr<scalar_t>();
         a.k = a.q + E;
         a.v = a.q + 2 * E;
@@ -110,7 +111,7 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
         a.dsum = dsum.mutable_data_ptr<acc_t>();
         if (grad_w.defined()) {
           a.grad_weights = grad_w.const_data_ptr<scalar_t>();
-          a.grad_weights_averaged = o.average_attn_weights;
+          a.grad_weights_averaged = options.average_attn_weights;
         }
         a.grad_q = grad_qkv.mutable_data_ptr<acc_t>();
         a.grad_k = a.grad_q + E;
@@ -125,9 +126,9 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
           a.bias_sums_q = bias_sums.q.mutable_data_ptr<acc_t>();
           a.bias_sums_kv = bias_sums.kv.mutable_data_ptr<acc_t>();
         }
-        if (o.dropout_p > 0.0) {
+        if (options.dropout_p > 0.0) {
           a.dropout.enabled = true;
-          a.dropout.p = o.dropout_p;
+          a.dropout.p = options.dropout_p;
           a.dropout.seed = static_cast<uint64_t>(rng_state[0].item<int64_t>());
         }
         // The dQ turn order (see attention_backward_kernel.cpp): no per-chunk dQ copies, the work

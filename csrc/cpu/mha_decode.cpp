@@ -6,7 +6,7 @@
 // costs O(L*E) for the attention (one pass over the cache) plus O(E^2) for the projections per
 // sequence, against O(L^2*E) for recomputing the whole prefix.
 //
-// A first step on an empty cache is a causal forward over the prompt, so it runs mha_forward
+// A first step on an empty cache is a causal forward over the prompt, so it runs _mha_forward
 // itself (the fused, tiled kernel: a long prompt is not a loop of single queries) and copies
 // the keys and values it projected into the cache.
 #include <ATen/ATen.h>
@@ -106,7 +106,7 @@ at::Tensor decode_step_cpu(const at::Tensor& x_new, const at::Tensor& in_proj_we
     value_cache.narrow(2, 0, T).copy_(v);
   } else {
     const at::Tensor x2d = x_new.contiguous().view({N * T, E});
-    // The same GEMM (and dtype of its result) as mha_forward's projection.
+    // The same GEMM (and dtype of its result) as _mha_forward's projection.
     qkv = projection_gemm(x2d, false, in_proj_weight, true, 1.0, in_proj_bias, x_new.scalar_type());
     auto [k, v] = new_keys_values(qkv, rows, H, D);
     key_cache.narrow(2, length, T).copy_(k);

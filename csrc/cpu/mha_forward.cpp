@@ -1,4 +1,4 @@
-// CPU kernel of mhsa::mha_forward.
+// CPU kernel of mhsa::_mha_forward.
 //
 // One packed QKV GEMM, then the fused attention (attention_forward_kernel.cpp, the copy for
 // this CPU's instruction set) over (batch, head, query block) tasks in parallel, then the
@@ -31,15 +31,13 @@ namespace {
 // values a float32 computation stands in for (see mha_forward_cpu): qkv is rounded to it right
 // after the projection, because backward recomputes the scores from the stored (rounded) qkv,
 // and the log-sum-exp must come from those very values.
-internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor& x,
-                                             const at::Tensor& in_proj_weight,
-                                             const std::optional<at::Tensor>& in_proj_bias,
-                                             const at::Tensor& out_proj_weight,
-                                             const std::optional<at::Tensor>& out_proj_bias,
-                                             const internal::AttentionOptions& o, bool need_weights,
-                                             std::optional<at::ScalarType> stored_as) {
+internal::ForwardOutputs mha_forward_compute(
+    const MhaSizes& s, const at::Tensor& x, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, const internal::AttentionOptions& options,
+    bool need_weights, std::optional<at::ScalarType> stored_as) {
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
-  const int64_t H = o.num_heads, D = E / H;
+  const int64_t H = options.num_heads, D = E / H;
   const at::Tensor x2d = x.contiguous().view({-1, E});
 
   // One GEMM for the packed projection; rows follow x's layout.
@@ -52,7 +50,7 @@ internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor
   at::Tensor weights;
   if (!need_weights) {
     weights = at::empty({0}, x.options());
-  } else if (o.average_attn_weights) {
+  } else if (options.average_attn_weights) {
     // Accumulated over heads in fp32 (fp64 for double) and converted at the end.
     weights = at::zeros({N, L, L}, x.options().dtype(lse.scalar_type()));
   } else {
@@ -62,29 +60,30 @@ internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "mha_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        MaskStorage<acc_t> masks(o.attn_mask, o.key_padding_mask, o.is_causal, o.window_size, H);
+        MaskStorage<acc_t> masks(options.attn_mask, options.key_padding_mask, options.is_causal,
+                                 options.window_size, H);
         ForwardArgs<scalar_t> a;
-        a.g = self_attention_geometry(N, L, E, H, o.batch_first);
+        a.g = self_attention_geometry(N, L, E, H, options.batch_first);
         a.q = qkv.const_data_ptr<scalar_t>();
         a.k = a.q + E;
         a.v = a.q + 2 * E;
         a.context = context.mutable_data_ptr<scalar_t>();
         a.lse = lse.mutable_data_ptr<acc_t>();
-        if (need_weights && o.average_attn_weights)
+        if (need_weights && options.average_attn_weights)
           a.weights_avg = weights.mutable_data_ptr<acc_t>();
-        if (need_weights && !o.average_attn_weights)
+        if (need_weights && !options.average_attn_weights)
           a.weights = weights.mutable_data_ptr<scalar_t>();
         a.masks = masks.view();
         a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
         a.tiles = choose_tile_sizes(L);
-        if (o.dropout_p > 0.0) {
+        if (options.dropout_p > 0.0) {
           a.dropout.enabled = true;
-          a.dropout.p = o.dropout_p;
+          a.dropout.p = options.dropout_p;
           a.dropout.seed = draw_dropout_seed();
           rng_state[0] = static_cast<int64_t>(a.dropout.seed);
         }
         const auto& kernels = attention_kernels<scalar_t>();
-        const bool heads_inside = need_weights && o.average_attn_weights;
+        const bool heads_inside = need_weights && options.average_attn_weights;
         // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.
         const double task_flops =
             4.0 * std::min(a.tiles.forward_q, L) * L * D * (heads_inside ? H : 1);
@@ -95,12 +94,12 @@ internal::ForwardOutputs mha_forward_compute(const MhaSizes& s, const at::Tensor
                            kernels.forward_tasks(a, need_weights, heads_inside, begin, end);
                          });
       });
-  if (need_weights && o.average_attn_weights) weights = weights.to(x.scalar_type());
+  if (need_weights && options.average_attn_weights) weights = weights.to(x.scalar_type());
 
   // With dropout the kernels left the context unscaled (a 0/1 mask on the probabilities, see
   // DropoutParams): 1 / (1 - p) is applied here, once.
   const double context_scale =
-      o.dropout_p > 0.0 ? DropoutParams{true, o.dropout_p, 0}.keep_scale() : 1.0;
+      options.dropout_p > 0.0 ? DropoutParams{true, options.dropout_p, 0}.keep_scale() : 1.0;
   const at::Tensor ctx2d = context.view({-1, E});
   at::Tensor output = projection_gemm(ctx2d, false, out_proj_weight, true, context_scale,
                                       out_proj_bias, x.scalar_type());
@@ -116,9 +115,10 @@ internal::ForwardOutputs mha_forward_cpu(const at::Tensor& x, const at::Tensor& 
                                          const std::optional<at::Tensor>& in_proj_bias,
                                          const at::Tensor& out_proj_weight,
                                          const std::optional<at::Tensor>& out_proj_bias,
-                                         const internal::AttentionOptions& o, bool need_weights) {
+                                         const internal::AttentionOptions& options,
+                                         bool need_weights) {
   const MhaSizes s = check_mha_inputs("_mha_forward", x, in_proj_weight, in_proj_bias,
-                                      out_proj_weight, out_proj_bias, o);
+                                      out_proj_weight, out_proj_bias, options);
   const auto dtype = x.scalar_type();
   if (computes_in_fp32(dtype)) {
     // float16 and bfloat16 on CPUs without their arithmetic: compute in fp32 from the 16-bit
@@ -128,11 +128,11 @@ internal::ForwardOutputs mha_forward_cpu(const at::Tensor& x, const at::Tensor& 
     };
     auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
         s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
-        out_proj_weight.to(at::kFloat), up(out_proj_bias), o, need_weights, dtype);
+        out_proj_weight.to(at::kFloat), up(out_proj_bias), options, need_weights, dtype);
     return {output.to(dtype), weights.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
   }
-  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, o,
-                             need_weights, std::nullopt);
+  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                             options, need_weights, std::nullopt);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// CPU kernels of mhsa::mha_packed_forward and mhsa::mha_packed_backward: B sequences packed
+// CPU kernels of mhsa::_mha_packed_forward and mhsa::_mha_packed_backward: B sequences packed
 // back to back in x (T, E), each attending only to itself (FlashAttention's varlen layout).
 //
 // The projections are single GEMMs over all T rows (they do not mix rows). The attention runs
@@ -203,12 +203,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
 internal::PackedForwardOutputs mha_packed_forward_cpu(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& o,
+    const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& options,
     std::optional<int64_t> max_seqlen) {
-  const int64_t num_heads = o.num_heads, window_left = o.window_size[0],
-                window_right = o.window_size[1];
-  const bool is_causal = o.is_causal;
-  const double dropout_p = o.dropout_p;
+  const int64_t num_heads = options.num_heads, window_left = options.window_size[0],
+                window_right = options.window_size[1];
+  const bool is_causal = options.is_causal;
+  const double dropout_p = options.dropout_p;
   const char* op = "_mha_packed_forward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
@@ -263,11 +263,11 @@ internal::BackwardOutputs mha_packed_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const internal::PackedAttentionOptions& o, std::array<bool, 5> output_mask) {
-  const int64_t num_heads = o.num_heads, window_left = o.window_size[0],
-                window_right = o.window_size[1];
-  const bool is_causal = o.is_causal;
-  const double dropout_p = o.dropout_p;
+    const internal::PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
+  const int64_t num_heads = options.num_heads, window_left = options.window_size[0],
+                window_right = options.window_size[1];
+  const bool is_causal = options.is_causal;
+  const double dropout_p = options.dropout_p;
   const char* op = "_mha_packed_backward";
   const PackedSizes s =
       check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
@@ -282,7 +282,7 @@ internal::BackwardOutputs mha_packed_backward_cpu(
     auto grads = mha_packed_backward_cpu(
         grad_output.to(at::kFloat), x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat),
         out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
-        rng_state, o, output_mask);
+        rng_state, options, output_mask);
     auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
     return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
             down(std::get<3>(grads)), down(std::get<4>(grads))};

@@ -101,12 +101,12 @@ at::Tensor transposed(const at::Tensor& b) {
   const int64_t rows = src.size(0), cols = src.size(1);
   at::Tensor out = at::empty({cols, rows}, src.options());
   const float* in = src.const_data_ptr<float>();
-  float* o = out.mutable_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
   constexpr int64_t kBlock = 64;  // rows of b per task
   at::parallel_for(0, ceil_div(rows, kBlock), 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = blk * kBlock, n = std::min(kBlock, rows - r0);
-      transpose_floats(in + r0 * cols, cols, n, cols, o + r0, rows);
+      transpose_floats(in + r0 * cols, cols, n, cols, dst + r0, rows);
     }
   });
   return out;
@@ -269,7 +269,7 @@ at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dt
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "column_sums", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = src.const_data_ptr<scalar_t>();
-    acc_t* o = out.mutable_data_ptr<acc_t>();
+    acc_t* sums = out.mutable_data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(R * kColumnBlock, 1));
     at::parallel_for(0, ceil_div(N, kColumnBlock), grain, [&](int64_t begin, int64_t end) {
       acc_t block[kColumnBlock];
@@ -281,7 +281,7 @@ at::Tensor column_sums(const at::Tensor& m, std::optional<at::ScalarType> out_dt
             const scalar_t* row = p + r * N + j0;
             for (int64_t j = 0; j < cols; ++j) block[j] += static_cast<acc_t>(row[j]);
           }
-          for (int64_t j = 0; j < cols; ++j) o[j0 + j] += block[j];
+          for (int64_t j = 0; j < cols; ++j) sums[j0 + j] += block[j];
         }
       }
     });

@@ -1,5 +1,5 @@
 #pragma once
-// The projection GEMMs of mha_forward/mha_backward (x W_in^T, C W_out^T, and their
+// The projection GEMMs of the CPU kernels (x W_in^T, C W_out^T, and their
 // gradients) and the bias-gradient column sums, computed so that every bit of the result is
 // the same whatever the number of threads.
 //

@@ -64,14 +64,11 @@ struct MaskView {
   }
 };
 
-// Dropout on the attention probabilities: the keep decision of element (n, h, i, j) is a pure
-// function of (seed, n, h, i, j) (counter-based Philox), so backward regenerates it.
-//
-// Inside the attention the kept probabilities are multiplied by 1 (a 0/1 mask): the kernels
-// compute C = sum_j keep_ij P_ij V_j, and the op kernels apply 1 / (1 - p) once, to the output
-// projection (forward) and to the incoming context gradient (backward). So C is exactly V_j
-// for a saturated row whose key j is kept, Dsum = dC . C matches dP bitwise there, and the
-// softmax gradient of such a row is exactly zero (see dot_chain in attention_tile.h).
+// Dropout on the attention probabilities: the keep bit of (n, h, i, j) is a pure function of
+// (seed, n, h, i, j) (counter-based Philox), so backward regenerates it. The kernels apply a
+// 0/1 mask, O = sum_j keep_ij P_ij V_j, and the op kernels apply 1 / (1 - p) once, outside
+// (forward: to the output projection; backward: to the incoming dO). So a saturated row whose
+// key j is kept has O exactly V_j, Dsum = dO . O matches dP bitwise, and its dS is exactly 0.
 struct DropoutParams {
   bool enabled = false;
   double p = 0.0;

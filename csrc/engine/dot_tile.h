@@ -19,11 +19,10 @@
 
 namespace mhsa::cpu::MHSA_ISA {
 
-// One step of the chain, acc + a * b: a fused multiply-add (one rounding) on ISAs that have
-// it, a multiply then an add otherwise, spelled out so that the scalar and the vector forms
-// round identically (the compiler's own contraction of a * b + c is not guaranteed: it
-// vectorizes the products of a scalar loop and then adds them one by one, unfused).
-inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
+// One step of the chain, acc + a * b with one rounding: a fused multiply-add, spelled out so
+// that the scalar and the vector forms round identically (the compiler's own contraction of
+// a * b + c is not guaranteed: it may vectorize the products and add them unfused).
+inline vfloat fused_multiply_add(vfloat a, vfloat b, vfloat acc) {
 #if defined(__AVX512F__)
   return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
 #elif defined(__FMA__)
@@ -31,8 +30,7 @@ inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
 #elif defined(__x86_64__) || defined(__i386__)
   // Baseline x86-64 has no fused multiply-add. The product of two floats is exact in double,
   // so one double add then the rounding to float gives the fused result but for rare
-  // double-rounding ties; a separate float multiply and add (two roundings per step) made the
-  // saturated-softmax gradients 10x less accurate than nn's (test_saturated.py, L = 17 causal).
+  // double-rounding ties (a float multiply and add would round twice per step).
   typedef double vdouble __attribute__((vector_size(2 * kVecBytes)));
   const vdouble exact = __builtin_convertvector(a, vdouble) * __builtin_convertvector(b, vdouble);
   return __builtin_convertvector(exact + __builtin_convertvector(acc, vdouble), vfloat);
@@ -43,7 +41,7 @@ inline vfloat multiply_add(vfloat a, vfloat b, vfloat acc) {
   return r;
 #endif
 }
-inline float multiply_add(float a, float b, float acc) {
+inline float fused_multiply_add(float a, float b, float acc) {
 #if defined(__FMA__) || defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
   return __builtin_fmaf(a, b, acc);
 #else
@@ -52,7 +50,7 @@ inline float multiply_add(float a, float b, float acc) {
                             static_cast<double>(acc));
 #endif
 }
-inline double multiply_add(double a, double b, double acc) {
+inline double fused_multiply_add(double a, double b, double acc) {
 #if defined(__FMA__) || defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
   return __builtin_fma(a, b, acc);
 #else
@@ -61,26 +59,29 @@ inline double multiply_add(double a, double b, double acc) {
 #endif
 }
 
-// The scalar chain, the same operations as one lane of dot_tile_packed.
+// The scalar chain, the same operations as one lane of dot_tile_panels.
 template <typename scalar_t>
 inline at::opmath_type<scalar_t> dot_chain(const scalar_t* a, const scalar_t* b, int64_t K) {
   at::opmath_type<scalar_t> acc = 0;
-  for (int64_t d = 0; d < K; ++d) acc = multiply_add(to_acc(a[d]), to_acc(b[d]), acc);
+  for (int64_t d = 0; d < K; ++d) acc = fused_multiply_add(to_acc(a[d]), to_acc(b[d]), acc);
   return acc;
 }
 
-// Width of the column panels of packed B^T: two vectors.
+// The dot tiles read B from its pack: B^T in fp32 as column panels of kDotPanel (two vectors),
+// panel p at pack + p * K * kDotPanel, its row d holding B[p*kDotPanel .. +kDotPanel][d],
+// columns past N zero. dot_pack_size floats hold the pack of N rows of B.
 constexpr int64_t kDotPanel = 2 * kLanes;
-inline int64_t dot_packed_size(int64_t N, int64_t K) {
+inline int64_t dot_pack_size(int64_t N, int64_t K) {
   return ((N + kDotPanel - 1) / kDotPanel) * kDotPanel * K;
 }
 
-// B^T in fp32 (N rows of B, K columns), column panel p at Bt + p * K * kDotPanel, row d of a
-// panel holding B[p*kDotPanel .. +kDotPanel][d]; columns past N are zero.
+// Packs B (N rows, K columns, row stride ldb) for dot_tile: once per key block in backward,
+// for every query block. float64 reads B directly (the reference dtype, not a fast path).
+inline void dot_pack(const double*, int64_t, int64_t, int64_t, float*) {}
 template <typename scalar_t>
-void pack_dot_operand(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, float* Bt) {
+void dot_pack(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, float* pack) {
   for (int64_t p = 0; p * kDotPanel < N; ++p) {
-    float* panel = Bt + p * K * kDotPanel;
+    float* panel = pack + p * K * kDotPanel;
     for (int64_t c = 0; c < kDotPanel; ++c) {
       const int64_t col = p * kDotPanel + c;
       if (col < N) {
@@ -93,10 +94,10 @@ void pack_dot_operand(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, floa
   }
 }
 
-// R rows (R <= 4) of A against one packed panel: out[r][0..kDotPanel).
+// R rows (R <= 4) of A against one panel of the pack: out[r][0..kDotPanel).
 template <int R, typename scalar_t>
-inline void dot_micro(const scalar_t* A, int64_t lda, const float* panel, int64_t K,
-                      vfloat out[4][2]) {
+inline void dot_panel_rows(const scalar_t* A, int64_t lda, const float* panel, int64_t K,
+                           vfloat out[4][2]) {
   vfloat acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vfloat{};
   for (int64_t d = 0; d < K; ++d) {
@@ -104,8 +105,8 @@ inline void dot_micro(const scalar_t* A, int64_t lda, const float* panel, int64_
     const vfloat b1 = load(panel + d * kDotPanel + kLanes);
     for (int r = 0; r < R; ++r) {
       const vfloat a = splat(to_acc(A[r * lda + d]));
-      acc[r][0] = multiply_add(a, b0, acc[r][0]);
-      acc[r][1] = multiply_add(a, b1, acc[r][1]);
+      acc[r][0] = fused_multiply_add(a, b0, acc[r][0]);
+      acc[r][1] = fused_multiply_add(a, b1, acc[r][1]);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -114,21 +115,21 @@ inline void dot_micro(const scalar_t* A, int64_t lda, const float* panel, int64_
   }
 }
 
-// C[M, N] (row stride ldc) = alpha * A B^T from B^T packed by pack_dot_operand.
+// C[M, N] (row stride ldc) = alpha * A B^T from B's pack.
 template <typename scalar_t>
-void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A, int64_t lda,
-                     const float* Bt, float* C, int64_t ldc) {
+void dot_tile_panels(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A, int64_t lda,
+                     const float* pack, float* C, int64_t ldc) {
   vfloat out[4][2];
   for (int64_t r0 = 0; r0 < M; r0 += 4) {
     const int rows = static_cast<int>(M - r0 < 4 ? M - r0 : 4);
     const scalar_t* a = A + r0 * lda;
     for (int64_t p = 0; p * kDotPanel < N; ++p) {
-      const float* panel = Bt + p * K * kDotPanel;
+      const float* panel = pack + p * K * kDotPanel;
       switch (rows) {
-        case 4: dot_micro<4>(a, lda, panel, K, out); break;
-        case 3: dot_micro<3>(a, lda, panel, K, out); break;
-        case 2: dot_micro<2>(a, lda, panel, K, out); break;
-        default: dot_micro<1>(a, lda, panel, K, out); break;
+        case 4: dot_panel_rows<4>(a, lda, panel, K, out); break;
+        case 3: dot_panel_rows<3>(a, lda, panel, K, out); break;
+        case 2: dot_panel_rows<2>(a, lda, panel, K, out); break;
+        default: dot_panel_rows<1>(a, lda, panel, K, out); break;
       }
       const int64_t c0 = p * kDotPanel, cols = N - c0 < kDotPanel ? N - c0 : kDotPanel;
       for (int r = 0; r < rows; ++r) {
@@ -148,37 +149,18 @@ void dot_tile_packed(int64_t M, int64_t N, int64_t K, float alpha, const scalar_
   }
 }
 
-// Double precision: the same chain per element, no packing (float64 is the reference dtype,
-// not a fast path).
+// C[M, N] (row stride ldc) = alpha * A B^T, B (N rows, row stride ldb) read from the pack that
+// dot_pack made of it; float64 computes the same chain per element from B itself.
 inline void dot_tile(int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
-                     const double* B, int64_t ldb, double* C, int64_t ldc, float* /*packed*/) {
+                     const double* B, int64_t ldb, const float* /*pack*/, double* C, int64_t ldc) {
   for (int64_t r = 0; r < M; ++r)
     for (int64_t c = 0; c < N; ++c) C[r * ldc + c] = alpha * dot_chain(A + r * lda, B + c * ldb, K);
 }
 template <typename scalar_t>
 inline void dot_tile(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A, int64_t lda,
-                     const scalar_t* B, int64_t ldb, float* C, int64_t ldc, float* packed) {
-  pack_dot_operand(B, ldb, N, K, packed);
-  dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
-}
-
-// The same with B already packed into `packed` by pack_for_dot (backward packs each key
-// block's K and V once and reuses them for every query block). Double reads B directly.
-inline void pack_for_dot(const double*, int64_t, int64_t, int64_t, float*) {}
-template <typename scalar_t>
-inline void pack_for_dot(const scalar_t* B, int64_t ldb, int64_t N, int64_t K, float* packed) {
-  pack_dot_operand(B, ldb, N, K, packed);
-}
-inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                               int64_t lda, const double* B, int64_t ldb, const float*, double* C,
-                               int64_t ldc) {
-  dot_tile(M, N, K, alpha, A, lda, B, ldb, C, ldc, nullptr);
-}
-template <typename scalar_t>
-inline void dot_tile_prepacked(int64_t M, int64_t N, int64_t K, float alpha, const scalar_t* A,
-                               int64_t lda, const scalar_t*, int64_t, const float* packed, float* C,
-                               int64_t ldc) {
-  dot_tile_packed(M, N, K, alpha, A, lda, packed, C, ldc);
+                     const scalar_t* /*B*/, int64_t /*ldb*/, const float* pack, float* C,
+                     int64_t ldc) {
+  dot_tile_panels(M, N, K, alpha, A, lda, pack, C, ldc);
 }
 
 }  // namespace mhsa::cpu::MHSA_ISA

@@ -83,13 +83,13 @@ constexpr int64_t kNC = (512 + kNR<T> - 1) / kNR<T>* kNR<T>;
 
 // acc + a * b per lane: a fused multiply-add for float (the reference's std::fma), the plain
 // product and sum for double.
-inline Vec<float> multiply_add(Vec<float> a, Vec<float> b, Vec<float> acc) {
+inline Vec<float> reference_multiply_add(Vec<float> a, Vec<float> b, Vec<float> acc) {
   Vec<float> r;
 #pragma GCC unroll 16
   for (int l = 0; l < kLanes<float>; ++l) r[l] = __builtin_fmaf(a[l], b[l], acc[l]);
   return r;
 }
-inline Vec<double> multiply_add(Vec<double> a, Vec<double> b, Vec<double> acc) {
+inline Vec<double> reference_multiply_add(Vec<double> a, Vec<double> b, Vec<double> acc) {
   return acc + a * b;
 }
 
@@ -114,7 +114,7 @@ void micro_kernel(int64_t kc, const T* __restrict a, int64_t lda, const T* __res
     for (int i = 0; i < R; ++i) {
       const Vec<T> av = a[kRows ? i * lda : i] - Vec<T>{};  // a broadcast: x - 0 is x
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[i][v] = multiply_add(av, bv[v], acc[i][v]);
+      for (int v = 0; v < V; ++v) acc[i][v] = reference_multiply_add(av, bv[v], acc[i][v]);
     }
   }
 #pragma GCC unroll 32

@@ -36,7 +36,7 @@ inline Vec load(const float* p) {
 
 // acc + a * b: one fused multiply-add per vector where the target has FMA (GCC contracts it),
 // a multiply and an add elsewhere; either way the same operations on every call of this copy.
-inline Vec multiply_add(Vec a, Vec b, Vec acc) { return acc + a * b; }
+inline Vec contracted_multiply_add(Vec a, Vec b, Vec acc) { return acc + a * b; }
 
 // Rows a[0..R) (stride lda) times weight rows w[0..J) (stride ldw): out[i][j] = a_i . w_j in
 // the fixed order described at the top.
@@ -59,7 +59,7 @@ void dot_block(int64_t K, const float* a, int64_t lda, const float* w, int64_t l
       for (int j = 0; j < J; ++j) {
         const Vec wv = load(w + j * ldw + k + u * kLanes);
 #pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) acc[i][j][u] = multiply_add(av[i], wv, acc[i][j][u]);
+        for (int i = 0; i < R; ++i) acc[i][j][u] = contracted_multiply_add(av[i], wv, acc[i][j][u]);
       }
     }
   }
@@ -69,7 +69,7 @@ void dot_block(int64_t K, const float* a, int64_t lda, const float* w, int64_t l
       const Vec av = load(a + i * lda + k);
 #pragma GCC unroll 4
       for (int j = 0; j < J; ++j)
-        acc[i][j][0] = multiply_add(av, load(w + j * ldw + k), acc[i][j][0]);
+        acc[i][j][0] = contracted_multiply_add(av, load(w + j * ldw + k), acc[i][j][0]);
     }
     k += kLanes;
   }

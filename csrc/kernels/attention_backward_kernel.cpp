@@ -39,8 +39,8 @@ struct BackwardScratch {
   Buffer<acc_t> keep;                  // the dropout factors of the tile
   Buffer<scalar_t> cast;
   Buffer<acc_t> grad_k, grad_v;
-  Buffer<float> packed_k, packed_v;  // K_j^T and V_j^T of the key block, for dot_tile
-  PackedB16 packed_v16;              // V_j^T for the bfloat16 micro-kernel (dp_on_micro_kernel)
+  Buffer<float> key_pack, value_pack;  // K_j and V_j of the key block, packed for dot_tile
+  PackedB16 value_pack16;              // V_j^T for the bfloat16 micro-kernel (dp_on_micro_kernel)
   BackwardScratch(const TileSizes& t, const AttentionGeometry& g)
       : probs(t.backward_q * t.backward_kv),
         dropped(t.backward_q * t.backward_kv),
@@ -49,17 +49,17 @@ struct BackwardScratch {
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
         grad_k(t.backward_kv * g.D),
         grad_v(t.backward_kv * g.Dv),
-        packed_k(dot_packed_size(t.backward_kv, g.D)),
-        packed_v(dot_packed_size(t.backward_kv, g.Dv)) {}
+        key_pack(dot_pack_size(t.backward_kv, g.D)),
+        value_pack(dot_pack_size(t.backward_kv, g.Dv)) {}
 };
 
 // Probabilities of a tile from the saved log-sum-exp (the exact softmax of the forward pass:
-// the scores are bitwise the forward's, see dot_tile). K_j is packed in packed_k.
+// the scores are bitwise the forward's, see dot_tile.h), K_j read from key_pack.
 template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
-                        int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* packed_k) {
+                        int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack) {
   const AttentionGeometry& g = a.g;
-  score_tile_prepacked(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, packed_k);
+  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
 }
@@ -126,7 +126,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   Buffer<acc_t> S(block_q * block_kv), factors(block_kv);
-  Buffer<float> packed_k(dot_packed_size(block_kv, g.D));
+  Buffer<float> key_pack(dot_pack_size(block_kv, g.D));
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
   const acc_t dw_scale = grad_weights_scale(a);
   for (int64_t t = begin; t < end; ++t) {
@@ -135,8 +135,8 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
-      pack_keys_for_scores(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, packed_k.data());
-      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, packed_k.data());
+      score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, key_pack.data());
+      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, key_pack.data());
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
         if (a.dropout.enabled)
@@ -149,12 +149,6 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   tile_gemm_release();  // the scores may have come from the bfloat16 micro-kernel
 }
 
-// dK and dV of key rows j0..j1 of head (n, h), and this key block's share of dQ, added to
-// grad_q (this chunk's (N, H, L, D) partial buffer).
-//
-// With dropout, grad_context is dC for the 0/1-masked context C = sum_j keep_ij P_ij V_j (the
-// op kernel folded 1 / (1 - p) into it), so dV_j = sum_i keep_ij P_ij dC_i and
-// dP_ij = keep_ij (dC_i . V_j + grad_weights_ij / (1 - p)).
 // The aligned query blocks [qb * block_q, (qb + 1) * block_q) that key block jb of batch n
 // touches: those overlapping visible_query_range (the same test decides the dQ turn order).
 template <typename acc_t>
@@ -245,9 +239,9 @@ template <typename scalar_t>
 inline void pack_values_for_dp(bool micro, BackwardScratch<scalar_t>& s, const scalar_t* v,
                                int64_t ld, int64_t cols, int64_t D) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (micro) return s.packed_v16.pack(Trans::Yes, v, ld, D, cols);
+    if (micro) return s.value_pack16.pack(Trans::Yes, v, ld, D, cols);
   }
-  pack_for_dot(v, ld, cols, D, s.packed_v.data());
+  dot_pack(v, ld, cols, D, s.value_pack.data());
 }
 
 // dP[rows, cols] (row stride ldp) = dO_i V_j^T from the V_j that pack_values_for_dp packed.
@@ -256,13 +250,16 @@ inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int6
                     int64_t Dv, const scalar_t* dO, int64_t ld_dO, const scalar_t* v, int64_t ldv,
                     acc_t* dP, int64_t ldp) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (micro) return tile_gemm(Trans::No, rows, Dv, 1.0f, dO, ld_dO, s.packed_v16, 0.0f, dP, ldp);
+    if (micro)
+      return tile_gemm(Trans::No, rows, Dv, 1.0f, dO, ld_dO, s.value_pack16, 0.0f, dP, ldp);
   }
-  dot_tile_prepacked(rows, cols, Dv, acc_t(1), dO, ld_dO, v, ldv, s.packed_v.data(), dP, ldp);
+  dot_tile(rows, cols, Dv, acc_t(1), dO, ld_dO, v, ldv, s.value_pack.data(), dP, ldp);
 }
 
 // The share of query head h (batch n) in dK and dV of key rows j0..j1 (added to s.grad_k and
-// s.grad_v), and this key block's share of h's dQ, added to grad_q in key-block order.
+// s.grad_v), and this key block's share of h's dQ, added to grad_q in key-block order. With
+// dropout, dO is the gradient of the 0/1-masked O = sum_j keep_ij P_ij V_j (see DropoutParams):
+// dV_j = sum_i keep_ij P_ij dO_i and dP_ij = keep_ij (dO_i . V_j + dW_ij / (1 - p)).
 template <typename scalar_t>
 void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
                              int64_t n, int64_t h, int64_t jb, bool dp_micro) {
@@ -296,7 +293,7 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
     const int64_t i0 = qb * block_q > queries.begin ? qb * block_q : queries.begin;
     const int64_t i1 = (qb + 1) * block_q < queries.end ? (qb + 1) * block_q : queries.end;
     const int64_t rows = i1 - i0;
-    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.packed_k.data());
+    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.key_pack.data());
     const scalar_t* q = a.q + g.q.at(n, i0, h);
     const scalar_t* dO = a.grad_context + a.grad_out.at(n, i0, h);
     // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and
@@ -313,11 +310,11 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
       }
       Pd = dropped;
     }
-    // dV_j += (keep * P)^T dC_i
+    // dV_j += (keep * P)^T dO_i
     tile_gemm(Trans::Yes, Trans::No, cols, Dv, rows, acc_t(1),
               as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, a.grad_out.seq, acc_t(1), grad_v,
               Dv);
-    // dP = dC_i V_j^T (+ the gradient of the returned weights), back through dropout
+    // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
     dp_tile(dp_micro, s, rows, cols, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
     const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -375,7 +372,7 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   fill(grad_k, cols * D, acc_t(0));
   fill(grad_v, cols * Dv, acc_t(0));
   // K_j^T and V_j^T are packed once and serve every query block of every head of the group.
-  pack_keys_for_scores(g, k, g.k.seq, cols, s.packed_k.data());
+  score_pack(g, k, g.k.seq, cols, s.key_pack.data());
   const bool dp_micro = dp_on_micro_kernel<scalar_t>();
   pack_values_for_dp(dp_micro, s, v, g.v.seq, cols, Dv);
   const int64_t group = g.H / g.H_kv;

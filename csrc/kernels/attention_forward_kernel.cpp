@@ -23,7 +23,7 @@ struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
-  Buffer<float> packed;  // K^T of one key block, for dot_tile
+  Buffer<float> key_pack;  // K_j of one key block, packed for dot_tile
   // Only when the weights are returned: the first sweep's exp(score - running max), after the
   // dropout mask, for all keys of the task's rows (rows x S), and the running max each key
   // block was shifted by (rows x key blocks). See attention_weights_rows.
@@ -35,7 +35,7 @@ struct ForwardScratch {
         row_sum(t.forward_q),
         dropout(t.forward_k),
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
-        packed(dot_packed_size(t.forward_k, g.D)),
+        key_pack(dot_pack_size(t.forward_k, g.D)),
         kept(need_weights ? t.forward_q * g.S : 0),
         kept_shift(need_weights ? t.forward_q * key_blocks(t, g.S) : 0) {}
 
@@ -67,7 +67,8 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
   for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
-    score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.packed.data());
+    score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, cols, s.key_pack.data());
+    score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.key_pack.data());
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       const acc_t tile_max = row_max(srow, cols);
@@ -79,8 +80,8 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
         l[r] = l[r] * alpha + exp_shift_sum(srow, cols, m_new);
         m[r] = m_new;
         if (alpha != acc_t(1)) {
-          acc_t* o = O + r * Dv;
-          for (int64_t d = 0; d < Dv; ++d) o[d] *= alpha;
+          acc_t* out_row = O + r * Dv;
+          for (int64_t d = 0; d < Dv; ++d) out_row[d] *= alpha;
         }
         // The normalizer l uses the probabilities before dropout, the output after it (kept
         // entries times 1: the op kernel applies 1 / (1 - p) to the whole context).
@@ -103,9 +104,9 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   for (int64_t r = 0; r < rows; ++r) {
     const bool empty = l[r] == acc_t(0);
     const acc_t inv = empty ? acc_t(0) : acc_t(1) / l[r];
-    const acc_t* o = O + r * Dv;
+    const acc_t* out_row = O + r * Dv;
     scalar_t* out = ctx + r * g.out.seq;
-    for (int64_t d = 0; d < Dv; ++d) out[d] = from_acc<scalar_t>(o[d] * inv);
+    for (int64_t d = 0; d < Dv; ++d) out[d] = from_acc<scalar_t>(out_row[d] * inv);
     lse[r] = empty ? std::numeric_limits<acc_t>::infinity() : m[r] + std::log(l[r]);
   }
 }

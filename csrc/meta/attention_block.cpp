@@ -19,22 +19,22 @@ at::Tensor empty_heads_last(const c10::SymInt& N, const c10::SymInt& H, const c1
 
 internal::BlockForwardOutputs attention_block_forward_meta(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool need_weights,
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
     bool average_attn_weights, const std::optional<at::Tensor>&) {
-  const BlockSizes s =
-      check_attention_block_inputs("_attention_block_forward", query, key, value, attn_mask, o);
-  const auto options = query.options();
-  at::Tensor output = empty_heads_last(s.N, s.H, s.L, s.Dv, options);
+  const BlockSizes s = check_attention_block_inputs("_attention_block_forward", query, key, value,
+                                                    attn_mask, options);
+  const auto tensor_options = query.options();
+  at::Tensor output = empty_heads_last(s.N, s.H, s.L, s.Dv, tensor_options);
   at::Tensor lse =
-      at::empty_symint({s.N, s.H, s.L}, options.dtype(logsumexp_dtype(query.scalar_type())));
-  at::Tensor rng_state = at::empty_symint({c10::SymInt(2)}, options.dtype(at::kLong));
+      at::empty_symint({s.N, s.H, s.L}, tensor_options.dtype(logsumexp_dtype(query.scalar_type())));
+  at::Tensor rng_state = at::empty_symint({c10::SymInt(2)}, tensor_options.dtype(at::kLong));
   at::Tensor weights;
   if (!need_weights) {
-    weights = at::empty_symint({c10::SymInt(0)}, options);
+    weights = at::empty_symint({c10::SymInt(0)}, tensor_options);
   } else if (average_attn_weights) {
-    weights = at::empty_symint({s.N, s.L, s.S}, options);
+    weights = at::empty_symint({s.N, s.L, s.S}, tensor_options);
   } else {
-    weights = at::empty_symint({s.N, s.H, s.L, s.S}, options);
+    weights = at::empty_symint({s.N, s.H, s.L, s.S}, tensor_options);
   }
   return {output, weights, lse, rng_state};
 }
@@ -43,16 +43,16 @@ internal::BlockBackwardOutputs attention_block_backward_meta(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const std::optional<at::Tensor>& attn_mask, const BlockOptions& o, bool average_attn_weights,
-    std::array<bool, 3> output_mask) {
-  const BlockSizes s =
-      check_attention_block_inputs("_attention_block_backward", query, key, value, attn_mask, o);
+    const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
+    bool average_attn_weights, std::array<bool, 3> output_mask) {
+  const BlockSizes s = check_attention_block_inputs("_attention_block_backward", query, key, value,
+                                                    attn_mask, options);
   check_attention_block_backward_inputs(s, query, grad_output, grad_attn_weights, output, logsumexp,
                                         rng_state, average_attn_weights);
-  const auto options = query.options();
+  const auto tensor_options = query.options();
   auto grad = [&](bool wanted, const c10::SymInt& heads, const c10::SymInt& length,
                   const c10::SymInt& dim) {
-    return wanted ? empty_heads_last(s.N, heads, length, dim, options) : at::Tensor();
+    return wanted ? empty_heads_last(s.N, heads, length, dim, tensor_options) : at::Tensor();
   };
   return {grad(output_mask[0], s.H, s.L, s.D), grad(output_mask[1], s.H_kv, s.S, s.D),
           grad(output_mask[2], s.H_kv, s.S, s.Dv)};

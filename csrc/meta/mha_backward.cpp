@@ -13,12 +13,12 @@ internal::BackwardOutputs mha_backward_meta(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
     const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
-    const at::Tensor& rng_state, const internal::AttentionOptions& o,
+    const at::Tensor& rng_state, const internal::AttentionOptions& options,
     std::array<bool, 5> output_mask) {
   const MhaSizes s = check_mha_inputs("_mha_backward", x, in_proj_weight, std::nullopt,
-                                      out_proj_weight, std::nullopt, o);
+                                      out_proj_weight, std::nullopt, options);
   check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
-                            rng_state, o.average_attn_weights);
+                            rng_state, options.average_attn_weights);
   return backward_result(x, in_proj_weight, out_proj_weight, s.embed, output_mask);
 }
 

@@ -14,16 +14,17 @@ internal::ForwardOutputs mha_forward_meta(const at::Tensor& x, const at::Tensor&
                                           const std::optional<at::Tensor>& in_proj_bias,
                                           const at::Tensor& out_proj_weight,
                                           const std::optional<at::Tensor>& out_proj_bias,
-                                          const internal::AttentionOptions& o, bool need_weights) {
+                                          const internal::AttentionOptions& options,
+                                          bool need_weights) {
   const MhaSizes s = check_mha_inputs("_mha_forward", x, in_proj_weight, in_proj_bias,
-                                      out_proj_weight, out_proj_bias, o);
-  const c10::SymInt H(o.num_heads);
+                                      out_proj_weight, out_proj_bias, options);
+  const c10::SymInt H(options.num_heads);
   const auto lse_options = x.options().dtype(logsumexp_dtype(x.scalar_type()));
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
   at::Tensor weights;
   if (!need_weights) {
     weights = at::empty_symint({c10::SymInt(0)}, x.options());
-  } else if (o.average_attn_weights) {
+  } else if (options.average_attn_weights) {
     weights = at::empty_symint({s.batch, s.seq, s.seq}, x.options());
   } else {
     weights = at::empty_symint({s.batch, H, s.seq, s.seq}, x.options());
