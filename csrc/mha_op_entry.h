@@ -1,14 +1,9 @@
 #pragma once
 // The dispatcher boundary of the internal ops (_mha_forward, _mha_backward and the packed pair):
-// the one place (besides the schemas in mhsa.cpp) where their arguments are spelled out one by
-// one.
-//
-// An unboxed kernel must take exactly the schema's parameters, so every dispatch key would
-// otherwise repeat the list (CPU, Meta, Autograd, and the C++ wrapper that calls the op). Instead
-// each key writes its kernel against the AttentionOptions bundle and registers it through
-// forward_entry<&kernel> / backward_entry<&kernel>, which gather the schema's parameters into
-// the bundle; mhsa::internal::mha_forward and friends (multi_head_self_attention*.cpp) do the
-// reverse for callers of the op, through the dispatcher.
+// the one place besides the schemas (mhsa.cpp) where their parameters are listed one by one.
+// Every dispatch key's kernel takes the options bundle and registers through forward_entry<&k>
+// and friends, which gather the schema's parameters into it; call_forward_op and friends spread
+// the bundle back into them for callers of the ops (mhsa::internal::mha_forward, ...).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -84,6 +79,37 @@ BackwardOutputs backward_entry(const at::Tensor& grad_output,
                 logsumexp, rng_state, options, output_mask);
 }
 
+// The reverse, for callers of the ops (mhsa::internal::mha_forward and mha_backward): the bundle
+// spread back into the schema's parameters, through the dispatcher. The typed handle's signature
+// is that of any entry instance.
+inline ForwardOutputs call_forward_op(const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                      const std::optional<at::Tensor>& in_proj_bias,
+                                      const at::Tensor& out_proj_weight,
+                                      const std::optional<at::Tensor>& out_proj_bias,
+                                      const AttentionOptions& options, bool need_weights) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_forward", "")
+                       .typed<decltype(forward_entry<nullptr>)>();
+  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options.num_heads,
+                 options.batch_first, options.attn_mask, options.key_padding_mask,
+                 options.is_causal, options.dropout_p, need_weights, options.average_attn_weights,
+                 options.window_size);
+}
+
+inline BackwardOutputs call_backward_op(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, const AttentionOptions& options, std::array<bool, 5> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_backward", "")
+                       .typed<decltype(backward_entry<nullptr>)>();
+  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, options.num_heads, options.batch_first, options.attn_mask,
+                 options.key_padding_mask, options.is_causal, options.dropout_p,
+                 options.average_attn_weights, output_mask, options.window_size);
+}
+
 // The same boundary for _mha_packed_forward and _mha_packed_backward.
 using PackedForwardKernel = PackedForwardOutputs (*)(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
@@ -124,6 +150,32 @@ BackwardOutputs packed_backward_entry(const at::Tensor& grad_output, const at::T
       num_heads, is_causal, {window_left, window_right}, dropout_p};
   return Kernel(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
                 logsumexp, rng_state, options, output_mask);
+}
+
+inline PackedForwardOutputs call_packed_forward_op(
+    const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
+    const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
+    const std::optional<at::Tensor>& out_proj_bias, const PackedAttentionOptions& options,
+    std::optional<int64_t> max_seqlen) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
+                       .typed<decltype(packed_forward_entry<nullptr>)>();
+  return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                 options.num_heads, max_seqlen, options.is_causal, options.window_size[0],
+                 options.window_size[1], options.dropout_p);
+}
+
+inline BackwardOutputs call_packed_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
+                       .typed<decltype(packed_backward_entry<nullptr>)>();
+  return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
+                 logsumexp, rng_state, options.num_heads, options.is_causal, options.window_size[0],
+                 options.window_size[1], options.dropout_p, output_mask);
 }
 
 }  // namespace mhsa::internal

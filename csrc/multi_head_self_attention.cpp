@@ -24,14 +24,8 @@ ForwardOutputs mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight
                            const at::Tensor& out_proj_weight,
                            const std::optional<at::Tensor>& out_proj_bias,
                            const AttentionOptions& options, bool need_weights) {
-  // The kernel type of the schema is that of any forward_entry instance.
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_forward", "")
-                       .typed<decltype(forward_entry<nullptr>)>();
-  return op.call(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options.num_heads,
-                 options.batch_first, options.attn_mask, options.key_padding_mask,
-                 options.is_causal, options.dropout_p, need_weights, options.average_attn_weights,
-                 options.window_size);
+  return call_forward_op(x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, options,
+                         need_weights);
 }
 
 BackwardOutputs mha_backward(const at::Tensor& grad_output,
@@ -41,13 +35,8 @@ BackwardOutputs mha_backward(const at::Tensor& grad_output,
                              const at::Tensor& context, const at::Tensor& logsumexp,
                              const at::Tensor& rng_state, const AttentionOptions& options,
                              std::array<bool, 5> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_backward", "")
-                       .typed<decltype(backward_entry<nullptr>)>();
-  return op.call(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, options.num_heads, options.batch_first, options.attn_mask,
-                 options.key_padding_mask, options.is_causal, options.dropout_p,
-                 options.average_attn_weights, output_mask, options.window_size);
+  return call_backward_op(grad_output, grad_attn_weights, x, in_proj_weight, out_proj_weight, qkv,
+                          context, logsumexp, rng_state, options, output_mask);
 }
 
 }  // namespace internal

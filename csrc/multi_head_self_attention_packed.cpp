@@ -23,12 +23,8 @@ PackedForwardOutputs mha_packed_forward(const at::Tensor& x, const at::Tensor& c
                                         const std::optional<at::Tensor>& out_proj_bias,
                                         const PackedAttentionOptions& options,
                                         std::optional<int64_t> max_seqlen) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_forward", "")
-                       .typed<decltype(packed_forward_entry<nullptr>)>();
-  return op.call(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                 options.num_heads, max_seqlen, options.is_causal, options.window_size[0],
-                 options.window_size[1], options.dropout_p);
+  return call_packed_forward_op(x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
+                                out_proj_bias, options, max_seqlen);
 }
 
 BackwardOutputs mha_packed_backward(const at::Tensor& grad_output, const at::Tensor& x,
@@ -38,12 +34,8 @@ BackwardOutputs mha_packed_backward(const at::Tensor& grad_output, const at::Ten
                                     const at::Tensor& rng_state,
                                     const PackedAttentionOptions& options,
                                     std::array<bool, 5> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mhsa::_mha_packed_backward", "")
-                       .typed<decltype(packed_backward_entry<nullptr>)>();
-  return op.call(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv, context,
-                 logsumexp, rng_state, options.num_heads, options.is_causal, options.window_size[0],
-                 options.window_size[1], options.dropout_p, output_mask);
+  return call_packed_backward_op(grad_output, x, cu_seqlens, in_proj_weight, out_proj_weight, qkv,
+                                 context, logsumexp, rng_state, options, output_mask);
 }
 
 }  // namespace internal

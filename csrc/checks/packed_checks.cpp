@@ -10,8 +10,11 @@ PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::T
                                 const at::Tensor& in_proj_weight,
                                 const std::optional<at::Tensor>& in_proj_bias,
                                 const at::Tensor& out_proj_weight,
-                                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                                int64_t window_left, int64_t window_right, double dropout_p) {
+                                const std::optional<at::Tensor>& out_proj_bias,
+                                const internal::PackedAttentionOptions& options) {
+  const int64_t num_heads = options.num_heads;
+  const int64_t window_left = options.window_size[0], window_right = options.window_size[1];
+  const double dropout_p = options.dropout_p;
   TORCH_CHECK(x.dim() == 2, op, ": expected x to be 2-D (T, E), the sequences back to back, got ",
               x.dim(), "-D of shape ", x.sym_sizes());
   const auto dtype = x.scalar_type();

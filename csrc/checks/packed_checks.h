@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
 
+#include <mhsa/internal_ops.h>
+
 #include <optional>
 #include <vector>
 
@@ -17,13 +19,14 @@ struct PackedSizes {
 };
 
 // Checks what can be checked without reading cu_seqlens' values (so also on Meta tensors):
-// shapes, dtypes and devices of every argument, num_heads, the window and dropout_p.
+// shapes, dtypes and devices of every argument, and the options (num_heads, the window,
+// dropout_p).
 PackedSizes check_packed_inputs(const char* op, const at::Tensor& x, const at::Tensor& cu_seqlens,
                                 const at::Tensor& in_proj_weight,
                                 const std::optional<at::Tensor>& in_proj_bias,
                                 const at::Tensor& out_proj_weight,
-                                const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads,
-                                int64_t window_left, int64_t window_right, double dropout_p);
+                                const std::optional<at::Tensor>& out_proj_bias,
+                                const internal::PackedAttentionOptions& options);
 
 // Checks the saved tensors and the incoming gradient passed to _mha_packed_backward.
 void check_packed_backward_inputs(const PackedSizes& s, const at::Tensor& grad_output,

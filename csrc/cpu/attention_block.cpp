@@ -14,6 +14,7 @@
 #include "attention_block_entry.h"
 #include "checks/attention_block_checks.h"
 #include "cpu/dropout_seed.h"
+#include "cpu/fp32_compute.h"
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/thread_team.h"
@@ -122,17 +123,11 @@ internal::BlockForwardOutputs attention_block_forward_cpu(
     const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
     bool average_attn_weights, const std::optional<at::Tensor>& shared_rng_state) {
   check_attention_block_inputs("_attention_block_forward", query, key, value, attn_mask, options);
-  const auto dtype = query.scalar_type();
-  if (computes_in_fp32(dtype)) {
-    // 16-bit values without their arithmetic on this CPU: float32 compute from the exact
-    // up-conversions, results stored in the input's dtype.
-    auto [output, weights, lse, rng_state] = block_forward_compute(
-        query.to(at::kFloat), key.to(at::kFloat), value.to(at::kFloat), attn_mask, options,
-        need_weights, average_attn_weights, shared_rng_state);
-    return {output.to(dtype), weights.to(dtype), lse, rng_state};
-  }
-  return block_forward_compute(query, key, value, attn_mask, options, need_weights,
-                               average_attn_weights, shared_rng_state);
+  const Fp32Compute c(query.scalar_type());
+  auto [output, weights, lse, rng_state] =
+      block_forward_compute(c.in(query), c.in(key), c.in(value), attn_mask, options, need_weights,
+                            average_attn_weights, shared_rng_state);
+  return {c.out(output), c.out(weights), lse, rng_state};
 }
 
 // An accumulation buffer for a gradient of shape (N, heads, length, dim) in the heads-last
@@ -240,21 +235,11 @@ internal::BlockBackwardOutputs attention_block_backward_cpu(
                                                     attn_mask, options);
   check_attention_block_backward_inputs(s, query, grad_output, grad_attn_weights, output, logsumexp,
                                         rng_state, average_attn_weights);
-  const auto dtype = query.scalar_type();
-  if (computes_in_fp32(dtype)) {
-    std::optional<at::Tensor> grad_w;
-    if (grad_attn_weights.has_value() && grad_attn_weights->defined())
-      grad_w = grad_attn_weights->to(at::kFloat);
-    auto up = [](const at::Tensor& t) { return t.to(at::kFloat); };
-    auto [gq, gk, gv] = block_backward_compute(
-        up(grad_output), grad_w, up(query), up(key), up(value), up(output), logsumexp, rng_state,
-        attn_mask, options, average_attn_weights, output_mask);
-    auto down = [dtype](const at::Tensor& t) { return t.defined() ? t.to(dtype) : t; };
-    return {down(gq), down(gk), down(gv)};
-  }
-  return block_backward_compute(grad_output, grad_attn_weights, query, key, value, output,
-                                logsumexp, rng_state, attn_mask, options, average_attn_weights,
-                                output_mask);
+  const Fp32Compute c(query.scalar_type());
+  auto [grad_q, grad_k, grad_v] = block_backward_compute(
+      c.in(grad_output), c.in(grad_attn_weights), c.in(query), c.in(key), c.in(value), c.in(output),
+      logsumexp, rng_state, attn_mask, options, average_attn_weights, output_mask);
+  return {c.out(grad_q), c.out(grad_k), c.out(grad_v)};
 }
 
 }  // namespace

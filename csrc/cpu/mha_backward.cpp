@@ -15,10 +15,11 @@
 #endif
 
 #include "checks/checks.h"
+#include "cpu/fp32_compute.h"
 #include "cpu/input_bias_sums.h"
 #include "cpu/mask_storage.h"
-#include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
+#include "cpu/projection_backward.h"
 #include "cpu/projection_gemm.h"
 #include "cpu/thread_team.h"
 #include "engine/cpu_capability.h"
@@ -29,34 +30,13 @@
 namespace mhsa::cpu {
 namespace {
 
-internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
-                                           const std::optional<at::Tensor>& grad_attn_weights,
-                                           const at::Tensor& x, const at::Tensor& in_proj_weight,
-                                           const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-                                           const at::Tensor& context, const at::Tensor& logsumexp,
-                                           const at::Tensor& rng_state,
-                                           const internal::AttentionOptions& options,
-                                           std::array<bool, 5> output_mask) {
-  const MhaSizes s = check_mha_inputs("_mha_backward", x, in_proj_weight, std::nullopt,
-                                      out_proj_weight, std::nullopt, options);
-  check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
-                            rng_state, options.average_attn_weights);
-  const auto input_dtype = x.scalar_type();
-  if (computes_in_fp32(input_dtype)) {
-    // See mha_forward_cpu: fp32 compute from the 16-bit values (including the stored qkv the
-    // forward's log-sum-exp came from), gradients in the input's dtype.
-    std::optional<at::Tensor> grad_w;
-    if (grad_attn_weights.has_value() && grad_attn_weights->defined()) {
-      grad_w = grad_attn_weights->to(at::kFloat);
-    }
-    auto grads = mha_backward_cpu(grad_output.to(at::kFloat), grad_w, x.to(at::kFloat),
-                                  in_proj_weight.to(at::kFloat), out_proj_weight.to(at::kFloat),
-                                  qkv.to(at::kFloat), context.to(at::kFloat), logsumexp, rng_state,
-                                  options, output_mask);
-    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
-    return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
-            down(std::get<3>(grads)), down(std::get<4>(grads))};
-  }
+// The computation in x's dtype, from checked inputs.
+internal::BackwardOutputs mha_backward_compute(
+    const MhaSizes& s, const at::Tensor& grad_output,
+    const std::optional<at::Tensor>& grad_attn_weights, const at::Tensor& x,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const internal::AttentionOptions& options, std::array<bool, 5> output_mask) {
   const int64_t N = s.batch.expect_int(), L = s.seq.expect_int(), E = s.embed.expect_int();
   const int64_t H = options.num_heads, D = E / H;
 
@@ -73,8 +53,8 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
   const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
   const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
   at::Tensor grad_ctx = std::move(out_grads.grad_context);
-  at::Tensor grad_x, grad_in_w, grad_in_b;
-  if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+  if (!grad_ctx.defined())
+    return {at::Tensor(), at::Tensor(), at::Tensor(), grad_out_w, grad_out_b};
 
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
@@ -158,19 +138,31 @@ internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
       });
   grad_ctx.reset();
   dsum.reset();
-  // The bias gradient first, so that its block sums are gone before the input projection's
-  // GEMMs, where backward's memory peaks.
-  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
-  bias_sums = InputBiasSums();
+  InputProjectionGrads in_grads =
+      input_projection_backward(grad_qkv, std::move(bias_sums), x.contiguous().view({-1, E}),
+                                in_proj_weight, output_mask, dtype);
+  if (in_grads.grad_x.defined()) in_grads.grad_x = in_grads.grad_x.view(x.sizes());
+  return {in_grads.grad_x, in_grads.grad_in_proj_weight, in_grads.grad_in_proj_bias, grad_out_w,
+          grad_out_b};
+}
 
-  const at::Tensor x2d = x.contiguous().view({-1, E});
-  const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
-  if (output_mask[0])
-    grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype)
-                 .view(x.sizes());
-  if (output_mask[1])
-    grad_in_w = projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
-  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+internal::BackwardOutputs mha_backward_cpu(const at::Tensor& grad_output,
+                                           const std::optional<at::Tensor>& grad_attn_weights,
+                                           const at::Tensor& x, const at::Tensor& in_proj_weight,
+                                           const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+                                           const at::Tensor& context, const at::Tensor& logsumexp,
+                                           const at::Tensor& rng_state,
+                                           const internal::AttentionOptions& options,
+                                           std::array<bool, 5> output_mask) {
+  const MhaSizes s = check_mha_inputs("_mha_backward", x, in_proj_weight, std::nullopt,
+                                      out_proj_weight, std::nullopt, options);
+  check_mha_backward_inputs(s, grad_output, grad_attn_weights, x, qkv, context, logsumexp,
+                            rng_state, options.average_attn_weights);
+  const Fp32Compute c(x.scalar_type());
+  auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mha_backward_compute(
+      s, c.in(grad_output), c.in(grad_attn_weights), c.in(x), c.in(in_proj_weight),
+      c.in(out_proj_weight), c.in(qkv), c.in(context), logsumexp, rng_state, options, output_mask);
+  return {c.out(grad_x), c.out(grad_in_w), c.out(grad_in_b), c.out(grad_out_w), c.out(grad_out_b)};
 }
 
 }  // namespace

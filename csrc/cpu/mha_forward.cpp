@@ -16,6 +16,7 @@
 
 #include "checks/checks.h"
 #include "cpu/dropout_seed.h"
+#include "cpu/fp32_compute.h"
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
@@ -27,10 +28,7 @@
 namespace mhsa::cpu {
 namespace {
 
-// The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype whose
-// values a float32 computation stands in for (see mha_forward_cpu): qkv is rounded to it right
-// after the projection, because backward recomputes the scores from the stored (rounded) qkv,
-// and the log-sum-exp must come from those very values.
+// The computation in x's dtype; `stored_as`: see Fp32Compute.
 internal::ForwardOutputs mha_forward_compute(
     const MhaSizes& s, const at::Tensor& x, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
@@ -119,20 +117,11 @@ internal::ForwardOutputs mha_forward_cpu(const at::Tensor& x, const at::Tensor& 
                                          bool need_weights) {
   const MhaSizes s = check_mha_inputs("_mha_forward", x, in_proj_weight, in_proj_bias,
                                       out_proj_weight, out_proj_bias, options);
-  const auto dtype = x.scalar_type();
-  if (computes_in_fp32(dtype)) {
-    // float16 and bfloat16 on CPUs without their arithmetic: compute in fp32 from the 16-bit
-    // values (exact conversions), store the results in the input's dtype.
-    auto up = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-      return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
-    };
-    auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
-        s, x.to(at::kFloat), in_proj_weight.to(at::kFloat), up(in_proj_bias),
-        out_proj_weight.to(at::kFloat), up(out_proj_bias), options, need_weights, dtype);
-    return {output.to(dtype), weights.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
-  }
-  return mha_forward_compute(s, x, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-                             options, need_weights, std::nullopt);
+  const Fp32Compute c(x.scalar_type());
+  auto [output, weights, qkv, context, lse, rng_state] = mha_forward_compute(
+      s, c.in(x), c.in(in_proj_weight), c.in(in_proj_bias), c.in(out_proj_weight),
+      c.in(out_proj_bias), options, need_weights, c.stored_as());
+  return {c.out(output), c.out(weights), c.out(qkv), c.out(context), lse, rng_state};
 }
 
 }  // namespace

@@ -26,9 +26,10 @@
 #include "checks/checks.h"
 #include "checks/packed_checks.h"
 #include "cpu/dropout_seed.h"
+#include "cpu/fp32_compute.h"
 #include "cpu/input_bias_sums.h"
-#include "cpu/output_projection_backward.h"
 #include "cpu/parallel_stats.h"
+#include "cpu/projection_backward.h"
 #include "cpu/projection_gemm.h"
 #include "cpu/thread_team.h"
 #include "engine/cpu_capability.h"
@@ -119,31 +120,25 @@ void parallel_over_rows(const std::vector<int64_t>& offsets, double row_flops, c
   });
 }
 
+// The masks of every sequence: the causal mask and the window, nothing else.
 template <typename acc_t>
-MaskView<acc_t> packed_masks(bool is_causal, int64_t window_left, int64_t window_right) {
+MaskView<acc_t> packed_masks(const internal::PackedAttentionOptions& options) {
   MaskView<acc_t> m;
-  m.causal = is_causal;
-  m.window_left = window_left;
-  m.window_right = window_right;
+  m.causal = options.is_causal;
+  m.window_left = options.window_size[0];
+  m.window_right = options.window_size[1];
   return m;
 }
 
-std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? std::optional<at::Tensor>(t->to(at::kFloat)) : t;
-}
-
-// The float32/float64/native-bfloat16 computation. `stored_as` is the 16-bit dtype a float32
-// computation stands in for: qkv is rounded to it right after the projection, as mha_forward
-// does, because backward recomputes the scores from the stored (rounded) qkv and the
-// log-sum-exp must come from those very values.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packed_forward_compute(
+// The computation in x's dtype; `stored_as`: see Fp32Compute.
+internal::PackedForwardOutputs mha_packed_forward_compute(
     const at::Tensor& x, const std::vector<int64_t>& offsets, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
-    const std::optional<at::Tensor>& out_proj_bias, int64_t num_heads, bool is_causal,
-    int64_t window_left, int64_t window_right, double dropout_p,
+    const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& options,
     std::optional<at::ScalarType> stored_as) {
   const int64_t T = x.size(0), E = x.size(1);
-  const int64_t H = num_heads, D = E / H;
+  const int64_t H = options.num_heads, D = E / H;
+  const double dropout_p = options.dropout_p;
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
   const at::Tensor x2d = x.contiguous();
 
@@ -173,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mha_packe
           a.v = a.q + 2 * E;
           a.context = context.mutable_data_ptr<scalar_t>() + start * E;
           a.lse = lse.mutable_data_ptr<acc_t>() + start * H;
-          a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
+          a.masks = packed_masks<acc_t>(options);
           a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
           a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
           if (dropout_p > 0.0) {
@@ -205,29 +200,16 @@ internal::PackedForwardOutputs mha_packed_forward_cpu(
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
     const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& options,
     std::optional<int64_t> max_seqlen) {
-  const int64_t num_heads = options.num_heads, window_left = options.window_size[0],
-                window_right = options.window_size[1];
-  const bool is_causal = options.is_causal;
-  const double dropout_p = options.dropout_p;
   const char* op = "_mha_packed_forward";
-  const PackedSizes s =
-      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
-                          out_proj_bias, num_heads, window_left, window_right, dropout_p);
+  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, in_proj_bias,
+                                            out_proj_weight, out_proj_bias, options);
   const std::vector<int64_t> offsets =
       read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int(), max_seqlen);
-  const auto dtype = x.scalar_type();
-  if (computes_in_fp32(dtype)) {
-    // float16 and bfloat16 on CPUs without their arithmetic: compute in fp32 from the 16-bit
-    // values, store the results in the input's dtype (as mha_forward does).
-    auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
-        x.to(at::kFloat), offsets, in_proj_weight.to(at::kFloat), to_float(in_proj_bias),
-        out_proj_weight.to(at::kFloat), to_float(out_proj_bias), num_heads, is_causal, window_left,
-        window_right, dropout_p, dtype);
-    return {output.to(dtype), qkv.to(dtype), context.to(dtype), lse, rng_state};
-  }
-  return mha_packed_forward_compute(x, offsets, in_proj_weight, in_proj_bias, out_proj_weight,
-                                    out_proj_bias, num_heads, is_causal, window_left, window_right,
-                                    dropout_p, std::nullopt);
+  const Fp32Compute c(x.scalar_type());
+  auto [output, qkv, context, lse, rng_state] = mha_packed_forward_compute(
+      c.in(x), offsets, c.in(in_proj_weight), c.in(in_proj_bias), c.in(out_proj_weight),
+      c.in(out_proj_bias), options, c.stored_as());
+  return {c.out(output), c.out(qkv), c.out(context), lse, rng_state};
 }
 
 // Runs the backward attention tasks of every sequence on one team of threads that all run at
@@ -259,35 +241,16 @@ void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
               });
 }
 
-internal::BackwardOutputs mha_packed_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
-    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
-    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
-    const internal::PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
-  const int64_t num_heads = options.num_heads, window_left = options.window_size[0],
-                window_right = options.window_size[1];
-  const bool is_causal = options.is_causal;
-  const double dropout_p = options.dropout_p;
-  const char* op = "_mha_packed_backward";
-  const PackedSizes s =
-      check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt, out_proj_weight,
-                          std::nullopt, num_heads, window_left, window_right, dropout_p);
-  check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
+// The computation in x's dtype, from checked inputs.
+internal::BackwardOutputs mha_packed_backward_compute(
+    const PackedSizes& s, const std::vector<int64_t>& offsets, const at::Tensor& grad_output,
+    const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
+    const at::Tensor& qkv, const at::Tensor& context, const at::Tensor& logsumexp,
+    const at::Tensor& rng_state, const internal::PackedAttentionOptions& options,
+    std::array<bool, 5> output_mask) {
   const int64_t T = s.tokens.expect_int(), E = s.embed.expect_int();
-  const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, T);
-  const auto input_dtype = x.scalar_type();
-  if (computes_in_fp32(input_dtype)) {
-    // See mha_packed_forward_cpu: fp32 compute from the 16-bit values (including the stored
-    // qkv the forward's log-sum-exp came from), gradients in the input's dtype.
-    auto grads = mha_packed_backward_cpu(
-        grad_output.to(at::kFloat), x.to(at::kFloat), cu_seqlens, in_proj_weight.to(at::kFloat),
-        out_proj_weight.to(at::kFloat), qkv.to(at::kFloat), context.to(at::kFloat), logsumexp,
-        rng_state, options, output_mask);
-    auto down = [input_dtype](const at::Tensor& t) { return t.defined() ? t.to(input_dtype) : t; };
-    return {down(std::get<0>(grads)), down(std::get<1>(grads)), down(std::get<2>(grads)),
-            down(std::get<3>(grads)), down(std::get<4>(grads))};
-  }
-  const int64_t H = num_heads, D = E / H;
+  const int64_t H = options.num_heads, D = E / H;
+  const double dropout_p = options.dropout_p;
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
   const auto dtype = x.scalar_type();
   const at::Tensor ctx2d = context.contiguous();
@@ -299,8 +262,8 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   const at::Tensor grad_out_w = out_grads.grad_out_proj_weight;
   const at::Tensor grad_out_b = out_grads.grad_out_proj_bias;
   at::Tensor grad_ctx = std::move(out_grads.grad_context);
-  at::Tensor grad_x, grad_in_w, grad_in_b;
-  if (!grad_ctx.defined()) return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+  if (!grad_ctx.defined())
+    return {at::Tensor(), at::Tensor(), at::Tensor(), grad_out_w, grad_out_b};
 
   const at::Tensor qkv_c = qkv.contiguous();
   const at::Tensor lse_c = logsumexp.contiguous();
@@ -347,7 +310,7 @@ internal::BackwardOutputs mha_packed_backward_cpu(
       a.grad_k_layout = a.g.k;
       a.grad_v_layout = a.g.v;
       a.abort = &abort;
-      a.masks = packed_masks<acc_t>(is_causal, window_left, window_right);
+      a.masks = packed_masks<acc_t>(options);
       a.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(D)));
       a.tiles = choose_tile_sizes(std::max<int64_t>(L, 1));
       if (bias_sums.defined()) {
@@ -381,17 +344,27 @@ internal::BackwardOutputs mha_packed_backward_cpu(
   });
   grad_ctx.reset();
   dsum.reset();
-  // The bias gradient first, so that its block sums are gone before the input projection's
-  // GEMMs, where backward's memory peaks.
-  if (output_mask[2]) grad_in_b = bias_sums.gradient(dtype);
-  bias_sums = InputBiasSums();
+  InputProjectionGrads in_grads = input_projection_backward(
+      grad_qkv, std::move(bias_sums), x.contiguous(), in_proj_weight, output_mask, dtype);
+  return {in_grads.grad_x, in_grads.grad_in_proj_weight, in_grads.grad_in_proj_bias, grad_out_w,
+          grad_out_b};
+}
 
-  const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
-  if (output_mask[0])
-    grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
-  if (output_mask[1])
-    grad_in_w = projection_gemm(grad_qkv_in, true, x.contiguous(), false, 1.0, std::nullopt, dtype);
-  return {grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b};
+internal::BackwardOutputs mha_packed_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& cu_seqlens,
+    const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
+    const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const internal::PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
+  const char* op = "_mha_packed_backward";
+  const PackedSizes s = check_packed_inputs(op, x, cu_seqlens, in_proj_weight, std::nullopt,
+                                            out_proj_weight, std::nullopt, options);
+  check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
+  const std::vector<int64_t> offsets = read_cu_seqlens(op, cu_seqlens, s.tokens.expect_int());
+  const Fp32Compute c(x.scalar_type());
+  auto [grad_x, grad_in_w, grad_in_b, grad_out_w, grad_out_b] = mha_packed_backward_compute(
+      s, offsets, c.in(grad_output), c.in(x), c.in(in_proj_weight), c.in(out_proj_weight),
+      c.in(qkv), c.in(context), logsumexp, rng_state, options, output_mask);
+  return {c.out(grad_x), c.out(grad_in_w), c.out(grad_in_b), c.out(grad_out_w), c.out(grad_out_b)};
 }
 
 }  // namespace

@@ -19,9 +19,8 @@ internal::PackedForwardOutputs mha_packed_forward_meta(
     const std::optional<at::Tensor>& out_proj_bias, const internal::PackedAttentionOptions& options,
     std::optional<int64_t> max_seqlen) {
   const int64_t num_heads = options.num_heads;
-  const PackedSizes s = check_packed_inputs(
-      "_mha_packed_forward", x, cu_seqlens, in_proj_weight, in_proj_bias, out_proj_weight,
-      out_proj_bias, num_heads, options.window_size[0], options.window_size[1], options.dropout_p);
+  const PackedSizes s = check_packed_inputs("_mha_packed_forward", x, cu_seqlens, in_proj_weight,
+                                            in_proj_bias, out_proj_weight, out_proj_bias, options);
   at::Tensor output = at::empty_symint(x.sym_sizes(), x.options());
   at::Tensor qkv = at::empty_symint({s.tokens, s.embed * 3}, x.options());
   at::Tensor context = at::empty_symint(x.sym_sizes(), x.options());
@@ -36,10 +35,8 @@ internal::BackwardOutputs mha_packed_backward_meta(
     const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight, const at::Tensor& qkv,
     const at::Tensor& context, const at::Tensor& logsumexp, const at::Tensor& rng_state,
     const internal::PackedAttentionOptions& options, std::array<bool, 5> output_mask) {
-  const PackedSizes s =
-      check_packed_inputs("_mha_packed_backward", x, cu_seqlens, in_proj_weight, std::nullopt,
-                          out_proj_weight, std::nullopt, options.num_heads, options.window_size[0],
-                          options.window_size[1], options.dropout_p);
+  const PackedSizes s = check_packed_inputs("_mha_packed_backward", x, cu_seqlens, in_proj_weight,
+                                            std::nullopt, out_proj_weight, std::nullopt, options);
   check_packed_backward_inputs(s, grad_output, x, qkv, context, logsumexp, rng_state);
   return backward_result(x, in_proj_weight, out_proj_weight, s.embed, output_mask);
 }

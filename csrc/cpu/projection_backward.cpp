@@ -1,4 +1,4 @@
-#include "cpu/output_projection_backward.h"
+#include "cpu/projection_backward.h"
 
 #include "cpu/projection_gemm.h"
 #include "engine/attention_geometry.h"
@@ -20,6 +20,23 @@ OutputProjectionGrads output_projection_backward(
     g.grad_context = projection_gemm(grad_output, false, out_proj_weight, false, context_scale,
                                      std::nullopt, dtype);
   }
+  return g;
+}
+
+InputProjectionGrads input_projection_backward(const at::Tensor& grad_qkv, InputBiasSums bias_sums,
+                                               const at::Tensor& x2d,
+                                               const at::Tensor& in_proj_weight,
+                                               const std::array<bool, 5>& output_mask,
+                                               at::ScalarType dtype) {
+  InputProjectionGrads g;
+  if (output_mask[2]) g.grad_in_proj_bias = bias_sums.gradient(dtype);
+  bias_sums = InputBiasSums();
+  const at::Tensor grad_qkv_in = grad_qkv.to(dtype);
+  if (output_mask[0])
+    g.grad_x = projection_gemm(grad_qkv_in, false, in_proj_weight, false, 1.0, std::nullopt, dtype);
+  if (output_mask[1])
+    g.grad_in_proj_weight =
+        projection_gemm(grad_qkv_in, true, x2d, false, 1.0, std::nullopt, dtype);
   return g;
 }
 
