@@ -1,12 +1,8 @@
 // The internal ops' names before 0.2.0 (mhsa::mha_forward, mha_backward, mha_packed_forward,
-// mha_packed_backward), renamed then with a leading underscore. A TorchScript model saved by
-// an older mhsa stores calls by name, so the old names stay registered with the same schemas
-// (csrc/mhsa.cpp) and this one kernel: it warns once, then calls the renamed op with the same
-// arguments.
-//
-// The kernel is CompositeImplicitAutograd and boxed: the renamed op does the work on every
-// dispatch key (CPU, Meta, Autograd, autocast), so an old model also trains and traces as
-// before, and the aliases need no copy of any argument list.
+// mha_packed_backward), which TorchScript models saved then call by name: registered with the
+// same schemas (mhsa.cpp) and this one boxed CompositeImplicitAutograd kernel, which warns once
+// and calls the renamed op. The renamed op does the work on every dispatch key, so an old model
+// also trains and traces as before, and the aliases copy no argument list.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>

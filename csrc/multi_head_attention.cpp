@@ -1,10 +1,8 @@
 // The public op mhsa::multi_head_attention: all of nn.MultiheadAttention (cross-attention,
-// kdim/vdim with separate projections, add_bias_kv, add_zero_attn, every mask form).
-//
-// CompositeImplicitAutograd: the projections are aten::linear, the attention core is
-// _attention_block_forward (fused forward and backward), so every front door and dispatch key
-// (Autograd, Meta, AutocastCPU, torch.compile, export) comes from those ops. Self-attention with
-// the packed projection goes to multi_head_self_attention, whose projections are fused too.
+// kdim/vdim, add_bias_kv, add_zero_attn, every mask form). CompositeImplicitAutograd: the
+// projections are aten::linear and the core is _attention_block_forward, so every dispatch key
+// and front door comes from those ops. Self-attention with the packed projection goes to
+// multi_head_self_attention, whose projections are fused too.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

@@ -1,14 +1,8 @@
-// Mixed precision for _mha_forward on the AutocastCPU key: under
-// torch.autocast("cpu", dtype=torch.bfloat16) the op runs in the autocast dtype.
-//
-// The public op multi_head_self_attention is CompositeImplicitAutograd, so it reaches this
-// kernel through _mha_forward. The casts are ordinary (differentiable) copies recorded by
-// autograd, so gradients flow back to float32 parameters in float32; _mha_backward needs no
-// autocast kernel, since it runs on the tensors _mha_forward saved, already in the low dtype.
-//
-// The kernel is boxed: it walks the schema's arguments by name, so adding an argument to the
-// op needs no change here (only an argument that is a computation operand belongs in
-// kCastArguments).
+// Mixed precision for _mha_forward on the AutocastCPU key: under torch.autocast("cpu") the op
+// runs in the autocast dtype. The casts are differentiable copies, so gradients reach float32
+// parameters in float32; _mha_backward needs no autocast kernel (it runs on what _mha_forward
+// saved, already in the low dtype). Boxed: it finds the operands by argument name, so a new
+// argument needs no change here unless it is a computation operand (kCastArguments).
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>

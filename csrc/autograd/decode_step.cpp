@@ -1,10 +1,8 @@
-// The Autograd kernel of mhsa::decode_step.
-//
-// Decoding is inference: the op has no derivative. Its Autograd kernel refuses, with a clear
-// message, to run while grad mode is on and an input requires grad (instead of returning an
-// output that silently has no gradient), and otherwise runs the kernel below autograd and bumps
-// the version counters of the three cache tensors it mutated, as in-place ATen ops do, so that
-// autograd notices if a mutated cache had been saved for a backward.
+// The Autograd kernel of mhsa::decode_step. Decoding is inference, the op has no derivative:
+// with grad mode on and an input requiring grad it refuses, rather than return an output that
+// silently has no gradient. Otherwise it runs the kernel below autograd and bumps the version
+// counters of the three cache tensors it mutated, as in-place ATen ops do, so that autograd
+// notices a mutated cache that was saved for a backward.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

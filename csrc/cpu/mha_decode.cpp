@@ -1,14 +1,8 @@
-// CPU kernel of mhsa::decode_step: one step of KV-cache decoding.
-//
-// The T new tokens are projected (one QKV GEMM of T*N rows), their keys and values are written
-// into the cache, and each new query attends to the cached keys 0..length+t (the causal rule of
-// a full forward, seen from the new rows only), then the output projection. A step of one token
-// costs O(L*E) for the attention (one pass over the cache) plus O(E^2) for the projections per
-// sequence, against O(L^2*E) for recomputing the whole prefix.
-//
-// A first step on an empty cache is a causal forward over the prompt, so it runs _mha_forward
-// itself (the fused, tiled kernel: a long prompt is not a loop of single queries) and copies
-// the keys and values it projected into the cache.
+// CPU kernel of mhsa::decode_step, one step of KV-cache decoding: the T new tokens projected
+// (one QKV GEMM), their keys and values written into the cache, each new query attending to the
+// cached keys 0..length+t, then the output projection: O(L*E) per token, not O(L^2*E) for the
+// whole prefix again. A first step on an empty cache is a causal forward over the prompt, so it
+// runs _mha_forward itself (the tiled kernel, not a loop of single queries).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,10 +1,7 @@
-// CPU kernel of mhsa::_mha_forward.
-//
-// One packed QKV GEMM, then the fused attention (attention_forward_kernel.cpp, the copy for
-// this CPU's instruction set) over (batch, head, query block) tasks in parallel, then the
-// output projection. No tensor of N*H*L*L elements exists unless the caller asks for the
-// per-head weights; backward gets only O(N*L*E) state: qkv, the context and a log-sum-exp
-// per query row.
+// CPU kernel of mhsa::_mha_forward: one packed QKV GEMM, the fused attention (this CPU's copy
+// of kernels/attention_forward_kernel.cpp) over (batch, head, query block) tasks in parallel,
+// the output projection. No N*H*L*L tensor exists unless the per-head weights are asked for;
+// backward gets O(N*L*E) state: qkv, the context and one log-sum-exp per query row.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>

@@ -1,13 +1,9 @@
-// CPU kernels of mhsa::_mha_packed_forward and mhsa::_mha_packed_backward: B sequences packed
-// back to back in x (T, E), each attending only to itself (FlashAttention's varlen layout).
-//
-// The projections are single GEMMs over all T rows (they do not mix rows). The attention runs
-// the per-ISA kernels of the padded op once per sequence, with the geometry of a batch of one
-// (N = 1, L = L_b, batch_first) and pointers offset to that sequence's rows of qkv, context and
-// the gradient buffers, so the work is proportional to sum L_b^2, not B * max(L)^2. All the
-// tasks of all sequences share one parallel loop (forward: parts of about equal cost; backward:
-// one team of threads dealt the tasks of all sequences round-robin), so that many short
-// sequences and one long one keep every thread busy alike.
+// CPU kernels of mhsa::_mha_packed_forward and _mha_packed_backward: B sequences back to back
+// in x (T, E), each attending only to itself (FlashAttention's varlen layout). The projections
+// are single GEMMs over all T rows; the attention kernels run per sequence as a batch of one,
+// pointers offset to its rows, so the work is sum L_b^2, not B * max(L)^2. The tasks of all
+// sequences share one parallel loop, so many short sequences and one long one keep every thread
+// busy alike.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -212,14 +208,11 @@ internal::PackedForwardOutputs mha_packed_forward_cpu(
   return {c.out(output), c.out(qkv), c.out(context), lse, rng_state};
 }
 
-// Runs the backward attention tasks of every sequence on one team of threads that all run at
-// once (a task may wait for the dQ turn of an earlier key block of its own sequence, see
-// attention_backward_kernel.cpp). The tasks of all sequences form one list, sequence after
-// sequence, dealt round-robin: thread k runs global tasks k, k + team, ... in increasing order,
-// i.e. in sequence b the local tasks congruent to k - start_b modulo the team. A task only waits
-// for a smaller task of its own sequence, and every thread runs its tasks in increasing order,
-// so the smallest unfinished task can always proceed (no deadlock, whatever the team). Without
-// OpenMP, or inside a parallel region, one thread runs everything in order.
+// The backward tasks of every sequence on one team of threads that run at once (a task may wait
+// for the dQ turn of an earlier key block, see attention_backward_kernel.cpp), as one list dealt
+// round-robin: thread k runs global tasks k, k + team, ... in increasing order. A task only waits
+// for a smaller one of its own sequence, so the smallest unfinished task can always proceed (no
+// deadlock, whatever the team).
 template <typename scalar_t>
 void run_packed_backward_tasks(const AttentionKernels<scalar_t>& kernels,
                                const std::vector<BackwardArgs<scalar_t>>& args,

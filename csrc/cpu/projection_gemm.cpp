@@ -31,8 +31,8 @@ int64_t output_tile(int64_t M, int64_t N) {
 // The B column tile that a thread's run of projection tiles shares, packed once for the run
 // (bfloat16; float32 with a transposed B): the row tiles of one column tile multiply the same
 // block of B, which a plain tile GEMM would pack (or transpose) again for each. Packing per thread
-// keeps the block in that core's cache (a whole-B prepacking shared by all threads measured slower
-// in training).
+// keeps the block in that core's cache (sharing one whole-B prepacking between the threads is
+// slower in training).
 struct PackedColumn {
   PackedB16 b;
   std::vector<float> f32;  // float32: the column tile of op(B) = W^T, row-major K x cols
@@ -74,10 +74,8 @@ bool packed_tile(PackedColumn& packed, bool enabled, int64_t col_tile, Trans ta,
   return true;
 }
 // float32 with a transposed B (x W^T): the column tile's rows of W transposed once per run into
-// a compact K x cols block that stays in cache, instead of the whole W^T materialized per call
-// (at::copy of a transpose, 4% of a float32 forward at (8, 128, 512, 8)). Measured with the
-// AVX-512 micro-kernel, interleaved in one process: inference 1.09x at (8, 128, 512, 8), 1.02x
-// at (4, 512, 512, 8), training 1.01x; so only there (tile_gemm_f32_packs_columns).
+// a compact K x cols block that stays in cache, instead of the whole W^T materialized per call.
+// Only where that is faster, on the AVX-512 micro-kernel (tile_gemm_f32_packs_columns).
 bool packed_tile(PackedColumn& packed, bool enabled, int64_t col_tile, Trans ta, Trans tb,
                  int64_t rows, int64_t cols, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -94,7 +92,7 @@ bool packed_tile(PackedColumn& packed, bool enabled, int64_t col_tile, Trans ta,
 }
 
 // b^T materialized: float32 through transpose_floats in blocks of rows spread over the threads
-// (at::copy of a transposed view ran at a third of the speed), other dtypes through at::copy.
+// (at::copy of a transposed view is much slower), other dtypes through at::copy.
 at::Tensor transposed(const at::Tensor& b) {
   if (b.scalar_type() != at::kFloat) return b.t().contiguous();
   const at::Tensor src = b.contiguous();
@@ -162,13 +160,11 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
     return small_rows_projection(a, b, alpha, bias);
   }
   const at::Tensor A = a.contiguous();
-  // A transposed B (a weight matrix, x W^T) is materialized once here: the float tile GEMMs
-  // would otherwise copy the same transposed block again for every row tile. The 16-bit
-  // micro-kernels pack every B block anyway, a transposed one as cheaply, so they take the
-  // weight as it is. A transposed A (the activations of a weight gradient, N*L rows) is left to
-  // the tiles, which copy it in chunks, rather than doubling its memory. (Transposing is exact.)
-  // float32 packs its column tiles of W^T itself (packed_tile) where that measured faster.
-  // In inference a float32 weight's transpose is made once and kept (weight_cache.h).
+  // A transposed B (a weight, x W^T) is materialized once here, or kept between inference calls
+  // (weight_cache.h), or laid out per column tile (packed_tile, where that is faster): the float
+  // tile GEMMs would copy the same transposed block again for every row tile. The 16-bit
+  // micro-kernels pack every B block anyway, so they take the weight as it is. A transposed A
+  // (a weight gradient's activations, N*L rows) is copied by the tiles in chunks instead.
   const bool cached_b = transpose_b && A.scalar_type() == at::kFloat && weight_cache_applies(b);
   const bool f32_columns =
       transpose_b && !cached_b && A.scalar_type() == at::kFloat && tile_gemm_f32_packs_columns();

@@ -1,14 +1,9 @@
 #pragma once
-// The projection GEMMs of the CPU kernels (x W_in^T, C W_out^T, and their
-// gradients) and the bias-gradient column sums, computed so that every bit of the result is
-// the same whatever the number of threads.
-//
-// Why not at::mm: a multi-threaded BLAS splits a GEMM (and, for the weight gradients, its
-// reduction over the N*L rows) according to the thread count, and kernels of different
-// shapes round differently, so at::mm results differ in the last bits between 1 and 2
-// threads on some CPUs (seen with MKL on AVX-512/AMX machines). Here the output is cut into
-// tiles whose sizes depend on the problem only; each tile is one single-threaded tile_gemm
-// over the full reduction, and tiles are independent tasks for at::parallel_for.
+// The projection GEMMs of the CPU kernels (x W_in^T, C W_out^T, their gradients) and the bias
+// gradients' column sums, the same bits for any number of threads. Not at::mm: a threaded BLAS
+// splits a GEMM (and a weight gradient's reduction) by the thread count, so its last bits
+// change with it on some CPUs. Here the output is cut into tiles sized by the problem only, each
+// one single-threaded tile_gemm over the whole reduction, the tiles spread over the threads.
 #include <ATen/ATen.h>
 
 #include <optional>

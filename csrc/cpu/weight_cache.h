@@ -31,15 +31,11 @@ bool records_no_graph(std::initializer_list<const at::Tensor*> inputs);
 // this call (not a temporary conversion).
 bool weight_cache_applies(const at::Tensor& weight);
 
-// weight^T, contiguous: the cached copy while `weight` is the same tensor (identity), at the same
-// version (in-place updates: optimizer steps, load_state_dict, copy_ under no_grad), on the same
-// storage, data pointer, sizes and strides (.data = ..., set_()), with the same values at 257
-// elements spread over it (writes that bypass the version counter: through .data, numpy or
-// from_blob aliases); else a new one, which replaces the old entry. A weight that changed before
-// its copy was ever reused (training inside a traced or checkpointed forward) is not copied again
-// until it stays unchanged from one call to the next. Entries of freed weights are dropped at
-// every call: at most one extra copy of each live weight used in inference. Thread-safe.
-// `transpose` makes the copy on a miss.
+// weight^T, contiguous: the cached copy while `weight` is the same tensor at the same version,
+// storage, data pointer, sizes and strides, with the same values at 257 sample elements (writes
+// that bypass the version counter); else a new one (`transpose` makes it) replacing the entry.
+// A weight that changed before its copy was reused is copied again only once it stays the same
+// from one call to the next. Entries of freed weights are dropped at every call. Thread-safe.
 at::Tensor cached_weight_transpose(const at::Tensor& weight,
                                    at::Tensor (*transpose)(const at::Tensor&));
 

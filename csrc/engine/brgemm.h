@@ -1,9 +1,10 @@
 #pragma once
-// The micro-kernel GEMM: tile GEMMs on oneDNN's batch-reduce micro-kernels through PyTorch's
-// exported at::native::cpublas::brgemm (row-major C (+)= A B, fp32 accumulation). Internal to the
-// engine (tile_gemm.cpp calls it). brgemm has no transposes, alpha or beta, so a transposed
-// operand is copied row-major into per-thread scratch first, and alpha and beta are applied
-// around the product (Target).
+// The micro-kernel GEMM: tiles on oneDNN's batch-reduce micro-kernels through PyTorch's exported
+// at::native::cpublas::brgemm (row-major C (+)= A B, fp32 accumulation). They never split a call
+// over threads and are chosen by shape and strides only, so with constant blocking (kChunkK,
+// kBlockN) a tile has the same bits on any thread, for any thread count. No transposes, alpha or
+// beta: a transposed operand is copied row-major into per-thread scratch, and alpha and beta are
+// applied around the product (Target). Internal to the engine (tile_gemm.cpp calls it).
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>

@@ -25,9 +25,9 @@ inline const char* layout16_name(Layout16 layout) {
 // refuses wider ones.
 constexpr int64_t kBlockN = 64;
 
-// cpublas::pack's rule on AMX (oneDNN's transform), as measured on a Sapphire Rapids Xeon: the
-// packed leading dimension must be a multiple of 16, at least N and at most 64 (ld_out = N
-// threw for N = 2, 17, 66; N rounded up to 16 worked for every N <= 64).
+// cpublas::pack's rule on AMX (oneDNN's transform, found on a Sapphire Rapids Xeon: see
+// docs/performance-notes.md): the packed leading dimension must be a multiple of 16, at least N
+// and at most 64.
 inline bool amx_pack_accepts(int64_t K, int64_t N, int64_t ld_out) {
   return K > 0 && N > 0 && ld_out % 16 == 0 && ld_out >= N && ld_out <= kBlockN;
 }

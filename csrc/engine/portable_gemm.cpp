@@ -1,16 +1,8 @@
-// The portable GEMM engine (portable_gemm.h), compiled once per instruction set. Per K chunk,
-// op(B) is packed into panels of kNR columns and op(A) into panels of kMR rows (which takes care
-// of the transposes and converts 16-bit inputs to float, exactly; float and double A is read in
-// place where the kernel can), and a micro-kernel keeps a kMR x kNR block of chunk sums in vector
-// registers. It is plain C++ with GCC vector extensions: the per-lane fmaf below becomes one
-// vfmadd / fmla per vector wherever the target has FMA (checked in the generated code: x86 AVX2
-// and AVX-512, aarch64 NEON), and stays an exact (slow, libm) fma elsewhere.
-//
-// The result of each element depends on its operations only, and those are tile_gemm.cpp's
-// reference loops': each K chunk of kChunkK summed from zero in increasing k with fused
-// multiply-adds, the chunk sums then added to beta * C in chunk order (alpha == 1) or summed
-// apart and combined as beta * C + alpha * sum. The blocking over rows and columns changes
-// none of them, so results are bitwise the reference's for every shape and ISA copy.
+// The portable GEMM (portable_gemm.h), compiled once per instruction set. Per K chunk, op(B) is
+// packed into panels of kNR columns and op(A) into panels of kMR rows (transposes and exact
+// 16-bit conversions included), and a micro-kernel keeps a kMR x kNR block of chunk sums in
+// vector registers. Plain C++ with GCC vector extensions: the per-lane fmaf becomes one vfmadd
+// or fmla per vector where the target has FMA, and stays an exact (slow, libm) fma elsewhere.
 #ifndef MHSA_ISA
 #error "portable_gemm.cpp is compiled once per instruction set, with MHSA_ISA naming the copy"
 #endif
@@ -38,7 +30,7 @@
 namespace mhsa::cpu::MHSA_ISA {
 namespace {
 
-// tile_gemm.cpp's reduction chunk: part of the result bits, keep them equal.
+// brgemm.h's reduction chunk: part of the result bits, keep them equal.
 constexpr int64_t kChunkK = 512;
 
 // Register block: kMR rows x kNV vectors of accumulators, leaving registers for the B vectors
@@ -81,8 +73,8 @@ constexpr int64_t kMC = (256 + kMR - 1) / kMR * kMR;
 template <typename T>
 constexpr int64_t kNC = (512 + kNR<T> - 1) / kNR<T>* kNR<T>;
 
-// acc + a * b per lane: a fused multiply-add for float (the reference's std::fma), the plain
-// product and sum for double.
+// acc + a * b per lane as the reference loops compute it: a fused multiply-add for float
+// (std::fma), the plain product and sum for double.
 inline Vec<float> reference_multiply_add(Vec<float> a, Vec<float> b, Vec<float> acc) {
   Vec<float> r;
 #pragma GCC unroll 16

@@ -1,11 +1,9 @@
 #pragma once
-// Register-blocked GEMM for the tiles where oneDNN's micro-kernels do not run (non-x86 builds,
-// MHSA_PORTABLE_GEMM, CPUs or torch builds without them; see tile_gemm.cpp). Compiled once per
-// instruction set like the attention kernels (cpu_capability.h). Every output element goes
-// through exactly the operations of tile_gemm.cpp's reference loops (per-chunk FMA sums from
-// zero, combined with C in chunk order), so the float results are bitwise the reference's for
-// any blocking, ISA copy or thread; double keeps the chunk structure with acc + a * b.
-// Single-threaded: callers run it inside their own parallel regions.
+// The portable loops: a register-blocked GEMM for the tiles where oneDNN's micro-kernels do not
+// run (see tile_gemm.cpp), compiled once per instruction set. Each element gets the reference
+// loops' operations (each K chunk summed from zero in increasing k with fused multiply-adds, the
+// chunk sums combined with C in chunk order), so the bits are the same for any blocking, ISA
+// copy or thread (test_portable_gemm.cpp). Single-threaded: callers own the threading.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 

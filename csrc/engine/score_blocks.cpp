@@ -14,7 +14,7 @@ namespace mhsa::cpu {
 namespace {
 
 // The scores S[i - i0][j - j0] = scale * q_i . k_j on the fixed grid of score blocks (see
-// tile_gemm.h), for either 16-bit type on its micro-kernel.
+// score_blocks.h), for either 16-bit type on its micro-kernel.
 template <typename half_t>
 void score_blocks16(ScoreOperand<half_t> q, ScoreOperand<half_t> k, int64_t K, float scale,
                     int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* S, int64_t lds,

@@ -34,7 +34,7 @@ inline Vec load(const float* p) {
   return v;
 }
 
-// acc + a * b: one fused multiply-add per vector where the target has FMA (GCC contracts it),
+// acc + a * b, contracted by GCC to one fused multiply-add per vector where the target has FMA,
 // a multiply and an add elsewhere; either way the same operations on every call of this copy.
 inline Vec contracted_multiply_add(Vec a, Vec b, Vec acc) { return acc + a * b; }
 

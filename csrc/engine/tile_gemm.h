@@ -39,7 +39,7 @@ bool tile_gemm_bf16_packs_b();
 
 // Whether float16 tiles run on a float16 micro-kernel (AVX512-FP16 or AMX-FP16); elsewhere they
 // are computed on the float32 one from the float16 values, and mhsa computes float16 inputs in
-// fp32 by default (see half_native_compute, cpu_capability.h).
+// fp32 by default (see half_native_compute, engine/cpu_capability.h).
 bool tile_gemm_f16_native();
 
 // Whether float32 projections should lay out the column tiles of a transposed weight themselves

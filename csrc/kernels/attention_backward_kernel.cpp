@@ -1,18 +1,8 @@
-// Attention backward, FlashAttention-2 order, compiled once per instruction set.
-//
-// The probabilities are recomputed tile by tile as exp(score - lse) from Q, K and the saved
-// log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row
-// (which equals rowsum(P * dP), also under dropout). Tasks are (n, key/value head, key block):
-// each owns its dK and dV rows, accumulated in fp32/fp64 over the query heads of its group.
-//
-// dQ of a query row gets a share from every key block. Those shares are added straight into
-// the Q columns of the fp32 gradient buffer, in key-block order, whatever thread computes them:
-// each (n, h, aligned query block) has a turn counter naming the key block that adds next, a
-// task waits for its turn only for that one GEMM, then passes the turn on. Threads take the
-// tasks round-robin, so neighbouring key blocks of a head run at the same time and pipeline
-// (one query block apart) instead of waiting; the work on offer is N*H*key blocks tasks, for
-// any number of cores, the result is the same bits for any number of threads, and no
-// per-thread or per-chunk dQ copies exist (memory O(N*L*E)).
+// Attention backward, FlashAttention-2 order, compiled once per instruction set. The
+// probabilities are recomputed tile by tile as exp(score - lse) from Q, K and the saved
+// log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row (equal
+// to rowsum(P * dP), also under dropout). A task is (n, key/value head, key block): it owns its
+// dK and dV rows, accumulated over the query heads of its group, and adds its share of dQ.
 #include <sched.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -171,8 +161,12 @@ int64_t dq_turn_count(const AttentionGeometry& g, const TileSizes& t) {
   return g.N * g.H * query_block_count(g, t);
 }
 
-// The first key block to touch each query block; the visible ranges only move forward with
-// the key block, so the key blocks touching a query block are consecutive.
+// The dQ shares of the key blocks are added straight into the fp32 gradient in key-block order,
+// whatever thread computes them: each (n, h, aligned query block) has a turn counter naming the
+// key block that adds next. A task waits only for that one GEMM, so neighbouring key blocks
+// pipeline; the bits do not depend on the thread count, and no per-thread dQ copies exist.
+// prepare_dq_order: the first key block to touch each query block (the key blocks touching a
+// query block are consecutive: the visible ranges only move forward with the key block).
 template <typename scalar_t>
 void prepare_dq_order(const BackwardArgs<scalar_t>& a) {
   const AttentionGeometry& g = a.g;
@@ -190,8 +184,8 @@ void prepare_dq_order(const BackwardArgs<scalar_t>& a) {
   }
 }
 
-// Waits until it is key block jb's turn to add to this query block's dQ (see the top of this
-// file). Returns false if another task failed (then nothing more will be added).
+// Waits until it is key block jb's turn to add to this query block's dQ (see prepare_dq_order).
+// Returns false if another task failed (then nothing more will be added).
 inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
   int64_t spins = 0;
   while (__atomic_load_n(turn, __ATOMIC_ACQUIRE) != jb) {
@@ -220,11 +214,9 @@ inline void sum_rows(const acc_t* m, int64_t ld, int64_t rows, int64_t D, acc_t*
 }
 
 // Whether dP = dO_i V_j^T runs on the bfloat16 micro-kernel, from V_j^T packed once per key
-// block, rather than on dot_tile's fp32 chain, which runs at the float32 rate: measured
-// interleaved in one process, a bfloat16 training step took 0.96-0.97x the time at L = 128 and
-// 512 and 0.91x at L = 2048. Dsum_i (dot_chain) then no longer has dP's summation order; a
-// saturated row's dS keeps a rounding residue of float32 size, far below bfloat16's own error
-// (test_saturated.py's bfloat16 checks give the same errors to three digits either way).
+// block, rather than on dot_tile's chain at the float32 rate (faster training: see
+// docs/performance-notes.md). Dsum_i (dot_chain) then no longer has dP's summation order: a
+// saturated row's dS keeps a residue of float32 size, far below bfloat16's own error.
 template <typename scalar_t>
 inline bool dp_on_micro_kernel() {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {

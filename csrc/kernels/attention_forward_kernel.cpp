@@ -1,4 +1,4 @@
-// Attention forward, compiled once per instruction set (see cpu_capability.h): online softmax
+// Attention forward, compiled once per instruction set (see attention_kernels.h): online softmax
 // over key tiles (FlashAttention-2 order) for one (batch, head, query block) task at a time.
 // Each task reads Q, K and V in place (AttentionGeometry's layouts), writes its output rows and
 // one log-sum-exp per query row: enough for backward to recompute any probability as

@@ -1,19 +1,9 @@
 #pragma once
-// The internal operators behind the public ones, for custom autograd, tests and tools. They are
-// not a stable API: their arguments and outputs follow what the kernels need and may change
-// with any release. Most callers want multi_head_self_attention (<mhsa/ops.h>).
-//
-//   mhsa::_mha_forward          what mhsa::multi_head_self_attention calls after canonicalizing
-//   mhsa::_mha_backward         its gradients (the Autograd kernel of _mha_forward calls it)
-//   mhsa::_mha_packed_forward   the same pair for multi_head_self_attention_packed
-//   mhsa::_mha_packed_backward
-//   mhsa::_attention_block_forward   the attention core on projected (N, H, L, D) tensors, with
-//   mhsa::_attention_block_backward  its log-sum-exp: scaled_dot_product_attention and the ring
-//
-// The leading underscore follows PyTorch's naming of its own internal attention ops
-// (aten::_scaled_dot_product_flash_attention). TorchScript models saved before the rename
-// (when these were mhsa::mha_forward, ...) keep loading: the old names stay registered as
-// deprecated aliases that warn once and forward to the new ops (csrc/deprecated_ops.cpp).
+// The internal operators behind the public ones (<mhsa/ops.h>), for custom autograd, tests and
+// tools: not a stable API, their arguments follow what the kernels need. The leading underscore
+// follows PyTorch's internal attention ops (aten::_scaled_dot_product_flash_attention); the names
+// from before the rename (mhsa::mha_forward, ...) stay registered as deprecated aliases that
+// warn once and forward here (csrc/deprecated_ops.cpp), so old TorchScript models keep loading.
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Export.h>
 
@@ -51,14 +41,16 @@ using ForwardOutputs =
 // an entry whose output_mask is false is undefined.
 using BackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// mhsa::_mha_forward. x is (L, N, E), or (N, L, E) with batch_first.
+// mhsa::_mha_forward, what multi_head_self_attention calls after canonicalizing. x is (L, N, E),
+// or (N, L, E) with batch_first.
 C10_EXPORT ForwardOutputs mha_forward(const at::Tensor& x, const at::Tensor& in_proj_weight,
                                       const std::optional<at::Tensor>& in_proj_bias,
                                       const at::Tensor& out_proj_weight,
                                       const std::optional<at::Tensor>& out_proj_bias,
                                       const AttentionOptions& options, bool need_weights);
 
-// mhsa::_mha_backward, from what mha_forward returned.
+// mhsa::_mha_backward, from what mha_forward returned (the Autograd kernel of _mha_forward
+// calls it).
 C10_EXPORT BackwardOutputs mha_backward(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& x, const at::Tensor& in_proj_weight, const at::Tensor& out_proj_weight,
@@ -78,7 +70,8 @@ struct PackedAttentionOptions {
 // of _mha_packed_backward (undefined where output_mask is false).
 using PackedForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// mhsa::_mha_packed_forward; max_seqlen, if given, must bound every sequence's length.
+// mhsa::_mha_packed_forward, what multi_head_self_attention_packed calls; max_seqlen, if given,
+// must bound every sequence's length.
 C10_EXPORT PackedForwardOutputs mha_packed_forward(
     const at::Tensor& x, const at::Tensor& cu_seqlens, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
@@ -113,7 +106,8 @@ using BlockForwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::T
 // (grad_query, grad_key, grad_value)
 using BlockBackwardOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-// query (N, H, L, D), key (N, H_kv, S, D), value (N, H_kv, S, Dv), H a multiple of H_kv;
+// mhsa::_attention_block_forward, the attention core of scaled_dot_product_attention and the
+// ring: query (N, H, L, D), key (N, H_kv, S, D), value (N, H_kv, S, Dv), H a multiple of H_kv;
 // attn_mask broadcastable to (N, H, L, S), bool (true = may attend, as SDPA) or float (added).
 // rng_state: the dropout seed to use (the ring's ranks share one), or none to draw one.
 C10_EXPORT BlockForwardOutputs attention_block_forward(
@@ -121,7 +115,8 @@ C10_EXPORT BlockForwardOutputs attention_block_forward(
     const std::optional<at::Tensor>& attn_mask, const BlockOptions& options, bool need_weights,
     bool average_attn_weights, const std::optional<at::Tensor>& rng_state = std::nullopt);
 
-// Gradients from the output and the log-sum-exp of the whole attention the block belongs to.
+// mhsa::_attention_block_backward: the gradients, from the output and the log-sum-exp of the
+// whole attention the block belongs to.
 C10_EXPORT BlockBackwardOutputs attention_block_backward(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,

@@ -28,13 +28,11 @@ namespace detail {
 [[gnu::used]] static int64_t (*const library_anchor)() = &mhsa_library_anchor;
 }  // namespace detail
 
-// Multi-head self-attention, the semantics of torch.nn.MultiheadAttention with query = key =
-// value. query is (L, N, E), (N, L, E) with batch_first, or unbatched (L, E). Returns
-// (attn_output, attn_weights); attn_weights is an undefined tensor when need_weights is false.
-// Differences from nn.MultiheadAttention: is_causal needs no attn_mask (it applies the causal
-// mask itself, combined with any mask given), and a query whose keys are all masked gets a zero
-// attention output and zero weights instead of NaN. Beyond it: window_size (sliding-window
-// attention, combined with every other mask; key tiles outside the band are never computed).
+// Multi-head self-attention, torch.nn.MultiheadAttention's semantics with query = key = value:
+// query (L, N, E), (N, L, E) with batch_first, or unbatched (L, E); returns (attn_output,
+// attn_weights), the weights undefined without need_weights. Unlike nn, is_causal needs no
+// attn_mask (it is combined with any mask given), and a query whose keys are all masked gets zero
+// output and weights, not NaN. Beyond nn: window_size, a sliding window combined with every mask.
 C10_EXPORT std::tuple<at::Tensor, at::Tensor> multi_head_self_attention(
     const at::Tensor& query, const at::Tensor& in_proj_weight,
     const std::optional<at::Tensor>& in_proj_bias, const at::Tensor& out_proj_weight,
@@ -84,14 +82,12 @@ C10_EXPORT at::Tensor multi_head_self_attention_packed(
 
 namespace mhsa {
 
-// KV-cache decoding (mhsa::decode_step, inference only): projects the next T >= 1 tokens x_new
-// ((T, N, E), or (N, T, E) with batch_first), appends their keys and values to key_cache and
-// value_cache ((N, num_heads, max_len, E / num_heads), x_new's dtype) at positions
-// [length, length + T), adds T to cache_length (int64, shape (), shared by all N sequences)
-// and returns the new tokens' outputs, shaped like x_new: each new token attends to the cached
-// prefix and causally to the new tokens up to itself, as in one causal forward over the whole
-// sequence. Refuses a cache without room for T more tokens, and inputs that require grad while
-// grad mode is on. Most callers want MultiheadSelfAttention::new_kv_cache / decode.
+// KV-cache decoding (inference only; most callers want MultiheadSelfAttention's decode): appends
+// the keys and values of the next T >= 1 tokens x_new ((T, N, E), or (N, T, E) with batch_first)
+// to key_cache and value_cache ((N, num_heads, max_len, E / num_heads), x_new's dtype) at
+// [length, length + T), adds T to cache_length (int64, shape ()), and returns the new tokens'
+// outputs (like x_new) as one causal forward over the whole sequence would. Refuses a cache
+// without room for T tokens, and inputs that require grad while grad mode is on.
 C10_EXPORT at::Tensor decode_step(const at::Tensor& x_new, const at::Tensor& in_proj_weight,
                                   const std::optional<at::Tensor>& in_proj_bias,
                                   const at::Tensor& out_proj_weight,
