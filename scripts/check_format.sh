@@ -2,7 +2,8 @@
 # Checks that the tree is formatted as scripts/format would leave it, changing nothing: fails
 # (exit 1) on any clang-format difference in the C++ (csrc/, include/, tests/cpp/, examples/),
 # any `ruff format` difference or any `ruff check` finding in the Python (python/, tests/,
-# scripts/). Prints the differences; `scripts/format` fixes them.
+# scripts/), and any csrc/ or include/ file over 500 lines or comment block over 6 lines
+# (scripts/check_comments.py). Prints the differences; `scripts/format` fixes the formatting.
 #
 #   scripts/check_format.sh            the whole tree
 #   scripts/check_format.sh FILE...    only these files
@@ -35,6 +36,11 @@ if [ "${#cpp[@]}" -gt 0 ]; then
     fi
   done
   [ "${#unformatted[@]}" -gt 0 ] && failed+=("clang-format: ${unformatted[*]}")
+  # The size rules of csrc/ and include/: no file over 500 lines, no comment block over 6.
+  log "file and comment-block sizes (scripts/check_comments.py)"
+  python="$PY"
+  [ -x "$python" ] || python=python3
+  "$python" "$REPO/scripts/check_comments.py" "${cpp[@]}" || failed+=("check_comments.py")
 fi
 if [ "${#py[@]}" -gt 0 ]; then
   log "ruff format --check and ruff check on ${#py[@]} Python file(s)"
