@@ -17,10 +17,9 @@ from typing import Optional
 import pytest
 import torch
 
-from mhsa_testutils import band_blocked, make_input, make_pair
+from mhsa_testutils import assert_close, band_blocked, make_input, make_pair
 
 E, H = 32, 4
-TOL = 1e-10
 
 
 def _in_proj_bias_grads(ref, mod, x, *, mhsa_kwargs, nn_kwargs):
@@ -71,7 +70,7 @@ def test_in_proj_bias_grad_matches_nn(L: int, batch_first: bool, mask: str) -> N
         ours = theirs = {"attn_mask": attn_mask}
     grad_ours, grad_ref = _in_proj_bias_grads(ref, mod, x, mhsa_kwargs=ours, nn_kwargs=theirs)
     assert torch.isfinite(grad_ref).all(), "the reference must be finite"
-    torch.testing.assert_close(grad_ours, grad_ref, rtol=0, atol=TOL)
+    assert_close(grad_ours, grad_ref, torch.float64, "abs", "in_proj_bias.grad")
 
 
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
@@ -98,4 +97,4 @@ def test_packed_in_proj_bias_grad_matches_each_sequence(is_causal: bool) -> None
         out, _ = ref(seq, seq, seq, need_weights=False, attn_mask=mask, is_causal=is_causal)
         out.backward(grad[rows].unsqueeze(1))
     expected = ref.in_proj_bias.grad
-    torch.testing.assert_close(grad_packed, expected, rtol=0, atol=TOL)
+    assert_close(grad_packed, expected, torch.float64, "abs", "packed in_proj_bias.grad")

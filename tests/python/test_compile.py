@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import mhsa
+from mhsa_testutils import assert_close
 
 # Not in `scripts/test --quick`: inductor compiles.
 pytestmark = pytest.mark.slow
@@ -50,9 +51,9 @@ def _assert_matches_eager(model: nn.Module, compiled, shapes) -> None:
         x, kpm = _inputs(N, L)
         loss_ref, grads_ref = _loss_and_grads(model, model, x, kpm)
         loss, grads = _loss_and_grads(model, compiled, x, kpm)
-        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
-        for g, g_ref in zip(grads, grads_ref):
-            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+        assert_close(loss, loss_ref, torch.float32, "reordered", f"loss N={N} L={L}")
+        for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
+            assert_close(g, g_ref, torch.float32, "reordered_grad", f"gradient {i} N={N} L={L}")
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +128,7 @@ def test_compile_inference_no_grad_functional():
     with torch.no_grad():
         expected = fn(x)
         actual = torch.compile(fn, fullgraph=True)(x)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert_close(actual, expected, torch.float32, "reordered", "compiled functional")
 
 
 # ---------------------------------------------------------------------------------------------

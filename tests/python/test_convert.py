@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mhsa
 from mhsa import SkippedAttention
+from mhsa_testutils import assert_close
 
 E, H, FF = 16, 4, 32
 
@@ -66,8 +67,8 @@ def _pair(**kwargs):
 
 
 def _assert_close(actual, expected, dtype) -> None:
-    tol = {"rtol": 1e-7, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    torch.testing.assert_close(actual, expected, **tol)
+    # Outputs and gradients alike: the converted models are small (gradients sum few rows).
+    assert_close(actual, expected, dtype, "out", "converted against the original")
 
 
 def test_encoder_is_converted_in_place_and_shares_parameters():
@@ -360,4 +361,4 @@ def test_merge_masks_matches_nn_multihead_attention(which):
     if expected is None:
         assert actual is None
     else:
-        torch.testing.assert_close(actual, expected)
+        assert_close(actual, expected, expected.dtype, "bitwise", "merged mask")

@@ -16,19 +16,9 @@ from torch import Tensor, nn
 from torch.library import opcheck
 
 import mhsa
-from mhsa_testutils import make_pair
+from mhsa_testutils import assert_close, make_pair
 
 E, H = 16, 4
-
-# (rtol, atol) of decode against the full causal forward, both in the tested dtype. float64
-# agrees to rounding; bfloat16 differs by a few of its ulps (2^-8 relative) because the two paths
-# round the projected keys, values and contexts in different orders.
-TOL = {
-    torch.float64: (1e-12, 1e-12),
-    torch.float32: (1e-5, 1e-5),
-    torch.bfloat16: (3e-2, 3e-2),
-    torch.float16: (4e-3, 4e-3),
-}
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
 
@@ -75,7 +65,6 @@ def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
     assert isinstance(cache, mhsa.KVCache)
     assert cache.key.shape == cache.value.shape == (N, H, total, E // H)
     assert cache.key.dtype == dtype and int(cache.length) == 0
-    rtol, atol = TOL[dtype]
     start = 0
     for step in SCHEDULE:
         out = mod.decode(_span(x, start, start + step, batch_first), cache)
@@ -87,9 +76,7 @@ def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
             batch_first,
         )
         assert out.shape == expected.shape and out.dtype == dtype
-        torch.testing.assert_close(
-            out, expected, rtol=rtol, atol=atol, msg=lambda m, at=start: f"step at {at}: {m}"
-        )
+        assert_close(out, expected, dtype, "reordered", f"step at {start}")
         start += step
     # The cache holds the projected keys and values of every token, head by head.
     w_k, w_v = mod.in_proj_weight.double()[E : 2 * E], mod.in_proj_weight.double()[2 * E :]
@@ -100,13 +87,9 @@ def test_decode_matches_causal_forward(dtype, batch_first, bias, N):
         values = values + mod.in_proj_bias.double()[2 * E :]
     heads = lambda t: t.view(N, total, H, E // H).transpose(1, 2)  # noqa: E731
     # The cache holds the keys and values rounded to the dtype: one rounding of that dtype
-    # (bfloat16 2^-8, float16 2^-11 relative) against the float64 projection.
-    cache_tol = {
-        torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
-        torch.float16: dict(rtol=1e-3, atol=1e-3),
-    }.get(dtype, dict(rtol=1e-5, atol=1e-5))
-    torch.testing.assert_close(cache.key.double(), heads(keys), **cache_tol)
-    torch.testing.assert_close(cache.value.double(), heads(values), **cache_tol)
+    # against the float64 projection.
+    assert_close(cache.key.double(), heads(keys), dtype, "rounding", "cached keys")
+    assert_close(cache.value.double(), heads(values), dtype, "rounding", "cached values")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
@@ -119,8 +102,7 @@ def test_token_by_token_from_an_empty_cache(dtype):
     cache = mod.new_kv_cache(2, 16)
     outs = [mod.decode(x[:, i : i + 1], cache) for i in range(9)]
     expected = _full_causal(mod, x)
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(torch.cat(outs, dim=1), expected, rtol=rtol, atol=atol)
+    assert_close(torch.cat(outs, dim=1), expected, dtype, "reordered", "tokens")
 
 
 def test_long_prefix_float64():
@@ -131,7 +113,7 @@ def test_long_prefix_float64():
     mod.decode(x[:, :290], cache)
     outs = [mod.decode(x[:, i : i + 1], cache) for i in range(290, 300)]
     expected = _full_causal(mod, x)[:, 290:]
-    torch.testing.assert_close(torch.cat(outs, dim=1), expected, rtol=1e-12, atol=1e-12)
+    assert_close(torch.cat(outs, dim=1), expected, torch.float64, "reordered", "tokens")
 
 
 def test_unused_cache_slots_are_never_read():
@@ -145,7 +127,7 @@ def test_unused_cache_slots_are_never_read():
     out = mod.decode(x[4:6], cache)
     assert torch.isfinite(out).all()
     assert torch.isnan(cache.key[:, :, 6:]).all() and torch.isfinite(cache.key[:, :, :6]).all()
-    torch.testing.assert_close(out, _full_causal(mod, x)[4:], rtol=1e-12, atol=1e-12)
+    assert_close(out, _full_causal(mod, x)[4:], torch.float64, "reordered", "step")
 
 
 def test_decode_runs_without_grad_and_ignores_dropout():
@@ -159,10 +141,10 @@ def test_decode_runs_without_grad_and_ignores_dropout():
     out = mod.decode(x, cache)
     assert not out.requires_grad and out.grad_fn is None
     assert not cache.key.requires_grad
-    torch.testing.assert_close(out, _full_causal(mod.eval(), x), rtol=1e-12, atol=1e-12)
+    assert_close(out, _full_causal(mod.eval(), x), torch.float64, "reordered", "decoded")
     with torch.inference_mode():
         cache = mod.new_kv_cache(1, 4)
-        torch.testing.assert_close(mod.decode(x, cache), out, rtol=0, atol=0)
+        assert_close(mod.decode(x, cache), out, torch.float64, "bitwise", "inference mode")
 
 
 def test_decode_ignores_autocast():
@@ -177,7 +159,7 @@ def test_decode_ignores_autocast():
         got = [mod.decode(x[:, :4], cache), mod.decode(x[:, 4:6], cache)]
     for a, e in zip(got, expected):
         assert a.dtype == torch.float32
-        torch.testing.assert_close(a, e, rtol=0, atol=0)
+        assert_close(a, e, torch.float32, "bitwise", "under autocast")
 
 
 def _op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
@@ -195,82 +177,13 @@ def _op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -
     )
 
 
-def test_errors():
-    mod = _module(torch.float64, True, True)
-    x = _tokens(2, 6, torch.float64, True, seed=10)
-    cache = mod.new_kv_cache(2, 6)
-    mod.decode(x[:, :5], cache)
-    key_before, value_before = cache.key.clone(), cache.value.clone()
-    with pytest.raises(
-        RuntimeError, match=r"KV cache is full: max_len 6, current length 5, cannot append T = 2"
-    ):
-        mod.decode(x[:, :2], cache)
-    # a refused step leaves the cache as it was
-    assert int(cache.length) == 5
-    assert torch.equal(cache.key, key_before) and torch.equal(cache.value, value_before)
-    mod.decode(x[:, 5:6], cache)
-    with pytest.raises(
-        RuntimeError, match=r"KV cache is full: max_len 6, current length 6, cannot append T = 1"
-    ):
-        mod.decode(x[:, 5:6], cache)
-
-    cache = mod.new_kv_cache(3, 6)
-    with pytest.raises(
-        RuntimeError, match=r"batch size mismatch: the cache holds 3 sequences .* x_new has 2"
-    ):
-        mod.decode(x[:, :1], cache)
-    cache = mod.new_kv_cache(2, 6, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match=r"expected key_cache of dtype Double .*got Float"):
-        mod.decode(x[:, :1], cache)
-    cache = mod.new_kv_cache(2, 6)
-    with pytest.raises(
-        RuntimeError, match=r"expected x_new with embed_dim 16 .* got x_new of shape \[2, 1, 8\]"
-    ):
-        mod.decode(x[:, :1, :8], cache)
-    with pytest.raises(RuntimeError, match=r"expected at least one new token"):
-        mod.decode(x[:, :0], cache)
-    with pytest.raises(RuntimeError, match=r"expected x to be 3-D"):
-        mod.decode(x[0, :1], cache)
-    with pytest.raises(
-        RuntimeError, match=r"expected x of dtype float32, float64, bfloat16 or float16, got Long"
-    ):
-        mod.decode(x[:, :1].long(), cache)
-    with pytest.raises(ValueError, match=r"max_len > 0, got 0"):
-        mod.new_kv_cache(2, 0)
-    with pytest.raises(ValueError, match=r"batch_size > 0, got 0"):
-        mod.new_kv_cache(0, 4)
-    assert int(cache.length) == 0
-
-    # the op itself, called with parameters that require grad while grad mode is on
-    with pytest.raises(
-        RuntimeError, match=r"in_proj_weight requires grad, but KV-cache decoding is inference only"
-    ):
-        torch.ops.mhsa.decode_step(*_op_args(mod, x[:, :1], cache))
-    with torch.no_grad():
-        bad = _op_args(mod, x[:, :1], cache)
-        with pytest.raises(RuntimeError, match=r"cache_length to be an int64 tensor of shape \(\)"):
-            torch.ops.mhsa.decode_step(*bad[:9], cache.length.view(1))
-        with pytest.raises(RuntimeError, match=r"expected a contiguous key_cache"):
-            torch.ops.mhsa.decode_step(
-                *bad[:7], cache.key.transpose(0, 1).contiguous().transpose(0, 1), *bad[8:]
-            )
-        with pytest.raises(RuntimeError, match=r"share memory"):
-            torch.ops.mhsa.decode_step(*bad[:8], cache.key, cache.length)
-        with pytest.raises(
-            RuntimeError, match=r"expected value_cache of shape \(2, 4, max_len, 4\)"
-        ):
-            torch.ops.mhsa.decode_step(
-                *bad[:8], cache.value[:, :, :, :2].contiguous(), cache.length
-            )
-
-
 def test_functional_form_and_schema():
     mod = _module(torch.float32, False, True)
     x = _tokens(2, 3, torch.float32, False, seed=11)
     cache = mod.new_kv_cache(2, 8)
     with torch.no_grad():
         out = mhsa.functional.decode_step(*_op_args(mod, x, cache))
-    torch.testing.assert_close(out, _full_causal(mod, x), rtol=1e-5, atol=1e-5)
+    assert_close(out, _full_causal(mod, x), torch.float32, "reordered", "functional")
     schema = str(torch.ops.mhsa.decode_step.default._schema)
     for mutated in ("Tensor(a!) key_cache", "Tensor(b!) value_cache", "Tensor(c!) cache_length"):
         assert mutated in schema
@@ -338,8 +251,8 @@ def test_torchscript_decode(tmp_path: Path):
     first = loaded.decode(x[:, :4], cache)
     rest = [loaded.decode(x[:, i : i + 1], cache) for i in range(4, 7)]
     assert int(cache[2]) == 7
-    torch.testing.assert_close(
-        torch.cat([first] + rest, dim=1), _full_causal(mod, x), rtol=1e-12, atol=1e-12
+    assert_close(
+        torch.cat([first] + rest, dim=1), _full_causal(mod, x), torch.float64, "reordered", "loaded"
     )
 
     # a whole generation loop in TorchScript, against the same loop in eager mode
@@ -350,4 +263,4 @@ def test_torchscript_decode(tmp_path: Path):
     got, length = torch.jit.load(str(path))(x[:, :3], 4)
     expected, expected_length = gen(x[:, :3], 4)
     assert int(length) == int(expected_length) == 7
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert_close(got, expected, torch.float64, "reordered", "scripted generator")

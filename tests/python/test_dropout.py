@@ -117,7 +117,7 @@ def test_weights_are_post_dropout(p):
     kept = w != 0
     visible = P != 0
     assert not (kept & ~visible).any()
-    torch.testing.assert_close(w[kept], P[kept] / (1 - p), rtol=1e-12, atol=0)
+    assert_close(w[kept], P[kept] / (1 - p), DT, "reordered_weights", "kept weights")
     frac_dropped = 1 - kept[visible].double().mean().item()
     n = int(visible.sum())
     assert abs(frac_dropped - p) < 6 * math.sqrt(p * (1 - p) / n), frac_dropped
@@ -125,13 +125,13 @@ def test_weights_are_post_dropout(p):
     # the same seed with average_attn_weights=True: the head average of the same weights
     torch.manual_seed(3)
     out_avg, w_avg = mod(x, attn_mask=am, average_attn_weights=True)
-    torch.testing.assert_close(w_avg, w.mean(dim=1), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(out_avg, out, rtol=1e-12, atol=1e-14)
+    assert_close(w_avg, w.mean(dim=1), DT, "reordered_weights", "averaged weights")
+    assert_close(out_avg, out, DT, "reordered", "output with averaged weights")
     # and with need_weights=False
     torch.manual_seed(3)
     out_nw, w_nw = mod(x, attn_mask=am, need_weights=False)
     assert w_nw is None
-    torch.testing.assert_close(out_nw, out, rtol=1e-12, atol=1e-14)
+    assert_close(out_nw, out, DT, "reordered", "output without weights")
 
     # the output from the returned (dropped) weights: out_proj(W_drop @ V)
     v = torch.nn.functional.linear(
@@ -140,7 +140,7 @@ def test_weights_are_post_dropout(p):
     v = v.reshape(L, N, H, E // H).permute(1, 2, 0, 3)  # (N, H, L, D)
     context = (w @ v).permute(2, 0, 1, 3).reshape(L, N, E)
     expected = torch.nn.functional.linear(context, mod.out_proj.weight, mod.out_proj.bias)
-    torch.testing.assert_close(out, expected.detach(), rtol=1e-10, atol=1e-12)
+    assert_close(out, expected.detach(), DT, "from_weights", "output from the weights")
 
 
 def test_dropout_is_unbiased():

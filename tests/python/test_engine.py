@@ -45,8 +45,7 @@ for dtype in (torch.float32, torch.bfloat16):
     for _ in range(2):  # the warning comes once, however many calls
         out = mod(x, need_weights=False)[0]
     expected = ref.float()(x.float(), x.float(), x.float(), need_weights=False)[0]
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol)
+    assert_close(out.float(), expected, dtype, "out", f"{dtype} output")
 print(torch.ops.mhsa._backend_info())
 """
 

@@ -7,7 +7,7 @@ mhsa computes float16 in one of two ways (torch.ops.mhsa._backend_info() says wh
   there), else on the float32 micro-kernel from the float16 values (MHSA_HALF_COMPUTE=native);
 - fp32 compute from the float16 values (the default elsewhere; MHSA_HALF_COMPUTE=fp32).
 Either way its error is at most nn's own float16 error (nn runs its float16 CPU kernels),
-checked as within 2x of it, norm-wise against float64. test_float16_in_both_compute_modes runs
+checked as within 2x of it, norm-wise against float64 (the table's "as_exact_as_nn_norm"). test_float16_in_both_compute_modes runs
 this file in each mode, whatever the CPU.
 """
 
@@ -20,12 +20,9 @@ import torch
 from torch import nn
 
 import mhsa
-from mhsa_testutils import run_pytest_in_subprocess
+from mhsa_testutils import as_exact_as_baseline, assert_close, run_pytest_in_subprocess
 
-
-def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    reference = reference.double()
-    return ((actual.double() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
+F16 = torch.float16
 
 
 def run(module, x, causal_mask, is_nn, **kw):
@@ -64,8 +61,8 @@ def test_float16_matches_nn_precision(causal, need_weights, shape):
             assert a is None
             continue
         assert a.dtype == torch.float16
-        err_ours, err_nn = relative_error(a, e), relative_error(b, e)
-        assert err_ours <= 2 * max(err_nn, 2.0**-11), (k, err_ours, err_nn)
+        ok, err_ours, err_nn = as_exact_as_baseline(a, b, e, F16, "as_exact_as_nn_norm")
+        assert ok, (k, err_ours, err_nn)
 
 
 def test_float16_torchscript_and_functional():
@@ -74,7 +71,7 @@ def test_float16_torchscript_and_functional():
     x = torch.randn(2, 9, 16, dtype=torch.float16)
     eager = mod(x, need_weights=False)[0]
     scripted = torch.jit.script(mod)
-    torch.testing.assert_close(scripted(x, need_weights=False)[0], eager, rtol=0, atol=0)
+    assert_close(scripted(x, need_weights=False)[0], eager, F16, "bitwise", "scripted")
     functional = mhsa.functional.multi_head_self_attention(
         x,
         mod.in_proj_weight,
@@ -85,7 +82,7 @@ def test_float16_torchscript_and_functional():
         batch_first=True,
         need_weights=False,
     )[0]
-    torch.testing.assert_close(functional, eager, rtol=0, atol=0)
+    assert_close(functional, eager, F16, "bitwise", "functional")
 
 
 def test_float16_autocast_runs_mhsa_in_float16():
@@ -98,7 +95,7 @@ def test_float16_autocast_runs_mhsa_in_float16():
     out.float().sum().backward()
     assert x.grad.dtype == torch.float32 and mod.in_proj_weight.grad.dtype == torch.float32
     expected = mod(x, need_weights=False)[0]
-    assert relative_error(out, expected) < 5e-3
+    assert_close(out, expected, F16, "norm", "autocast output")
 
 
 def test_float16_saturated_softmax_is_exact_like_float32():
@@ -120,8 +117,8 @@ def test_float16_saturated_softmax_is_exact_like_float32():
     for k, (e, b, a) in enumerate(zip(expected, baseline, actual)):
         if e is None:
             continue
-        err_ours, err_nn = relative_error(a, e), relative_error(b, e)
-        assert err_ours <= 4 * max(err_nn, 2.0**-11), (k, err_ours, err_nn)
+        ok, err_ours, err_nn = as_exact_as_baseline(a, b, e, F16, "saturated")
+        assert ok, (k, err_ours, err_nn)
 
 
 def test_float16_compute_mode_is_reported():

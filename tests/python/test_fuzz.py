@@ -358,12 +358,12 @@ def check(p: FuzzParams) -> None:
     out_nl = out.unsqueeze(1) if p.N is None else (out if p.batch_first else out.transpose(0, 1))
     out_nl = out_nl.reshape(Nb, p.L, p.E)
     bias = mod.out_proj.bias.detach() if p.bias else torch.zeros(p.E, dtype=dt)
-    torch.testing.assert_close(
+    assert_close(
         out_nl[every_head].detach(),
         bias.expand(int(every_head.sum()), p.E),
-        rtol=0,
-        atol=0,
-        msg=lambda m: f"output rows masked in every head: {m}",
+        dt,
+        "bitwise",
+        "output rows masked in every head",
     )
 
     # Output and its gradients: nn.MultiheadAttention's need_weights=False path.

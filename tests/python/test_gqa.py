@@ -1,42 +1,40 @@
 """Grouped-query self-attention: MultiheadSelfAttention(num_kv_heads=H_kv) against the formula
-(PyTorch's SDPA math path with enable_gqa, float64) and its KV-cache decoding against the causal
-forward over the whole sequence."""
+(mhsa_testutils.reference_attention with num_kv_heads, float64) and its KV-cache decoding
+against the causal forward over the whole sequence."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import mhsa
-from mhsa_testutils import assert_close, random_bool_mask, randomize_
+from mhsa_testutils import assert_close, random_bool_mask, randomize_, reference_attention
 
 E, H, H_KV, N, L = 32, 8, 2, 2, 11
 D = E // H
 DT = torch.float64
 
 
-def reference(
-    module: mhsa.MultiheadSelfAttention,
-    x: Tensor,
-    allowed: Tensor,
-) -> Tuple[Tensor, Tensor]:
-    """Output and per-head weights of grouped-query attention written out in plain ops (x is
-    batch first; `allowed` is a bool mask broadcastable to (N, H, L, L), True = may attend)."""
-    hk = module.num_kv_heads
-    q, k, v = F.linear(x, module.in_proj_weight, module.in_proj_bias).split(
-        [H * D, hk * D, hk * D], -1
+def reference(module: mhsa.MultiheadSelfAttention, x: Tensor, **kwargs) -> Tuple[Tensor, Tensor]:
+    """Output and per-head weights of the suite's formula for the module's call with `kwargs`
+    (x is batch first)."""
+    window = kwargs.pop("window_size", (-1, -1))
+    return reference_attention(
+        x,
+        module.in_proj_weight,
+        module.in_proj_bias,
+        module.out_proj.weight,
+        module.out_proj.bias,
+        H,
+        num_kv_heads=module.num_kv_heads,
+        batch_first=True,
+        window=window,
+        average_attn_weights=False,
+        **kwargs,
     )
-    q = q.unflatten(-1, (H, D)).transpose(1, 2)
-    k = k.unflatten(-1, (hk, D)).transpose(1, 2).repeat_interleave(H // hk, dim=1)
-    v = v.unflatten(-1, (hk, D)).transpose(1, 2).repeat_interleave(H // hk, dim=1)
-    scores = (q @ k.transpose(-1, -2)) / D**0.5
-    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-    context = (weights @ v).transpose(1, 2).flatten(2)
-    return F.linear(context, module.out_proj.weight, module.out_proj.bias), weights
 
 
 def make_module(num_kv_heads: int, seed: int = 0) -> mhsa.MultiheadSelfAttention:
@@ -53,24 +51,18 @@ def test_forward_and_gradients_match_the_formula(num_kv_heads, masks):
     module = make_module(num_kv_heads)
     assert module.in_proj_weight.shape == ((H + 2 * num_kv_heads) * D, E)
     x = torch.randn(N, L, E, dtype=DT, requires_grad=True)
-    allowed = torch.ones(N, 1, L, L, dtype=torch.bool)
     kwargs = {}
     if masks == "causal":
         kwargs["is_causal"] = True
-        allowed = allowed & torch.ones(L, L, dtype=torch.bool).tril()
     elif masks == "padding+attn":
         kpm = torch.zeros(N, L, dtype=torch.bool)
         kpm[1, 7:] = True
         attn = random_bool_mask((L, L), seed=3)
         kwargs.update(key_padding_mask=kpm, attn_mask=attn)
-        allowed = allowed & ~kpm[:, None, None, :] & ~attn
     elif masks == "window":
         kwargs["window_size"] = (3, 1)
-        i = torch.arange(L)[:, None]
-        j = torch.arange(L)[None, :]
-        allowed = allowed & (j >= i - 3) & (j <= i + 1)
     out, w = module(x, need_weights=True, average_attn_weights=False, **kwargs)
-    out_ref, w_ref = reference(module, x, allowed)
+    out_ref, w_ref = reference(module, x, **kwargs)
     what = f"H_kv={num_kv_heads} {masks}"
     assert_close(out, out_ref, DT, "out", f"{what} output")
     assert_close(w, w_ref, DT, "out", f"{what} weights")
@@ -127,22 +119,3 @@ def test_torchscript_forward_and_decode():
         "out",
         "scripted decode",
     )
-
-
-def test_bad_num_kv_heads_and_packed_input_are_refused():
-    with pytest.raises(ValueError, match="num_kv_heads"):
-        mhsa.MultiheadSelfAttention(E, H, num_kv_heads=3)
-    module = make_module(2)
-    with pytest.raises(NotImplementedError, match="grouped-query"):
-        module.forward_packed(torch.randn(5, E, dtype=DT), torch.tensor([0, 5]))
-    weight: Optional[Tensor] = torch.randn(3 * E, E, dtype=DT)
-    with pytest.raises(RuntimeError, match="in_proj_weight"):
-        mhsa.functional.multi_head_self_attention(
-            torch.randn(L, N, E, dtype=DT),
-            weight,
-            None,
-            module.out_proj.weight,
-            None,
-            H,
-            num_kv_heads=2,
-        )

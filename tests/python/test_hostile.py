@@ -176,16 +176,16 @@ def test_float_masks_of_all_neg_inf(dtype, which):
     assert torch.isnan(ro).all() and torch.isnan(rw).all()
     for average in (True, False):
         out, w = mod(x, average_attn_weights=average, **kw)
-        torch.testing.assert_close(
-            out.detach(), mod.out_proj.bias.detach().expand(L, N, E), rtol=0, atol=0
-        )
+        bias = mod.out_proj.bias.detach().expand(L, N, E)
+        assert_close(out.detach(), bias, dtype, "bitwise", "output of fully masked rows")
         assert (w == 0).all()
         grads = _grads(mod, x, out, w)
         for name, gr in zip(("input",) + PARAM_NAMES, grads):
             assert torch.isfinite(gr).all(), name
             if name != "out_proj.bias":
                 assert (gr == 0).all(), name
-        torch.testing.assert_close(grads[-1], torch.full_like(grads[-1], L * N), rtol=0, atol=0)
+        ones = torch.full_like(grads[-1], L * N)
+        assert_close(grads[-1], ones, dtype, "bitwise", "out_proj.bias.grad")
 
 
 @pytest.mark.parametrize("value", [math.inf, math.nan], ids=["+inf", "nan"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 from typing import Callable, List, Optional, Tuple
 
 import pytest
@@ -30,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mhsa
-from mhsa_testutils import assert_as_exact_as_nn, assert_close
+from mhsa_testutils import assert_as_exact_as_nn, assert_close, attention_core
 
 DT = torch.float64
 BLOCK_FORWARD = torch.ops.mhsa._attention_block_forward
@@ -436,23 +435,16 @@ def keep_mask(N: int, H: int, H_kv: int, L: int, S: int, p: float, seed: int) ->
     )
     keep = weights != 0
     # what is kept is scaled by 1 / (1 - p)
-    torch.testing.assert_close(
-        weights[keep], torch.full_like(weights[keep], 1.0 / S / (1.0 - p)), rtol=1e-15, atol=0
-    )
+    uniform = torch.full_like(weights[keep], 1.0 / S / (1.0 - p))
+    assert_close(weights[keep], uniform, DT, "ulps", "kept uniform weights")
     return keep
 
 
 def dropout_formula(q, k, v, mask: Optional[Tensor], keep: Tensor, p: float) -> Tensor:
-    """SDPA's math path with the given keep mask (bool mask True = may attend), (N, H, L, *)."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)
-    empty = torch.isneginf(scores).all(-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
-    return (probs * keep.to(q.dtype) / (1.0 - p)) @ v
+    """The suite's formula (mhsa_testutils.attention_core: SDPA's math path) with the given keep
+    mask (bool mask True = may attend), (N, H, L, *)."""
+    masks = [] if mask is None else [~mask]
+    return attention_core(q, k, v, masks=masks, keep=keep, dropout_p=p)[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -610,14 +602,11 @@ def test_block_op_weights_averaged_is_the_mean_of_the_heads(p: float):
 
     full = explicit_mask(mask, case.L, case.keys, True, None)
     keep = keep_mask(2, case.H, 2, case.L, case.keys, p, 11) if p > 0 else torch.ones(1)
-    probs = dropout_formula(
-        q, k, torch.eye(case.keys, dtype=DT).expand(2, 2, -1, -1), full, keep, p
-    )
+    out_ref, probs, lse_ref = attention_core(q, k, v, masks=[~full], keep=keep, dropout_p=p)
     assert_close(w_h, probs, DT, "out", "per-head weights")
-    assert_close(out_h, dropout_formula(q, k, v, full, keep, p), DT, "out", "output")
+    assert_close(out_h, out_ref, DT, "out", "output")
     # the log-sum-exp of the scaled, masked scores (dropout does not change it)
-    scores = (q @ k.repeat_interleave(2, 1).transpose(-1, -2)) / math.sqrt(case.E)
-    assert_close(lse_h, scores.masked_fill(~full, -math.inf).logsumexp(-1), DT, "out", "lse")
+    assert_close(lse_h, lse_ref, DT, "out", "lse")
 
     grads_a = torch.autograd.grad((out_a * r).sum() + (w_a * r_w).sum(), (q, k, v))
     grads_h = torch.autograd.grad((out_h * r).sum() + (w_h.mean(1) * r_w).sum(), (q, k, v))
@@ -725,180 +714,3 @@ def test_autocast_leaves_float64_alone():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             actual = mhsa.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     assert actual.dtype == DT and torch.equal(actual, expected)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors: every refused input, with SDPA's meaning
-
-
-def _t(*shape, dtype=torch.float32, requires_grad=False) -> Tensor:
-    return torch.randn(shape, dtype=dtype, requires_grad=requires_grad)
-
-
-Q, K, V = (2, 4, 5, 8), (2, 4, 7, 8), (2, 4, 7, 8)
-ERROR_CASES = [
-    (
-        "key_dtype",
-        lambda: (_t(*Q), _t(*K, dtype=torch.float64), _t(*V)),
-        {},
-        r"query, key, and value to have the same dtype.*query.dtype: Float and key.dtype: Double",
-    ),
-    (
-        "value_dtype",
-        lambda: (_t(*Q), _t(*K), _t(*V, dtype=torch.bfloat16)),
-        {},
-        r"query, key, and value to have the same dtype.*value.dtype: BFloat16",
-    ),
-    (
-        "integer_inputs",
-        lambda: tuple(torch.ones(s, dtype=torch.int64) for s in (Q, K, V)),
-        {},
-        r"dtype float32, float64, bfloat16 or float16, got Long",
-    ),
-    (
-        "one_dim",
-        lambda: (_t(8), _t(8), _t(8)),
-        {},
-        r"query, key, and value to all be at least 2 dimensional.*query.dim: 1",
-    ),
-    (
-        "key_one_dim",
-        lambda: (_t(5, 8), _t(8), _t(7, 8)),
-        {},
-        r"at least 2 dimensional.*key.dim: 1",
-    ),
-    # torch broadcasts a 3-D key against a 4-D query; mhsa asks for the same number of dims
-    (
-        "dims_differ",
-        lambda: (_t(*Q), _t(*K[1:]), _t(*V[1:])),
-        {},
-        r"query, key, and value with the same number of dims.*query.dim: 4 key.dim: 3",
-    ),
-    (
-        "batch_differs",
-        lambda: (_t(*Q), _t(3, 4, 7, 8), _t(3, 4, 7, 8)),
-        {},
-        r"query, key, and value with the same batch dims",
-    ),
-    (
-        "heads_without_enable_gqa",
-        lambda: (_t(2, 8, 5, 8), _t(2, 2, 7, 8), _t(2, 2, 7, 8)),
-        {},
-        r"same number of heads, got query 8, key 2 and value 2 \(pass enable_gqa=True",
-    ),
-    (
-        "heads_not_a_multiple",
-        lambda: (_t(2, 6, 5, 8), _t(2, 4, 7, 8), _t(2, 4, 7, 8)),
-        dict(enable_gqa=True),
-        r"number of heads in key and value must divide the number of heads in query, "
-        r"got query 6 and key/value 4",
-    ),
-    (
-        "key_value_heads_differ",
-        lambda: (_t(2, 4, 5, 8), _t(2, 2, 7, 8), _t(2, 1, 7, 8)),
-        dict(enable_gqa=True),
-        r"key and value with the same heads and length",
-    ),
-    (
-        "key_value_lengths_differ",
-        lambda: (_t(*Q), _t(*K), _t(2, 4, 6, 8)),
-        {},
-        r"key and value with the same heads and length, got key \[2, 4, 7, 8\] and value "
-        r"\[2, 4, 6, 8\]",
-    ),
-    (
-        "query_key_dims_differ",
-        lambda: (_t(*Q), _t(2, 4, 7, 6), _t(*V)),
-        {},
-        r"key's last dim \(6\) to equal query's \(8\)",
-    ),
-    (
-        "mask_key_length",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(5, 6, dtype=torch.bool)),
-        r"attn_mask broadcastable to \(N, H, L, S\) = \(2, 4, 5, 7\), got shape \[5, 6\] "
-        r"\(its key length dim is 6\)",
-    ),
-    (
-        "mask_query_length",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(2, 1, 4, 7, dtype=torch.bool)),
-        r"attn_mask broadcastable.*\(its query length dim is 4\)",
-    ),
-    (
-        "mask_batch",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(3, 1, 5, 7, dtype=torch.bool)),
-        r"attn_mask broadcastable.*\(its batch dim is 3\)",
-    ),
-    (
-        "mask_heads",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(2, 3, 5, 7)),
-        r"attn_mask broadcastable.*\(its heads dim is 3\)",
-    ),
-    (
-        "mask_more_dims_than_query",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(1, 2, 4, 5, 7, dtype=torch.bool)),
-        r"attn_mask broadcastable to \(\.\.\., L, S\), got shape \[1, 2, 4, 5, 7\]",
-    ),
-    (
-        "mask_integer",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(5, 7, dtype=torch.int64)),
-        r"attn_mask dtype to be bool or float.*got Long",
-    ),
-    (
-        "mask_uint8",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.ones(5, 7, dtype=torch.uint8)),
-        r"attn_mask dtype to be bool or float.*got Byte",
-    ),
-    (
-        "mask_requires_grad",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(attn_mask=torch.zeros(5, 7, requires_grad=True)),
-        r"mask requires grad",
-    ),
-    (
-        "dropout_above_one",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(dropout_p=1.5),
-        r"dropout probability has to be between 0 and 1, but got 1.5",
-    ),
-    (
-        "dropout_negative",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(dropout_p=-0.1),
-        r"dropout probability has to be between 0 and 1, but got -0.1",
-    ),
-    (
-        "window_below_minus_one",
-        lambda: (_t(*Q), _t(*K), _t(*V)),
-        dict(window_size=(-2, 0)),
-        r"window_size entries >= -1",
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    "inputs,kwargs,pattern", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
-)
-def test_refused_input_raises_with_sdpa_meaning(inputs, kwargs, pattern):
-    q, k, v = inputs()
-    with pytest.raises(RuntimeError) as info:
-        mhsa.scaled_dot_product_attention(q, k, v, **kwargs)
-    first_line = str(info.value).splitlines()[0]
-    assert re.search(pattern, first_line), first_line
-
-
-def test_refused_input_raises_through_the_op_and_under_no_grad():
-    """The checks are in the op, not in the Python wrapper, and in every grad mode."""
-    q, k, v = _t(*Q), _t(*K), _t(2, 4, 6, 8)
-    with pytest.raises(RuntimeError, match="key and value with the same heads and length"):
-        torch.ops.mhsa.scaled_dot_product_attention(q, k, v)
-    with torch.no_grad(), pytest.raises(RuntimeError, match="dropout probability"):
-        torch.ops.mhsa.scaled_dot_product_attention(q, k, k, None, 2.0)
-    with pytest.raises(RuntimeError, match="attn_mask broadcastable"):
-        BLOCK_FORWARD(q, k, k, attn_mask=torch.ones(5, 6, dtype=torch.bool))

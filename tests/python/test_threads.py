@@ -16,7 +16,7 @@ import threading
 
 import torch
 
-from mhsa_testutils import make_attn_mask, make_input, make_kpm, make_pair
+from mhsa_testutils import assert_close, make_attn_mask, make_input, make_kpm, make_pair
 
 # Each thread's configuration: (L, N, E, H, dtype, batch_first, attn_mask, kpm, is_causal,
 # need_weights, average)
@@ -127,7 +127,7 @@ def test_concurrent_dropout_calls_are_self_consistent():
         v = torch.nn.functional.linear(x, mod.in_proj_weight[2 * E :], mod.in_proj_bias[2 * E :])
         v = v.reshape(L, N, H, E // H).permute(1, 2, 0, 3)  # (N, H, L, D)
         ctx = (w @ v).permute(2, 0, 1, 3).reshape(L, N, E)
-        torch.testing.assert_close(out, mod.out_proj(ctx), rtol=1e-10, atol=1e-10)
+        assert_close(out, mod.out_proj(ctx), torch.float64, "from_weights", "output")
         assert (w == 0).any()
 
     def worker():

@@ -6,9 +6,10 @@ parameter's gradient must agree:
 
 * float32: against "eager" with the suite's float32 tolerances (mhsa_testutils.TOLERANCES);
 * float64: against eager's masks and formula with the softmax in float64 (eager's own softmax
-  runs in float32, see transformers_testutils._exact_eager_attention), within FLOAT64_ATOL;
-* bfloat16: mhsa's error against the float64 reference may be at most BF16_FACTOR times eager's
-  own bfloat16 error (plus one bfloat16 rounding, BF16_ROUNDING).
+  runs in float32, see transformers_testutils._exact_eager_attention), within the table's
+  float64 "abs" bound;
+* bfloat16: mhsa's error against the float64 reference may be at most a factor of eager's own
+  bfloat16 error, plus one bfloat16 rounding (the table's "as_exact_as_eager").
 
 Each mask structure is also shown to matter (the outputs differ from a run without it), so
 that the agreement really tests the mask: left padding, BERT's padding and its encoder padding,
@@ -42,30 +43,16 @@ from transformers import (
 
 import mhsa.integrations.transformers as mhsa_hf
 import transformers_testutils as tu
-from mhsa_testutils import assert_close as assert_close_float32
+from mhsa_testutils import TOLERANCES
+from mhsa_testutils import assert_close as assert_close_table
 
 tu.register_references()
 
-# bfloat16: mhsa's largest error against float64 may be at most this multiple of eager's own
-# largest bfloat16 error on the same quantity, plus one bfloat16 rounding of the quantity's
-# largest entry (2^-8 relative, so that a quantity eager happens to get almost exact, e.g. the
-# scalar loss, does not demand more than bfloat16 can hold). Both round the same bfloat16
-# projections; the attention itself rounds differently (eager: bfloat16 scores and weights, a
-# float32 softmax; mhsa: its own accumulation order), so neither is systematically closer, and
-# a factor of 2 leaves room for that without letting a wrong mask through (errors of order 1).
-BF16_FACTOR = 2.0
-BF16_ROUNDING = 2.0**-8
 # A mask that is dropped changes these models' logits by order 1 (INIT_STD); a difference below
 # this would mean the mask did not matter and the parity test proves nothing.
 MASK_MATTERS = 1e-2
 
 VOCAB = 61
-
-# float64: every compared entry (logits up to ~10, gradients up to ~1) within 1e-10 absolute.
-# Measured differences are ~1e-14 (float64 rounding of sums over at most a few hundred terms);
-# one float32 rounding anywhere on the way would leave ~1e-7 (float32's 6e-8 relative, times
-# entries of order 1). So 1e-10 has four orders of margin and still catches that.
-FLOAT64_ATOL = 1e-10
 
 
 def _ids(batch: int, length: int, seed: int) -> Tensor:
@@ -96,13 +83,9 @@ def _labels(ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, kind: str, what: str):
-    """float64 within FLOAT64_ATOL; float32 with the suite's tolerances (mhsa_testutils)."""
-    if dtype == torch.float64:
-        torch.testing.assert_close(
-            actual, expected, rtol=0.0, atol=FLOAT64_ATOL, msg=lambda m: f"{what}: {m}"
-        )
-    else:
-        assert_close_float32(actual, expected, dtype, kind, what)
+    """The table's float64 "abs" bound (logits up to ~10, gradients up to ~1, against the exact
+    eager); float32 the table's `kind`."""
+    assert_close_table(actual, expected, dtype, "abs" if dtype == torch.float64 else kind, what)
 
 
 def _assert_runs_agree(
@@ -485,10 +468,11 @@ def test_bfloat16_as_exact_as_eager(model_name):
     ids, attention_mask = _ids(2, 16, seed=6), _padding(2, 16, side)
     inputs = dict(input_ids=ids, attention_mask=attention_mask, labels=_labels(ids, attention_mask))
     errors = _bf16_errors(model_class, config, inputs, attention_mask.bool())
+    tol = TOLERANCES[torch.bfloat16]["as_exact_as_eager"]
     worse = {
         what: f"mhsa {ours:.2e}, eager {eager:.2e}, largest entry {largest:.2e}"
         for what, (ours, eager, largest) in errors.items()
-        if ours > BF16_FACTOR * eager + BF16_ROUNDING * largest
+        if ours > tol.atol * eager + tol.rtol * largest
     }
     assert not worse, f"mhsa's bfloat16 error beyond the bound: {worse}"
 

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from mhsa.viz import plot_heads
+from mhsa_testutils import assert_close
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _image(ax) -> torch.Tensor:
+    """The values a panel shows."""
+    return torch.as_tensor(np.asarray(ax.images[0].get_array()))
 
 
 def random_weights(*shape: int) -> torch.Tensor:
@@ -24,9 +30,7 @@ def test_three_dimensional_input_gives_one_panel_per_head() -> None:
     assert len(figure.axes) == 3
     for head, ax in enumerate(figure.axes):
         assert ax.get_title() == f"head {head}"
-        np.testing.assert_allclose(
-            ax.images[0].get_array(), weights[head].numpy(), rtol=0, atol=1e-7
-        )
+        assert_close(_image(ax), weights[head], torch.float32, "bitwise", f"head {head}")
         assert [label.get_text() for label in ax.get_xticklabels()] == [str(i) for i in range(5)]
 
 
@@ -36,9 +40,7 @@ def test_four_dimensional_input_draws_the_first_batch_element() -> None:
     figure = plot_heads(weights, tokens)
     assert len(figure.axes) == 4
     for head, ax in enumerate(figure.axes):
-        np.testing.assert_allclose(
-            ax.images[0].get_array(), weights[0, head].numpy(), rtol=0, atol=1e-7
-        )
+        assert_close(_image(ax), weights[0, head], torch.float32, "bitwise", f"head {head}")
         assert [label.get_text() for label in ax.get_xticklabels()] == tokens
         assert [label.get_text() for label in ax.get_yticklabels()] == tokens
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import mhsa
-from mhsa_testutils import run_python_in_subprocess
+from mhsa_testutils import assert_close, run_python_in_subprocess
 
 # L = 1 takes the few-rows projection, which reads the weight as it is; L = 40 the tile GEMMs,
 # which read the cached transpose.
@@ -38,7 +38,7 @@ def check_update(update: Callable[[nn.Module, nn.Module], None], L: int) -> None
     ref, mod = pair(0)
     x = torch.randn(2, L, 32)
     before, ref_before = outputs(ref, mod, x)
-    torch.testing.assert_close(before, ref_before, rtol=1e-5, atol=1e-5)
+    assert_close(before, ref_before, torch.float32, "out", "before the update")
     copies = torch.ops.mhsa._weight_cache_entries()
     again, _ = outputs(ref, mod, x)  # a second call: served from the cache (no new copy)
     assert torch.ops.mhsa._weight_cache_entries() == copies
@@ -46,7 +46,7 @@ def check_update(update: Callable[[nn.Module, nn.Module], None], L: int) -> None
     update(ref, mod)
     after, ref_after = outputs(ref, mod, x)
     assert not torch.equal(ref_after, ref_before), "the update must change nn's result"
-    torch.testing.assert_close(after, ref_after, rtol=1e-5, atol=1e-5)
+    assert_close(after, ref_after, torch.float32, "out", "after the update")
 
 
 @pytest.mark.parametrize("L", LENGTHS)
@@ -170,7 +170,7 @@ def test_weights_that_change_every_call_are_not_copied():
     ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
     ref.load_state_dict(mod.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(out, ref(x, x, x)[0], rtol=1e-5, atol=1e-5)
+        assert_close(out, ref(x, x, x)[0], torch.float32, "out", "output")
 
 
 def test_no_cache_while_training():

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from mhsa_testutils import attention_core
+
 
 def cache_argument() -> str:
     """The name of the KV-cache argument of models and mask factories: "cache" in recent
@@ -138,20 +140,14 @@ def _exact_eager_attention(
     **kwargs,
 ):
     """transformers' eager attention (``eager_attention_forward`` of modeling_llama) with the
-    softmax in the inputs' dtype. Eager's own softmax runs in float32, so a float64 model under
-    "eager" is only float32-accurate, and a query with every key masked (left padding) turns
-    float64's finfo.min mask into -inf and gives NaN, which then reaches every position."""
+    softmax in the inputs' dtype: the suite's formula (mhsa_testutils.attention_core) on eager's
+    additive mask. Eager's own softmax runs in float32, so a float64 model under "eager" is only
+    float32-accurate, and a query with every key masked (left padding) turns float64's finfo.min
+    mask into -inf and gives NaN, which then reaches every position."""
     assert dropout == 0.0, "the reference has no dropout"
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+    masks = [] if attention_mask is None else [attention_mask]
+    out, weights, _ = attention_core(query, key, value, masks=masks, scale=scaling)
+    return out.transpose(1, 2).contiguous(), weights
 
 
 def register_references() -> None:
