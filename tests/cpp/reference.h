@@ -1,7 +1,8 @@
 #pragma once
-// Shared helpers of the GoogleTest suite: a reference multi-head self-attention written with
-// plain ATen ops (autograd differentiates it, so it also supplies the reference gradients),
-// random inputs, and assertion helpers.
+// Shared helpers of the GoogleTest suite: the suite's one attention reference written with plain
+// ATen ops (attention_core, and reference_mhsa around it; autograd differentiates them, so they
+// also supply the reference gradients), random inputs, the tolerance table and assertion
+// helpers.
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -9,6 +10,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -67,70 +69,151 @@ inline Args make_args(at::IntArrayRef query_shape, int64_t num_heads, at::Scalar
   return a;
 }
 
+// The attention step of the reference: mhsa's semantics on heads. q is (..., H, L, D), k and v
+// (..., H_kv, S, D) and (..., H_kv, S, Dv) with H a multiple of H_kv (each key/value head serves
+// H / H_kv query heads). The scores are (q * scale) k^T, scale 1/sqrt(D) by default. Each of
+// `masks`, broadcastable to the scores, applies in turn: bool true = may not attend, float added
+// to the scores. A query row that sees no key gets zero weights and a zero output. `keep`
+// (broadcastable to the weights), if defined, is dropout's keep mask: kept weights are divided
+// by 1 - dropout_p. Returns (output, weights after dropout).
+inline std::tuple<at::Tensor, at::Tensor> attention_core(const at::Tensor& q, const at::Tensor& k,
+                                                         const at::Tensor& v,
+                                                         const std::vector<at::Tensor>& masks,
+                                                         std::optional<double> scale = std::nullopt,
+                                                         const at::Tensor& keep = {},
+                                                         double dropout_p = 0.0) {
+  const int64_t group = q.size(-3) / k.size(-3);
+  const at::Tensor kk = group > 1 ? k.repeat_interleave(group, -3) : k;
+  const at::Tensor vv = group > 1 ? v.repeat_interleave(group, -3) : v;
+  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  at::Tensor scores = at::matmul(q * s, kk.transpose(-1, -2));
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  for (const at::Tensor& m : masks) {
+    scores = m.scalar_type() == at::kBool ? scores.masked_fill(m, neg_inf)
+                                          : scores + m.to(scores.scalar_type());
+  }
+  // Rows that see no key: softmax would give NaN; give them zero weights instead (filling the
+  // scores first keeps NaN out of the backward pass too).
+  const at::Tensor empty_row = at::isneginf(scores).all(-1, /*keepdim=*/true);
+  at::Tensor probs =
+      at::softmax(scores.masked_fill(empty_row, 0.0), -1).masked_fill(empty_row, 0.0);
+  if (keep.defined()) probs = probs * keep.to(probs.scalar_type()) / (1.0 - dropout_p);
+  return {at::matmul(probs, vv), probs};
+}
+
 // nn.MultiheadAttention's self-attention math with query = key = value, step by step, with
 // mhsa's documented differences: is_causal adds its own causal mask (combined with attn_mask),
 // and a query whose keys are all masked gets zero attention (output = out_proj bias) and zero
-// weights instead of NaN. No dropout.
-inline std::tuple<at::Tensor, at::Tensor> reference_mhsa(const Args& a) {
+// weights instead of NaN. `keep` ((N, H, L, L), or (H, L, L) unbatched: true where kept, as read
+// off mhsa's per-head weights), if defined, applies dropout with probability dropout_p.
+inline std::tuple<at::Tensor, at::Tensor> reference_mhsa(const Args& a, const at::Tensor& keep = {},
+                                                         double dropout_p = 0.0) {
   const bool unbatched = a.query.dim() == 2;
   at::Tensor x = unbatched ? a.query.unsqueeze(1) : a.query;  // (L, 1, E)
   if (a.batch_first && !unbatched) x = x.transpose(0, 1);     // -> (L, N, E)
   const int64_t L = x.size(0), N = x.size(1), E = x.size(2), H = a.num_heads, D = E / H;
 
-  // In-projection, then heads: (L, N, E) -> (L, N*H, D) -> (N*H, L, D); row b = n * H + h.
+  // In-projection, then heads: (L, N, E) -> (L, N, H, D) -> (N, H, L, D).
   const at::Tensor qkv = at::linear(x, a.in_proj_weight, a.in_proj_bias);
   const auto chunks = qkv.chunk(3, -1);
-  auto heads = [&](const at::Tensor& t) { return t.reshape({L, N * H, D}).transpose(0, 1); };
-  const at::Tensor q = heads(chunks[0]), k = heads(chunks[1]), v = heads(chunks[2]);
+  auto heads = [&](const at::Tensor& t) { return t.reshape({L, N, H, D}).permute({1, 2, 0, 3}); };
 
-  at::Tensor scores = at::bmm(q, k.transpose(1, 2)) / std::sqrt(static_cast<double>(D));
-  const double neg_inf = -std::numeric_limits<double>::infinity();
+  std::vector<at::Tensor> masks;
   if (a.attn_mask) {
     const at::Tensor& m = *a.attn_mask;  // (L, L) or (N*H, L, L)
-    scores = m.scalar_type() == at::kBool ? scores.masked_fill(m, neg_inf)
-                                          : scores + m.to(scores.scalar_type());
+    masks.push_back(m.dim() == 2 ? m : m.reshape({N, H, L, L}));
   }
-  if (a.key_padding_mask) {
-    at::Tensor m = *a.key_padding_mask;  // (N, L) or (L) unbatched
-    if (unbatched) m = m.unsqueeze(0);
-    m = m.view({N, 1, 1, L}).expand({N, H, 1, L}).reshape({N * H, 1, L});
-    scores = m.scalar_type() == at::kBool ? scores.masked_fill(m, neg_inf)
-                                          : scores + m.to(scores.scalar_type());
-  }
-  if (a.is_causal) {
-    const at::Tensor future = at::ones({L, L}, at::kBool).triu(1);
-    scores = scores.masked_fill(future, neg_inf);
-  }
-  // Rows that see no key: softmax would give NaN; give them zero weights instead (filling the
-  // scores first keeps NaN out of the backward pass too).
-  const at::Tensor empty_row = at::isneginf(scores).all(-1, /*keepdim=*/true);
-  scores = scores.masked_fill(empty_row, 0.0);
-  const at::Tensor probs = at::softmax(scores, -1).masked_fill(empty_row, 0.0);  // (N*H, L, L)
+  if (a.key_padding_mask) masks.push_back(a.key_padding_mask->reshape({N, 1, 1, L}));  // (N, L)
+  if (a.is_causal) masks.push_back(at::ones({L, L}, at::kBool).triu(1));
+  const at::Tensor keep4 = keep.defined() && unbatched ? keep.unsqueeze(0) : keep;
+  auto [context, probs] = attention_core(heads(chunks[0]), heads(chunks[1]), heads(chunks[2]),
+                                         masks, std::nullopt, keep4, dropout_p);  // (N, H, L, *)
 
-  const at::Tensor context = at::bmm(probs, v).transpose(0, 1).reshape({L, N, E});
-  at::Tensor out = at::linear(context, a.out_proj_weight, a.out_proj_bias);  // (L, N, E)
+  at::Tensor out = at::linear(context.permute({2, 0, 1, 3}).reshape({L, N, E}), a.out_proj_weight,
+                              a.out_proj_bias);  // (L, N, E)
   if (a.batch_first && !unbatched) out = out.transpose(0, 1);
   if (unbatched) out = out.squeeze(1);
 
   at::Tensor weights;
   if (a.need_weights) {
-    weights = probs.view({N, H, L, L});
+    weights = probs;
     if (a.average_attn_weights) weights = weights.mean(1);
     if (unbatched) weights = weights.squeeze(0);
   }
   return {out, weights};
 }
 
-// Tolerances per dtype for comparing mhsa with the reference.
+// The tolerance table of the C++ suite: tolerance(dtype, kind) is where every test takes a
+// tolerance from (the Python suite's table is mhsa_testutils.TOLERANCES; the kinds mean the same
+// there). An entry is {rtol, atol} for all_close (|actual - expected| <= atol + rtol |expected|)
+// unless its comment says otherwise.
 struct Tol {
   double rtol, atol;
 };
-inline Tol tolerance(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble: return {1e-9, 1e-10};
-    case at::kFloat: return {1e-4, 1e-5};
-    default: return {3e-2, 3e-2};  // bfloat16
+enum class Kind {
+  kOut,               // mhsa against the reference (or LibTorch) in the same dtype, every tensor
+  kWeights,           // the attention weights alone, against the reference (at most 1)
+  kLongSum,           // kOut over long sequences: sums over hundreds of keys
+  kRowSum,            // a row of weights summed, against 1
+  kReordered,         // mhsa against mhsa on another route to the same values
+  kFromWeights,       // the output recomputed from mhsa's own returned weights
+  kFiniteDifference,  // autograd against central differences
+  kGemmRows,          // a float32-accumulated GEMM entry against its float64 sum (small rows)
+  kGemmTiles,         // the same for the tile GEMM engine
+  kBitwise,           // the very same bits
+};
+struct TolEntry {
+  at::ScalarType dtype;
+  Kind kind;
+  Tol tol;
+};
+inline const std::vector<TolEntry>& tolerance_table() {
+  static const std::vector<TolEntry> table{
+      // float64: both sides round at 1e-16; sums over a few hundred terms stay below 1e-12, so
+      // these leave two orders of margin and still catch any float32 rounding in the kernels.
+      {at::kDouble, Kind::kOut, {1e-9, 1e-10}},
+      // Decode against the causal forward, a window against the dense band mask, packed against
+      // each sequence alone: only the order of float64 roundings differs, a few ulps.
+      {at::kDouble, Kind::kReordered, {1e-12, 1e-12}},
+      // out_proj(W V) from the returned weights: two more GEMMs in float64.
+      {at::kDouble, Kind::kFromWeights, {1e-10, 1e-10}},
+      // Central differences with a step of 1e-6: truncation O(step^2) relative, rounding
+      // ~1e-16 / 1e-6 absolute; both well inside. (rtol of |numeric|, atol.)
+      {at::kDouble, Kind::kFiniteDifference, {1e-5, 1e-6}},
+      // float32 (unit roundoff 6e-8): outputs of magnitude ~1 carry ~1e-6 from the sums over E
+      // and L, gradients more (sums over N*L rows).
+      {at::kFloat, Kind::kOut, {1e-4, 1e-5}},
+      // Sequences of 130-300 keys (several kernel tiles), per-head float masks: twice kOut.
+      {at::kFloat, Kind::kLongSum, {2e-4, 2e-5}},
+      // Seven weights summed in float32: a few ulps of 1.
+      {at::kFloat, Kind::kRowSum, {1e-5, 1e-5}},
+      // Decode against the causal forward in float32: roundings in another order.
+      {at::kFloat, Kind::kReordered, {1e-5, 1e-5}},
+      // A window against the equivalent dense band mask: the kernels skip the tiles the window
+      // hides, which add exact zeros, so nothing else changes.
+      {at::kFloat, Kind::kBitwise, {0.0, 0.0}},
+      // fp32 accumulation against float64 sums: a few ulps of the sum of magnitudes. The bound
+      // is rtol * (|alpha| sum |a b| + |expected|) + atol (test_small_rows.cpp).
+      {at::kFloat, Kind::kGemmRows, {4e-7, 4e-7}},
+      // fp32 accumulation of exact products (16-bit products are exact in fp32): the error is
+      // bounded by K * eps * sum |a b|; 1e-5 of the magnitude allows K up to ~80 chunks. The
+      // bound is rtol * (|alpha| sum |a b| + |beta c0|) + atol (test_tile_gemm.cpp).
+      {at::kFloat, Kind::kGemmTiles, {1e-5, 1e-30}},
+      // bfloat16 keeps 8 significant bits (2^-8 relative per rounding); the three GEMMs and the
+      // softmax add a few of those, against float64 on the same bfloat16 values.
+      {at::kBFloat16, Kind::kOut, {3e-2, 3e-2}},
+      // The weights are at most 1: the same relative bound, a tighter absolute one.
+      {at::kBFloat16, Kind::kWeights, {3e-2, 1e-2}},
+  };
+  return table;
+}
+inline Tol tolerance(at::ScalarType dtype, Kind kind = Kind::kOut) {
+  for (const TolEntry& e : tolerance_table()) {
+    if (e.dtype == dtype && e.kind == kind) return e.tol;
   }
+  ADD_FAILURE() << "no tolerance for " << dtype << " of kind " << static_cast<int>(kind)
+                << " in tolerance_table() (reference.h)";
+  return {0.0, 0.0};
 }
 
 // allclose with a message that says where and by how much two tensors differ.

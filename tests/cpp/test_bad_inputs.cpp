@@ -1,11 +1,12 @@
-// The C++ bad-input suite. Errors are exceptions: every bad input to each of the three ops (the
-// public multi_head_self_attention, _mha_forward and _mha_backward) throws c10::Error, never
-// aborts, asserts or crashes, in release and in sanitizer builds, and for the common mistakes
-// the message names the argument and what was expected. One assertion throughout:
-// EXPECT_ERROR_WITH / expect_error (reference.h). The inputs go one by one, including the absurd.
+// The C++ bad-input suite: every bad input to the ops (multi_head_self_attention, _mha_forward,
+// _mha_backward) and the other entry points (modules, decoding, packed sequences, windows,
+// scaled_dot_product_attention, MultiheadAttention) throws c10::Error, never aborts or crashes,
+// and the message names the argument and what was expected. One assertion throughout:
+// EXPECT_ERROR_WITH (reference.h). The inputs go one by one, including the absurd.
 #include <torch/autograd.h>
 
 #include <mhsa/internal_ops.h>
+#include <mhsa/mhsa.h>
 #include <mhsa/ops.h>
 
 #include <cstdint>
@@ -466,6 +467,85 @@ TEST(BadInputs, ErrorsAreStandardExceptions) {
   in.heads = 3;
   EXPECT_THROW(in.call(), c10::Error);
   EXPECT_THROW(in.call(), std::exception);
+}
+
+// ---------------------------------------------------------------------------------------
+// The other entry points: the modules' options, KV-cache decoding, packed sequences, the
+// sliding window, scaled_dot_product_attention and MultiheadAttention (cross-attention).
+
+TEST(BadInputs, ModuleOptions) {
+  EXPECT_ERROR_WITH(mhsa::MultiheadSelfAttention(10, 3), "divisible", "num_heads");
+  EXPECT_ERROR_WITH(mhsa::MultiheadSelfAttention(8, 0), "num_heads");
+  EXPECT_ERROR_WITH(
+      mhsa::MultiheadSelfAttention(mhsa::MultiheadSelfAttentionOptions(8, 2).dropout(1.5)),
+      "dropout");
+}
+
+TEST(BadInputs, DecodeFullCacheAndBatchMismatch) {
+  mhsa::MultiheadSelfAttention m(mhsa::MultiheadSelfAttentionOptions(8, 2).batch_first(true));
+  mhsa::KVCache cache = m->new_kv_cache(2, 3);
+  m->decode(torch::randn({2, 3, 8}), cache);
+  EXPECT_EQ(cache.current_length(), 3);
+  EXPECT_ERROR_WITH(m->decode(torch::randn({2, 1, 8}), cache),
+                    "KV cache is full: max_len 3, current length 3, cannot append T = 1");
+  EXPECT_EQ(cache.current_length(), 3);
+  mhsa::KVCache other = m->new_kv_cache(4, 3);
+  EXPECT_ERROR_WITH(m->decode(torch::randn({2, 1, 8}), other),
+                    "batch size mismatch: the cache holds 4 sequences");
+  EXPECT_ERROR_WITH(m->new_kv_cache(2, 0));
+  // the op itself refuses inputs that require grad while grad mode is on
+  mhsa::KVCache fresh = m->new_kv_cache(2, 3);
+  EXPECT_ERROR_WITH(mhsa::decode_step(torch::randn({2, 1, 8}), m->in_proj_weight, m->in_proj_bias,
+                                      m->out_proj->weight, m->out_proj->bias, 2, true, fresh.key,
+                                      fresh.value, fresh.length));
+}
+
+TEST(BadInputs, PackedCuSeqlens) {
+  mhsa::MultiheadSelfAttention m(mhsa::MultiheadSelfAttentionOptions(8, 2));
+  const at::Tensor x = torch::randn({8, 8});
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 3, 8})),
+                    "expected cu_seqlens to be non-decreasing");
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({1, 5, 8})),
+                    "expected cu_seqlens to start at 0");
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 7})),
+                    "expected cu_seqlens to end at T = 8");
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0.0, 5.0, 8.0})),
+                    "expected cu_seqlens of dtype int32 or int64, got Float");
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 8}).view({1, 3})),
+                    "expected cu_seqlens to be 1-D");
+  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 8}), /*max_seqlen=*/4),
+                    "max_seqlen = 4 but cu_seqlens holds a sequence of length 5");
+}
+
+TEST(BadInputs, WindowSize) {
+  mhsa::MultiheadSelfAttention attn(16, 4);
+  const at::Tensor x = at::randn({5, 2, 16});
+  EXPECT_ERROR_WITH(attn->forward(x, {}, true, {}, true, false, {-3, 0}),
+                    "expected window_size entries >= -1");
+}
+
+TEST(BadInputs, SdpaHeadsMismatchWithoutEnableGqa) {
+  const at::Tensor q = at::randn({2, 8, 5, 16}).requires_grad_(true);
+  const at::Tensor k = at::randn({2, 2, 5, 16}).requires_grad_(true);
+  const at::Tensor v = at::randn({2, 2, 5, 16}).requires_grad_(true);
+  EXPECT_ERROR_WITH(mhsa::scaled_dot_product_attention(q, k, v), "same number of heads",
+                    "enable_gqa");
+  EXPECT_ERROR_WITH(mhsa::scaled_dot_product_attention(q, k, v.narrow(2, 0, 4), std::nullopt, 0.0,
+                                                       false, std::nullopt, /*enable_gqa=*/true),
+                    "key and value with the same heads and length");
+}
+
+TEST(BadInputs, MultiheadAttentionOptionsAndInputs) {
+  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(10, 3), "divisible", "num_heads");
+  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(8, 0), "num_heads");
+  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(mhsa::MultiheadAttentionOptions(8, 2).dropout(1.5)),
+                    "dropout");
+  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(mhsa::MultiheadAttentionOptions(8, 2).kdim(0)),
+                    "kdim");
+  // A key of another width than kdim.
+  mhsa::MultiheadAttention m(mhsa::MultiheadAttentionOptions(8, 2).kdim(4).vdim(4));
+  const at::Tensor q = at::randn({3, 2, 8}), v = at::randn({5, 2, 4});
+  EXPECT_ERROR_WITH(m(q, at::randn({5, 2, 6}), v), "k_proj_weight");
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ void finite_difference_check(const Call& call, int samples = 4, double eps = 1e-
       flat[i].fill_(orig);
       const double numeric = (plus - minus) / (2 * eps);
       const double analytic = grad_flat[i].item<double>();
-      EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::abs(numeric))
+      const Tol tol = tolerance(at::kDouble, Kind::kFiniteDifference);
+      EXPECT_NEAR(analytic, numeric, tol.atol + tol.rtol * std::abs(numeric))
           << "differentiable input " << t << " (query, in_proj_weight, [in_proj_bias], "
           << "out_proj_weight, [out_proj_bias]), flat index " << i;
     }

@@ -233,13 +233,5 @@ TEST(Module, InSequentialContainer) {
   EXPECT_EQ(std::get<0>(out).sizes(), x.sizes());
 }
 
-TEST(Module, InvalidOptions) {
-  EXPECT_ERROR_WITH(mhsa::MultiheadSelfAttention(10, 3), "divisible", "num_heads");
-  EXPECT_ERROR_WITH(mhsa::MultiheadSelfAttention(8, 0), "num_heads");
-  EXPECT_ERROR_WITH(
-      mhsa::MultiheadSelfAttention(mhsa::MultiheadSelfAttentionOptions(8, 2).dropout(1.5)),
-      "dropout");
-}
-
 }  // namespace
 }  // namespace mhsa_test

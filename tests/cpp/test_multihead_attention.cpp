@@ -387,18 +387,5 @@ TEST(MultiheadAttentionModule, CloneIsIndependent) {
   EXPECT_FALSE(at::equal(copy->bias_k, m->bias_k));
 }
 
-TEST(MultiheadAttentionModule, BadOptionsAndInputs) {
-  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(10, 3), "divisible", "num_heads");
-  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(8, 0), "num_heads");
-  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(mhsa::MultiheadAttentionOptions(8, 2).dropout(1.5)),
-                    "dropout");
-  EXPECT_ERROR_WITH(mhsa::MultiheadAttention(mhsa::MultiheadAttentionOptions(8, 2).kdim(0)),
-                    "kdim");
-  // A key of another width than kdim.
-  mhsa::MultiheadAttention m(mhsa::MultiheadAttentionOptions(8, 2).kdim(4).vdim(4));
-  const at::Tensor q = at::randn({3, 2, 8}), v = at::randn({5, 2, 4});
-  EXPECT_ERROR_WITH(m(q, at::randn({5, 2, 6}), v), "k_proj_weight");
-}
-
 }  // namespace
 }  // namespace mhsa_test

@@ -1,6 +1,6 @@
 // Packed variable-length sequences from C++: MultiheadSelfAttention::forward_packed and
 // mhsa::multi_head_self_attention_packed against the module run on each sequence alone
-// (outputs and gradients), int32 offsets, sliding window, and the cu_seqlens errors.
+// (outputs and gradients), int32 offsets, sliding window. Errors: test_bad_inputs.cpp.
 #include <torch/autograd.h>
 
 #include <mhsa/module.h>
@@ -49,10 +49,11 @@ TEST(Packed, ModuleMatchesEachSequenceAlone) {
     const at::Tensor r = torch::randn({219, 16}, torch::kDouble);
     const at::Tensor out = m->forward_packed(x, offsets(lengths), std::nullopt, is_causal);
     const at::Tensor expected = per_sequence(m, x, lengths, is_causal);
-    EXPECT_TRUE(all_close(out, expected, {1e-10, 1e-10})) << "causal " << is_causal;
+    const Tol tol = tolerance(at::kDouble, Kind::kReordered);
+    EXPECT_TRUE(all_close(out, expected, tol)) << "causal " << is_causal;
     const auto grads = gradients(out, x, m, r), grads_ref = gradients(expected, x, m, r);
     for (size_t i = 0; i < grads.size(); ++i) {
-      EXPECT_TRUE(all_close(grads[i], grads_ref[i], {1e-10, 1e-10}))
+      EXPECT_TRUE(all_close(grads[i], grads_ref[i], tol))
           << "gradient " << i << ", causal " << is_causal;
     }
   }
@@ -69,23 +70,6 @@ TEST(Packed, FunctionalInt32OffsetsAndWindow) {
       m->out_proj->bias, 2, /*max_seqlen=*/40, /*dropout_p=*/0.0, /*training=*/true,
       /*is_causal=*/false, window);
   EXPECT_TRUE(all_close(out, per_sequence(m, x, lengths, false, window), tolerance(at::kFloat)));
-}
-
-TEST(Packed, BadCuSeqlens) {
-  mhsa::MultiheadSelfAttention m(mhsa::MultiheadSelfAttentionOptions(8, 2));
-  const at::Tensor x = torch::randn({8, 8});
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 3, 8})),
-                    "expected cu_seqlens to be non-decreasing");
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({1, 5, 8})),
-                    "expected cu_seqlens to start at 0");
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 7})),
-                    "expected cu_seqlens to end at T = 8");
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0.0, 5.0, 8.0})),
-                    "expected cu_seqlens of dtype int32 or int64, got Float");
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 8}).view({1, 3})),
-                    "expected cu_seqlens to be 1-D");
-  EXPECT_ERROR_WITH(m->forward_packed(x, torch::tensor({0, 5, 8}), /*max_seqlen=*/4),
-                    "max_seqlen = 4 but cu_seqlens holds a sequence of length 5");
 }
 
 }  // namespace

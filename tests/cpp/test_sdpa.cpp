@@ -1,7 +1,7 @@
-// mhsa::scaled_dot_product_attention through the C++ API against SDPA's math written with plain
-// ATen ops in float64 (grouped-query attention, causal with L != S both ways, masks, a value dim
-// other than the query's, scale, the sliding window), and its gradients through C++ autograd
-// against the formula's.
+// mhsa::scaled_dot_product_attention through the C++ API against SDPA's math (the suite's
+// attention_core, reference.h) in float64 (grouped-query attention, causal with L != S both ways,
+// masks, a value dim other than the query's, scale, the sliding window), and its gradients through
+// C++ autograd against the formula's.
 #include <torch/autograd.h>
 
 #include <mhsa/ops.h>
@@ -25,18 +25,13 @@ struct SdpaCall {
   std::optional<std::array<int64_t, 2>> window;
 };
 
-// SDPA's math path: each key/value head repeated for its H / H_kv query heads, scaled scores,
-// is_causal top-left aligned (key j visible iff j <= i), the window i - left <= j <= i + right
-// (-1 unbounded), the mask (bool: true = may attend; float: added), softmax with rows that see no
-// key at zero, times value.
+// SDPA's math path through the suite's attention_core (reference.h): each key/value head
+// repeated for its H / H_kv query heads, scaled scores, is_causal top-left aligned (key j visible
+// iff j <= i), the window i - left <= j <= i + right (-1 unbounded), the mask (bool: true = may
+// attend; float: added), softmax with rows that see no key at zero, times value.
 at::Tensor reference_sdpa(const SdpaCall& c) {
-  const at::Tensor& q = c.query;
-  const int64_t H = q.size(-3), L = q.size(-2), E = q.size(-1);
-  const int64_t H_kv = c.key.size(-3), S = c.key.size(-2);
-  const at::Tensor k = c.key.repeat_interleave(H / H_kv, -3);
-  const at::Tensor v = c.value.repeat_interleave(H / H_kv, -3);
-  at::Tensor scores =
-      at::matmul(q, k.transpose(-1, -2)) * c.scale.value_or(1.0 / std::sqrt(double(E)));
+  const int64_t L = c.query.size(-2), S = c.key.size(-2);
+  std::vector<at::Tensor> masks;
   const at::Tensor i = at::arange(L).unsqueeze(1), j = at::arange(S).unsqueeze(0);
   at::Tensor visible = at::ones({L, S}, at::kBool);
   if (c.is_causal) visible = visible.logical_and(j <= i);
@@ -50,14 +45,11 @@ at::Tensor reference_sdpa(const SdpaCall& c) {
     if (m.scalar_type() == at::kBool) {
       visible = visible.logical_and(m);
     } else {
-      scores = scores + m.to(scores.scalar_type());
+      masks.push_back(m);
     }
   }
-  const double neg_inf = -std::numeric_limits<double>::infinity();
-  scores = scores.masked_fill(visible.logical_not(), neg_inf);
-  const at::Tensor empty = at::isneginf(scores).all(-1, /*keepdim=*/true);
-  const at::Tensor probs = at::softmax(scores.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0);
-  return at::matmul(probs, v);
+  masks.push_back(visible.logical_not());
+  return std::get<0>(attention_core(c.query, c.key, c.value, masks, c.scale));
 }
 
 at::Tensor run_mhsa(const SdpaCall& c) {
@@ -166,16 +158,6 @@ TEST_F(Sdpa, FullyMaskedRowsAreZero) {
   const at::Tensor out = run_mhsa(c);
   EXPECT_TRUE(at::equal(out.select(0, 0).select(1, 2), at::zeros({4, 8}, at::kDouble)));
   expect_matches_reference(c);
-}
-
-TEST_F(Sdpa, RefusesHeadsMismatchWithoutEnableGqa) {
-  const SdpaCall c = make_call({2, 8, 5, 16}, /*H_kv=*/2, /*S=*/5, /*Ev=*/16, at::kFloat);
-  EXPECT_ERROR_WITH(mhsa::scaled_dot_product_attention(c.query, c.key, c.value),
-                    "same number of heads", "enable_gqa");
-  EXPECT_ERROR_WITH(mhsa::scaled_dot_product_attention(c.query, c.key, c.value.narrow(2, 0, 4),
-                                                       std::nullopt, 0.0, false, std::nullopt,
-                                                       /*enable_gqa=*/true),
-                    "key and value with the same heads and length");
 }
 
 }  // namespace

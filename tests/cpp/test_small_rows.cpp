@@ -14,6 +14,7 @@
 
 #include "engine/cpu_capability.h"
 #include "engine/small_rows_gemm.h"
+#include "reference.h"
 
 namespace mhsa_test {
 namespace {
@@ -37,6 +38,7 @@ std::vector<std::pair<std::string, SmallRowsGemm>> kernels_this_cpu_runs() {
 TEST(SmallRows, MatchesFloat64SumsOnEveryCopy) {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
+  const mhsa_test::Tol rows_tol = mhsa_test::tolerance(at::kFloat, mhsa_test::Kind::kGemmRows);
   for (const auto& [name, kernel] : kernels_this_cpu_runs()) {
     for (int64_t K : {1, 3, 8, 15, 16, 17, 31, 33, 64, 100, 512, 1027}) {
       for (int64_t M = 1; M <= mhsa::cpu::kSmallRows; ++M) {
@@ -58,7 +60,8 @@ TEST(SmallRows, MatchesFloat64SumsOnEveryCopy) {
               }
               const double want = alpha * sum + (with_bias ? bias[j] : 0.0);
               // fp32 accumulation: a few ulps of the sum of magnitudes.
-              const double tol = 4e-7 * (alpha * magnitude + std::fabs(want) + 1.0);
+              const double tol =
+                  rows_tol.rtol * (alpha * magnitude + std::fabs(want)) + rows_tol.atol;
               ASSERT_NEAR(C[i * ldc + j], want, tol)
                   << name << " M=" << M << " K=" << K << " i=" << i << " j=" << j;
             }

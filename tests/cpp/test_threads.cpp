@@ -148,6 +148,7 @@ TEST(Threads, ConcurrentDropoutCallsAreSelfConsistent) {
   at::manual_seed(7);
   const Args a = make_args({L, N, E}, H, at::kDouble, /*bias=*/true, /*requires_grad=*/false);
   constexpr int kThreads = 4, kRounds = 6;
+  const Tol tol = tolerance(at::kDouble, Kind::kFromWeights);
   std::vector<std::string> errors(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -163,7 +164,9 @@ TEST(Threads, ConcurrentDropoutCallsAreSelfConsistent) {
           const at::Tensor vh = v.reshape({L, N, H, D}).permute({1, 2, 0, 3});  // (N, H, L, D)
           const at::Tensor ctx = at::matmul(w, vh).permute({2, 0, 1, 3}).reshape({L, N, E});
           const at::Tensor expected = at::linear(ctx, a.out_proj_weight, a.out_proj_bias);
-          if (!at::allclose(out, expected, 1e-10, 1e-10)) errors[t] = "output != out_proj(W V)";
+          if (!at::allclose(out, expected, tol.rtol, tol.atol)) {
+            errors[t] = "output != out_proj(W V)";
+          }
           if (!w.eq(0).any().item<bool>()) errors[t] = "dropout dropped nothing";
         }
       } catch (const std::exception& e) {

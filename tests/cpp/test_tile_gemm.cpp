@@ -16,6 +16,7 @@
 
 #include "engine/micro_kernel_probe.h"
 #include "engine/tile_gemm.h"
+#include "reference.h"
 
 namespace mhsa_test {
 namespace {
@@ -59,6 +60,7 @@ void check_shape(const Shape& s, std::mt19937& rng) {
   const std::vector<float> C0 = C;
   tile_gemm(s.ta ? Trans::Yes : Trans::No, s.tb ? Trans::Yes : Trans::No, s.M, s.N, s.K, s.alpha,
             A.data(), lda, B.data(), ldb, s.beta, C.data(), ldc);
+  const mhsa_test::Tol tol = mhsa_test::tolerance(at::kFloat, mhsa_test::Kind::kGemmTiles);
   int bad = 0;
   for (int64_t i = 0; i < s.M && bad < 3; ++i) {
     for (int64_t j = 0; j < ldc; ++j) {
@@ -77,9 +79,8 @@ void check_shape(const Shape& s, std::mt19937& rng) {
       }
       const double c0 = s.beta == 0.f ? 0.0 : static_cast<double>(s.beta) * C0[i * ldc + j];
       const double want = s.alpha * sum + c0;
-      // fp32 accumulation of exact products (16-bit products are exact in fp32): the error
-      // is bounded by K * eps * sum |a b|; 1e-5 of the magnitude allows K up to ~80 chunks.
-      const double bound = 1e-5 * (std::fabs(s.alpha) * magnitude + std::fabs(c0)) + 1e-30;
+      // fp32 accumulation of exact products: the table's bound (reference.h).
+      const double bound = tol.rtol * (std::fabs(s.alpha) * magnitude + std::fabs(c0)) + tol.atol;
       if (std::fabs(got - want) > bound) ++bad;
       EXPECT_LE(std::fabs(got - want), bound)
           << "M=" << s.M << " N=" << s.N << " K=" << s.K << " ta=" << s.ta << " tb=" << s.tb

@@ -47,10 +47,6 @@ at::Tensor first_output(const c10::IValue& result) {
   return result.toTensor();
 }
 
-Tol tolerance_for(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? Tol{1e-9, 1e-10} : Tol{1e-4, 1e-5};
-}
-
 TEST(TorchScript, ScriptedPythonModelReproducesOutputAndGradient) {
   std::string model_path, io_path;
   ASSERT_TRUE(artifact_path("scripted_mhsa.pt", &model_path));
@@ -70,7 +66,7 @@ TEST(TorchScript, ScriptedPythonModelReproducesOutputAndGradient) {
   const at::Tensor x = differentiable ? input.clone().requires_grad_(true) : input;
   const at::Tensor output = first_output(model.forward({x}));
   ASSERT_EQ(output.sizes(), expected.sizes());
-  EXPECT_TRUE(all_close(output, expected, tolerance_for(expected)))
+  EXPECT_TRUE(all_close(output, expected, tolerance(expected.scalar_type())))
       << "C++ output differs from the output recorded in Python";
 
   ASSERT_TRUE(differentiable) << "input of dtype " << input.scalar_type()
@@ -78,7 +74,7 @@ TEST(TorchScript, ScriptedPythonModelReproducesOutputAndGradient) {
   ASSERT_TRUE(output.requires_grad()) << "the scripted model's output does not require grad";
   output.sum().backward();  // like loss.backward(): also fills the model parameters' .grad
   ASSERT_TRUE(x.grad().defined());
-  EXPECT_TRUE(all_close(x.grad(), expected_grad, tolerance_for(expected_grad)))
+  EXPECT_TRUE(all_close(x.grad(), expected_grad, tolerance(expected_grad.scalar_type())))
       << "C++ gradient of output.sum() w.r.t. input differs from grad_input recorded in Python";
 }
 
@@ -154,10 +150,12 @@ TEST(TorchScript, ScriptedCrossAttentionAndSdpaReproduceOutputAndGradients) {
   const at::Tensor expected = io.attr("output").toTensor();
   const at::Tensor output = model.forward({x, memory}).toTensor();
   ASSERT_EQ(output.sizes(), expected.sizes());
-  EXPECT_TRUE(all_close(output, expected, tolerance_for(expected)));
+  EXPECT_TRUE(all_close(output, expected, tolerance(expected.scalar_type())));
   output.sum().backward();
-  EXPECT_TRUE(all_close(x.grad(), io.attr("grad_input").toTensor(), tolerance_for(expected)));
-  EXPECT_TRUE(all_close(memory.grad(), io.attr("grad_memory").toTensor(), tolerance_for(expected)));
+  EXPECT_TRUE(
+      all_close(x.grad(), io.attr("grad_input").toTensor(), tolerance(expected.scalar_type())));
+  EXPECT_TRUE(all_close(memory.grad(), io.attr("grad_memory").toTensor(),
+                        tolerance(expected.scalar_type())));
 }
 
 }  // namespace
