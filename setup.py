@@ -67,7 +67,11 @@ class BuildWithCMake(build_ext):
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         configure = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             "-DMHSA_BUILD_TESTS=OFF",
@@ -82,7 +86,9 @@ class BuildWithCMake(build_ext):
         configure += shlex.split(os.environ.get("MHSA_CMAKE_ARGS", ""))
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(configure, check=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "--target", "mhsa", "-j", jobs], check=True)
+        subprocess.run(
+            ["cmake", "--build", str(build_dir), "--target", "mhsa", "-j", jobs], check=True
+        )
 
         destination = Path(self.get_ext_fullpath(ext.name))
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,12 @@ import torch
 import torch.distributed as dist
 
 import mhsa
-from mhsa.distributed import ContextParallelSelfAttention, all_reduce_gradients, shard_sequence, unshard_sequence
+from mhsa.distributed import (
+    ContextParallelSelfAttention,
+    all_reduce_gradients,
+    shard_sequence,
+    unshard_sequence,
+)
 
 
 def main() -> None:
@@ -47,8 +52,10 @@ def main() -> None:
         out = unshard_sequence(ring(x_local, is_causal=True), load_balance=True)
         reference, _ = attn(x, is_causal=True, need_weights=False)  # one process, full sequence
     if rank == 0:
-        print(f"ring attention on {dist.get_world_size()} ranks vs one process: max difference "
-              f"{(out - reference).abs().max().item():.2e}")
+        print(
+            f"ring attention on {dist.get_world_size()} ranks vs one process: max difference "
+            f"{(out - reference).abs().max().item():.2e}"
+        )
     torch.testing.assert_close(out, reference)
     dist.destroy_process_group()
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Checks that the tree is formatted as scripts/format would leave it, changing nothing: fails
-# (exit 1) on any clang-format difference in the C++ (csrc/, include/, tests/cpp/, examples/),
-# any `ruff format` difference or any `ruff check` finding in the Python (python/, tests/,
-# scripts/), and any csrc/ or include/ file over 500 lines or comment block over 6 lines
-# (scripts/check_comments.py). Prints the differences; `scripts/format` fixes the formatting.
+# (exit 1) on any clang-format difference in any C++ file, any `ruff format` difference or any
+# `ruff check` finding in any Python file (every tracked or new, non-ignored one), and any csrc/
+# or include/ file over 500 lines or comment block over 6 lines (scripts/check_comments.py).
+# Prints the differences; `scripts/format` fixes the formatting.
 #
 #   scripts/check_format.sh            the whole tree
 #   scripts/check_format.sh FILE...    only these files

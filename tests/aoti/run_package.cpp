@@ -34,13 +34,15 @@ int main(int argc, char** argv) {
   mhsa_library_anchor();
   try {
     std::vector<at::Tensor> inputs;
-    for (int i = 3; i < argc; ++i) inputs.push_back(torch::pickle_load(read_file(argv[i])).toTensor());
+    for (int i = 3; i < argc; ++i)
+      inputs.push_back(torch::pickle_load(read_file(argv[i])).toTensor());
     torch::inductor::AOTIModelPackageLoader loader(argv[1]);
     std::vector<at::Tensor> outputs = loader.run(inputs);
     // A tuple pickles as a plain tuple, which torch.load(weights_only=True) accepts.
     const std::vector<c10::IValue> values(outputs.begin(), outputs.end());
     const std::vector<char> bytes = torch::pickle_save(c10::ivalue::Tuple::create(values));
-    std::ofstream(argv[2], std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(argv[2], std::ios::binary)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   } catch (const std::exception& e) {
     std::cerr << "run_package: " << e.what() << "\n";
     return 1;
