@@ -257,20 +257,20 @@ void add_chunk(const T* t, int64_t ldt, int64_t mr, int64_t nr, T alpha, T beta,
 // ISA copy of this file, so the linker would keep one copy, compiled for one ISA (AVX-512 code
 // on an AVX2-only CPU); this type has internal linkage.
 template <typename T>
-struct Buffer {
+struct GrowingBuffer {
   T* data = nullptr;
   int64_t size = 0;
-  Buffer() = default;
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { delete[] data; }
+  GrowingBuffer() = default;
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  ~GrowingBuffer() { delete[] data; }
 };
 
 // Per-thread packing and running-sum storage (one per accumulation type, shared by the input
 // types), grown to the largest block seen, never shrunk.
 template <typename T>
 struct Scratch {
-  Buffer<T> a, b, sums;
+  GrowingBuffer<T> a, b, sums;
 };
 template <typename T>
 Scratch<T>& scratch() {
@@ -278,7 +278,7 @@ Scratch<T>& scratch() {
   return s;
 }
 template <typename T>
-T* sized(Buffer<T>& v, int64_t n) {
+T* sized(GrowingBuffer<T>& v, int64_t n) {
   if (v.size < n) {
     delete[] v.data;
     v.data = nullptr;  // stays valid if new throws
