@@ -35,7 +35,7 @@ export MHSA_TEST_ARTIFACTS
 #   * RelWithDebInfo with -O1 -g1: the optimization ASan recommends (fast enough, exact stack
 #     traces), line tables only (file:line in every report, a fraction of full -g's compile
 #     time); NDEBUG as in release builds, since release behaviour is what is checked.
-#   * The tile GEMMs (csrc/cpu/tile_gemm.cpp) are built as usual, and the GoogleTest suite runs
+#   * The tile GEMMs (csrc/engine/) are built as usual, and the GoogleTest suite runs
 #     twice: with oneDNN's brgemm micro-kernels (their JIT code is not instrumented, but mhsa's
 #     scratch copies, transposes and VNNI packing of the operands are), and with
 #     MHSA_PORTABLE_GEMM=1, the portable loops, which take exactly the same pointers, sizes and
