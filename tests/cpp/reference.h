@@ -71,7 +71,7 @@ inline Args make_args(at::IntArrayRef query_shape, int64_t num_heads, at::Scalar
 
 // The attention step of the reference: mhsa's semantics on heads. q is (..., H, L, D), k and v
 // (..., H_kv, S, D) and (..., H_kv, S, Dv) with H a multiple of H_kv (each key/value head serves
-// H / H_kv query heads). The scores are (q * scale) k^T, scale 1/sqrt(D) by default. Each of
+// H / H_kv query heads). The scores are q k^T times scale, or divided by sqrt(D). Each of
 // `masks`, broadcastable to the scores, applies in turn: bool true = may not attend, float added
 // to the scores. A query row that sees no key gets zero weights and a zero output. `keep`
 // (broadcastable to the weights), if defined, is dropout's keep mask: kept weights are divided
@@ -85,8 +85,9 @@ inline std::tuple<at::Tensor, at::Tensor> attention_core(const at::Tensor& q, co
   const int64_t group = q.size(-3) / k.size(-3);
   const at::Tensor kk = group > 1 ? k.repeat_interleave(group, -3) : k;
   const at::Tensor vv = group > 1 ? v.repeat_interleave(group, -3) : v;
-  const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  at::Tensor scores = at::matmul(q * s, kk.transpose(-1, -2));
+  const at::Tensor products = at::matmul(q, kk.transpose(-1, -2));
+  at::Tensor scores =
+      scale ? products * *scale : products / std::sqrt(static_cast<double>(q.size(-1)));
   const double neg_inf = -std::numeric_limits<double>::infinity();
   for (const at::Tensor& m : masks) {
     scores = m.scalar_type() == at::kBool ? scores.masked_fill(m, neg_inf)
@@ -113,30 +114,30 @@ inline std::tuple<at::Tensor, at::Tensor> reference_mhsa(const Args& a, const at
   if (a.batch_first && !unbatched) x = x.transpose(0, 1);     // -> (L, N, E)
   const int64_t L = x.size(0), N = x.size(1), E = x.size(2), H = a.num_heads, D = E / H;
 
-  // In-projection, then heads: (L, N, E) -> (L, N, H, D) -> (N, H, L, D).
+  // In-projection, then heads: (L, N, E) -> (L, N*H, D) -> (N*H, L, D); row b = n * H + h.
   const at::Tensor qkv = at::linear(x, a.in_proj_weight, a.in_proj_bias);
   const auto chunks = qkv.chunk(3, -1);
-  auto heads = [&](const at::Tensor& t) { return t.reshape({L, N, H, D}).permute({1, 2, 0, 3}); };
+  auto heads = [&](const at::Tensor& t) { return t.reshape({L, N * H, D}).transpose(0, 1); };
 
   std::vector<at::Tensor> masks;
-  if (a.attn_mask) {
-    const at::Tensor& m = *a.attn_mask;  // (L, L) or (N*H, L, L)
-    masks.push_back(m.dim() == 2 ? m : m.reshape({N, H, L, L}));
+  if (a.attn_mask) masks.push_back(*a.attn_mask);  // (L, L) or (N*H, L, L)
+  if (a.key_padding_mask) {
+    const at::Tensor m = *a.key_padding_mask;  // (N, L) or (L) unbatched
+    masks.push_back(m.reshape({N, 1, 1, L}).expand({N, H, 1, L}).reshape({N * H, 1, L}));
   }
-  if (a.key_padding_mask) masks.push_back(a.key_padding_mask->reshape({N, 1, 1, L}));  // (N, L)
   if (a.is_causal) masks.push_back(at::ones({L, L}, at::kBool).triu(1));
-  const at::Tensor keep4 = keep.defined() && unbatched ? keep.unsqueeze(0) : keep;
+  const at::Tensor keep3 = keep.defined() ? keep.reshape({N * H, L, L}) : keep;
   auto [context, probs] = attention_core(heads(chunks[0]), heads(chunks[1]), heads(chunks[2]),
-                                         masks, std::nullopt, keep4, dropout_p);  // (N, H, L, *)
+                                         masks, std::nullopt, keep3, dropout_p);  // (N*H, L, *)
 
-  at::Tensor out = at::linear(context.permute({2, 0, 1, 3}).reshape({L, N, E}), a.out_proj_weight,
+  at::Tensor out = at::linear(context.transpose(0, 1).reshape({L, N, E}), a.out_proj_weight,
                               a.out_proj_bias);  // (L, N, E)
   if (a.batch_first && !unbatched) out = out.transpose(0, 1);
   if (unbatched) out = out.squeeze(1);
 
   at::Tensor weights;
   if (a.need_weights) {
-    weights = probs;
+    weights = probs.view({N, H, L, L});
     if (a.average_attn_weights) weights = weights.mean(1);
     if (unbatched) weights = weights.squeeze(0);
   }

@@ -49,7 +49,8 @@ at::Tensor reference_sdpa(const SdpaCall& c) {
     }
   }
   masks.push_back(visible.logical_not());
-  return std::get<0>(attention_core(c.query, c.key, c.value, masks, c.scale));
+  const double scale = c.scale.value_or(1.0 / std::sqrt(static_cast<double>(c.query.size(-1))));
+  return std::get<0>(attention_core(c.query, c.key, c.value, masks, scale));
 }
 
 at::Tensor run_mhsa(const SdpaCall& c) {

@@ -731,26 +731,33 @@ def attention_core(
     *,
     masks: Sequence[Tensor] = (),
     scale: Optional[float] = None,
+    scale_query_first: bool = False,
     keep: Optional[Tensor] = None,
     dropout_p: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The attention of mhsa's semantics on heads, in plain autograd ops, in q's dtype (give it
-    float64; test_saturated also runs it in float32 as nn's own arithmetic).
+    float64; test_saturated and test_sdpa also run it in float32 as a baseline).
 
     q is (..., H, L, D), k and v (..., H_kv, S, D) and (..., H_kv, S, Dv), H a multiple of H_kv
-    (grouped-query: each key/value head serves H / H_kv query heads). The scores are
-    (q * scale) k^T, scale 1/sqrt(D) by default (q scaled first, as nn's math path does). Each of
-    `masks`, broadcastable to (..., H, L, S), is applied in turn: bool True = may not attend,
-    float added to the scores. A query row that sees no key gets zero weights and a zero output.
-    keep, broadcastable to the weights, is dropout's keep mask: kept weights are divided by
-    1 - dropout_p. Returns (output, weights after dropout, log-sum-exp of the masked scores).
+    (grouped-query: each key/value head serves H / H_kv query heads). The scores are q k^T
+    divided by sqrt(D), or times `scale`; scale_query_first scales q before the product instead
+    (nn.MultiheadAttention's math path, whose float32 arithmetic test_saturated's baseline is).
+    Each of `masks`, broadcastable to (..., H, L, S), applies in turn: bool True = may not
+    attend, float added to the scores. A query row that sees no key gets zero weights and a zero
+    output. keep, broadcastable to the weights, is dropout's keep mask: kept weights are divided
+    by 1 - dropout_p. Returns (output, weights after dropout, log-sum-exp of the masked scores).
     """
     group = q.shape[-3] // k.shape[-3]
     if group > 1:
         k = k.repeat_interleave(group, dim=-3)
         v = v.repeat_interleave(group, dim=-3)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q * scale) @ k.transpose(-1, -2)
+    kt = k.transpose(-1, -2)
+    if scale_query_first:
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)) @ kt
+    elif scale is None:
+        scores = (q @ kt) / math.sqrt(q.shape[-1])
+    else:
+        scores = (q @ kt) * scale
     for m in masks:
         scores = scores.masked_fill(m, -math.inf) if m.dtype == torch.bool else scores + m
     lse = scores.logsumexp(-1)
@@ -779,6 +786,7 @@ def reference_attention(
     rows: Optional[List[int]] = None,
     dropout_keep: Optional[Tensor] = None,
     dropout_p: float = 0.0,
+    scale_query_first: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """mhsa's semantics in plain autograd ops, in x's dtype (give it float64): the projections
     around attention_core.
@@ -791,22 +799,22 @@ def reference_attention(
     is then (R, N, E) whatever batch_first ((R, E) unbatched) and the weights (N, [H,] R, L), so a
     few rows of a very long sequence can be checked without an L x L matrix. dropout_keep
     (N, H, L, L), True where kept (read off mhsa's per-head weights), applies dropout with
-    probability dropout_p. Returns (output, weights), the weights (after dropout) averaged over
-    heads if average_attn_weights.
+    probability dropout_p. scale_query_first: see attention_core. Returns (output, weights), the
+    weights (after dropout) averaged over heads if average_attn_weights.
     """
     unbatched = x.dim() == 2
-    xx = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if batch_first else x)
-    L, N, E = xx.shape
+    xx = x.unsqueeze(0) if unbatched else (x if batch_first else x.transpose(0, 1))
+    N, L, E = xx.shape
     H = num_heads
     H_kv = H if num_kv_heads is None else num_kv_heads
     D = E // H
     query_rows = torch.arange(L) if rows is None else torch.tensor(rows, dtype=torch.long)
     R = len(query_rows)
-    qkv = F.linear(xx, in_proj_weight, in_proj_bias)
+    qkv = F.linear(xx, in_proj_weight, in_proj_bias)  # (N, L, (H + 2 H_kv) D)
     q, k, v = qkv.split([H * D, H_kv * D, H_kv * D], -1)
 
-    def heads(t: Tensor, h: int) -> Tensor:  # (rows, N, h * D) -> (N, h, rows, D)
-        return t.reshape(t.shape[0], N, h, D).permute(1, 2, 0, 3)
+    def heads(t: Tensor, h: int) -> Tensor:  # (N, rows, h * D) -> (N, h, rows, D)
+        return t.reshape(N, t.shape[1], h, D).transpose(1, 2)
 
     masks = []
     if attn_mask is not None:
@@ -820,18 +828,19 @@ def reference_attention(
     masks.append(blocked)
     keep = None if dropout_keep is None else dropout_keep[..., query_rows, :]
     ctx, weights, _ = attention_core(
-        heads(q[query_rows], H),
+        heads(q if rows is None else q[:, query_rows], H),
         heads(k, H_kv),
         heads(v, H_kv),
         masks=masks,
+        scale_query_first=scale_query_first,
         keep=keep,
         dropout_p=dropout_p,
     )
-    out = F.linear(ctx.permute(2, 0, 1, 3).reshape(R, N, E), out_proj_weight, out_proj_bias)
+    out = F.linear(ctx.transpose(1, 2).reshape(N, R, E), out_proj_weight, out_proj_bias)
     if average_attn_weights:
         weights = weights.mean(1)
     if unbatched:
-        return out.squeeze(1), weights.squeeze(0)
-    if batch_first and rows is None:
+        return out.squeeze(0), weights.squeeze(0)
+    if not batch_first or rows is not None:
         out = out.transpose(0, 1)
     return out, weights

@@ -213,6 +213,7 @@ def math_path(
         dropout_keep=keep,
         dropout_p=p,
         average_attn_weights=False,
+        scale_query_first=True,
     )[0]
 
 

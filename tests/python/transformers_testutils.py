@@ -146,7 +146,8 @@ def _exact_eager_attention(
     mask into -inf and gives NaN, which then reaches every position."""
     assert dropout == 0.0, "the reference has no dropout"
     masks = [] if attention_mask is None else [attention_mask]
-    out, weights, _ = attention_core(query, key, value, masks=masks, scale=scaling)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    out, weights, _ = attention_core(query, key, value, masks=masks, scale=scale)
     return out.transpose(1, 2).contiguous(), weights
 
 
