@@ -3,7 +3,7 @@ float32. The forward is easy; the backward is where a fused kernel can lose prec
 recomputes the probabilities and uses Dsum = rowsum(dO * O) instead of sum(P * dP), so any
 difference between the scores or dot products of forward and backward turns into a softmax
 gradient that should be zero and is not, and the large queries and keys of such rows amplify it
-(see dot_tile in csrc/cpu/attention_tile.h and DropoutParams in csrc/cpu/attention_args.h).
+(see dot_tile in csrc/engine/dot_tile.h and DropoutParams in csrc/engine/attention_geometry.h).
 
 The bar (issue #9): mhsa's float32 gradients are within 4x of nn.MultiheadAttention's own
 float32 error, both measured against a float64 reference, norm-wise. With dropout, nn cannot be

@@ -4,7 +4,7 @@ equivalent dense boolean masks: outputs, weights and every gradient.
 window_size = (left, right): query i sees key j only if i - left <= j <= i + right (-1 leaves a
 side unbounded), combined with is_causal, attn_mask, key_padding_mask, dropout and need_weights
 as a conjunction. Key tiles outside the band, and key tiles made only of masked padding keys at
-the end of a sequence, are never computed (csrc/cpu/attention_tile.h, visible_key_range).
+the end of a sequence, are never computed (csrc/engine/masks.h, visible_key_range).
 """
 
 from __future__ import annotations
