@@ -325,3 +325,67 @@ def test_opcheck_scaled_dot_product_attention(sample, requires_grad):
         opts.get("window"),
     )
     opcheck(torch.ops.mhsa.scaled_dot_product_attention.default, args, test_utils=ALL_TESTS)
+
+
+# id -> (nn.MultiheadAttention constructor arguments, need_weights) of multi_head_attention,
+# cross-attention with 5 queries over 7 keys, a bool attn_mask and a key padding mask
+MHA_SAMPLES = {
+    "packed_projection": (dict(), True),
+    "kdim_vdim": (dict(kdim=6, vdim=10), False),
+    "bias_kv_zero_attn": (dict(add_bias_kv=True, add_zero_attn=True), True),
+}
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("sample", list(MHA_SAMPLES))
+def test_opcheck_multi_head_attention(sample, requires_grad):
+    ctor, need_weights = MHA_SAMPLES[sample]
+    torch.manual_seed(0)
+    module = mhsa.MultiheadAttention(8, 2, dtype=torch.float64, **ctor)
+    q = _tensor((5, 2, 8), torch.float64, 1).requires_grad_(requires_grad)
+    k = _tensor((7, 2, module.kdim), torch.float64, 2).requires_grad_(requires_grad)
+    v = _tensor((7, 2, module.vdim), torch.float64, 3).requires_grad_(requires_grad)
+    attn_mask = torch.rand(5, 7, generator=torch.Generator().manual_seed(4)) < 0.3
+    attn_mask[:, 0] = False
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[1, 5:] = True
+    params = {
+        name: (None if p is None else p.detach().requires_grad_(requires_grad))
+        for name, p in (
+            ("in_proj_weight", module.in_proj_weight),
+            ("in_proj_bias", module.in_proj_bias),
+            ("q_proj_weight", module.q_proj_weight),
+            ("k_proj_weight", module.k_proj_weight),
+            ("v_proj_weight", module.v_proj_weight),
+            ("bias_k", module.bias_k),
+            ("bias_v", module.bias_v),
+            ("out_proj_weight", module.out_proj.weight),
+            ("out_proj_bias", module.out_proj.bias),
+        )
+    }
+    args = (
+        q,
+        k,
+        v,
+        2,
+        params["in_proj_weight"],
+        params["in_proj_bias"],
+        params["q_proj_weight"],
+        params["k_proj_weight"],
+        params["v_proj_weight"],
+        params["bias_k"],
+        params["bias_v"],
+        module.add_zero_attn,
+        params["out_proj_weight"],
+        params["out_proj_bias"],
+        0.0,
+        True,
+        False,
+        kpm,
+        need_weights,
+        attn_mask,
+        True,
+        False,
+        [-1, -1],
+    )
+    opcheck(torch.ops.mhsa.multi_head_attention.default, args, test_utils=ALL_TESTS)
