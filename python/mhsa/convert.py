@@ -86,24 +86,19 @@ def _is_self_attention(parent: Optional[nn.Module], child_name: str, module: nn.
 
 def _share_general(module: nn.MultiheadAttention) -> MultiheadAttention:
     """A MultiheadAttention holding the very same Parameter objects (and out_proj) as ``module``."""
-    converted = MultiheadAttention(
-        module.embed_dim,
-        module.num_heads,
-        dropout=module.dropout,
-        bias=module.in_proj_bias is not None,
-        add_bias_kv=module.bias_k is not None,
-        add_zero_attn=module.add_zero_attn,
-        kdim=module.kdim,
-        vdim=module.vdim,
-        batch_first=module.batch_first,
-        device="meta",  # placeholders only; replaced by module's own parameters below
-    )
+    # Placeholders on the meta device, replaced by module's own parameters below.
+    converted = MultiheadAttention.shaped_like(module, device=torch.device("meta"))
     for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
         setattr(converted, name, getattr(module, name))
     converted.in_proj_bias = module.in_proj_bias
     converted.bias_k = module.bias_k
     converted.bias_v = module.bias_v
     converted.out_proj = module.out_proj
+    return _take_hooks_and_mode(module, converted)
+
+
+def _take_hooks_and_mode(module: nn.MultiheadAttention, converted: ModuleT) -> ModuleT:
+    """Moves ``module``'s forward hooks and training mode to its replacement ``converted``."""
     for table in _FORWARD_HOOK_TABLES:
         if hasattr(module, table) and hasattr(converted, table):
             setattr(converted, table, getattr(module, table))
@@ -124,11 +119,7 @@ def _share(module: nn.MultiheadAttention) -> MultiheadSelfAttention:
     converted.in_proj_weight = module.in_proj_weight
     converted.in_proj_bias = module.in_proj_bias
     converted.out_proj = module.out_proj
-    for table in _FORWARD_HOOK_TABLES:
-        if hasattr(module, table) and hasattr(converted, table):
-            setattr(converted, table, getattr(module, table))
-    converted.train(module.training)
-    return converted
+    return _take_hooks_and_mode(module, converted)
 
 
 def _keep_attention_on_the_module_path(model: nn.Module) -> None:

@@ -14,6 +14,19 @@ from . import functional
 from .kv_cache import KVCache, empty_kv_cache
 
 
+def check_head_arguments(embed_dim: int, num_heads: int, dropout: float) -> None:
+    """The constructor checks the mhsa modules share with nn.MultiheadAttention (ValueError)."""
+    if embed_dim <= 0 or num_heads <= 0:
+        raise ValueError(
+            f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
+            f"and num_heads={num_heads} instead"
+        )
+    if embed_dim % num_heads != 0:
+        raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+
+
 class MultiheadSelfAttention(nn.Module):
     """Multi-head self-attention computed by mhsa's C++ operator.
 
@@ -61,15 +74,7 @@ class MultiheadSelfAttention(nn.Module):
         num_kv_heads: Optional[int] = None,
     ) -> None:
         """Creates the parameters, initialized as nn.MultiheadAttention does (see the class)."""
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(
-                f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
-                f"and num_heads={num_heads} instead"
-            )
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        check_head_arguments(embed_dim, num_heads, dropout)
         kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         if kv_heads <= 0 or num_heads % kv_heads != 0:
             raise ValueError(

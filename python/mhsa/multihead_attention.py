@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
+from .modules import check_head_arguments
+
 
 class MultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` computed by mhsa's C++ operators: self- and cross-attention.
@@ -44,15 +46,7 @@ class MultiheadAttention(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         """Creates the parameters, initialized as nn.MultiheadAttention does."""
-        if embed_dim <= 0 or num_heads <= 0:
-            raise ValueError(
-                f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
-                f"and num_heads={num_heads} instead"
-            )
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        check_head_arguments(embed_dim, num_heads, dropout)
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.embed_dim = embed_dim
@@ -177,7 +171,20 @@ class MultiheadAttention(nn.Module):
         if not isinstance(module, nn.MultiheadAttention):
             raise TypeError(f"expected an nn.MultiheadAttention, got {type(module).__name__}")
         weight = module.out_proj.weight
-        converted = cls(
+        converted = cls.shaped_like(module, device=weight.device, dtype=weight.dtype)
+        converted.load_state_dict(module.state_dict())
+        converted.train(module.training)
+        return converted
+
+    @classmethod
+    def shaped_like(
+        cls,
+        module: nn.MultiheadAttention,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> "MultiheadAttention":
+        """A freshly initialized mhsa module with ``module``'s constructor arguments."""
+        return cls(
             module.embed_dim,
             module.num_heads,
             dropout=module.dropout,
@@ -187,12 +194,9 @@ class MultiheadAttention(nn.Module):
             kdim=module.kdim,
             vdim=module.vdim,
             batch_first=module.batch_first,
-            device=weight.device,
-            dtype=weight.dtype,
+            device=device,
+            dtype=dtype,
         )
-        converted.load_state_dict(module.state_dict())
-        converted.train(module.training)
-        return converted
 
     def extra_repr(self) -> str:
         return (
