@@ -11,7 +11,7 @@
 #include <mhsa/ops.h>
 
 #include "checks/checks.h"
-#include "nn_masks.h"
+#include "projected_attention.h"
 
 namespace mhsa {
 namespace {
@@ -81,11 +81,6 @@ Projected project(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
   return {at::linear(q_in, *q_proj_weight, bias_part(bias, 0, E)),
           at::linear(k_in, *k_proj_weight, bias_part(bias, 1, E)),
           at::linear(v_in, *v_proj_weight, bias_part(bias, 2, E))};
-}
-
-// (batch, length, E) -> (batch, H, length, E / H), a view (heads read in place).
-at::Tensor split_heads(const at::Tensor& t, int64_t H) {
-  return t.unflatten(-1, {H, -1}).transpose(1, 2);
 }
 
 std::tuple<at::Tensor, at::Tensor> multi_head_attention_composite(
@@ -158,18 +153,9 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention_composite(
     mask = pad_key_column(mask);
     kpm = pad_key_column(kpm);
   }
-  mask = nn_attn_mask_for_block(kOp, mask, N, num_heads, q.sym_size(2), k.sym_size(2));
-  internal::BlockOptions options;
-  options.dropout_p = training ? dropout_p : 0.0;
-  options.is_causal = is_causal;
-  check_window_size(kOp, window_size);
-  options.window_size = {window_size[0], window_size[1]};
-  options.key_padding_mask = kpm;
-  auto [context, weights, lse, rng_state] = internal::attention_block_forward(
-      q, k, v, mask, options, need_weights, average_attn_weights, std::nullopt);
-  // (N, H, L, D) heads-last memory: back to (N, L, E) without a copy.
-  at::Tensor output =
-      at::linear(context.transpose(1, 2).flatten(2), out_proj_weight, out_proj_bias);
+  auto [output, weights] = attend_and_project(kOp, q, k, v, mask, kpm, training ? dropout_p : 0.0,
+                                              is_causal, window_size, need_weights,
+                                              average_attn_weights, out_proj_weight, out_proj_bias);
   if (unbatched) {
     output = output.squeeze(0);
     if (need_weights) weights = weights.squeeze(0);

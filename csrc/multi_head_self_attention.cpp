@@ -13,7 +13,7 @@
 
 #include "checks/checks.h"
 #include "mha_op_entry.h"
-#include "nn_masks.h"
+#include "projected_attention.h"
 
 namespace mhsa {
 
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> grouped_query_self_attention(
     const std::optional<at::Tensor>& attn_mask, bool average_attn_weights, bool is_causal,
     c10::IntArrayRef window_size) {
   const char* op = "multi_head_self_attention";
-  const c10::SymInt E = x.sym_size(2), N = x.sym_size(0), L = x.sym_size(1);
+  const c10::SymInt E = x.sym_size(2);
   TORCH_CHECK(H > 0 && E % H == 0, op, ": embed_dim ", E, " must be divisible by num_heads ", H);
   TORCH_CHECK(H_kv > 0 && H % H_kv == 0, op, ": num_kv_heads (", H_kv,
               ") must be positive and divide num_heads (", H, ")");
@@ -71,22 +71,10 @@ std::tuple<at::Tensor, at::Tensor> grouped_query_self_attention(
   check_shape(op, "out_proj_weight", out_proj_weight, {E, E});
   const auto qkv = at::linear(x, in_proj_weight, in_proj_bias)
                        .split_with_sizes_symint({D * H, D * H_kv, D * H_kv}, -1);
-  auto heads = [](const at::Tensor& t, int64_t count) {
-    return t.unflatten(-1, {count, -1}).transpose(1, 2);
-  };
-  internal::BlockOptions options;
-  options.dropout_p = dropout_p;
-  options.is_causal = is_causal;
-  check_window_size(op, window_size);
-  options.window_size = {window_size[0], window_size[1]};
-  options.key_padding_mask = key_padding_mask;
-  auto [context, weights, lse, rng_state] =
-      internal::attention_block_forward(heads(qkv[0], H), heads(qkv[1], H_kv), heads(qkv[2], H_kv),
-                                        nn_attn_mask_for_block(op, attn_mask, N, H, L, L), options,
-                                        need_weights, average_attn_weights);
-  const at::Tensor output =
-      at::linear(context.transpose(1, 2).flatten(2), out_proj_weight, out_proj_bias);
-  return {output, weights};
+  return attend_and_project(op, split_heads(qkv[0], H), split_heads(qkv[1], H_kv),
+                            split_heads(qkv[2], H_kv), attn_mask, key_padding_mask, dropout_p,
+                            is_causal, window_size, need_weights, average_attn_weights,
+                            out_proj_weight, out_proj_bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> multi_head_self_attention_composite(
