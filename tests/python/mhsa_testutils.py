@@ -844,3 +844,19 @@ def reference_attention(
     if not batch_first or rows is not None:
         out = out.transpose(0, 1)
     return out, weights
+
+
+def decode_op_args(module: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
+    """The arguments of torch.ops.mhsa.decode_step for ``module``, tokens ``x`` and ``cache``."""
+    return (
+        x,
+        module.in_proj_weight,
+        module.in_proj_bias,
+        module.out_proj.weight,
+        module.out_proj.bias,
+        module.num_heads,
+        module.batch_first,
+        cache.key,
+        cache.value,
+        cache.length,
+    )

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.library import opcheck
 
 import mhsa
-from mhsa_testutils import assert_close, make_pair
+from mhsa_testutils import assert_close, decode_op_args, make_pair
 
 E, H = 16, 4
 
@@ -162,27 +162,12 @@ def test_decode_ignores_autocast():
         assert_close(a, e, torch.float32, "bitwise", "under autocast")
 
 
-def _op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
-    return (
-        x,
-        mod.in_proj_weight,
-        mod.in_proj_bias,
-        mod.out_proj.weight,
-        mod.out_proj.bias,
-        H,
-        mod.batch_first,
-        cache.key,
-        cache.value,
-        cache.length,
-    )
-
-
 def test_functional_form_and_schema():
     mod = _module(torch.float32, False, True)
     x = _tokens(2, 3, torch.float32, False, seed=11)
     cache = mod.new_kv_cache(2, 8)
     with torch.no_grad():
-        out = mhsa.functional.decode_step(*_op_args(mod, x, cache))
+        out = mhsa.functional.decode_step(*decode_op_args(mod, x, cache))
     assert_close(out, _full_causal(mod, x), torch.float32, "reordered", "functional")
     schema = str(torch.ops.mhsa.decode_step.default._schema)
     for mutated in ("Tensor(a!) key_cache", "Tensor(b!) value_cache", "Tensor(c!) cache_length"):
@@ -210,7 +195,7 @@ def test_opcheck_decode_step(sample):
     new = _span(x, opts["cached"], opts["cached"] + opts["T"], opts["batch_first"])
     opcheck(
         torch.ops.mhsa.decode_step.default,
-        _op_args(mod, new, cache),
+        decode_op_args(mod, new, cache),
         test_utils=(
             "test_schema",
             "test_autograd_registration",

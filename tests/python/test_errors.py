@@ -14,7 +14,7 @@ from torch import Tensor
 
 import mhsa
 from mhsa import functional as F
-from mhsa_testutils import assert_close, make_pair, randomize_
+from mhsa_testutils import assert_close, decode_op_args, make_pair, randomize_
 
 E, H, L, N = 16, 4, 5, 2
 
@@ -358,21 +358,6 @@ def _decode_tokens(N: int, L: int, seed: int) -> Tensor:
     return torch.randn(N, L, E, generator=g, dtype=torch.float64)
 
 
-def _decode_op_args(mod: mhsa.MultiheadSelfAttention, x: Tensor, cache: mhsa.KVCache) -> tuple:
-    return (
-        x,
-        mod.in_proj_weight,
-        mod.in_proj_bias,
-        mod.out_proj.weight,
-        mod.out_proj.bias,
-        H,
-        mod.batch_first,
-        cache.key,
-        cache.value,
-        cache.length,
-    )
-
-
 def test_decode_errors():
     mod = _decode_module()
     x = _decode_tokens(2, 6, seed=10)
@@ -423,9 +408,9 @@ def test_decode_errors():
     with pytest.raises(
         RuntimeError, match=r"in_proj_weight requires grad, but KV-cache decoding is inference only"
     ):
-        torch.ops.mhsa.decode_step(*_decode_op_args(mod, x[:, :1], cache))
+        torch.ops.mhsa.decode_step(*decode_op_args(mod, x[:, :1], cache))
     with torch.no_grad():
-        bad = _decode_op_args(mod, x[:, :1], cache)
+        bad = decode_op_args(mod, x[:, :1], cache)
         with pytest.raises(RuntimeError, match=r"cache_length to be an int64 tensor of shape \(\)"):
             torch.ops.mhsa.decode_step(*bad[:9], cache.length.view(1))
         with pytest.raises(RuntimeError, match=r"expected a contiguous key_cache"):
