@@ -30,44 +30,32 @@ def cache_argument() -> str:
 # attention in a tiny model).
 INIT_STD = 0.3
 
+# The sizes every tiny decoder config shares (4 query heads over 2 key/value heads).
+TINY_DECODER = dict(
+    vocab_size=61,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=INIT_STD,
+    tie_word_embeddings=False,
+)
+
 
 def tiny_llama_config(**overrides):
     """Llama with grouped-query attention: 4 query heads share 2 key/value heads."""
     from transformers import LlamaConfig
 
-    settings = dict(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=INIT_STD,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
-    return LlamaConfig(**settings)
+    return LlamaConfig(**{**TINY_DECODER, **overrides})
 
 
 def tiny_mistral_config(sliding_window: Optional[int], **overrides):
     """Mistral (every layer sliding-window attention) with grouped-query attention."""
     from transformers import MistralConfig
 
-    settings = dict(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=INIT_STD,
-        sliding_window=sliding_window,
-        tie_word_embeddings=False,
-    )
-    settings.update(overrides)
-    return MistralConfig(**settings)
+    return MistralConfig(**{**TINY_DECODER, "sliding_window": sliding_window, **overrides})
 
 
 def tiny_bert_config(**overrides):
