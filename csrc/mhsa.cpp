@@ -11,6 +11,7 @@
 #include "cpu/weight_cache.h"
 #include "engine/cpu_capability.h"
 #include "engine/micro_kernel_probe.h"
+#include "engine/tile_gemm.h"
 #include "engine/tile_rate.h"
 
 extern "C" C10_EXPORT int64_t mhsa_library_anchor() {
@@ -94,6 +95,9 @@ TORCH_LIBRARY(mhsa, m) {
     info += mhsa::cpu::half_native_compute() ? " float16=native" : " float16=fp32-compute";
     info += " gemm=";
     info += mhsa::cpu::tile_gemm_backend();
+    // float32 scores and dP on the tile GEMM where it sums as one fused chain, else dot_tile.
+    info += mhsa::cpu::tile_gemm_f32_chain_order() ? " float32-scores=tile-gemm"
+                                                   : " float32-scores=dot-chain";
     // Never silently slow: why the loops run, and which promised micro-kernel failed its probe.
     const std::string loops_reason = mhsa::cpu::tile_gemm_loops_reason();
     if (!loops_reason.empty()) info += " (" + loops_reason + ")";

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -130,6 +131,43 @@ std::string probe_f32() {
   });
 }
 
+// Whether the float32 micro-kernel sums each element as one fused multiply-add chain over k
+// from zero, whatever the tile shape: random values at the attention's tile shapes, bitwise
+// against that chain. Scores and dP may then run on it (their bits must not depend on the tile
+// shape: score_tile.h); "" when so, else where it differed.
+std::string probe_f32_chain() {
+  constexpr ProbeShape kShapes[] = {
+      {64, 64, 64}, {13, 80, 64}, {30, 96, 128}, {7, 33, 80}, {3, 17, 5}};
+  uint32_t state = 2463534242u;
+  auto next = [&state] {
+    state ^= state << 13, state ^= state >> 17, state ^= state << 5;
+    return static_cast<float>(state >> 8) / 8388608.0f - 1.0f;  // in [-1, 1)
+  };
+  std::string where;
+  try {
+    for (const ProbeShape& sh : kShapes) {
+      where = shape_text(sh.M, sh.N, sh.K, "A, B");
+      std::vector<float> a(sh.M * sh.K), b(sh.K * sh.N), c(sh.M * sh.N, 1.0f);
+      for (float& v : a) v = next();
+      for (float& v : b) v = next();
+      injected_probe_failure("float32-chain");
+      brgemm_f32(Trans::No, Trans::No, sh.M, sh.N, sh.K, 1.0f, a.data(), sh.K, b.data(), sh.N, 0.0f,
+                 c.data(), sh.N);
+      for (int64_t i = 0; i < sh.M; ++i)
+        for (int64_t j = 0; j < sh.N; ++j) {
+          float chain = 0.0f;
+          for (int64_t k = 0; k < sh.K; ++k)
+            chain = __builtin_fmaf(a[i * sh.K + k], b[k * sh.N + j], chain);
+          if (std::memcmp(&chain, &c[i * sh.N + j], sizeof(float)) != 0)
+            return "float32 products are not one fused chain in k order at " + where;
+        }
+    }
+  } catch (const std::exception& e) {
+    return "float32 chain probe failed at " + where + ": " + e.what();
+  }
+  return "";
+}
+
 // The 16-bit products through this file's micro-kernel path in one B layout, and the
 // score-block packing (B given as rows, even K, one block of columns).
 template <typename half_t>
@@ -237,6 +275,11 @@ Support detect_support() {
   const bool avx512_core = MHSA_CPU_HAS("avx512f") && MHSA_CPU_HAS("avx512bw") &&
                            MHSA_CPU_HAS("avx512vl") && MHSA_CPU_HAS("avx512dq") &&
                            cap == IsaCap::Avx512Core;
+  if (s.f32) {
+    const std::string chain_failure = probe_f32_chain();
+    s.f32_chain = chain_failure.empty();
+    if (!s.f32_chain) add_failure(s.failures, "float32 scores", chain_failure, "the dot chain");
+  }
   s.f32_avx512 = s.f32 && avx512_core;
   if (!avx512_core) return s;
   const char* fallback = s.f32 ? "the float32 micro-kernel" : "the portable loops";
@@ -372,6 +415,14 @@ void warn_if_tile_engine_degraded() {
 std::string probe_micro_kernel_f32() {
 #ifdef MHSA_USE_BRGEMM
   return probe_f32();
+#else
+  return "this build has no micro-kernels";
+#endif
+}
+
+std::string probe_micro_kernel_f32_chain() {
+#ifdef MHSA_USE_BRGEMM
+  return probe_f32_chain();
 #else
   return "this build has no micro-kernels";
 #endif

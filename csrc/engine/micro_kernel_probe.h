@@ -33,6 +33,9 @@ void warn_if_tile_engine_degraded();
 // micro-kernel, or a 16-bit one in `layout` ("" when right, else what failed). `pack`, when
 // given, stands in for cpublas::pack on this thread during the probe (test_packed_layout.cpp).
 std::string probe_micro_kernel_f32();
+// Random float32 products at attention tile shapes, bitwise against one fused multiply-add
+// chain per element in k order (what scores and dP on the micro-kernel need).
+std::string probe_micro_kernel_f32_chain();
 std::string probe_micro_kernel16(c10::ScalarType dtype, Layout16 layout,
                                  PackFunction pack = nullptr);
 
@@ -42,6 +45,7 @@ std::string probe_micro_kernel16(c10::ScalarType dtype, Layout16 layout,
 struct Support {
   bool f32 = false;                       // float32 micro-kernel
   bool f32_avx512 = false;                // ... oneDNN's AVX-512 one
+  bool f32_chain = false;                 // ... summing each element as one fused chain in k order
   bool bf16 = false;                      // bfloat16 micro-kernel ...
   Layout16 bf16_layout = Layout16::Vnni;  // ... and its B layout
   bool f16 = false;                       // float16 micro-kernel (AVX512-FP16, AMX-FP16) ...

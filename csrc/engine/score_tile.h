@@ -1,6 +1,7 @@
 #pragma once
-// Score tiles S = scale * Q_i K_j^T + masks, per instruction set: from dot_tile's chain, or for
-// 16-bit inputs whose micro-kernel runs from the fixed grid of score blocks (score_blocks.h).
+// Score tiles S = scale * Q_i K_j^T + masks, per instruction set: float32 on the tile GEMM where
+// it sums as dot_tile's chain does, 16-bit inputs whose micro-kernel runs from the fixed grid of
+// score blocks (score_blocks.h), and the rest from dot_tile's chain.
 #include "engine/per_isa.h"
 
 #include <c10/core/ScalarType.h>
@@ -12,6 +13,8 @@
 #include "engine/dot_tile.h"
 #include "engine/masks.h"
 #include "engine/score_blocks.h"
+#include "engine/tile_gemm.h"
+#include "engine/transpose_tile.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 
@@ -40,11 +43,26 @@ inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t*
   }
 }
 
-// dot_pack for the keys of score_tile (N rows from k, row stride ldk): nothing to do when the
-// scores come from the grid.
+// Whether float32 scores come from the tile GEMM, from K_j transposed once per key block, rather
+// than from dot_tile: where every tile GEMM element is one fused chain whatever the tile
+// (tile_gemm_f32_chain_order), which gives dot_tile's bits at the micro-kernel's rate.
+template <typename scalar_t>
+inline bool scores_on_tile_gemm() {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return tile_gemm_f32_chain_order();
+  } else {
+    return false;
+  }
+}
+
+// The keys of score_tile (N rows from k, row stride ldk) made ready once per key block: K_j^T
+// (K x N, row stride N) for the tile GEMM, dot_pack's panels for dot_tile, nothing on the grid.
 template <typename scalar_t>
 inline void score_pack(const AttentionGeometry& g, const scalar_t* k, int64_t ldk, int64_t N,
                        float* pack) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (scores_on_tile_gemm<scalar_t>()) return transpose_tile(k, ldk, N, g.D, pack, N);
+  }
   if (!scores_on_grid<scalar_t>(g)) dot_pack(k, ldk, N, g.D, pack);
 }
 
@@ -55,10 +73,15 @@ inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* 
                        const AttentionGeometry& g, const MaskView<acc_t>& masks, acc_t scale,
                        int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                        const float* key_pack) {
+  const scalar_t* qi = q + g.q.at(n, i0, h);
   if (scores_on_grid<scalar_t>(g)) {
     grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);
+  } else if (scores_on_tile_gemm<scalar_t>()) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      tile_gemm(Trans::No, Trans::No, i1 - i0, j1 - j0, g.D, scale, qi, g.q.seq, key_pack, j1 - j0,
+                0.0f, S, ld);
+    }
   } else {
-    const scalar_t* qi = q + g.q.at(n, i0, h);
     const scalar_t* kj = k + g.k.at(n, j0, g.kv_head(h));
     dot_tile(i1 - i0, j1 - j0, g.D, scale, qi, g.q.seq, kj, g.k.seq, key_pack, S, ld);
   }

@@ -144,6 +144,14 @@ void tile_gemm_release() {
 #endif
 }
 
+bool tile_gemm_f32_chain_order() {
+#ifdef MHSA_USE_BRGEMM
+  const Support& s = support();
+  if (s.f32) return s.f32_chain;
+#endif
+  return true;  // the portable loops
+}
+
 bool tile_gemm_f16_native() {
 #ifdef MHSA_USE_BRGEMM
   return support().f16;

@@ -37,6 +37,11 @@ void tile_gemm_release();
 // then pass a weight matrix as it is instead of materializing its transpose on every call.
 bool tile_gemm_bf16_packs_b();
 
+// Whether every float32 tile GEMM element is one fused multiply-add chain over k from zero (per
+// K chunk), whatever the tile's shape: the portable loops by construction, the micro-kernel where
+// the start-up probe found it so. Scores and dP then run on the tile GEMM (engine/score_tile.h).
+bool tile_gemm_f32_chain_order();
+
 // Whether float16 tiles run on a float16 micro-kernel (AVX512-FP16 or AMX-FP16); elsewhere they
 // are computed on the float32 one from the float16 values, and mhsa computes float16 inputs in
 // fp32 by default (see half_native_compute, engine/cpu_capability.h).

@@ -117,4 +117,38 @@ void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols
 #endif
 }
 
+namespace {
+template <typename T>
+void plain_transpose(const T* in, int64_t ld_in, int64_t rows, int64_t cols, T* out,
+                     int64_t ld_out) {
+  for (int64_t k = 0; k < rows; ++k)
+    for (int64_t i = 0; i < cols; ++i) out[i * ld_out + k] = in[k * ld_in + i];
+}
+}  // namespace
+
+void transpose_tile(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
+                    int64_t ld_out) {
+  transpose_floats(in, ld_in, rows, cols, out, ld_out);
+}
+void transpose_tile(const double* in, int64_t ld_in, int64_t rows, int64_t cols, double* out,
+                    int64_t ld_out) {
+  plain_transpose(in, ld_in, rows, cols, out, ld_out);
+}
+void transpose_tile(const c10::BFloat16* in, int64_t ld_in, int64_t rows, int64_t cols,
+                    c10::BFloat16* out, int64_t ld_out) {
+#ifdef MHSA_USE_BRGEMM
+  transpose_halfwords(in, ld_in, rows, cols, out, ld_out);
+#else
+  plain_transpose(in, ld_in, rows, cols, out, ld_out);
+#endif
+}
+void transpose_tile(const c10::Half* in, int64_t ld_in, int64_t rows, int64_t cols, c10::Half* out,
+                    int64_t ld_out) {
+#ifdef MHSA_USE_BRGEMM
+  transpose_halfwords(in, ld_in, rows, cols, out, ld_out);
+#else
+  plain_transpose(in, ld_in, rows, cols, out, ld_out);
+#endif
+}
+
 }  // namespace mhsa::cpu

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "engine/brgemm_build.h"
+#include "engine/transpose_tile.h"
 
 namespace mhsa::cpu {
 

@@ -16,6 +16,7 @@
 #include "engine/masks.h"
 #include "engine/score_tile.h"
 #include "engine/tile_gemm.h"
+#include "engine/transpose_tile.h"
 #include "engine/vector_math.h"
 #include "kernels/attention_kernels.h"
 
@@ -28,9 +29,12 @@ struct BackwardScratch {
   Buffer<acc_t> probs, dropped, grad;  // P, dropout(P), dP then dS
   Buffer<acc_t> keep;                  // the dropout factors of the tile
   Buffer<scalar_t> cast;
+  // dK_j^T and dV_j^T (D and Dv rows of backward_kv): accumulated transposed, so that their
+  // products read Q_i^T and dO_i^T (rows x D) instead of transposing P and dS (rows x keys).
   Buffer<acc_t> grad_k, grad_v;
-  Buffer<float> key_pack, value_pack;  // K_j and V_j of the key block, packed for dot_tile
-  PackedB16 value_pack16;              // V_j^T for the bfloat16 micro-kernel (dp_on_micro_kernel)
+  Buffer<scalar_t> q_t, grad_out_t;    // Q_i^T and dO_i^T of the tile
+  Buffer<float> key_pack, value_pack;  // K_j and V_j of the key block (score_pack, dp_tile)
+  PackedB16 value_pack16;              // V_j^T for the bfloat16 micro-kernel (dp_on_tile_gemm)
   BackwardScratch(const TileSizes& t, const AttentionGeometry& g)
       : probs(t.backward_q * t.backward_kv),
         dropped(t.backward_q * t.backward_kv),
@@ -39,6 +43,8 @@ struct BackwardScratch {
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.backward_q * t.backward_kv),
         grad_k(t.backward_kv * g.D),
         grad_v(t.backward_kv * g.Dv),
+        q_t(t.backward_q * g.D),
+        grad_out_t(t.backward_q * g.Dv),
         key_pack(dot_pack_size(t.backward_kv, g.D)),
         value_pack(dot_pack_size(t.backward_kv, g.Dv)) {}
 };
@@ -68,6 +74,21 @@ inline acc_t grad_weights_scale(const BackwardArgs<scalar_t>& a) {
   return a.grad_weights_averaged ? acc_t(1) / static_cast<acc_t>(a.g.H) : acc_t(1);
 }
 
+// Whether dP = dO_i V_j^T (and Dsum with it) runs on the tile GEMM from V_j^T, made once per
+// key block, rather than on dot_tile's chain: float32 where the tile GEMM sums as that chain
+// does (see score_tile.h), bfloat16 on its micro-kernel (faster training: see
+// docs/performance-notes.md).
+template <typename scalar_t>
+inline bool dp_on_tile_gemm() {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return tile_gemm_bf16_packs_b();
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    return tile_gemm_f32_chain_order();
+  } else {
+    return false;
+  }
+}
+
 // sum_c p[c] * dw[c] in kSumLanes running partial sums (independent chains the compiler
 // vectorizes, where one running sum would wait on each add), combined in a fixed order: the
 // same bits for any thread count.
@@ -88,19 +109,38 @@ inline acc_t weighted_row_sum(const acc_t* p, const scalar_t* dw, int64_t n) {
 template <typename scalar_t>
 void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kRows = 64;
   const AttentionGeometry& g = a.g;
-  for (int64_t t = begin; t < end; ++t) {
-    const int64_t n = t / g.L, i = t % g.L;
-    const scalar_t* dO = a.dsum_grad != nullptr ? a.dsum_grad : a.grad_context;
-    // The same multiply-add chain as dP = dO V^T (dot_tile): a row whose output is exactly
-    // one value row V_j gets Dsum == dP_ij bitwise (but for bfloat16 on its micro-kernel,
-    // see dp_on_micro_kernel).
+  const bool on_tile_gemm = dp_on_tile_gemm<scalar_t>();
+  Buffer<scalar_t> context_t(on_tile_gemm ? g.Dv * kRows : 0);
+  Buffer<acc_t> products(on_tile_gemm ? kRows * kRows : 0);
+  const scalar_t* dO = a.dsum_grad != nullptr ? a.dsum_grad : a.grad_context;
+  for (int64_t t = begin; t < end;) {
+    const int64_t n = t / g.L, i0 = t % g.L;
+    int64_t rows = g.L - i0 < end - t ? g.L - i0 : end - t;
+    rows = rows < kRows ? rows : kRows;
+    // Dsum is computed as dP = dO V^T is (dp_tile): a row whose output is exactly one value
+    // row V_j gets Dsum == dP_ij bitwise, so its dS is exactly zero. On the tile GEMM: the
+    // diagonal of dO_i O_i^T (each element's bits do not depend on its place in the tile).
     for (int64_t h = 0; h < g.H; ++h) {
-      fill(a.grad_q + a.grad_q_layout.at(n, i, h), g.D, acc_t(0));  // dQ accumulates from zero
-      a.dsum[(n * g.H + h) * g.L + i] =
-          dot_chain(dO + a.grad_out.at(n, i, h), a.context + g.out.at(n, i, h), g.Dv);
+      for (int64_t r = 0; r < rows; ++r)  // dQ accumulates from zero
+        fill(a.grad_q + a.grad_q_layout.at(n, i0 + r, h), g.D, acc_t(0));
+      const scalar_t* dO_i = dO + a.grad_out.at(n, i0, h);
+      const scalar_t* O_i = a.context + g.out.at(n, i0, h);
+      acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
+      if (on_tile_gemm) {
+        transpose_tile(O_i, g.out.seq, rows, g.Dv, context_t.data(), rows);
+        tile_gemm(Trans::No, Trans::No, rows, rows, g.Dv, acc_t(1), dO_i, a.grad_out.seq,
+                  context_t.data(), rows, acc_t(0), products.data(), rows);
+        for (int64_t r = 0; r < rows; ++r) dsum[r] = products[r * rows + r];
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          dsum[r] = dot_chain(dO_i + r * a.grad_out.seq, O_i + r * g.out.seq, g.Dv);
+      }
     }
+    t += rows;
   }
+  tile_gemm_release();
 }
 
 int64_t weights_term_task_count(const AttentionGeometry& g, const TileSizes& t) {
@@ -203,6 +243,17 @@ inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
   return true;
 }
 
+// out[d] = sum over the columns c < cols of m[d * ld + c], d < D, columns summed in order (the
+// rows of the transposed matrix, as sum_rows sums them).
+template <typename acc_t>
+inline void sum_columns(const acc_t* m, int64_t ld, int64_t D, int64_t cols, acc_t* out) {
+  for (int64_t d = 0; d < D; ++d) {
+    acc_t sum = 0;
+    for (int64_t c = 0; c < cols; ++c) sum += m[d * ld + c];
+    out[d] = sum;
+  }
+}
+
 // out[d] = sum over the rows r of m[r * ld + d], d < D, rows summed in order.
 template <typename acc_t>
 inline void sum_rows(const acc_t* m, int64_t ld, int64_t rows, int64_t D, acc_t* out) {
@@ -213,37 +264,31 @@ inline void sum_rows(const acc_t* m, int64_t ld, int64_t rows, int64_t D, acc_t*
   }
 }
 
-// Whether dP = dO_i V_j^T runs on the bfloat16 micro-kernel, from V_j^T packed once per key
-// block, rather than on dot_tile's chain at the float32 rate (faster training: see
-// docs/performance-notes.md). Dsum_i (dot_chain) then no longer has dP's summation order: a
-// saturated row's dS keeps a residue of float32 size, far below bfloat16's own error.
+// V_j of the key block, made ready once for dp_tile: V_j^T for the tile GEMM (packed for the
+// bfloat16 micro-kernel), or dot_pack's panels for dot_tile.
 template <typename scalar_t>
-inline bool dp_on_micro_kernel() {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    return tile_gemm_bf16_packs_b();
-  } else {
-    return false;
-  }
-}
-
-// V_j of the key block, packed once for dp_tile: for the micro-kernel, or for dot_tile.
-template <typename scalar_t>
-inline void pack_values_for_dp(bool micro, BackwardScratch<scalar_t>& s, const scalar_t* v,
+inline void pack_values_for_dp(bool on_tile_gemm, BackwardScratch<scalar_t>& s, const scalar_t* v,
                                int64_t ld, int64_t cols, int64_t D) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (micro) return s.value_pack16.pack(Trans::Yes, v, ld, D, cols);
+    if (on_tile_gemm) return s.value_pack16.pack(Trans::Yes, v, ld, D, cols);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (on_tile_gemm) return transpose_tile(v, ld, cols, D, s.value_pack.data(), cols);
   }
   dot_pack(v, ld, cols, D, s.value_pack.data());
 }
 
 // dP[rows, cols] (row stride ldp) = dO_i V_j^T from the V_j that pack_values_for_dp packed.
 template <typename scalar_t, typename acc_t>
-inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols,
+inline void dp_tile(bool on_tile_gemm, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols,
                     int64_t Dv, const scalar_t* dO, int64_t ld_dO, const scalar_t* v, int64_t ldv,
                     acc_t* dP, int64_t ldp) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    if (micro)
+    if (on_tile_gemm)
       return tile_gemm(Trans::No, rows, Dv, 1.0f, dO, ld_dO, s.value_pack16, 0.0f, dP, ldp);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (on_tile_gemm)
+      return tile_gemm(Trans::No, Trans::No, rows, cols, Dv, 1.0f, dO, ld_dO, s.value_pack.data(),
+                       cols, 0.0f, dP, ldp);
   }
   dot_tile(rows, cols, Dv, acc_t(1), dO, ld_dO, v, ldv, s.value_pack.data(), dP, ldp);
 }
@@ -254,7 +299,7 @@ inline void dp_tile(bool micro, BackwardScratch<scalar_t>& s, int64_t rows, int6
 // dV_j = sum_i keep_ij P_ij dO_i and dP_ij = keep_ij (dO_i . V_j + dW_ij / (1 - p)).
 template <typename scalar_t>
 void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
-                             int64_t n, int64_t h, int64_t jb, bool dp_micro) {
+                             int64_t n, int64_t h, int64_t jb, bool dp_on_gemm) {
   using acc_t = at::opmath_type<scalar_t>;
   const AttentionGeometry& g = a.g;
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
@@ -302,12 +347,12 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
       }
       Pd = dropped;
     }
-    // dV_j += (keep * P)^T dO_i
-    tile_gemm(Trans::Yes, Trans::No, cols, Dv, rows, acc_t(1),
-              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, dO, a.grad_out.seq, acc_t(1), grad_v,
-              Dv);
+    // dV_j^T += dO_i^T (keep * P)
+    transpose_tile(dO, a.grad_out.seq, rows, Dv, s.grad_out_t.data(), rows);
+    tile_gemm(Trans::No, Trans::No, Dv, cols, rows, acc_t(1), s.grad_out_t.data(), rows,
+              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, acc_t(1), grad_v, ld);
     // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
-    dp_tile(dp_micro, s, rows, cols, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
+    dp_tile(dp_on_gemm, s, rows, cols, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
     const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* dprow = dP + r * ld;
@@ -327,9 +372,10 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
       for (int64_t c = 0; c < cols; ++c) dprow[c] = a.scale * (prow[c] * (dprow[c] - row_dsum));
     }
     const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
-    // dK_j += scale * dS^T Q_i ; dQ_i += scale * dS K_j (the scale is inside dS)
-    tile_gemm(Trans::Yes, Trans::No, cols, D, rows, acc_t(1), dS, ld, q, g.q.seq, acc_t(1), grad_k,
-              D);
+    // dK_j^T += scale * Q_i^T dS ; dQ_i += scale * dS K_j (the scale is inside dS)
+    transpose_tile(q, g.q.seq, rows, D, s.q_t.data(), rows);
+    tile_gemm(Trans::No, Trans::No, D, cols, rows, acc_t(1), s.q_t.data(), rows, dS, ld, acc_t(1),
+              grad_k, ld);
     // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
     // the turn to the next key block (if it touches this query block; none is left if not).
     if (!wait_for_turn(turns + qb, jb, a.abort)) return;
@@ -359,31 +405,29 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   const int64_t D = g.D, Dv = g.Dv, cols = j1 - j0;
   const scalar_t* k = a.k + g.k.at(n, j0, hk);
   const scalar_t* v = a.v + g.v.at(n, j0, hk);
-  acc_t* grad_k = s.grad_k.data();
-  acc_t* grad_v = s.grad_v.data();
-  fill(grad_k, cols * D, acc_t(0));
-  fill(grad_v, cols * Dv, acc_t(0));
+  acc_t* grad_k = s.grad_k.data();  // dK_j^T, D x block_kv
+  acc_t* grad_v = s.grad_v.data();  // dV_j^T, Dv x block_kv
+  fill(grad_k, D * block_kv, acc_t(0));
+  fill(grad_v, Dv * block_kv, acc_t(0));
   // K_j^T and V_j^T are packed once and serve every query block of every head of the group.
   score_pack(g, k, g.k.seq, cols, s.key_pack.data());
-  const bool dp_micro = dp_on_micro_kernel<scalar_t>();
-  pack_values_for_dp(dp_micro, s, v, g.v.seq, cols, Dv);
+  const bool dp_on_gemm = dp_on_tile_gemm<scalar_t>();
+  pack_values_for_dp(dp_on_gemm, s, v, g.v.seq, cols, Dv);
   const int64_t group = g.H / g.H_kv;
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    attention_backward_head(a, s, n, h, jb, dp_micro);
+    attention_backward_head(a, s, n, h, jb, dp_on_gemm);
     if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) return;
   }
   if (a.bias_sums_kv != nullptr) {
     const int64_t width = g.H_kv * (D + Dv), kv_blocks = key_block_count(g, a.tiles);
     acc_t* sums = a.bias_sums_kv + (n * kv_blocks + jb) * width;
-    sum_rows(grad_k, D, cols, D, sums + hk * D);
-    sum_rows(grad_v, Dv, cols, Dv, sums + g.H_kv * D + hk * Dv);
+    sum_columns(grad_k, block_kv, D, cols, sums + hk * D);
+    sum_columns(grad_v, block_kv, Dv, cols, sums + g.H_kv * D + hk * Dv);
   }
-  for (int64_t c = 0; c < cols; ++c) {
-    acc_t* out_k = a.grad_k + a.grad_k_layout.at(n, j0 + c, hk);
-    acc_t* out_v = a.grad_v + a.grad_v_layout.at(n, j0 + c, hk);
-    for (int64_t d = 0; d < D; ++d) out_k[d] = grad_k[c * D + d];
-    for (int64_t d = 0; d < Dv; ++d) out_v[d] = grad_v[c * Dv + d];
-  }
+  transpose_tile(grad_k, block_kv, D, cols, a.grad_k + a.grad_k_layout.at(n, j0, hk),
+                 a.grad_k_layout.seq);
+  transpose_tile(grad_v, block_kv, Dv, cols, a.grad_v + a.grad_v_layout.at(n, j0, hk),
+                 a.grad_v_layout.seq);
 }
 
 int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {

@@ -23,7 +23,7 @@ struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
-  Buffer<float> key_pack;  // K_j of one key block, packed for dot_tile
+  Buffer<float> key_pack;  // K_j of one key block, made ready by score_pack
   // Only when the weights are returned: the first sweep's exp(score - running max), after the
   // dropout mask, for all keys of the task's rows (rows x S), and the running max each key
   // block was shifted by (rows x key blocks). See attention_weights_rows.

@@ -164,3 +164,65 @@ def test_portable_loops_say_why():
     if is_x86():
         assert "(MHSA_PORTABLE_GEMM=1)" in info, info
     assert "mhsa: a micro-kernel" not in stderr
+
+
+def test_float32_scores_run_on_the_tile_gemm():
+    """float32 scores and dP run on the tile GEMM on every CPU: the portable loops sum each
+    element as one fused chain by construction, the micro-kernel where its chain probe passes
+    (random values, bitwise), which no CPU's micro-kernel may fail."""
+    info, stderr = engine_run()
+    assert "float32-scores=tile-gemm" in info, info
+    assert "probe-failures" not in info, info
+
+
+_HASH_SCRIPT = r"""
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+import mhsa
+torch.manual_seed(0)
+digest = hashlib.sha256()
+# Ordinary scores, and saturated ones (one-hot softmax rows, whose dS must be exactly zero),
+# across query and key blocks, with a causal mask, key padding and returned weights.
+for L, gain, causal, need_weights in ((70, 1.0, False, True), (300, 1.0, True, False),
+                                      (140, 60.0, False, False)):
+    ref = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    mod = mhsa.MultiheadSelfAttention.from_torch(ref)
+    x = (gain * torch.randn(2, L, 64)).requires_grad_()
+    mask = torch.ones(L, L, dtype=torch.bool).triu(1) if causal else None
+    padding = torch.zeros(2, L, dtype=torch.bool)
+    padding[1, L - 5 :] = True
+    out, weights = mod(x, key_padding_mask=padding, attn_mask=mask, need_weights=need_weights)
+    (out.square().sum() + (weights.sum() if weights is not None else 0)).backward()
+    for t in (out, weights, x.grad, *(p.grad for p in mod.parameters())):
+        if t is not None:
+            digest.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+print(torch.ops.mhsa._backend_info())
+print(digest.hexdigest())
+"""
+
+
+def hash_run(**env_changes: str):
+    """Runs _HASH_SCRIPT in a fresh process: (backend info, digest of outputs and gradients)."""
+    env: Dict[str, str] = {k: v for k, v in os.environ.items() if k not in ENGINE_OVERRIDES}
+    env.update(env_changes)
+    result = run_python_in_subprocess(_HASH_SCRIPT, [str(HERE)], env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    info, digest = result.stdout.strip().splitlines()[-2:]
+    return info, digest, result.stderr
+
+
+def test_float32_scores_on_the_micro_kernel_are_the_dot_chains_bits():
+    """The float32 chain probe fails on purpose: scores and dP go back to dot_tile's chain, the
+    warning and _backend_info say so, and outputs, weights and every gradient are bitwise those
+    of the micro-kernel run, saturated rows included: scores on the micro-kernel are exact by
+    construction, not approximately equal."""
+    flags = cpu_model_and_flags()[1]
+    require_micro_kernels(flags, bfloat16=False)
+    info, digest, stderr = hash_run()
+    assert "float32-scores=tile-gemm" in info, info
+    chain_info, chain_digest, chain_stderr = hash_run(MHSA_TEST_FAIL_PROBE="float32-chain")
+    assert "float32-scores=dot-chain" in chain_info, chain_info
+    assert "probe-failures=[float32 scores: float32 chain probe failed at M=" in chain_info
+    assert chain_stderr.count("mhsa: a micro-kernel this CPU's flags promise failed") == 1
+    assert "mhsa: a micro-kernel" not in stderr, stderr[-2000:]
+    assert digest == chain_digest
