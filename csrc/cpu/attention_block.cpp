@@ -18,6 +18,7 @@
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/thread_team.h"
+#include "cpu/transposed_keys.h"
 #include "engine/cpu_capability.h"
 #include "kernels/attention_args.h"
 #include "kernels/attention_kernels.h"
@@ -101,6 +102,7 @@ internal::BlockForwardOutputs block_forward_compute(
         a.scale = static_cast<acc_t>(softmax_scale(options, D));
         a.tiles = choose_tile_sizes(std::max<int64_t>({L, S, 1}));
         set_dropout(a.dropout, options, seed);
+        const at::Tensor keys_t = transpose_keys_once(a, q.options());
         const auto& kernels = attention_kernels<scalar_t>();
         const bool heads_inside = need_weights && average_attn_weights;
         const double task_flops =

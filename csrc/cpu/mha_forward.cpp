@@ -17,6 +17,7 @@
 #include "cpu/mask_storage.h"
 #include "cpu/parallel_stats.h"
 #include "cpu/projection_gemm.h"
+#include "cpu/transposed_keys.h"
 #include "engine/cpu_capability.h"
 #include "kernels/attention_args.h"
 #include "kernels/attention_kernels.h"
@@ -77,6 +78,7 @@ internal::ForwardOutputs mha_forward_compute(
           a.dropout.seed = draw_dropout_seed();
           rng_state[0] = static_cast<int64_t>(a.dropout.seed);
         }
+        const at::Tensor keys_t = transpose_keys_once(a, qkv.options());
         const auto& kernels = attention_kernels<scalar_t>();
         const bool heads_inside = need_weights && options.average_attn_weights;
         // A task: a query block against all L keys, two GEMMs of 2*rows*L*D each, per head inside.

@@ -67,19 +67,25 @@ inline void score_pack(const AttentionGeometry& g, const scalar_t* k, int64_t ld
 }
 
 // The scores of a (query block, key block) tile, S = scale * Q_i K_j^T + masks (row stride ld),
-// K_j read from the pack score_pack made of it (unused on the grid).
+// K_j read from the pack score_pack made of it (row stride ld_pack: K_j^T for the tile GEMM),
+// unused on the grid. Where the caller passes
+// defer_scale and the tile GEMM runs without masks, S is left as Q_i K_j^T and *defer_scale
+// says so: the caller multiplies by the scale in its own pass over S (scale_row_max: the same
+// roundings as the GEMM's alpha, one pass fewer over the tile).
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
                        const AttentionGeometry& g, const MaskView<acc_t>& masks, acc_t scale,
                        int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                       const float* key_pack) {
+                       const float* key_pack, int64_t ld_pack, bool* defer_scale = nullptr) {
   const scalar_t* qi = q + g.q.at(n, i0, h);
+  const bool defer = defer_scale != nullptr && !masks.any() && scores_on_tile_gemm<scalar_t>();
+  if (defer_scale != nullptr) *defer_scale = defer;
   if (scores_on_grid<scalar_t>(g)) {
     grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);
   } else if (scores_on_tile_gemm<scalar_t>()) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      tile_gemm(Trans::No, Trans::No, i1 - i0, j1 - j0, g.D, scale, qi, g.q.seq, key_pack, j1 - j0,
-                0.0f, S, ld);
+      tile_gemm(Trans::No, Trans::No, i1 - i0, j1 - j0, g.D, defer ? 1.0f : scale, qi, g.q.seq,
+                key_pack, ld_pack, 0.0f, S, ld);
     }
   } else {
     const scalar_t* kj = k + g.k.at(n, j0, g.kv_head(h));

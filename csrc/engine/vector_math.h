@@ -79,24 +79,38 @@ inline float horizontal_max(vfloat v) {
   return m;
 }
 
+// The maximum of x[0..n), NaN if any is NaN. Four running maxima: one would wait on each
+// compare-and-select (the score tiles stream from L2, and the chain, not the loads, was the cost).
+inline vfloat max_or_nan(vfloat m, vfloat v) { return (v > m) | (v != v) ? v : m; }
 inline float row_max(const float* x, int64_t n) {
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-  vfloat m = splat(neg_inf);
+  vfloat m0 = splat(neg_inf), m1 = m0, m2 = m0, m3 = m0;
   int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    const vfloat v = load(x + c);
-    m = (v > m) | (v != v) ? v : m;
+  for (; c + 4 * kLanes <= n; c += 4 * kLanes) {
+    m0 = max_or_nan(m0, load(x + c));
+    m1 = max_or_nan(m1, load(x + c + kLanes));
+    m2 = max_or_nan(m2, load(x + c + 2 * kLanes));
+    m3 = max_or_nan(m3, load(x + c + 3 * kLanes));
   }
-  if (c < n) {
-    const vfloat v = load_tail(x + c, n - c, neg_inf);
-    m = (v > m) | (v != v) ? v : m;
-  }
-  return horizontal_max(m);
+  for (; c + kLanes <= n; c += kLanes) m0 = max_or_nan(m0, load(x + c));
+  if (c < n) m0 = max_or_nan(m0, load_tail(x + c, n - c, neg_inf));
+  return horizontal_max(max_or_nan(max_or_nan(m0, m1), max_or_nan(m2, m3)));
+}
+// x *= scale in place (each product rounded once, as a GEMM's alpha), then row_max of x.
+inline float scale_row_max(float* x, int64_t n, float scale) {
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) store(x + c, load(x + c) * scale);
+  for (; c < n; ++c) x[c] *= scale;
+  return row_max(x, n);
 }
 inline double row_max(const double* x, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();
   for (int64_t c = 0; c < n; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
   return m;
+}
+inline double scale_row_max(double* x, int64_t n, double scale) {
+  for (int64_t c = 0; c < n; ++c) x[c] *= scale;
+  return row_max(x, n);
 }
 
 // x = exp(x - shift) in place; returns the sum of the new values.

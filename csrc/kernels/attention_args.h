@@ -27,11 +27,12 @@ template <typename scalar_t>
 struct ForwardArgs {
   using acc_t = at::opmath_type<scalar_t>;
   AttentionGeometry g;
-  const scalar_t *q, *k, *v;     // at g.q, g.k, g.v
-  scalar_t* context;             // at g.out
-  acc_t* lse;                    // (N, H, L)
-  scalar_t* weights = nullptr;   // (N, H, L, S) per-head weights, or
-  acc_t* weights_avg = nullptr;  // (N, L, S) head-averaged weights, accumulated
+  const scalar_t *q, *k, *v;      // at g.q, g.k, g.v
+  const float* keys_t = nullptr;  // K^T, (N, H_kv, D, S), or nullptr (cpu/transposed_keys.h)
+  scalar_t* context;              // at g.out
+  acc_t* lse;                     // (N, H, L)
+  scalar_t* weights = nullptr;    // (N, H, L, S) per-head weights, or
+  acc_t* weights_avg = nullptr;   // (N, L, S) head-averaged weights, accumulated
   MaskView<acc_t> masks;
   DropoutParams dropout;
   acc_t scale;

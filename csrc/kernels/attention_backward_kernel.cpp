@@ -55,7 +55,7 @@ template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
                         int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack) {
   const AttentionGeometry& g = a.g;
-  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack);
+  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, j1 - j0);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
 }

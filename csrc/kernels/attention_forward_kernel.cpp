@@ -67,11 +67,22 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
   const PositionRange keys = visible_key_range(g, a.masks, n, i0, i1);
   for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_k) {
     const int64_t j1 = j0 + block_k < keys.end ? j0 + block_k : keys.end, cols = j1 - j0;
-    score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, cols, s.key_pack.data());
-    score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, s.key_pack.data());
+    // K_j as the scores read it: from the call's K^T where the op made one, else packed here.
+    const float* keys = s.key_pack.data();
+    int64_t ld_keys = cols;
+    if (a.keys_t != nullptr) {
+      keys = a.keys_t + (n * g.H_kv + g.kv_head(h)) * g.D * g.S + j0;
+      ld_keys = g.S;
+    } else {
+      score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, cols, s.key_pack.data());
+    }
+    bool scale_deferred = false;
+    score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, keys, ld_keys,
+               &scale_deferred);
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
-      const acc_t tile_max = row_max(srow, cols);
+      const acc_t tile_max =
+          scale_deferred ? scale_row_max(srow, cols, a.scale) : row_max(srow, cols);
       const acc_t m_new = (m[r] > tile_max || m[r] != m[r]) ? m[r] : tile_max;  // NaN sticks
       if (m_new == neg_inf) {  // nothing visible yet in this row
         fill(srow, cols, acc_t(0));
