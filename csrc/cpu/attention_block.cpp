@@ -199,8 +199,10 @@ internal::BlockBackwardOutputs block_backward_compute(
           const auto& kernels = attention_kernels<scalar_t>();
           std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
           int abort = 0;
+          int64_t next_task = 0;
           a.dq_turn = dq_turn.data();
           a.abort = &abort;
+          a.next_task = &next_task;
           kernels.prepare_dq_order(a);
           // dsum_rows zeroes dQ; every key row's dK and dV are written by its key block's task.
           at::parallel_for(0, N * L, parallel_grain(2.0 * H * Dv),

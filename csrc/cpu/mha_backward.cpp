@@ -116,8 +116,10 @@ internal::BackwardOutputs mha_backward_compute(
         const int64_t tasks = kernels.backward_task_count(a.g, a.tiles);
         std::vector<int64_t> dq_turn(static_cast<size_t>(kernels.dq_turn_count(a.g, a.tiles)));
         int abort = 0;
+        int64_t next_task = 0;
         a.dq_turn = dq_turn.data();
         a.abort = &abort;
+        a.next_task = &next_task;
         kernels.prepare_dq_order(a);
 
         const int64_t row_grain = parallel_grain(4.0 * E);

@@ -59,6 +59,7 @@ struct MaskView {
   // are masked (a right-padded key_padding_mask), and tiles made only of them are skipped.
   const int64_t* key_end = nullptr;
   bool windowed() const { return window_left >= 0 || window_right >= 0; }
+  bool additive() const { return attn_add || kpm_add; }  // masks that add to the scaled scores
   bool any() const {
     return causal || attn_bool || attn_add || kpm_bool || kpm_add || windowed() || key_end;
   }

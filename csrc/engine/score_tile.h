@@ -68,17 +68,17 @@ inline void score_pack(const AttentionGeometry& g, const scalar_t* k, int64_t ld
 
 // The scores of a (query block, key block) tile, S = scale * Q_i K_j^T + masks (row stride ld),
 // K_j read from the pack score_pack made of it (row stride ld_pack: K_j^T for the tile GEMM),
-// unused on the grid. Where the caller passes
-// defer_scale and the tile GEMM runs without masks, S is left as Q_i K_j^T and *defer_scale
-// says so: the caller multiplies by the scale in its own pass over S (scale_row_max: the same
-// roundings as the GEMM's alpha, one pass fewer over the tile).
+// unused on the grid. Where the caller passes defer_scale and the tile GEMM runs without additive
+// masks, S is left unscaled and *defer_scale says so: the caller multiplies by the scale in its
+// own pass over S (scale_row_max, scale_row: the GEMM alpha's roundings, one pass fewer).
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
                        const AttentionGeometry& g, const MaskView<acc_t>& masks, acc_t scale,
                        int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                        const float* key_pack, int64_t ld_pack, bool* defer_scale = nullptr) {
   const scalar_t* qi = q + g.q.at(n, i0, h);
-  const bool defer = defer_scale != nullptr && !masks.any() && scores_on_tile_gemm<scalar_t>();
+  // Masks that set -inf commute with the scale (-inf * scale = -inf); additive ones do not.
+  const bool defer = defer_scale != nullptr && !masks.additive() && scores_on_tile_gemm<scalar_t>();
   if (defer_scale != nullptr) *defer_scale = defer;
   if (scores_on_grid<scalar_t>(g)) {
     grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);

@@ -96,11 +96,18 @@ inline float row_max(const float* x, int64_t n) {
   if (c < n) m0 = max_or_nan(m0, load_tail(x + c, n - c, neg_inf));
   return horizontal_max(max_or_nan(max_or_nan(m0, m1), max_or_nan(m2, m3)));
 }
-// x *= scale in place (each product rounded once, as a GEMM's alpha), then row_max of x.
-inline float scale_row_max(float* x, int64_t n, float scale) {
+// x *= scale in place, each product rounded once (as a GEMM's alpha).
+inline void scale_row(float* x, int64_t n, float scale) {
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) store(x + c, load(x + c) * scale);
   for (; c < n; ++c) x[c] *= scale;
+}
+inline void scale_row(double* x, int64_t n, double scale) {
+  for (int64_t c = 0; c < n; ++c) x[c] *= scale;
+}
+// scale_row, then row_max of x.
+inline float scale_row_max(float* x, int64_t n, float scale) {
+  scale_row(x, n, scale);
   return row_max(x, n);
 }
 inline double row_max(const double* x, int64_t n) {
@@ -109,7 +116,7 @@ inline double row_max(const double* x, int64_t n) {
   return m;
 }
 inline double scale_row_max(double* x, int64_t n, double scale) {
-  for (int64_t c = 0; c < n; ++c) x[c] *= scale;
+  scale_row(x, n, scale);
   return row_max(x, n);
 }
 

@@ -61,6 +61,10 @@ struct BackwardArgs {
   // query block) the key block whose turn it is to add its dQ share (-1: none left).
   int64_t* dq_turn;
   int* abort;  // set when a task failed, so no task waits for it forever
+  // Where set (zeroed by the caller), the team's threads claim tasks from this counter in
+  // increasing order, each the next one free, instead of dealing them round-robin: tasks differ
+  // in size (causal masks, windows, padding), and a fixed deal left threads idle.
+  int64_t* next_task = nullptr;
   // The input-projection bias gradient is the column sums of dQ, dK, dV, summed per block of
   // rows while it is in cache (nullptr: not requested). Row n * q_blocks + qb of bias_sums_q
   // (H*D columns, zeroed by the caller) gets the final dQ rows of aligned query block qb; row

@@ -55,9 +55,14 @@ template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
                         int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack) {
   const AttentionGeometry& g = a.g;
-  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, j1 - j0);
+  bool scale_deferred = false;
+  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, j1 - j0,
+             &scale_deferred);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
-  for (int64_t r = 0; r < i1 - i0; ++r) exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
+  for (int64_t r = 0; r < i1 - i0; ++r) {
+    if (scale_deferred) scale_row(S + r * ld, j1 - j0, a.scale);
+    exp_shift_sum(S + r * ld, j1 - j0, lse[r]);
+  }
 }
 
 // Row i of the incoming gradient of the returned weights for head (n, h): the per-head row, or
@@ -434,16 +439,20 @@ int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {
   return g.N * g.H_kv * key_block_count(g, t);
 }
 
-// Tasks thread, thread + threads, ... in increasing order (t = (n * H_kv + hk) * kv_blocks + jb):
-// a task only ever waits for one with a smaller index, and each thread runs its tasks in
-// order, so the smallest unfinished task can always proceed (no deadlock, whatever the team).
+// Tasks in increasing order (t = (n * H_kv + hk) * kv_blocks + jb), claimed from a.next_task or
+// dealt thread, thread + threads, ...: a task only ever waits for one with a smaller index, which
+// is claimed before it, so the smallest unfinished task can always proceed (no deadlock).
 template <typename scalar_t>
 void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t threads) {
   const AttentionGeometry& g = a.g;
   const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t tasks = backward_task_count(g, a.tiles);
   BackwardScratch<scalar_t> scratch(a.tiles, g);
-  for (int64_t t = thread; t < tasks; t += threads) {
+  auto next = [&](int64_t t) {
+    return a.next_task != nullptr ? __atomic_fetch_add(a.next_task, 1, __ATOMIC_RELAXED)
+                                  : t + threads;
+  };
+  for (int64_t t = a.next_task != nullptr ? next(0) : thread; t < tasks; t = next(t)) {
     const int64_t jb = t % kv_blocks, hk = (t / kv_blocks) % g.H_kv, n = t / (kv_blocks * g.H_kv);
     attention_backward_block(a, scratch, n, hk, jb);
     if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) break;
