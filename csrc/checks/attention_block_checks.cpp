@@ -79,12 +79,14 @@ BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
   return s;
 }
 
-void check_attention_block_backward_inputs(const BlockSizes& s, const at::Tensor& query,
-                                           const at::Tensor& grad_output,
-                                           const std::optional<at::Tensor>& grad_attn_weights,
-                                           const at::Tensor& output, const at::Tensor& logsumexp,
-                                           const at::Tensor& rng_state, bool average_attn_weights) {
+BlockSizes check_attention_block_backward_inputs(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const std::optional<at::Tensor>& attn_mask, const internal::BlockOptions& options,
+    bool average_attn_weights) {
   const char* op = "_attention_block_backward";
+  const BlockSizes s = check_attention_block_inputs(op, query, key, value, attn_mask, options);
   const c10::SymInt out_shape[4] = {s.N, s.H, s.L, s.Dv};
   check_same_device_dtype(op, "grad_output", grad_output, query);
   check_shape(op, "grad_output", grad_output, out_shape);
@@ -108,6 +110,7 @@ void check_attention_block_backward_inputs(const BlockSizes& s, const at::Tensor
       check_shape(op, "grad_attn_weights", *grad_attn_weights, shape);
     }
   }
+  return s;
 }
 
 }  // namespace mhsa

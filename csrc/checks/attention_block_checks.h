@@ -20,11 +20,13 @@ BlockSizes check_attention_block_inputs(const char* op, const at::Tensor& query,
                                         const std::optional<at::Tensor>& attn_mask,
                                         const internal::BlockOptions& options);
 
-// The saved tensors and incoming gradients of _attention_block_backward.
-void check_attention_block_backward_inputs(const BlockSizes& s, const at::Tensor& query,
-                                           const at::Tensor& grad_output,
-                                           const std::optional<at::Tensor>& grad_attn_weights,
-                                           const at::Tensor& output, const at::Tensor& logsumexp,
-                                           const at::Tensor& rng_state, bool average_attn_weights);
+// Every input of _attention_block_backward: the forward's (check_attention_block_inputs), then
+// the saved tensors and incoming gradients. Returns the sizes, as the forward check does.
+BlockSizes check_attention_block_backward_inputs(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_attn_weights,
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
+    const std::optional<at::Tensor>& attn_mask, const internal::BlockOptions& options,
+    bool average_attn_weights);
 
 }  // namespace mhsa

@@ -45,10 +45,9 @@ internal::BlockBackwardOutputs attention_block_backward_meta(
     const at::Tensor& output, const at::Tensor& logsumexp, const at::Tensor& rng_state,
     const std::optional<at::Tensor>& attn_mask, const BlockOptions& options,
     bool average_attn_weights, std::array<bool, 3> output_mask) {
-  const BlockSizes s = check_attention_block_inputs("_attention_block_backward", query, key, value,
-                                                    attn_mask, options);
-  check_attention_block_backward_inputs(s, query, grad_output, grad_attn_weights, output, logsumexp,
-                                        rng_state, average_attn_weights);
+  const BlockSizes s = check_attention_block_backward_inputs(
+      grad_output, grad_attn_weights, query, key, value, output, logsumexp, rng_state, attn_mask,
+      options, average_attn_weights);
   const auto tensor_options = query.options();
   auto grad = [&](bool wanted, const c10::SymInt& heads, const c10::SymInt& length,
                   const c10::SymInt& dim) {
