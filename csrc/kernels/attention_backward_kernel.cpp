@@ -124,7 +124,7 @@ void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
     const int64_t n = t / g.L, i0 = t % g.L;
     int64_t rows = g.L - i0 < end - t ? g.L - i0 : end - t;
     rows = rows < kRows ? rows : kRows;
-    // Dsum is computed as dP = dO V^T is (dp_tile): a row whose output is exactly one value
+    // Dsum is computed the way dP = dO V^T is (dp_tile): a row whose output is exactly one value
     // row V_j gets Dsum == dP_ij bitwise, so its dS is exactly zero. On the tile GEMM: the
     // diagonal of dO_i O_i^T (each element's bits do not depend on its place in the tile).
     for (int64_t h = 0; h < g.H; ++h) {
