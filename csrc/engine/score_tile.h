@@ -66,6 +66,14 @@ inline void score_pack(const AttentionGeometry& g, const scalar_t* k, int64_t ld
   if (!scores_on_grid<scalar_t>(g)) dot_pack(k, ldk, N, g.D, pack);
 }
 
+// Where key c0 of a key block starts in the pack score_pack made of the block's N keys; score_tile
+// then reads keys c0.. with the pack's row stride N. c0 a multiple of kDotPanel (dot_tile's
+// panels); unused on the grid, which reads the keys themselves.
+template <typename scalar_t>
+inline const float* score_pack_from(const float* pack, int64_t c0, int64_t D) {
+  return scores_on_tile_gemm<scalar_t>() ? pack + c0 : pack + c0 * D;
+}
+
 // The scores of a (query block, key block) tile, S = scale * Q_i K_j^T + masks (row stride ld),
 // K_j read from the pack score_pack made of it (row stride ld_pack: K_j^T for the tile GEMM),
 // unused on the grid. Where the caller passes defer_scale and the tile GEMM runs without additive

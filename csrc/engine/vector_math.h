@@ -73,15 +73,28 @@ inline float horizontal_sum(vfloat v) {
 }
 // The maxima below propagate NaN (a NaN score must give a NaN row, as in torch, not be
 // mistaken for a masked one).
+inline vfloat max_or_nan(vfloat m, vfloat v) { return (v > m) | (v != v) ? v : m; }
+// v rotated down by Shift lanes (lane k gets lane (k + Shift) % kLanes); the index is a constant.
+template <int Shift>
+inline vfloat rotate_lanes(vfloat v) {
+  vint index;
+  for (int k = 0; k < kLanes; ++k) index[k] = (k + Shift) % kLanes;
+  return __builtin_shuffle(v, index);
+}
+// A tree of vector maxima (log2(kLanes) shuffles), not a chain of scalar compares: the chain
+// mispredicted its branches on every row of every score tile and was a quarter of the
+// forward's own time. A maximum is exact in any order (only the sign of a zero maximum may
+// differ, and exp(s - m) and m + log(l) are the same bits for either zero).
 inline float horizontal_max(vfloat v) {
-  float m = v[0];
-  for (int k = 1; k < kLanes; ++k) m = (v[k] > m || v[k] != v[k]) ? v[k] : m;
-  return m;
+  if constexpr (kLanes >= 16) v = max_or_nan(v, rotate_lanes<8>(v));
+  if constexpr (kLanes >= 8) v = max_or_nan(v, rotate_lanes<4>(v));
+  v = max_or_nan(v, rotate_lanes<2>(v));
+  v = max_or_nan(v, rotate_lanes<1>(v));
+  return v[0];
 }
 
 // The maximum of x[0..n), NaN if any is NaN. Four running maxima: one would wait on each
 // compare-and-select (the score tiles stream from L2, and the chain, not the loads, was the cost).
-inline vfloat max_or_nan(vfloat m, vfloat v) { return (v > m) | (v != v) ? v : m; }
 inline float row_max(const float* x, int64_t n) {
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   vfloat m0 = splat(neg_inf), m1 = m0, m2 = m0, m3 = m0;

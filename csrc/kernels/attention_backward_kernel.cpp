@@ -3,11 +3,7 @@
 // log-sum-exp; the softmax backward needs only Dsum_i = rowsum(dO_i * O_i) per query row (equal
 // to rowsum(P * dP), also under dropout). A task is (n, key/value head, key block): it owns its
 // dK and dV rows, accumulated over the query heads of its group, and adds its share of dQ.
-#include <sched.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+#include <algorithm>
 
 #include "engine/buffer.h"
 #include "engine/conversions.h"
@@ -19,6 +15,7 @@
 #include "engine/transpose_tile.h"
 #include "engine/vector_math.h"
 #include "kernels/attention_kernels.h"
+#include "kernels/dq_turn_order.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {
@@ -53,10 +50,11 @@ struct BackwardScratch {
 // the scores are bitwise the forward's, see dot_tile.h), K_j read from key_pack.
 template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
-                        int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack) {
+                        int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack,
+                        int64_t ld_pack) {
   const AttentionGeometry& g = a.g;
   bool scale_deferred = false;
-  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, j1 - j0,
+  score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, ld_pack,
              &scale_deferred);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) {
@@ -171,7 +169,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
       score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, key_pack.data());
-      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, key_pack.data());
+      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, key_pack.data(), j1 - j0);
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
         if (a.dropout.enabled)
@@ -184,69 +182,10 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   tile_gemm_release();  // the scores may have come from the bfloat16 micro-kernel
 }
 
-// The aligned query blocks [qb * block_q, (qb + 1) * block_q) that key block jb of batch n
-// touches: those overlapping visible_query_range (the same test decides the dQ turn order).
-template <typename acc_t>
-inline PositionRange touched_query_blocks(const AttentionGeometry& g, const MaskView<acc_t>& m,
-                                          const TileSizes& t, int64_t n, int64_t jb) {
-  const int64_t j0 = jb * t.backward_kv, j1 = j0 + t.backward_kv < g.S ? j0 + t.backward_kv : g.S;
-  const PositionRange q = visible_query_range(g, m, n, j0, j1);
-  if (q.empty()) return {0, 0};
-  return {q.begin / t.backward_q, (q.end + t.backward_q - 1) / t.backward_q};
-}
-
-int64_t key_block_count(const AttentionGeometry& g, const TileSizes& t) {
-  return (g.S + t.backward_kv - 1) / t.backward_kv;
-}
-int64_t query_block_count(const AttentionGeometry& g, const TileSizes& t) {
-  return (g.L + t.backward_q - 1) / t.backward_q;
-}
-
-int64_t dq_turn_count(const AttentionGeometry& g, const TileSizes& t) {
-  return g.N * g.H * query_block_count(g, t);
-}
-
-// The dQ shares of the key blocks are added straight into the fp32 gradient in key-block order,
-// whatever thread computes them: each (n, h, aligned query block) has a turn counter naming the
-// key block that adds next. A task waits only for that one GEMM, so neighbouring key blocks
-// pipeline; the bits do not depend on the thread count, and no per-thread dQ copies exist.
-// prepare_dq_order: the first key block to touch each query block (the key blocks touching a
-// query block are consecutive: the visible ranges only move forward with the key block).
-template <typename scalar_t>
-void prepare_dq_order(const BackwardArgs<scalar_t>& a) {
-  const AttentionGeometry& g = a.g;
-  const int64_t q_blocks = query_block_count(g, a.tiles), kv_blocks = key_block_count(g, a.tiles);
-  for (int64_t n = 0; n < g.N; ++n) {
-    int64_t* turn = a.dq_turn + n * g.H * q_blocks;
-    fill(turn, q_blocks, int64_t(-1));
-    for (int64_t jb = kv_blocks - 1; jb >= 0; --jb) {
-      const PositionRange qbs = touched_query_blocks(g, a.masks, a.tiles, n, jb);
-      for (int64_t qb = qbs.begin; qb < qbs.end; ++qb) turn[qb] = jb;
-    }
-    for (int64_t h = 1; h < g.H; ++h) {
-      for (int64_t qb = 0; qb < q_blocks; ++qb) turn[h * q_blocks + qb] = turn[qb];
-    }
-  }
-}
-
-// Waits until it is key block jb's turn to add to this query block's dQ (see prepare_dq_order).
-// Returns false if another task failed (then nothing more will be added).
-inline bool wait_for_turn(const int64_t* turn, int64_t jb, const int* abort) {
-  int64_t spins = 0;
-  while (__atomic_load_n(turn, __ATOMIC_ACQUIRE) != jb) {
-    if (__atomic_load_n(abort, __ATOMIC_RELAXED) != 0) return false;
-    if (++spins < 1024) {
-#if defined(__x86_64__) || defined(__i386__)
-      _mm_pause();
-#elif defined(__aarch64__)
-      asm volatile("yield");
-#endif
-    } else {
-      sched_yield();  // an oversubscribed machine: let the thread we wait for run
-    }
-  }
-  return true;
-}
+// The backward tiles of a key block start their columns at multiples of kColumnStep (see
+// attention_backward_head): whole panels of dot_pack, whole pairs of 16-bit keys.
+constexpr int64_t kColumnStep = 32;
+static_assert(kColumnStep % kDotPanel == 0 && kColumnStep % 2 == 0);
 
 // out[d] = sum over the columns c < cols of m[d * ld + c], d < D, columns summed in order (the
 // rows of the transposed matrix, as sum_rows sums them).
@@ -282,26 +221,100 @@ inline void pack_values_for_dp(bool on_tile_gemm, BackwardScratch<scalar_t>& s, 
   dot_pack(v, ld, cols, D, s.value_pack.data());
 }
 
-// dP[rows, cols] (row stride ldp) = dO_i V_j^T from the V_j that pack_values_for_dp packed.
+// Columns c0..c1 of dP[rows, cols] (row stride ldp) = dO_i V_j^T, from the V_j (cols rows) that
+// pack_values_for_dp packed; c0 a multiple of kColumnStep. The bfloat16 micro-kernel's packed
+// V_j^T gives all columns.
 template <typename scalar_t, typename acc_t>
 inline void dp_tile(bool on_tile_gemm, BackwardScratch<scalar_t>& s, int64_t rows, int64_t cols,
-                    int64_t Dv, const scalar_t* dO, int64_t ld_dO, const scalar_t* v, int64_t ldv,
-                    acc_t* dP, int64_t ldp) {
+                    int64_t c0, int64_t c1, int64_t Dv, const scalar_t* dO, int64_t ld_dO,
+                    const scalar_t* v, int64_t ldv, acc_t* dP, int64_t ldp) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     if (on_tile_gemm)
       return tile_gemm(Trans::No, rows, Dv, 1.0f, dO, ld_dO, s.value_pack16, 0.0f, dP, ldp);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
     if (on_tile_gemm)
-      return tile_gemm(Trans::No, Trans::No, rows, cols, Dv, 1.0f, dO, ld_dO, s.value_pack.data(),
-                       cols, 0.0f, dP, ldp);
+      return tile_gemm(Trans::No, Trans::No, rows, c1 - c0, Dv, 1.0f, dO, ld_dO,
+                       s.value_pack.data() + c0, cols, 0.0f, dP + c0, ldp);
   }
-  dot_tile(rows, cols, Dv, acc_t(1), dO, ld_dO, v, ldv, s.value_pack.data(), dP, ldp);
+  dot_tile(rows, c1 - c0, Dv, acc_t(1), dO, ld_dO, v + c0 * ldv, ldv, s.value_pack.data() + c0 * Dv,
+           dP + c0, ldp);
+}
+
+// Columns c0..c1 (of the key block's cols, from key j0) of one (query rows i0..i1, key block) tile
+// of head h: P and dS = scale * P * (dP - Dsum) into s.probs and s.grad (row stride backward_kv),
+// dV_j^T and dK_j^T updated. Returns dS as dQ's GEMM reads it (from column c0, row stride
+// backward_kv): dQ is the caller's, which waits for its turn. With dropout, dO is the
+// gradient of the 0/1-masked O = sum_j keep_ij P_ij V_j (see DropoutParams): dV_j = sum_i keep_ij
+// P_ij dO_i and dP_ij = keep_ij (dO_i . V_j + dW_ij / (1 - p)).
+template <typename scalar_t>
+const scalar_t* backward_tile(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
+                              int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t c0,
+                              int64_t c1, int64_t cols, bool dp_on_gemm) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t D = g.D, Dv = g.Dv, ld = a.tiles.backward_kv, rows = i1 - i0, width = c1 - c0;
+  const int64_t ja = j0 + c0, jz = j0 + c1;  // the keys of the columns
+  acc_t* P = s.probs.data();
+  acc_t* dP = s.grad.data();
+  const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
+  // What the incoming gradient of the returned weights is multiplied by on its way into dP.
+  const acc_t weights_grad_scale =
+      (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
+  probabilities_tile(P + c0, ld, a, n, h, i0, i1, ja, jz,
+                     score_pack_from<scalar_t>(s.key_pack.data(), c0, D), cols);
+  const scalar_t* q = a.q + g.q.at(n, i0, h);
+  const scalar_t* dO = a.grad_context + a.grad_out.at(n, i0, h);
+  // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and
+  // for the gradient flowing back through it.
+  const acc_t* Pd = P;
+  acc_t* keep = s.keep.data();
+  if (a.dropout.enabled) {
+    acc_t* dropped = s.dropped.data();
+    for (int64_t r = 0; r < rows; ++r) {
+      dropout_factors(keep + r * ld + c0, a.dropout, g, n, h, i0 + r, ja, jz, acc_t(1));
+      for (int64_t c = c0; c < c1; ++c) {
+        dropped[r * ld + c] = keep[r * ld + c] == acc_t(0) ? acc_t(0) : P[r * ld + c];
+      }
+    }
+    Pd = dropped;
+  }
+  // dV_j^T += dO_i^T (keep * P)
+  transpose_tile(dO, a.grad_out.seq, rows, Dv, s.grad_out_t.data(), rows);
+  tile_gemm(Trans::No, Trans::No, Dv, width, rows, acc_t(1), s.grad_out_t.data(), rows,
+            as_gemm_input(Pd + c0, (rows - 1) * ld + width, s.cast.data()), ld, acc_t(1),
+            s.grad_v.data() + c0, ld);
+  // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
+  const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
+  dp_tile(dp_on_gemm, s, rows, cols, c0, c1, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
+  const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    acc_t* dprow = dP + r * ld;
+    const acc_t* prow = P + r * ld;
+    if (a.grad_weights != nullptr) {
+      const scalar_t* dw = grad_weights_row(a, n, h, i0 + r) + j0;
+      for (int64_t c = c0; c < c1; ++c) dprow[c] += weights_grad_scale * to_acc(dw[c]);
+    }
+    if (a.dropout.enabled) {
+      const acc_t* f = keep + r * ld;
+      for (int64_t c = c0; c < c1; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c];
+    }
+    // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows). Stored
+    // times the softmax scale, which both of its GEMMs apply (a GEMM with alpha != 1 costs the
+    // tile GEMMs an extra pass over their output).
+    const acc_t row_dsum = dsum[r];
+    for (int64_t c = c0; c < c1; ++c) dprow[c] = a.scale * (prow[c] * (dprow[c] - row_dsum));
+  }
+  // dK_j^T += scale * Q_i^T dS (the scale is inside dS)
+  const scalar_t* dS = as_gemm_input(dP + c0, (rows - 1) * ld + width, s.cast.data());
+  transpose_tile(q, g.q.seq, rows, D, s.q_t.data(), rows);
+  tile_gemm(Trans::No, Trans::No, D, width, rows, acc_t(1), s.q_t.data(), rows, dS, ld, acc_t(1),
+            s.grad_k.data() + c0, ld);
+  return dS;
 }
 
 // The share of query head h (batch n) in dK and dV of key rows j0..j1 (added to s.grad_k and
-// s.grad_v), and this key block's share of h's dQ, added to grad_q in key-block order. With
-// dropout, dO is the gradient of the 0/1-masked O = sum_j keep_ij P_ij V_j (see DropoutParams):
-// dV_j = sum_i keep_ij P_ij dO_i and dP_ij = keep_ij (dO_i . V_j + dW_ij / (1 - p)).
+// s.grad_v, see backward_tile), and this key block's share of h's dQ, added to grad_q in key-block
+// order.
 template <typename scalar_t>
 void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<scalar_t>& s,
                              int64_t n, int64_t h, int64_t jb, bool dp_on_gemm) {
@@ -309,20 +322,11 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
   const AttentionGeometry& g = a.g;
   const int64_t block_q = a.tiles.backward_q, block_kv = a.tiles.backward_kv;
   const int64_t j0 = jb * block_kv, j1 = j0 + block_kv < g.S ? j0 + block_kv : g.S;
-  const int64_t D = g.D, Dv = g.Dv, cols = j1 - j0, ld = block_kv;
+  const int64_t D = g.D, cols = j1 - j0, ld = block_kv;
   const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t q_blocks = query_block_count(g, a.tiles);
   int64_t* turns = a.dq_turn + (n * g.H + h) * q_blocks;
   const scalar_t* k = a.k + g.k.at(n, j0, g.kv_head(h));
-  const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
-  acc_t* grad_k = s.grad_k.data();
-  acc_t* grad_v = s.grad_v.data();
-  acc_t* P = s.probs.data();
-  acc_t* dP = s.grad.data();
-  const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
-  // What the incoming gradient of the returned weights is multiplied by on its way into dP.
-  const acc_t weights_grad_scale =
-      (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
 
   // Only the queries that can see this key block (causal mask, sliding window, padding), by
   // aligned query blocks (the units of the dQ turn order), clipped to those queries.
@@ -335,57 +339,23 @@ void attention_backward_head(const BackwardArgs<scalar_t>& a, BackwardScratch<sc
     const int64_t i0 = qb * block_q > queries.begin ? qb * block_q : queries.begin;
     const int64_t i1 = (qb + 1) * block_q < queries.end ? (qb + 1) * block_q : queries.end;
     const int64_t rows = i1 - i0;
-    probabilities_tile(P, ld, a, n, h, i0, i1, j0, j1, s.key_pack.data());
-    const scalar_t* q = a.q + g.q.at(n, i0, h);
-    const scalar_t* dO = a.grad_context + a.grad_out.at(n, i0, h);
-    // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and
-    // for the gradient flowing back through it.
-    const acc_t* Pd = P;
-    acc_t* keep = s.keep.data();
-    if (a.dropout.enabled) {
-      acc_t* dropped = s.dropped.data();
-      for (int64_t r = 0; r < rows; ++r) {
-        dropout_factors(keep + r * ld, a.dropout, g, n, h, i0 + r, j0, j1, acc_t(1));
-        for (int64_t c = 0; c < cols; ++c) {
-          dropped[r * ld + c] = keep[r * ld + c] == acc_t(0) ? acc_t(0) : P[r * ld + c];
-        }
-      }
-      Pd = dropped;
-    }
-    // dV_j^T += dO_i^T (keep * P)
-    transpose_tile(dO, a.grad_out.seq, rows, Dv, s.grad_out_t.data(), rows);
-    tile_gemm(Trans::No, Trans::No, Dv, cols, rows, acc_t(1), s.grad_out_t.data(), rows,
-              as_gemm_input(Pd, rows * ld, s.cast.data()), ld, acc_t(1), grad_v, ld);
-    // dP = dO_i V_j^T (+ the gradient of the returned weights), back through dropout
-    dp_tile(dp_on_gemm, s, rows, cols, Dv, dO, a.grad_out.seq, v, g.v.seq, dP, ld);
-    const acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
-    for (int64_t r = 0; r < rows; ++r) {
-      acc_t* dprow = dP + r * ld;
-      const acc_t* prow = P + r * ld;
-      if (a.grad_weights != nullptr) {
-        const scalar_t* dw = grad_weights_row(a, n, h, i0 + r) + j0;
-        for (int64_t c = 0; c < cols; ++c) dprow[c] += weights_grad_scale * to_acc(dw[c]);
-      }
-      if (a.dropout.enabled) {
-        const acc_t* f = keep + r * ld;
-        for (int64_t c = 0; c < cols; ++c) dprow[c] = f[c] == acc_t(0) ? acc_t(0) : dprow[c];
-      }
-      // dS = P * (dP - Dsum_i): zero wherever P is zero (masked keys, fully masked rows). Stored
-      // times the softmax scale, which both of its GEMMs below apply (a GEMM with alpha != 1
-      // costs the tile GEMMs an extra pass over their output).
-      const acc_t row_dsum = dsum[r];
-      for (int64_t c = 0; c < cols; ++c) dprow[c] = a.scale * (prow[c] * (dprow[c] - row_dsum));
-    }
-    const scalar_t* dS = as_gemm_input(dP, rows * ld, s.cast.data());
-    // dK_j^T += scale * Q_i^T dS ; dQ_i += scale * dS K_j (the scale is inside dS)
-    transpose_tile(q, g.q.seq, rows, D, s.q_t.data(), rows);
-    tile_gemm(Trans::No, Trans::No, D, cols, rows, acc_t(1), s.q_t.data(), rows, dS, ld, acc_t(1),
-              grad_k, ld);
+    // Only the key columns c0..c1 that some of these queries can see (the causal diagonal, the
+    // window's edges, padding), widened to whole steps of kColumnStep: the rest of the tile has
+    // P = 0 and dS = 0 exactly and adds nothing to any gradient.
+    const PositionRange seen = visible_key_range(g, a.masks, n, i0, i1);
+    int64_t c0 = seen.begin > j0 ? seen.begin - j0 : 0;
+    int64_t c1 = seen.end < j1 ? seen.end - j0 : cols;
+    c0 -= c0 % kColumnStep;
+    c1 = std::min(cols, (c1 + kColumnStep - 1) / kColumnStep * kColumnStep);
+    const scalar_t* dS =
+        c1 > c0 ? backward_tile(a, s, n, h, i0, i1, j0, c0, c1, cols, dp_on_gemm) : nullptr;
     // dQ_i += scale * dS K_j, in key-block order: wait for this key block's turn, add, pass
     // the turn to the next key block (if it touches this query block; none is left if not).
     if (!wait_for_turn(turns + qb, jb, a.abort)) return;
-    tile_gemm(Trans::No, Trans::No, rows, D, cols, acc_t(1), dS, ld, k, g.k.seq, acc_t(1),
-              a.grad_q + a.grad_q_layout.at(n, i0, h), a.grad_q_layout.seq);
+    if (dS != nullptr) {
+      tile_gemm(Trans::No, Trans::No, rows, D, c1 - c0, acc_t(1), dS, ld, k + c0 * g.k.seq, g.k.seq,
+                acc_t(1), a.grad_q + a.grad_q_layout.at(n, i0, h), a.grad_q_layout.seq);
+    }
     const bool next_adds = qb >= next_touched.begin && qb < next_touched.end;
     if (!next_adds && a.bias_sums_q != nullptr) {
       // The last share of dQ for this query block: its rows (all of the aligned block, some
@@ -439,13 +409,14 @@ int64_t backward_task_count(const AttentionGeometry& g, const TileSizes& t) {
   return g.N * g.H_kv * key_block_count(g, t);
 }
 
-// Tasks in increasing order (t = (n * H_kv + hk) * kv_blocks + jb), claimed from a.next_task or
-// dealt thread, thread + threads, ...: a task only ever waits for one with a smaller index, which
-// is claimed before it, so the smallest unfinished task can always proceed (no deadlock).
+// Tasks in increasing order, key block major (t = (jb * N + n) * H_kv + hk), claimed from
+// a.next_task or dealt round-robin: a task only waits for a smaller key block of its own head,
+// claimed before it, so the smallest unfinished task can always proceed (no deadlock). Key block
+// major: threads take one key block of several heads, whose dQ turns are independent, before
+// neighbouring key blocks of one head, which wait for each other on every query block.
 template <typename scalar_t>
 void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t threads) {
   const AttentionGeometry& g = a.g;
-  const int64_t kv_blocks = key_block_count(g, a.tiles);
   const int64_t tasks = backward_task_count(g, a.tiles);
   BackwardScratch<scalar_t> scratch(a.tiles, g);
   auto next = [&](int64_t t) {
@@ -453,7 +424,7 @@ void backward_tasks(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t thr
                                   : t + threads;
   };
   for (int64_t t = a.next_task != nullptr ? next(0) : thread; t < tasks; t = next(t)) {
-    const int64_t jb = t % kv_blocks, hk = (t / kv_blocks) % g.H_kv, n = t / (kv_blocks * g.H_kv);
+    const int64_t jb = t / (g.N * g.H_kv), hk = t % g.H_kv, n = (t / g.H_kv) % g.N;
     attention_backward_block(a, scratch, n, hk, jb);
     if (__atomic_load_n(a.abort, __ATOMIC_RELAXED) != 0) break;
   }
