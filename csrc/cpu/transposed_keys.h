@@ -13,13 +13,16 @@
 
 namespace mhsa::cpu {
 
-// Fills and points a.keys_t at K^T where the scores run on the tile GEMM and more than one query
-// block reads each key; returns its storage (undefined where the tiles transpose K_j themselves).
+// Fills and points a.keys_t at K^T where the scores run on the tile GEMM and more than one
+// (query block, query head) reads each key: several query blocks, or the query heads of a
+// grouped-query group (one-token calls in generation); returns its storage (undefined where the
+// one tile that reads K_j transposes it itself).
 template <typename scalar_t>
 at::Tensor transpose_keys_once(ForwardArgs<scalar_t>& a, const at::TensorOptions& options) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     const AttentionGeometry& g = a.g;
-    if (!tile_gemm_f32_chain_order() || g.L <= a.tiles.forward_q || g.N * g.S * g.D == 0) return {};
+    const bool read_once = g.L <= a.tiles.forward_q && g.H == g.H_kv;
+    if (!tile_gemm_f32_chain_order() || read_once || g.N * g.S * g.D == 0) return {};
     at::Tensor keys_t = at::empty({g.N, g.H_kv, g.D, g.S}, options.dtype(at::kFloat));
     float* out = keys_t.mutable_data_ptr<float>();
     constexpr int64_t kKeys = 256;  // keys per task: 64 KiB of K at D = 64

@@ -13,6 +13,7 @@
 #include "engine/dot_tile.h"
 #include "engine/masks.h"
 #include "engine/score_blocks.h"
+#include "engine/small_tile.h"
 #include "engine/tile_gemm.h"
 #include "engine/transpose_tile.h"
 
@@ -92,8 +93,13 @@ inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* 
     grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);
   } else if (scores_on_tile_gemm<scalar_t>()) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      tile_gemm(Trans::No, Trans::No, i1 - i0, j1 - j0, g.D, defer ? 1.0f : scale, qi, g.q.seq,
-                key_pack, ld_pack, 0.0f, S, ld);
+      const float alpha = defer ? 1.0f : scale;
+      if (i1 - i0 <= kSmallTileRows) {
+        small_tile_gemm(i1 - i0, j1 - j0, g.D, alpha, qi, g.q.seq, key_pack, ld_pack, false, S, ld);
+      } else {
+        tile_gemm(Trans::No, Trans::No, i1 - i0, j1 - j0, g.D, alpha, qi, g.q.seq, key_pack,
+                  ld_pack, 0.0f, S, ld);
+      }
     }
   } else {
     const scalar_t* kj = k + g.k.at(n, j0, g.kv_head(h));

@@ -11,6 +11,7 @@
 #include "engine/dropout.h"
 #include "engine/masks.h"
 #include "engine/score_tile.h"
+#include "engine/small_tile.h"
 #include "engine/tile_gemm.h"
 #include "engine/vector_math.h"
 #include "kernels/attention_kernels.h"
@@ -23,21 +24,27 @@ struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
-  Buffer<float> key_pack;  // K_j of one key block, made ready by score_pack
+  Buffer<float> key_pack;  // K_j of one key block, made ready by score_pack (without a.keys_t)
   // Only when the weights are returned: the first sweep's exp(score - running max), after the
   // dropout mask, for all keys of the task's rows (rows x S), and the running max each key
   // block was shifted by (rows x key blocks). See attention_weights_rows.
   Buffer<acc_t> kept, kept_shift;
-  ForwardScratch(const TileSizes& t, const AttentionGeometry& g, bool need_weights)
-      : scores(t.forward_q * t.forward_k),
-        out(t.forward_q * g.Dv),
-        row_max(t.forward_q),
-        row_sum(t.forward_q),
+  // Sized for the call's rows and keys where they are fewer than a tile's (one-token calls in
+  // generation: a full tile would be 256 KiB of fresh pages per call).
+  ForwardScratch(const TileSizes& t, const AttentionGeometry& g, bool need_weights, bool packs_keys)
+      : scores(rows(t, g) * t.forward_k),
+        out(rows(t, g) * g.Dv),
+        row_max(rows(t, g)),
+        row_sum(rows(t, g)),
         dropout(t.forward_k),
-        cast(std::is_same_v<scalar_t, acc_t> ? 0 : t.forward_q * t.forward_k),
-        key_pack(dot_pack_size(t.forward_k, g.D)),
-        kept(need_weights ? t.forward_q * g.S : 0),
-        kept_shift(need_weights ? t.forward_q * key_blocks(t, g.S) : 0) {}
+        cast(std::is_same_v<scalar_t, acc_t> ? 0 : rows(t, g) * t.forward_k),
+        key_pack(packs_keys ? dot_pack_size(std::min(t.forward_k, g.S), g.D) : 0),
+        kept(need_weights ? rows(t, g) * g.S : 0),
+        kept_shift(need_weights ? rows(t, g) * key_blocks(t, g.S) : 0) {}
+
+  static int64_t rows(const TileSizes& t, const AttentionGeometry& g) {
+    return std::min(t.forward_q, g.L);
+  }
 
   static int64_t key_blocks(const TileSizes& t, int64_t S) {
     return (S + t.forward_k - 1) / t.forward_k;
@@ -106,6 +113,12 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
     }
     const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
     const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (rows <= kSmallTileRows && scores_on_tile_gemm<scalar_t>()) {
+        small_tile_gemm(rows, Dv, cols, 1.0f, P, block_k, v, g.v.seq, true, O, Dv);
+        continue;
+      }
+    }
     tile_gemm(Trans::No, Trans::No, rows, Dv, cols, acc_t(1), P, block_k, v, g.v.seq, acc_t(1), O,
               Dv);
   }
@@ -168,7 +181,7 @@ void forward_tasks(const ForwardArgs<scalar_t>& a, bool need_weights, bool heads
   const int64_t block_q = a.tiles.forward_q;
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   const int64_t head_tasks = heads_inside ? 1 : g.H;
-  ForwardScratch<scalar_t> scratch(a.tiles, g, need_weights);
+  ForwardScratch<scalar_t> scratch(a.tiles, g, need_weights, a.keys_t == nullptr);
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % q_blocks;
     const int64_t ht = (t / q_blocks) % head_tasks;

@@ -226,3 +226,24 @@ def test_float32_scores_on_the_micro_kernel_are_the_dot_chains_bits():
     assert chain_stderr.count("mhsa: a micro-kernel this CPU's flags promise failed") == 1
     assert "mhsa: a micro-kernel" not in stderr, stderr[-2000:]
     assert digest == chain_digest
+
+
+@pytest.mark.parametrize("S", [40, 600])
+def test_few_row_calls_give_the_full_calls_bits(S: int) -> None:
+    """A call of a few query rows (generation's one-token calls) runs its float32 products on
+    plain vector loops instead of micro-kernels JIT-built for every new cache length: the same
+    fused chains, so its rows are bitwise those the full call computes on the micro-kernel."""
+    import torch
+
+    import mhsa
+
+    assert "float32-scores=tile-gemm" in torch.ops.mhsa._backend_info()
+    torch.manual_seed(0)
+    q = torch.randn(1, 8, S, 64)
+    k, v = torch.randn(1, 2, S, 64), torch.randn(1, 2, S, 64)
+    full = mhsa.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    for rows in (1, 3, 8):
+        # The last rows of the causal mask (bottom-right aligned): row r sees keys <= S - rows + r.
+        sees = torch.arange(S)[None, :] <= torch.arange(S - rows, S)[:, None]
+        tail = mhsa.scaled_dot_product_attention(q[:, :, -rows:], k, v, sees, enable_gqa=True)
+        assert torch.equal(tail, full[:, :, -rows:]), rows
