@@ -15,7 +15,7 @@
 #include "engine/score_blocks.h"
 #include "engine/small_tile.h"
 #include "engine/tile_gemm.h"
-#include "engine/transpose_tile.h"
+#include "engine/vector_transpose.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 
@@ -62,7 +62,7 @@ template <typename scalar_t>
 inline void score_pack(const AttentionGeometry& g, const scalar_t* k, int64_t ldk, int64_t N,
                        float* pack) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (scores_on_tile_gemm<scalar_t>()) return transpose_tile(k, ldk, N, g.D, pack, N);
+    if (scores_on_tile_gemm<scalar_t>()) return transpose_rows(k, ldk, N, g.D, pack, N);
   }
   if (!scores_on_grid<scalar_t>(g)) dot_pack(k, ldk, N, g.D, pack);
 }

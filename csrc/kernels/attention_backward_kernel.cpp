@@ -12,8 +12,8 @@
 #include "engine/masks.h"
 #include "engine/score_tile.h"
 #include "engine/tile_gemm.h"
-#include "engine/transpose_tile.h"
 #include "engine/vector_math.h"
+#include "engine/vector_transpose.h"
 #include "kernels/attention_kernels.h"
 #include "kernels/dq_turn_order.h"
 
@@ -132,7 +132,7 @@ void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
       const scalar_t* O_i = a.context + g.out.at(n, i0, h);
       acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
       if (on_tile_gemm) {
-        transpose_tile(O_i, g.out.seq, rows, g.Dv, context_t.data(), rows);
+        transpose_rows(O_i, g.out.seq, rows, g.Dv, context_t.data(), rows);
         tile_gemm(Trans::No, Trans::No, rows, rows, g.Dv, acc_t(1), dO_i, a.grad_out.seq,
                   context_t.data(), rows, acc_t(0), products.data(), rows);
         for (int64_t r = 0; r < rows; ++r) dsum[r] = products[r * rows + r];
@@ -216,7 +216,7 @@ inline void pack_values_for_dp(bool on_tile_gemm, BackwardScratch<scalar_t>& s, 
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     if (on_tile_gemm) return s.value_pack16.pack(Trans::Yes, v, ld, D, cols);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
-    if (on_tile_gemm) return transpose_tile(v, ld, cols, D, s.value_pack.data(), cols);
+    if (on_tile_gemm) return transpose_rows(v, ld, cols, D, s.value_pack.data(), cols);
   }
   dot_pack(v, ld, cols, D, s.value_pack.data());
 }
@@ -279,7 +279,7 @@ const scalar_t* backward_tile(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     Pd = dropped;
   }
   // dV_j^T += dO_i^T (keep * P)
-  transpose_tile(dO, a.grad_out.seq, rows, Dv, s.grad_out_t.data(), rows);
+  transpose_rows(dO, a.grad_out.seq, rows, Dv, s.grad_out_t.data(), rows);
   tile_gemm(Trans::No, Trans::No, Dv, width, rows, acc_t(1), s.grad_out_t.data(), rows,
             as_gemm_input(Pd + c0, (rows - 1) * ld + width, s.cast.data()), ld, acc_t(1),
             s.grad_v.data() + c0, ld);
@@ -306,7 +306,7 @@ const scalar_t* backward_tile(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   }
   // dK_j^T += scale * Q_i^T dS (the scale is inside dS)
   const scalar_t* dS = as_gemm_input(dP + c0, (rows - 1) * ld + width, s.cast.data());
-  transpose_tile(q, g.q.seq, rows, D, s.q_t.data(), rows);
+  transpose_rows(q, g.q.seq, rows, D, s.q_t.data(), rows);
   tile_gemm(Trans::No, Trans::No, D, width, rows, acc_t(1), s.q_t.data(), rows, dS, ld, acc_t(1),
             s.grad_k.data() + c0, ld);
   return dS;
@@ -399,9 +399,9 @@ void attention_backward_block(const BackwardArgs<scalar_t>& a, BackwardScratch<s
     sum_columns(grad_k, block_kv, D, cols, sums + hk * D);
     sum_columns(grad_v, block_kv, Dv, cols, sums + g.H_kv * D + hk * Dv);
   }
-  transpose_tile(grad_k, block_kv, D, cols, a.grad_k + a.grad_k_layout.at(n, j0, hk),
+  transpose_rows(grad_k, block_kv, D, cols, a.grad_k + a.grad_k_layout.at(n, j0, hk),
                  a.grad_k_layout.seq);
-  transpose_tile(grad_v, block_kv, Dv, cols, a.grad_v + a.grad_v_layout.at(n, j0, hk),
+  transpose_rows(grad_v, block_kv, Dv, cols, a.grad_v + a.grad_v_layout.at(n, j0, hk),
                  a.grad_v_layout.seq);
 }
 
