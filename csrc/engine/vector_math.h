@@ -29,14 +29,13 @@ inline vfloat load(const float* p) {
 }
 inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
 
-// exp(x) in about 1 ulp: x = n ln2 + r with |r| <= ln2/2, a degree-7 polynomial for exp(r)
-// (Cephes' expf coefficients), 2^n added to the exponent bits. Below -87.3 (including -inf,
-// i.e. masked scores) the result is exactly 0; NaN stays NaN.
-inline vfloat vexp(vfloat x) {
+// exp(x) in about 1 ulp for x <= 0 or NaN (a score minus its row's maximum or log-sum-exp; no
+// clamp against overflow is needed): x = n ln2 + r with |r| <= ln2/2, a degree-7 polynomial for
+// exp(r) (Cephes' expf coefficients), 2^n added to the exponent bits. Below -87.3 (including
+// -inf, i.e. masked scores) the result is exactly 0, whatever the lanes computed; NaN stays NaN.
+inline vfloat vexp_nonpositive(vfloat x) {
   const vint is_nan = x != x;
   const vint underflow = x < -87.3365478515625f;
-  x = x > 88.3762626647949f ? splat(88.3762626647949f) : x;
-  x = underflow ? splat(-87.3365478515625f) : x;
   const vfloat t = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) via 1.5 * 2^23
   const vfloat n = t - 12582912.0f;
   const vint n_int = (vint)t - 0x4B400000;
@@ -118,10 +117,23 @@ inline void scale_row(float* x, int64_t n, float scale) {
 inline void scale_row(double* x, int64_t n, double scale) {
   for (int64_t c = 0; c < n; ++c) x[c] *= scale;
 }
-// scale_row, then row_max of x.
+// scale_row, then row_max of x, in one pass (the same products and the same maximum).
 inline float scale_row_max(float* x, int64_t n, float scale) {
-  scale_row(x, n, scale);
-  return row_max(x, n);
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  vfloat m0 = splat(neg_inf), m1 = m0;
+  int64_t c = 0;
+  for (; c + 2 * kLanes <= n; c += 2 * kLanes) {
+    const vfloat a = load(x + c) * scale, b = load(x + c + kLanes) * scale;
+    store(x + c, a);
+    store(x + c + kLanes, b);
+    m0 = max_or_nan(m0, a);
+    m1 = max_or_nan(m1, b);
+  }
+  for (; c < n; ++c) {
+    x[c] *= scale;
+    m0[0] = (x[c] > m0[0] || x[c] != x[c]) ? x[c] : m0[0];
+  }
+  return horizontal_max(max_or_nan(m0, m1));
 }
 inline double row_max(const double* x, int64_t n) {
   double m = -std::numeric_limits<double>::infinity();
@@ -133,17 +145,19 @@ inline double scale_row_max(double* x, int64_t n, double scale) {
   return row_max(x, n);
 }
 
-// x = exp(x - shift) in place; returns the sum of the new values.
+// x = exp(x - shift) in place, shift at least the maximum of x (its row's maximum or log-sum-exp);
+// returns the sum of the new values.
 inline float exp_shift_sum(float* x, int64_t n, float shift) {
   vfloat sum{};
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) {
-    const vfloat e = vexp(load(x + c) - shift);
+    const vfloat e = vexp_nonpositive(load(x + c) - shift);
     store(x + c, e);
     sum += e;
   }
   if (c < n) {
-    const vfloat e = vexp(load_tail(x + c, n - c, -std::numeric_limits<float>::infinity()) - shift);
+    const vfloat tail = load_tail(x + c, n - c, -std::numeric_limits<float>::infinity());
+    const vfloat e = vexp_nonpositive(tail - shift);
     store_tail(x + c, n - c, e);
     sum += e;
   }
