@@ -36,11 +36,11 @@ inline bool scores_on_grid(const AttentionGeometry& g) {
 template <typename scalar_t, typename acc_t>
 inline void grid_scores(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
                         const AttentionGeometry& g, acc_t scale, int64_t n, int64_t h, int64_t i0,
-                        int64_t i1, int64_t j0, int64_t j1) {
+                        int64_t i1, int64_t j0, int64_t j1, ScoreKeyCache* key_cache) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
     score_blocks(ScoreOperand<scalar_t>{q + g.q.at(n, 0, h), g.q.seq, g.L},
                  ScoreOperand<scalar_t>{k + g.k.at(n, 0, g.kv_head(h)), g.k.seq, g.S}, g.D, scale,
-                 i0, i1, j0, j1, S, ld);
+                 i0, i1, j0, j1, S, ld, key_cache);
   }
 }
 
@@ -77,20 +77,25 @@ inline const float* score_pack_from(const float* pack, int64_t c0, int64_t D) {
 
 // The scores of a (query block, key block) tile, S = scale * Q_i K_j^T + masks (row stride ld),
 // K_j read from the pack score_pack made of it (row stride ld_pack: K_j^T for the tile GEMM),
-// unused on the grid. Where the caller passes defer_scale and the tile GEMM runs without additive
-// masks, S is left unscaled and *defer_scale says so: the caller multiplies by the scale in its
-// own pass over S (scale_row_max, scale_row: the GEMM alpha's roundings, one pass fewer).
+// unused on the grid, where the key blocks are packed through key_cache (if given: once per task
+// run). Where the caller passes defer_scale and the tile GEMM runs without additive masks, S is
+// left unscaled and *defer_scale says so: the caller multiplies by the scale in its own pass over
+// S (scale_row_max, scale_row: the GEMM alpha's roundings, one pass fewer).
 template <typename scalar_t, typename acc_t>
 inline void score_tile(acc_t* S, int64_t ld, const scalar_t* q, const scalar_t* k,
                        const AttentionGeometry& g, const MaskView<acc_t>& masks, acc_t scale,
                        int64_t n, int64_t h, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                       const float* key_pack, int64_t ld_pack, bool* defer_scale = nullptr) {
+                       const float* key_pack, int64_t ld_pack, bool* defer_scale = nullptr,
+                       ScoreKeyCache* key_cache = nullptr) {
   const scalar_t* qi = q + g.q.at(n, i0, h);
   // Masks that set -inf commute with the scale (-inf * scale = -inf); additive ones do not.
-  const bool defer = defer_scale != nullptr && !masks.additive() && scores_on_tile_gemm<scalar_t>();
+  const bool on_grid = scores_on_grid<scalar_t>(g);
+  const bool defer =
+      defer_scale != nullptr && !masks.additive() && (on_grid || scores_on_tile_gemm<scalar_t>());
   if (defer_scale != nullptr) *defer_scale = defer;
-  if (scores_on_grid<scalar_t>(g)) {
-    grid_scores(S, ld, q, k, g, scale, n, h, i0, i1, j0, j1);
+  if (on_grid) {
+    // Unscaled, the grid's whole blocks go straight into S (score_blocks).
+    grid_scores(S, ld, q, k, g, defer ? acc_t(1) : scale, n, h, i0, i1, j0, j1, key_cache);
   } else if (scores_on_tile_gemm<scalar_t>()) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       const float alpha = defer ? 1.0f : scale;

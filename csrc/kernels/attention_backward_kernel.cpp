@@ -32,6 +32,7 @@ struct BackwardScratch {
   Buffer<scalar_t> q_t, grad_out_t;    // Q_i^T and dO_i^T of the tile
   Buffer<float> key_pack, value_pack;  // K_j and V_j of the key block (score_pack, dp_tile)
   PackedB16 value_pack16;              // V_j^T for the bfloat16 micro-kernel (dp_on_tile_gemm)
+  ScoreKeyCache key_cache;             // 16-bit scores: the head's packed key blocks
   BackwardScratch(const TileSizes& t, const AttentionGeometry& g)
       : probs(t.backward_q * t.backward_kv),
         dropped(t.backward_q * t.backward_kv),
@@ -51,11 +52,11 @@ struct BackwardScratch {
 template <typename scalar_t, typename acc_t>
 void probabilities_tile(acc_t* S, int64_t ld, const BackwardArgs<scalar_t>& a, int64_t n, int64_t h,
                         int64_t i0, int64_t i1, int64_t j0, int64_t j1, const float* key_pack,
-                        int64_t ld_pack) {
+                        int64_t ld_pack, ScoreKeyCache* key_cache) {
   const AttentionGeometry& g = a.g;
   bool scale_deferred = false;
   score_tile(S, ld, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, key_pack, ld_pack,
-             &scale_deferred);
+             &scale_deferred, key_cache);
   const acc_t* lse = a.lse + (n * g.H + h) * g.L + i0;
   for (int64_t r = 0; r < i1 - i0; ++r) {
     if (scale_deferred) scale_row(S + r * ld, j1 - j0, a.scale);
@@ -160,6 +161,7 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
   const int64_t q_blocks = (g.L + block_q - 1) / block_q;
   Buffer<acc_t> S(block_q * block_kv), factors(block_kv);
   Buffer<float> key_pack(dot_pack_size(block_kv, g.D));
+  ScoreKeyCache key_cache;
   const acc_t keep_scale = static_cast<acc_t>(a.dropout.keep_scale());
   const acc_t dw_scale = grad_weights_scale(a);
   for (int64_t t = begin; t < end; ++t) {
@@ -169,7 +171,8 @@ void weights_term_tasks(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t 
     for (int64_t j0 = keys.begin; j0 < keys.end; j0 += block_kv) {
       const int64_t j1 = j0 + block_kv < keys.end ? j0 + block_kv : keys.end;
       score_pack(g, a.k + g.k.at(n, j0, g.kv_head(h)), g.k.seq, j1 - j0, key_pack.data());
-      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, key_pack.data(), j1 - j0);
+      probabilities_tile(S.data(), block_kv, a, n, h, i0, i1, j0, j1, key_pack.data(), j1 - j0,
+                         &key_cache);
       for (int64_t r = 0; r < i1 - i0; ++r) {
         acc_t* srow = S.data() + r * block_kv;
         if (a.dropout.enabled)
@@ -261,7 +264,7 @@ const scalar_t* backward_tile(const BackwardArgs<scalar_t>& a, BackwardScratch<s
   const acc_t weights_grad_scale =
       (a.dropout.enabled ? keep_scale : acc_t(1)) * grad_weights_scale(a);
   probabilities_tile(P + c0, ld, a, n, h, i0, i1, ja, jz,
-                     score_pack_from<scalar_t>(s.key_pack.data(), c0, D), cols);
+                     score_pack_from<scalar_t>(s.key_pack.data(), c0, D), cols, &s.key_cache);
   const scalar_t* q = a.q + g.q.at(n, i0, h);
   const scalar_t* dO = a.grad_context + a.grad_out.at(n, i0, h);
   // The 0/1 dropout mask is generated once per tile and used twice: for the masked P and

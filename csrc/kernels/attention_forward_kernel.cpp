@@ -24,11 +24,17 @@ struct ForwardScratch {
   using acc_t = at::opmath_type<scalar_t>;
   Buffer<acc_t> scores, out, row_max, row_sum, dropout;
   Buffer<scalar_t> cast;
-  Buffer<float> key_pack;  // K_j of one key block, made ready by score_pack (without a.keys_t)
+  Buffer<float> key_pack;   // K_j of one key block, made ready by score_pack (without a.keys_t)
+  ScoreKeyCache key_cache;  // 16-bit scores: the head's packed key blocks (score_blocks)
   // Only when the weights are returned: the first sweep's exp(score - running max), after the
   // dropout mask, for all keys of the task's rows (rows x S), and the running max each key
   // block was shifted by (rows x key blocks). See attention_weights_rows.
   Buffer<acc_t> kept, kept_shift;
+  // bfloat16: the head's V_j packed for the value products, once per key block and task run
+  // rather than once per query block (the same bits as packing per product).
+  const void* value_head = nullptr;
+  Buffer<PackedB16> value_packs;
+  Buffer<int64_t> value_pack_rows;  // the keys each pack holds (-1: none)
   // Sized for the call's rows and keys where they are fewer than a tile's (one-token calls in
   // generation: a full tile would be 256 KiB of fresh pages per call).
   ForwardScratch(const TileSizes& t, const AttentionGeometry& g, bool need_weights, bool packs_keys)
@@ -40,7 +46,13 @@ struct ForwardScratch {
         cast(std::is_same_v<scalar_t, acc_t> ? 0 : rows(t, g) * t.forward_k),
         key_pack(packs_keys ? dot_pack_size(std::min(t.forward_k, g.S), g.D) : 0),
         kept(need_weights ? rows(t, g) * g.S : 0),
-        kept_shift(need_weights ? rows(t, g) * key_blocks(t, g.S) : 0) {}
+        kept_shift(need_weights ? rows(t, g) * key_blocks(t, g.S) : 0),
+        value_packs(packs_values() ? key_blocks(t, g.S) : 0),
+        value_pack_rows(packs_values() ? key_blocks(t, g.S) : 0) {}
+
+  static bool packs_values() {
+    return std::is_same_v<scalar_t, c10::BFloat16> && tile_gemm_bf16_packs_b();
+  }
 
   static int64_t rows(const TileSizes& t, const AttentionGeometry& g) {
     return std::min(t.forward_q, g.L);
@@ -85,7 +97,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
     }
     bool scale_deferred = false;
     score_tile(S, block_k, a.q, a.k, g, a.masks, a.scale, n, h, i0, i1, j0, j1, keys, ld_keys,
-               &scale_deferred);
+               &scale_deferred, &s.key_cache);
     for (int64_t r = 0; r < rows; ++r) {
       acc_t* srow = S + r * block_k;
       const acc_t tile_max =
@@ -110,12 +122,39 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
         std::copy(srow, srow + cols, s.kept.data() + r * g.S + j0);
         s.kept_shift[r * key_blocks + j0 / block_k] = m_new;
       }
+      // 16-bit inputs: the row as the value product reads it, converted while it is in cache
+      // (and only its visible columns).
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+        scalar_t* prow = s.cast.data() + r * block_k;
+        for (int64_t c = 0; c < cols; ++c) prow[c] = from_acc<scalar_t>(srow[c]);
+      }
     }
-    const scalar_t* P = as_gemm_input(S, rows * block_k, s.cast.data());
+    const scalar_t* P = nullptr;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      P = S;
+    } else {
+      P = s.cast.data();
+    }
     const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (rows <= kSmallTileRows && scores_on_tile_gemm<scalar_t>()) {
         small_tile_gemm(rows, Dv, cols, 1.0f, P, block_k, v, g.v.seq, true, O, Dv);
+        continue;
+      }
+    }
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      if (ForwardScratch<scalar_t>::packs_values() && j0 % block_k == 0) {
+        const scalar_t* head = a.v + g.v.at(n, 0, g.kv_head(h));
+        if (s.value_head != head) {
+          s.value_head = head;
+          fill(s.value_pack_rows.data(), key_blocks, int64_t(-1));
+        }
+        const int64_t b = j0 / block_k;
+        if (s.value_pack_rows[b] != cols) {
+          s.value_packs[b].pack(Trans::No, v, g.v.seq, cols, Dv);
+          s.value_pack_rows[b] = cols;
+        }
+        tile_gemm(Trans::No, rows, cols, 1.0f, P, block_k, s.value_packs[b], 1.0f, O, Dv);
         continue;
       }
     }
