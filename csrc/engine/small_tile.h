@@ -18,20 +18,22 @@ constexpr int64_t kSmallTileRows = 8;
 
 // Columns c0 .. c0 + V * kLanes of one row (count: the last vector's valid columns, kLanes if
 // whole): V independent chains, one would wait on each add.
-// A partial last vector reads whole vectors in every row of B but the last (the lanes past
-// count fall on the row's later elements or the next row, inside B's storage, and are never
-// stored): a tail copy per element was most of a few-row call's time.
+// A partial last vector is read whole in the rows of B whose whole read still ends before the
+// last row's last element (the extra lanes fall inside B's storage and are never stored), and
+// lane by lane only in the last rows: a tail copy per element was most of a few-row call's time.
 template <int V>
 inline void small_tile_columns(int64_t K, float alpha, const float* a, const float* B, int64_t ldb,
                                bool accumulate, float* c, int64_t count) {
+  const int64_t tail_rows = count == kLanes ? 0 : ldb > 0 ? (kLanes - count + ldb - 1) / ldb : K;
+  const int64_t whole_rows = K - tail_rows;
   vfloat acc[V] = {};
   for (int64_t k = 0; k < K; ++k) {
     const vfloat ak = splat(a[k]);
     const float* b = B + k * ldb;
     for (int v = 0; v + 1 < V; ++v) acc[v] = fused_multiply_add(ak, load(b + v * kLanes), acc[v]);
     const float* last = b + (V - 1) * kLanes;
-    const bool whole = count == kLanes || k + 1 < K;
-    acc[V - 1] = fused_multiply_add(ak, whole ? load(last) : load_tail(last, count, 0), acc[V - 1]);
+    const vfloat bk = k < whole_rows ? load(last) : load_tail(last, count, 0);
+    acc[V - 1] = fused_multiply_add(ak, bk, acc[V - 1]);
   }
   for (int v = 0; v < V; ++v) {
     const int64_t n = v + 1 < V ? kLanes : count;
