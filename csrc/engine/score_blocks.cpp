@@ -18,8 +18,7 @@ ScoreKeyCache::~ScoreKeyCache() = default;
 // ld, length keys), from the cache, packed on first use; a new keys address restarts the cache.
 template <typename half_t>
 const half_t* cached_key_block(ScoreKeyCache* c, const half_t* keys, int64_t ld, int64_t length,
-                               int64_t K, int64_t kb, int64_t layout_index) {
-  const Layout16 layout = static_cast<Layout16>(layout_index);
+                               int64_t K, int64_t kb, Layout16 layout) {
   if (c->keys_ != keys || c->length_ != length || c->K_ != K) {
     c->keys_ = keys;
     c->length_ = length;
@@ -59,7 +58,7 @@ void score_blocks16(ScoreOperand<half_t> q, ScoreOperand<half_t> k, int64_t K, f
     const int64_t nb = k.length - kb < kScoreBlock ? k.length - kb : kScoreBlock;
     const half_t* packed = scratch_block;
     if (cache != nullptr) {
-      packed = cached_key_block(cache, k.data, k.ld, k.length, K, kb, static_cast<int>(layout));
+      packed = cached_key_block(cache, k.data, k.ld, k.length, K, kb, layout);
     } else {
       pack_rows_as_columns(k.data + kb * k.ld, k.ld, nb, K, layout, scratch_block, s);
     }

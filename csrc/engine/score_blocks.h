@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/packed_layout.h"
+
 namespace mhsa::cpu {
 
 constexpr int64_t kScoreBlock = 64;
@@ -36,7 +38,7 @@ class ScoreKeyCache {
  private:
   template <typename half_t>
   friend const half_t* cached_key_block(ScoreKeyCache*, const half_t*, int64_t, int64_t, int64_t,
-                                        int64_t, int64_t);
+                                        int64_t, Layout16);
   const void* keys_ = nullptr;
   int64_t length_ = 0, K_ = 0, block_elements_ = 0;
   std::vector<uint16_t> packed_;  // bfloat16 or float16 bits, block b at b * block_elements_

@@ -63,6 +63,40 @@ struct ForwardScratch {
   }
 };
 
+// O (rows x Dv) += P V_j, P the tile's probabilities (row stride forward_k) over keys j0..j0+cols:
+// a few float32 rows on the vector loops (no micro-kernel built per shape), bfloat16 from V_j
+// packed once per key block and task run, else the tile GEMM (which packs V_j itself).
+template <typename scalar_t>
+void add_value_product(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s, int64_t n,
+                       int64_t h, int64_t j0, int64_t rows, int64_t cols, const scalar_t* P,
+                       at::opmath_type<scalar_t>* O) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const AttentionGeometry& g = a.g;
+  const int64_t block_k = a.tiles.forward_k;
+  const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (rows <= kSmallTileRows && scores_on_tile_gemm<scalar_t>())
+      return small_tile_gemm(rows, g.Dv, cols, 1.0f, P, block_k, v, g.v.seq, true, O, g.Dv);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (ForwardScratch<scalar_t>::packs_values() && j0 % block_k == 0) {
+      const scalar_t* head = a.v + g.v.at(n, 0, g.kv_head(h));
+      if (s.value_head != head) {  // another head: none of the packs holds its values
+        s.value_head = head;
+        fill(s.value_pack_rows.data(), ForwardScratch<scalar_t>::key_blocks(a.tiles, g.S),
+             int64_t(-1));
+      }
+      const int64_t b = j0 / block_k;
+      if (s.value_pack_rows[b] != cols) {
+        s.value_packs[b].pack(Trans::No, v, g.v.seq, cols, g.Dv);
+        s.value_pack_rows[b] = cols;
+      }
+      return tile_gemm(Trans::No, rows, cols, 1.0f, P, block_k, s.value_packs[b], 1.0f, O, g.Dv);
+    }
+  }
+  tile_gemm(Trans::No, Trans::No, rows, g.Dv, cols, acc_t(1), P, block_k, v, g.v.seq, acc_t(1), O,
+            g.Dv);
+}
+
 // Online softmax over the key blocks for queries i0..i1 of head (n, h): writes the context
 // rows and the log-sum-exp. A row that can see no key (all masked) gets a zero output and
 // lse = +inf, so every probability recomputed from it is exp(-inf) = 0, never NaN.
@@ -135,31 +169,7 @@ void attention_rows(const ForwardArgs<scalar_t>& a, ForwardScratch<scalar_t>& s,
     } else {
       P = s.cast.data();
     }
-    const scalar_t* v = a.v + g.v.at(n, j0, g.kv_head(h));
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (rows <= kSmallTileRows && scores_on_tile_gemm<scalar_t>()) {
-        small_tile_gemm(rows, Dv, cols, 1.0f, P, block_k, v, g.v.seq, true, O, Dv);
-        continue;
-      }
-    }
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      if (ForwardScratch<scalar_t>::packs_values() && j0 % block_k == 0) {
-        const scalar_t* head = a.v + g.v.at(n, 0, g.kv_head(h));
-        if (s.value_head != head) {
-          s.value_head = head;
-          fill(s.value_pack_rows.data(), key_blocks, int64_t(-1));
-        }
-        const int64_t b = j0 / block_k;
-        if (s.value_pack_rows[b] != cols) {
-          s.value_packs[b].pack(Trans::No, v, g.v.seq, cols, Dv);
-          s.value_pack_rows[b] = cols;
-        }
-        tile_gemm(Trans::No, rows, cols, 1.0f, P, block_k, s.value_packs[b], 1.0f, O, Dv);
-        continue;
-      }
-    }
-    tile_gemm(Trans::No, Trans::No, rows, Dv, cols, acc_t(1), P, block_k, v, g.v.seq, acc_t(1), O,
-              Dv);
+    add_value_product(a, s, n, h, j0, rows, cols, P, O);
   }
 
   scalar_t* ctx = a.context + g.out.at(n, i0, h);

@@ -541,15 +541,7 @@ def test_prefill_in_chunks_is_bottom_right_causal(model_name):
 
 def test_soft_capping_is_refused():
     config = Gemma2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=4,
-        attn_logit_softcapping=50.0,
+        **tu.TINY_DECODER, head_dim=8, sliding_window=4, attn_logit_softcapping=50.0
     )
     model = tu.build(Gemma2ForCausalLM, config, torch.float32)
     model.set_attn_implementation("mhsa")

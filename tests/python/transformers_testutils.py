@@ -62,14 +62,17 @@ def tiny_bert_config(**overrides):
     """BERT (bidirectional attention) without dropout, so that gradients are deterministic."""
     from transformers import BertConfig
 
+    shared = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "initializer_range",
+    )
     settings = dict(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        {name: TINY_DECODER[name] for name in shared},
         max_position_embeddings=64,
-        initializer_range=INIT_STD,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
