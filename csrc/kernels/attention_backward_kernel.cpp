@@ -110,14 +110,38 @@ inline acc_t weighted_row_sum(const acc_t* p, const scalar_t* dw, int64_t n) {
   return sum;
 }
 
+// Dsum of rows (at most kRows) as each row's own fused multiply-add chain over k from zero, with
+// kLanes rows in the lanes of a vector, read from dO_i^T and O_i^T (Dv rows, row stride ld): the
+// bits of dP's micro-kernel where tile_gemm_f32_chain_order() holds, as the diagonal of
+// dO_i O_i^T on it was, without that GEMM's rows - 1 unused products per row.
+inline void dsum_chains(const float* grad_out_t, const float* context_t, int64_t ld, int64_t rows,
+                        int64_t Dv, float* dsum) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
+    vfloat acc{};
+    for (int64_t k = 0; k < Dv; ++k)
+      acc = fused_multiply_add(load(grad_out_t + k * ld + r0), load(context_t + k * ld + r0), acc);
+    if (rows - r0 >= kLanes) {
+      store(dsum + r0, acc);
+    } else {
+      store_tail(dsum + r0, rows - r0, acc);
+    }
+  }
+}
+
 template <typename scalar_t>
 void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kRows = 64;
   const AttentionGeometry& g = a.g;
   const bool on_tile_gemm = dp_on_tile_gemm<scalar_t>();
-  Buffer<scalar_t> context_t(on_tile_gemm ? g.Dv * kRows : 0);
-  Buffer<acc_t> products(on_tile_gemm ? kRows * kRows : 0);
+  static_assert(kRows % kLanes == 0, "dsum_chains reads whole vectors of the transposed rows");
+  // dO_i^T and O_i^T, kRows columns; zeroed once: a last partial vector reads columns past rows.
+  constexpr bool is_float = std::is_same_v<scalar_t, float>;
+  const int64_t transposed_size = on_tile_gemm ? g.Dv * kRows : 0;
+  Buffer<scalar_t> grad_out_t(transposed_size), context_t(transposed_size);
+  fill(grad_out_t.data(), transposed_size, scalar_t(0));
+  fill(context_t.data(), transposed_size, scalar_t(0));
+  Buffer<acc_t> products(on_tile_gemm && !is_float ? kRows * kRows : 0);
   const scalar_t* dO = a.dsum_grad != nullptr ? a.dsum_grad : a.grad_context;
   for (int64_t t = begin; t < end;) {
     const int64_t n = t / g.L, i0 = t % g.L;
@@ -125,21 +149,26 @@ void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
     rows = rows < kRows ? rows : kRows;
     // Dsum is computed the way dP = dO V^T is (dp_tile): a row whose output is exactly one value
     // row V_j gets Dsum == dP_ij bitwise, so its dS is exactly zero. On the tile GEMM: the
-    // diagonal of dO_i O_i^T (each element's bits do not depend on its place in the tile).
+    // micro-kernel's own chains in float32 (dsum_chains), the diagonal of dO_i O_i^T in 16 bits
+    // (each element's bits do not depend on its place in the tile).
     for (int64_t h = 0; h < g.H; ++h) {
       for (int64_t r = 0; r < rows; ++r)  // dQ accumulates from zero
         fill(a.grad_q + a.grad_q_layout.at(n, i0 + r, h), g.D, acc_t(0));
       const scalar_t* dO_i = dO + a.grad_out.at(n, i0, h);
       const scalar_t* O_i = a.context + g.out.at(n, i0, h);
       acc_t* dsum = a.dsum + (n * g.H + h) * g.L + i0;
-      if (on_tile_gemm) {
+      if (!on_tile_gemm) {
+        for (int64_t r = 0; r < rows; ++r)
+          dsum[r] = dot_chain(dO_i + r * a.grad_out.seq, O_i + r * g.out.seq, g.Dv);
+      } else if constexpr (is_float) {
+        transpose_rows(dO_i, a.grad_out.seq, rows, g.Dv, grad_out_t.data(), kRows);
+        transpose_rows(O_i, g.out.seq, rows, g.Dv, context_t.data(), kRows);
+        dsum_chains(grad_out_t.data(), context_t.data(), kRows, rows, g.Dv, dsum);
+      } else {
         transpose_rows(O_i, g.out.seq, rows, g.Dv, context_t.data(), rows);
         tile_gemm(Trans::No, Trans::No, rows, rows, g.Dv, acc_t(1), dO_i, a.grad_out.seq,
                   context_t.data(), rows, acc_t(0), products.data(), rows);
         for (int64_t r = 0; r < rows; ++r) dsum[r] = products[r * rows + r];
-      } else {
-        for (int64_t r = 0; r < rows; ++r)
-          dsum[r] = dot_chain(dO_i + r * a.grad_out.seq, O_i + r * g.out.seq, g.Dv);
       }
     }
     t += rows;
