@@ -2,6 +2,9 @@
 
 #include <cstring>
 
+#include "engine/cpu_capability.h"
+#include "engine/float_transpose.h"
+
 #ifdef MHSA_USE_BRGEMM
 #include <immintrin.h>
 #endif
@@ -67,7 +70,7 @@ void transpose_words(const void* in, int64_t ld_in, int64_t rows, int64_t cols, 
 template <>
 void transpose_block<float, float>(const float* in, int64_t ld_in, int64_t rows, int64_t cols,
                                    float* out, int64_t ld_out) {
-  transpose_words(in, ld_in, rows, cols, out, ld_out);
+  transpose_floats(in, ld_in, rows, cols, out, ld_out);
 }
 
 // 8 x 8 squares of 16-bit words: the element-by-element loop was a large part of a bfloat16
@@ -109,12 +112,8 @@ void transpose_block<c10::Half, c10::Half>(const c10::Half* in, int64_t ld_in, i
 
 void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
                       int64_t ld_out) {
-#ifdef MHSA_USE_BRGEMM
-  transpose_words(in, ld_in, rows, cols, out, ld_out);
-#else
-  for (int64_t k = 0; k < rows; ++k)
-    for (int64_t i = 0; i < cols; ++i) out[i * ld_out + k] = in[k * ld_in + i];
-#endif
+  static const FloatTranspose transpose = MHSA_ISA_COPY(make_float_transpose);
+  transpose(in, ld_in, rows, cols, out, ld_out);
 }
 
 namespace {

@@ -13,8 +13,9 @@
 
 namespace mhsa::cpu {
 
-// The float transpose of the public API (the projections' transposed weight column tiles): SSE
-// 4 x 4 squares on x86, a plain loop elsewhere.
+// The float transpose of the compiled-once code (the projections' transposed weight column tiles,
+// the tile GEMMs' transposed A, K^T): the vector transpose of the kernels' instruction set
+// (float_transpose.h).
 void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
                       int64_t ld_out);
 

@@ -99,8 +99,9 @@ inline void transpose_rows(const T* in, int64_t ld_in, int64_t rows, int64_t col
     transpose_tile(in, ld_in, rows, cols, out, ld_out);
   } else {
     const int64_t full_rows = rows - rows % kLanes, full_cols = cols - cols % kLanes;
-    for (int64_t k0 = 0; k0 < full_rows; k0 += kLanes) {
-      for (int64_t i0 = 0; i0 < full_cols; i0 += kLanes)
+    // Blocks along the rows of out (the writes stream; reads are cheaper to scatter).
+    for (int64_t i0 = 0; i0 < full_cols; i0 += kLanes) {
+      for (int64_t k0 = 0; k0 < full_rows; k0 += kLanes)
         transpose_lane_block(in + k0 * ld_in + i0, ld_in, out + i0 * ld_out + k0, ld_out);
     }
     // The ragged edges element by element: columns past the whole blocks, then rows past them.
