@@ -11,6 +11,7 @@
 #include "cpu/weight_cache.h"
 #include "engine/cpu_capability.h"
 #include "engine/micro_kernel_probe.h"
+#include "engine/narrow_rows.h"
 #include "engine/small_rows_gemm.h"
 #include "engine/tile_gemm.h"
 #include "engine/transpose.h"
@@ -52,6 +53,22 @@ acc_t* result_tile_scratch(int64_t size) {
   thread_local std::vector<acc_t> tile;
   if (static_cast<int64_t>(tile.size()) < size) tile.resize(static_cast<size_t>(size));
   return tile.data();
+}
+
+// A float32 result tile rounded into the 16-bit result (rows of out at stride ld_out): bfloat16
+// through the kernels' vector rounding (the same bits as Tensor.to), float16 element by element.
+template <typename scalar_t, typename acc_t>
+void narrow_tile(const acc_t* c, int64_t ldc, int64_t rows, int64_t cols, scalar_t* out,
+                 int64_t ld_out) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    static const NarrowRowsBf16 narrow = MHSA_ISA_COPY(make_narrow_rows_bf16);
+    static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
+    narrow(c, ldc, rows, cols, reinterpret_cast<uint16_t*>(out), ld_out);
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        out[r * ld_out + j] = static_cast<scalar_t>(c[r * ldc + j]);
+  }
 }
 
 // A projection tile from the packed column tile; false where the plain tile GEMM runs instead
@@ -239,13 +256,7 @@ at::Tensor projection_gemm(const at::Tensor& a, bool transpose_a, const at::Tens
                 tile_gemm(op_a, op_b, rows, cols, K, static_cast<acc_t>(alpha), ta, lda, tb, ldb,
                           beta, c, ldc);
               }
-              if (narrow_out) {
-                for (int64_t r = 0; r < rows; ++r) {
-                  scalar_t* out = pc16 + (i0 + r) * N + j0;
-                  const acc_t* row = c + r * ldc;
-                  for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<scalar_t>(row[j]);
-                }
-              }
+              if (narrow_out) narrow_tile(c, ldc, rows, cols, pc16 + i0 * N + j0, N);
             }
             tile_gemm_release();
           });
