@@ -52,19 +52,12 @@ inline void store128(char* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m
 
 }  // namespace
 
+// 32-bit words (pairs of 16-bit values) moved by the float32 transpose: its shuffles and copies
+// move bits, they never compute with them.
 void transpose_words(const void* in, int64_t ld_in, int64_t rows, int64_t cols, void* out,
                      int64_t ld_out) {
-  blocked_transpose<4, 4>(
-      in, ld_in, rows, cols, out, ld_out, [](const char* a, int64_t lda, char* b, int64_t ldb) {
-        __m128 r0 = _mm_castsi128_ps(load128(a)), r1 = _mm_castsi128_ps(load128(a + lda)),
-               r2 = _mm_castsi128_ps(load128(a + 2 * lda)),
-               r3 = _mm_castsi128_ps(load128(a + 3 * lda));
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        store128(b, _mm_castps_si128(r0));
-        store128(b + ldb, _mm_castps_si128(r1));
-        store128(b + 2 * ldb, _mm_castps_si128(r2));
-        store128(b + 3 * ldb, _mm_castps_si128(r3));
-      });
+  transpose_floats(static_cast<const float*>(in), ld_in, rows, cols, static_cast<float*>(out),
+                   ld_out);
 }
 
 template <>

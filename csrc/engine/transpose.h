@@ -47,9 +47,10 @@ void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, 
 }
 
 #ifdef MHSA_USE_BRGEMM
-// Same-type transposes as bit copies through SSE2 shuffles (no arithmetic: every bit pattern
+// Same-type transposes as bit copies through shuffles (no arithmetic: every bit pattern
 // survives), for the micro-kernel build (x86-64 only, where SSE2 always exists).
-// 32-bit words (strides in words): floats, or pairs of 16-bit values moved as one word.
+// 32-bit words (strides in words): floats, or pairs of 16-bit values moved as one word (by the
+// float32 transpose of the kernels' instruction set, float_transpose.h).
 void transpose_words(const void* in, int64_t ld_in, int64_t rows, int64_t cols, void* out,
                      int64_t ld_out);
 // 16-bit words: the transposed operands of the bfloat16 and float16 tile GEMMs.
