@@ -357,8 +357,8 @@ def main() -> None:
         f"Training step: forward with labels, backward, AdamW step; median of {repeats} after "
         f"{args.warmup} warm-up. Peak MiB: growth of peak RSS over the model and optimizer "
         f"during the timed steps, in a second process with MALLOC_MMAP_THRESHOLD_=65536 (the "
-        f"times come from one with the default allocator). Generation: greedy, KV cache, {new_tokens} tokens after a "
-        f"{prompt}-token prompt, batch 1."
+        f"times come from one with the default allocator). Generation: greedy, KV cache, "
+        f"{new_tokens} tokens after a {prompt}-token prompt, batch 1."
     )
     if skipped:
         print(

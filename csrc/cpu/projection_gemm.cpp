@@ -11,10 +11,10 @@
 #include "cpu/weight_cache.h"
 #include "engine/cpu_capability.h"
 #include "engine/micro_kernel_probe.h"
-#include "engine/narrow_rows.h"
 #include "engine/small_rows_gemm.h"
 #include "engine/tile_gemm.h"
 #include "engine/transpose.h"
+#include "engine/vector_routines.h"
 
 namespace mhsa::cpu {
 namespace {
@@ -61,9 +61,9 @@ template <typename scalar_t, typename acc_t>
 void narrow_tile(const acc_t* c, int64_t ldc, int64_t rows, int64_t cols, scalar_t* out,
                  int64_t ld_out) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
-    static const NarrowRowsBf16 narrow = MHSA_ISA_COPY(make_narrow_rows_bf16);
+    static const VectorRoutines routines = MHSA_ISA_COPY(make_vector_routines);
     static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
-    narrow(c, ldc, rows, cols, reinterpret_cast<uint16_t*>(out), ld_out);
+    routines.narrow_rows_bf16(c, ldc, rows, cols, reinterpret_cast<uint16_t*>(out), ld_out);
   } else {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j)

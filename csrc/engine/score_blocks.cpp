@@ -63,9 +63,9 @@ void score_blocks16(ScoreOperand<half_t> q, ScoreOperand<half_t> k, int64_t K, f
       pack_rows_as_columns(k.data + kb * k.ld, k.ld, nb, K, layout, scratch_block, s);
     }
     const int64_t c0 = j0 > kb ? j0 : kb, c1 = j1 < kb + nb ? j1 : kb + nb;
+    const int64_t ld_b = packed_block_shape(layout, K, nb).ld;
     for (int64_t qb = i0 / kScoreBlock * kScoreBlock; qb < i1; qb += kScoreBlock) {
       const int64_t mb = q.length - qb < kScoreBlock ? q.length - qb : kScoreBlock;
-      const int64_t ld_b = packed_block_shape(layout, K, nb).ld;
       if (scale == 1.0f && qb >= i0 && qb + mb <= i1 && kb >= j0 && kb + nb <= j1) {
         // A whole block inside the tile, unscaled: written in place, no copy.
         cpublas::brgemm(mb, nb, K, q.ld, ld_b, lds, false, q.data + qb * q.ld, packed,

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "engine/cpu_capability.h"
-#include "engine/float_transpose.h"
+#include "engine/vector_routines.h"
 
 #ifdef MHSA_USE_BRGEMM
 #include <immintrin.h>
@@ -105,8 +105,8 @@ void transpose_block<c10::Half, c10::Half>(const c10::Half* in, int64_t ld_in, i
 
 void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
                       int64_t ld_out) {
-  static const FloatTranspose transpose = MHSA_ISA_COPY(make_float_transpose);
-  transpose(in, ld_in, rows, cols, out, ld_out);
+  static const VectorRoutines routines = MHSA_ISA_COPY(make_vector_routines);
+  routines.transpose_floats(in, ld_in, rows, cols, out, ld_out);
 }
 
 namespace {

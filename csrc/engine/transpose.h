@@ -15,7 +15,7 @@ namespace mhsa::cpu {
 
 // The float transpose of the compiled-once code (the projections' transposed weight column tiles,
 // the tile GEMMs' transposed A, K^T): the vector transpose of the kernels' instruction set
-// (float_transpose.h).
+// (vector_routines.h).
 void transpose_floats(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
                       int64_t ld_out);
 
@@ -50,7 +50,7 @@ void transpose_block(const in_t* in, int64_t ld_in, int64_t rows, int64_t cols, 
 // Same-type transposes as bit copies through shuffles (no arithmetic: every bit pattern
 // survives), for the micro-kernel build (x86-64 only, where SSE2 always exists).
 // 32-bit words (strides in words): floats, or pairs of 16-bit values moved as one word (by the
-// float32 transpose of the kernels' instruction set, float_transpose.h).
+// float32 transpose of the kernels' instruction set, vector_routines.h).
 void transpose_words(const void* in, int64_t ld_in, int64_t rows, int64_t cols, void* out,
                      int64_t ld_out);
 // 16-bit words: the transposed operands of the bfloat16 and float16 tile GEMMs.

@@ -5,10 +5,6 @@
 // a large part of its own time on the 4 x 4 SSE kernel. Bit copies either way.
 #include "engine/per_isa.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 #include <cstdint>
 #include <type_traits>
 
@@ -20,14 +16,14 @@ namespace mhsa::cpu::MHSA_ISA {
 // The shuffles of transpose_lane_block: patterns x86 has one instruction with an immediate for
 // (generic two-source permutes each held an index vector, and with 16 rows they spilled to the
 // stack). Lane k of the result takes lane index[k] of a (< kLanes) or of b (kLanes + ...); m is
-// k's 128-bit group (4 lanes), p its place there.
+// the first lane of k's 128-bit group g (4 lanes), p its place there.
 enum class LanePattern { kUnpackLow, kUnpackHigh, kPairsLow, kPairsHigh, kGroupsEven, kGroupsOdd };
 
 template <LanePattern P>
 inline vfloat lane_shuffle(vfloat a, vfloat b) {
   vint index;
   for (int k = 0; k < kLanes; ++k) {
-    const int m = k / 4 * 4, p = k % 4, g = k / 4, half = kLanes >= 16 ? 2 : 1;
+    const int g = k / 4, m = 4 * g, p = k % 4, half = kLanes >= 16 ? 2 : 1;
     switch (P) {
       case LanePattern::kUnpackLow:  // a0 b0 a1 b1 per group (unpcklps)
         index[k] = (p % 2 ? kLanes : 0) + m + p / 2;
@@ -41,11 +37,10 @@ inline vfloat lane_shuffle(vfloat a, vfloat b) {
       case LanePattern::kPairsHigh:  // a2 a3 b2 b3 per group (shufps 0xEE)
         index[k] = (p < 2 ? 0 : kLanes) + m + 2 + p % 2;
         break;
-      case LanePattern::kGroupsEven:  // groups 0, 2, .. of a, then of b (vshuff32x4 0x88,
-                                      // vperm2f128)
+      case LanePattern::kGroupsEven:  // groups 0, 2, .. of a, then of b (vshuff32x4 0x88)
         index[k] = (g < half ? 0 : kLanes) + 8 * (g % half) + p;
         break;
-      case LanePattern::kGroupsOdd:  // groups 1, 3, .. of a, then of b
+      case LanePattern::kGroupsOdd:  // groups 1, 3, .. of a, then of b (vshuff32x4 0xDD)
         index[k] = (g < half ? 0 : kLanes) + 8 * (g % half) + 4 + p;
         break;
     }

@@ -134,14 +134,17 @@ void dsum_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end) {
   constexpr int64_t kRows = 64;
   const AttentionGeometry& g = a.g;
   const bool on_tile_gemm = dp_on_tile_gemm<scalar_t>();
-  static_assert(kRows % kLanes == 0, "dsum_chains reads whole vectors of the transposed rows");
-  // dO_i^T and O_i^T, kRows columns; zeroed once: a last partial vector reads columns past rows.
   constexpr bool is_float = std::is_same_v<scalar_t, float>;
+  static_assert(kRows % kLanes == 0, "dsum_chains reads whole vectors of the transposed rows");
+  // On the tile GEMM: O_i^T; float32 also dO_i^T (both kRows columns, zeroed once: a last partial
+  // vector of dsum_chains reads columns past rows), 16 bits the products dO_i O_i^T.
   const int64_t transposed_size = on_tile_gemm ? g.Dv * kRows : 0;
-  Buffer<scalar_t> grad_out_t(transposed_size), context_t(transposed_size);
-  fill(grad_out_t.data(), transposed_size, scalar_t(0));
-  fill(context_t.data(), transposed_size, scalar_t(0));
+  Buffer<scalar_t> context_t(transposed_size), grad_out_t(is_float ? transposed_size : 0);
   Buffer<acc_t> products(on_tile_gemm && !is_float ? kRows * kRows : 0);
+  if constexpr (is_float) {
+    fill(context_t.data(), transposed_size, 0.0f);
+    fill(grad_out_t.data(), transposed_size, 0.0f);
+  }
   const scalar_t* dO = a.dsum_grad != nullptr ? a.dsum_grad : a.grad_context;
   for (int64_t t = begin; t < end;) {
     const int64_t n = t / g.L, i0 = t % g.L;

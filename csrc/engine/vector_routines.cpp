@@ -1,14 +1,21 @@
-// One copy per instruction set of the float32 -> bfloat16 row rounding (see narrow_rows.h).
-#include "engine/narrow_rows.h"
+// One copy per instruction set of the vector routines the compiled-once code borrows (see
+// vector_routines.h).
+#include "engine/vector_routines.h"
 
 #include "engine/per_isa.h"
 
 #include <cstring>
 
 #include "engine/vector_math.h"
+#include "engine/vector_transpose.h"
 
 namespace mhsa::cpu::MHSA_ISA {
 namespace {
+
+void float_transpose(const float* in, int64_t ld_in, int64_t rows, int64_t cols, float* out,
+                     int64_t ld_out) {
+  transpose_rows(in, ld_in, rows, cols, out, ld_out);
+}
 
 typedef uint32_t vuint __attribute__((vector_size(kVecBytes)));
 typedef uint16_t vword __attribute__((vector_size(kVecBytes / 2)));
@@ -45,6 +52,6 @@ void narrow_rows_bf16(const float* in, int64_t ld_in, int64_t rows, int64_t cols
 
 }  // namespace
 
-NarrowRowsBf16 make_narrow_rows_bf16() { return &narrow_rows_bf16; }
+VectorRoutines make_vector_routines() { return {&float_transpose, &narrow_rows_bf16}; }
 
 }  // namespace mhsa::cpu::MHSA_ISA
